@@ -1,0 +1,3 @@
+"""kbd: a local knowledge-base daemon built around Apple's CLaRa."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,171 @@
+"""The kbd command line. Each function is named after its command; its docstring is the help."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+
+import click
+
+from kbd.errors import KbdError
+
+
+def human_errors(func: Callable) -> Callable:
+    """Turn KbdError into a clean message and exit 1; KBD_DEBUG=1 shows the traceback."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except KbdError as e:
+            if os.environ.get("KBD_DEBUG"):
+                raise
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+def print_json(data) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False))
+
+
+@click.group()
+@click.version_option(package_name="kbd")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
+def cli(verbose: bool) -> None:
+    """kbd: a local knowledge base that answers questions about your logs and reports."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+@cli.group()
+def model() -> None:
+    """Inspect and try a CLaRa checkpoint directly, without the daemon."""
+
+
+checkpoint_option = click.option(
+    "--checkpoint", required=True, type=click.Path(file_okay=False),
+    help="CLaRa checkpoint folder, e.g. CLaRa-7B-E2E/compression-16.")
+base_option = click.option(
+    "--base", type=click.Path(file_okay=False),
+    help="Local folder of the base model (default: the config's decoder_model_name).")
+device_options = [
+    click.option("--device", default="auto", show_default=True,
+                 help="cpu, cuda, cuda:N or auto."),
+    click.option("--dtype", default="auto", show_default=True,
+                 type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                 help="auto: bfloat16 on a GPU, float32 on the CPU."),
+]
+
+
+def with_model_options(func: Callable) -> Callable:
+    for option in reversed([checkpoint_option, base_option, *device_options]):
+        func = option(func)
+    return func
+
+
+def load_clara(checkpoint: str, base: str | None, device: str, dtype: str):
+    from kbd.model.clara import Clara  # torch loads only for the commands that need it
+
+    return Clara.load(checkpoint, base, device=device, dtype=dtype)
+
+
+@model.command("info")
+@checkpoint_option
+@base_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def model_info(checkpoint: str, base: str | None, as_json: bool) -> None:
+    """Show a checkpoint's stage, compression, sizes, adapters and fingerprint.
+
+    Reads the checkpoint files only; with --base the fingerprint covers the base too.
+
+        kbd model info --checkpoint ~/models/CLaRa-7B-E2E/compression-16 --json
+    """
+    from pathlib import Path
+
+    from kbd.model.checkpoint import describe, fingerprint, read_checkpoint, resolve_base
+
+    ckpt = read_checkpoint(checkpoint)
+    base_dir = resolve_base(ckpt, base) if base else None
+    info = describe(ckpt, fingerprint(Path(checkpoint), base_dir))
+    if as_json:
+        print_json(info)
+    else:
+        for key, value in info.items():
+            click.echo(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
+
+
+@model.command("answer")
+@with_model_options
+@click.option("--top-k", type=click.IntRange(min=1),
+              help="Passages to answer from (default: the checkpoint's generation_top_k).")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--question", "-q", required=True, help="The question.")
+@click.option("--doc", "docs", multiple=True, required=True, help="A candidate passage.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def model_answer(checkpoint, base, device, dtype, top_k, max_new_tokens, question, docs,
+                 as_json) -> None:
+    """Answer QUESTION from the given passages, as CLaRa's generate_from_questions does.
+
+    E2E checkpoints rank the passages and answer from the top-k; Instruct checkpoints answer
+    from all of them in the given order (they cannot rank, so --top-k is refused).
+
+        kbd model answer --checkpoint CK --base BASE -q "Why did node 7 fail?" \\
+            --doc "..." --doc "..." --json
+    """
+    from kbd.errors import CapabilityError
+    from kbd.model.checkpoint import QUERY_REASONER
+
+    clara = load_clara(checkpoint, base, device, dtype)
+    stage = clara.config.stage_name
+    if QUERY_REASONER in clara.adapters:
+        result = clara.answer([question], [list(docs)], top_k, max_new_tokens)[0]
+        text, indices, scores = result.text, result.indices, result.scores
+    elif stage == "base":
+        raise CapabilityError(f"{checkpoint}: a base checkpoint cannot answer questions",
+                              hint="use `kbd model paraphrase` to see what it kept")
+    elif top_k is not None:
+        raise CapabilityError(f"{checkpoint}: an {stage} checkpoint has no "
+                              "query_reasoner_adapter, so it cannot rank (--top-k)",
+                              hint="drop --top-k to answer from all passages in order")
+    else:
+        text = clara.answer_given([question], [list(docs)], max_new_tokens)[0]
+        indices, scores = list(range(len(docs))), None
+    if as_json:
+        print_json({"answer": text, "indices": indices, "scores": scores})
+        return
+    click.echo(text)
+    for rank, i in enumerate(indices, 1):
+        score = f" ({scores[rank - 1]:.3f})" if scores else ""
+        click.echo(f"[{rank}] doc {i}{score}: {docs[i][:70]}")
+
+
+@model.command("paraphrase")
+@with_model_options
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--doc", "docs", multiple=True, required=True, help="A passage.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def model_paraphrase(checkpoint, base, device, dtype, max_new_tokens, docs, as_json) -> None:
+    """Tell each passage back from its memory alone: what the compression kept."""
+    clara = load_clara(checkpoint, base, device, dtype)
+    texts = clara.paraphrase(list(docs), max_new_tokens)
+    if as_json:
+        print_json({"paraphrases": texts})
+    else:
+        for i, text in enumerate(texts):
+            click.echo(f"[{i}] {text}")
+
+
+def main() -> None:
+    cli(prog_name="kbd")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
