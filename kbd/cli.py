@@ -40,6 +40,7 @@ def cli(verbose: bool) -> None:
     """kbd: a local knowledge base that answers questions about your logs and reports."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars from weight loading
 
 
 @cli.group()

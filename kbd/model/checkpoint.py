@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers.utils import logging as transformers_logging
 
 from kbd.errors import CheckpointError
 
@@ -208,7 +209,13 @@ def load_tokenizer(checkpoint: Checkpoint, base_dir: Path):
     config = checkpoint.config
     if checkpoint.has_tokenizer:
         source = checkpoint.path
-        tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
+        # AutoTokenizer reads config.json too and warns that "CLaRa" is no model type it knows
+        level = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
+        finally:
+            transformers_logging.set_verbosity(level)
         base_len = None
     else:
         source = base_dir
