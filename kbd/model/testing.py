@@ -76,12 +76,12 @@ def make_tokenizer(vocab_size: int = 512, chat_template: str = CHAT_TEMPLATE):
 
 
 def mistral_config(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                   ffn: int = 128, vocab_size: int = 512) -> MistralConfig:
+                   ffn: int = 128, vocab_size: int = 512, init_std: float = 0.02) -> MistralConfig:
     return MistralConfig(
         hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         num_key_value_heads=kv_heads, intermediate_size=ffn, vocab_size=vocab_size,
         max_position_embeddings=4096, rope_theta=1e6, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2, sliding_window=None,
+        bos_token_id=1, eos_token_id=2, sliding_window=None, initializer_range=init_std,
     )
 
 
@@ -94,9 +94,11 @@ def random_base(config: MistralConfig, seed: int = 0, dtype=torch.float32,
 
 
 def write_base_model(folder: Path, seed: int = 0, chat_template: str = CHAT_TEMPLATE,
-                     **shape) -> Path:
-    """A random Mistral-shaped base model with its tokenizer, saved like a hub download."""
-    config = mistral_config(**shape)
+                     init_std: float = 0.3, **shape) -> Path:
+    """A random Mistral-shaped base model with its tokenizer, saved like a hub download.
+    Weights are larger than a trained model's (init_std) so that greedy text varies with
+    the memory it reads, which makes equality of answers a strong check."""
+    config = mistral_config(init_std=init_std, **shape)
     folder.mkdir(parents=True, exist_ok=True)
     random_base(config, seed).save_pretrained(folder)
     make_tokenizer(config.vocab_size, chat_template).save_pretrained(folder)
