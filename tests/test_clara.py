@@ -11,6 +11,7 @@ from reference import ReferenceClara
 from kbd.errors import CapabilityError, InputError
 from kbd.model.checkpoint import DECODER, ENCODER, QUERY_REASONER
 from kbd.model.clara import RANK_CHUNK_ROWS, Clara, memory_from_bytes, memory_to_bytes
+from kbd.model.tokens import PassageTokenizer
 from kbd.model.testing import CHAT_TEMPLATE_NO_SYSTEM, write_base_model, write_checkpoint
 
 VARIANTS = {
@@ -36,7 +37,7 @@ class TestShapesAndIds:
         assert clara.encode_queries(QUESTIONS).shape == (2, n_mem * 64)
 
     def test_encoder_input_layout(self, e2e):
-        (row,), (dropped,) = e2e.encoder_ids(["disk full"])
+        (row,), (dropped,) = e2e.passage_tokenizer.encoder_ids(["disk full"])
         tok = e2e.tokenizer
         enc, sep = tok.convert_tokens_to_ids(["<ENC>", "<SEP>"])
         disk, full = tok.convert_tokens_to_ids(["disk", "full"])
@@ -127,7 +128,7 @@ class TestCachedPath:
 
 class TestAdapters:
     def test_each_adapter_changes_the_states(self, e2e):
-        rows, _ = e2e.encoder_ids(DOCS[:2])
+        rows, _ = e2e.passage_tokenizer.encoder_ids(DOCS[:2])
         states = {name: e2e._memory_states(rows, name)
                   for name in (ENCODER, DECODER, QUERY_REASONER)}
         with torch.inference_mode():
@@ -168,7 +169,7 @@ class TestAdapters:
         monkeypatch.setattr(e2e, "compress_batch_size", 2)
         docs = ["disk " * 100, "full", "disk " * 101, "node"]
         e2e.compress(docs)
-        rows, _ = e2e.encoder_ids(docs)
+        rows, _ = e2e.passage_tokenizer.encoder_ids(docs)
         assert sum(b * w for b, w in widths) - sum(len(r) for r in rows) <= 2
 
 
@@ -234,3 +235,19 @@ class TestStages:
         prompt = clara._chat("SYSTEM TEXT", "USER TEXT")
         assert prompt == "<s>[INST] SYSTEM TEXT\nUSER TEXT [/INST]"
         assert clara.answer(QUESTIONS[:1], [DOCS], max_new_tokens=3)[0].indices
+
+
+class TestPassageTokenizer:
+    def test_loads_without_weights(self, e2e, e2e_dir, tmp_path):
+        bare = tmp_path / "no-weights"
+        bare.mkdir()
+        for f in e2e_dir.iterdir():  # the tokenizer needs config + tokenizer files only
+            (bare / f.name).symlink_to(f)
+        tok = PassageTokenizer.load(bare)
+        assert tok.identity == e2e.passage_tokenizer.identity
+        assert tok.count(["disk full", "disk " * 300]) == [2, 300]
+        assert tok.max_tokens == 256
+
+    def test_identity_follows_limit(self, make_checkpoint, e2e):
+        other = PassageTokenizer.load(make_checkpoint(doc_max_length=128, compr_rate=16))
+        assert other.identity != e2e.passage_tokenizer.identity

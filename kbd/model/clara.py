@@ -38,6 +38,7 @@ from kbd.model.checkpoint import (
     read_checkpoint,
     resolve_base,
 )
+from kbd.model.tokens import PassageTokenizer
 
 log = logging.getLogger("kbd.model")
 
@@ -155,10 +156,11 @@ class Clara:
         self.fingerprint = fp
         self.adapters = sorted(checkpoint.adapters)
         self.tokenizer = tokenizer
+        self.passage_tokenizer = PassageTokenizer(tokenizer, checkpoint.config)
         self.model = model.eval()
         self.n_mem = self.config.n_mem
         self.hidden = model.config.hidden_size
-        self.mem_ids = tokenizer.convert_tokens_to_ids(self.config.mem_tokens)
+        self.mem_ids = self.passage_tokenizer.mem_ids
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
         self.compress_batch_size = 16 if self.device.type == "cpu" else 64
@@ -225,19 +227,6 @@ class Clara:
 
     # -- encoding ------------------------------------------------------------------------
 
-    def encoder_ids(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
-        """Token ids for compression or query encoding, and how many were cut off each.
-
-        `<ENC>` + bos + text + eos without automatic special tokens, cut on the right at
-        doc_max_length + 3 tokens (as the reference does, so an overlong passage loses its eos
-        first, then its tail), then the memory tokens."""
-        tok = self.tokenizer
-        budget = self.config.doc_max_length + 3
-        wrapped = [f"<ENC>{tok.bos_token}{t}{tok.eos_token}" for t in texts]
-        ids = tok(wrapped, add_special_tokens=False)["input_ids"]
-        dropped = [max(0, len(x) - budget) for x in ids]
-        return [x[:budget] + self.mem_ids for x in ids], dropped
-
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
@@ -270,7 +259,7 @@ class Clara:
         """Memory for each passage: [n, m, d]. With return_dropped, also the number of tokens
         each passage lost to the doc_max_length limit (0 when it fit)."""
         _check_texts(passages, "passage")
-        rows, dropped = self.encoder_ids(passages)
+        rows, dropped = self.passage_tokenizer.encoder_ids(passages)
         if any(dropped):
             log.warning("%d of %d passages exceed doc_max_length=%d and were truncated",
                         sum(1 for d in dropped if d), len(passages), self.config.doc_max_length)
@@ -281,7 +270,7 @@ class Clara:
         """Query vectors from the query reasoner: [b, m * d]."""
         self._require(QUERY_REASONER, "encode questions for ranking")
         _check_texts(questions, "question")
-        rows, _ = self.encoder_ids(questions)
+        rows, _ = self.passage_tokenizer.encoder_ids(questions)
         return self._memory_states(rows, QUERY_REASONER).flatten(1)
 
     @staticmethod
