@@ -11,8 +11,8 @@ from reference import ReferenceClara
 from kbd.errors import CapabilityError, InputError
 from kbd.model.checkpoint import DECODER, ENCODER, QUERY_REASONER
 from kbd.model.clara import RANK_CHUNK_ROWS, Clara, memory_from_bytes, memory_to_bytes
-from kbd.model.tokens import PassageTokenizer
 from kbd.model.testing import CHAT_TEMPLATE_NO_SYSTEM, write_base_model, write_checkpoint
+from kbd.model.tokens import PassageTokenizer
 
 VARIANTS = {
     "compression-16": {},
