@@ -1,0 +1,128 @@
+"""config.toml + KBD_HOME -> one frozen Config. Unknown keys and bad values are errors naming
+the key, so a typo never silently falls back to a default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from kbd.errors import KbdError
+
+
+class ConfigError(KbdError):
+    code = "config"
+
+
+@dataclass(frozen=True)
+class FolderConfig:
+    path: Path
+    kind: str = "auto"  # log | report | auto
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    polling: bool = False  # for network and container mounts where inotify sees nothing
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    checkpoint: Path | None = None  # CLaRa checkpoint folder; None: ingest only, passages queue
+    base: Path | None = None  # local folder of the base model
+    device: str = "auto"
+    dtype: str = "auto"
+    compress_batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    max_file_mb: int = 512
+    debounce_s: float = 2.0
+    rescan_interval_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path  # data dir: database, memory matrices, reports
+    store_url: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    folders: tuple[FolderConfig, ...] = ()
+    source: Path | None = None  # the file it was read from
+
+    @property
+    def database_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.home / 'kbd.sqlite3'}"
+
+    @property
+    def memory_dir(self) -> Path:
+        return self.home / "memory"
+
+
+def default_home() -> Path:
+    if "KBD_HOME" in os.environ:
+        return Path(os.environ["KBD_HOME"]) / "data"
+    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "kbd"
+
+
+def default_config_path() -> Path:
+    if "KBD_CONFIG" in os.environ:
+        return Path(os.environ["KBD_CONFIG"])
+    if "KBD_HOME" in os.environ:
+        return Path(os.environ["KBD_HOME"]) / "config.toml"
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "kbd/config.toml"
+
+
+def _build(cls, raw: dict, where: str, **fixed):
+    """Make a config dataclass from a TOML table, refusing unknown keys and wrong types."""
+    known = {f.name: f for f in fields(cls)}
+    values = dict(fixed)
+    for key, value in raw.items():
+        if key not in known or key in fixed:
+            raise ConfigError(f"{where}.{key}: unknown key",
+                              hint=f"known keys: {', '.join(sorted(set(known) - set(fixed)))}")
+        default = getattr(cls, key, None) if key not in ("include", "exclude") else ()
+        if isinstance(default, bool) != isinstance(value, bool) or (
+                isinstance(default, int | float) and not isinstance(value, int | float)):
+            raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+        if key in ("include", "exclude"):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}.{key}: expected a list of glob strings")
+            value = tuple(value)
+        elif key in ("checkpoint", "base", "path"):
+            value = Path(value).expanduser() if value else None
+        values[key] = value
+    return cls(**values)
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read the config file (a missing file means all defaults)."""
+    path = path or default_config_path()
+    raw: dict = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from e
+    where = str(path)
+    unknown = set(raw) - {"home", "store", "model", "ingest", "folders"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section or key {sorted(unknown)[0]!r}")
+    store = raw.get("store", {})
+    if set(store) - {"url"}:
+        raise ConfigError(f"{where}: store.{sorted(set(store) - {'url'})[0]}: unknown key")
+    folders = []
+    for i, table in enumerate(raw.get("folders", [])):
+        if "path" not in table:
+            raise ConfigError(f"{where}: folders[{i}].path is required")
+        folder = _build(FolderConfig, table, f"folders[{i}]")
+        if folder.kind not in ("log", "report", "auto"):
+            raise ConfigError(f"{where}: folders[{i}].kind must be log, report or auto")
+        folders.append(folder)
+    return Config(
+        home=Path(raw["home"]).expanduser() if "home" in raw else default_home(),
+        store_url=store.get("url", ""),
+        model=_build(ModelConfig, raw.get("model", {}), "model"),
+        ingest=_build(IngestConfig, raw.get("ingest", {}), "ingest"),
+        folders=tuple(folders),
+        source=path if path.exists() else None,
+    )

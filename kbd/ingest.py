@@ -1,0 +1,362 @@
+"""Ingest one path: preflight -> decide -> read -> parse -> chunk -> store.
+
+Each stage is a plain function over one IngestJob; the list in `STAGES` is the pipeline. A
+stage may finish the job early (unchanged file, a move, a vanished path). All database changes
+for a file happen in the one transaction of the store stage, so a crash at any point leaves
+the file either fully ingested or untouched, and the next scan finds it again.
+
+Growing logs are read from the start of their last passage (that passage is redone, the rest
+kept); a log whose inode changed (logrotate `create`) is looked for among its siblings and
+follows its inode; a log that shrank or whose first bytes changed (`copytruncate`, or a
+rewrite) is read again from the start. Problems with a file are recorded as a failure row
+(shown by `kbd status`), retried when the file changes, and never stop other files.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat as stat_module
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import Row
+
+from kbd.chunk import Passage, chunk
+from kbd.errors import KbdError
+from kbd.parsers import Parsed, ParseError, parse
+from kbd.store import Store
+from kbd.store import queries as q
+
+log = logging.getLogger("kbd.ingest")
+
+HEAD_BYTES = 4096  # a rewritten or truncated-and-refilled log shows in its first bytes
+
+
+class IngestFailure(KbdError):
+    """A file kbd cannot ingest now; recorded with its stage and code."""
+
+    def __init__(self, stage: str, code: str, message: str):
+        super().__init__(message, code=code)
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_file_bytes: int = 512 * 2**20
+
+
+@dataclass
+class IngestJob:
+    path: Path
+    folder: str | None
+    kind: str  # log | report | auto
+    force: bool = False  # read even if size, mtime and inode are unchanged
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    stat: os.stat_result | None = None
+    document: Row | None = None
+    mode: str = "new"  # new | append | rewrite
+    data: bytes = b""
+    start_line: int = 1
+    start_byte: int = 0
+    first_ordinal: int = 0
+    head: bytes = b""
+    parsed: Parsed | None = None
+    passages: list[Passage] = field(default_factory=list)
+    outcome: str = ""  # what happened, for logs and tests
+    rotated: bool = False
+
+    @property
+    def done(self) -> bool:
+        return bool(self.outcome)
+
+
+class Ingester:
+    """Turns paths into documents and passages. `tokenizer` (a PassageTokenizer) may be None:
+    documents are then stored uncut and cut later by `recut`."""
+
+    def __init__(self, store: Store, tokenizer=None, limits: Limits = Limits()):
+        self.store = store
+        self.tokenizer = tokenizer
+        self.limits = limits
+
+    # -- entry points --------------------------------------------------------------------
+
+    def ingest(self, path: Path, folder: str | None = None, kind: str = "auto",
+               force: bool = False) -> str:
+        """Bring the store up to date with one path; returns the outcome. Never raises for a
+        problem with the file itself."""
+        job = IngestJob(Path(os.path.abspath(path)), folder, kind, force=force)
+        try:
+            for stage in STAGES:
+                stage(self, job)
+                if job.done:
+                    break
+        except IngestFailure as e:
+            self._fail(job, e)
+        except ParseError as e:
+            self._fail(job, IngestFailure("parse", e.code, str(e)))
+        log.debug("[%s] %s: %s", job.id, job.path, job.outcome)
+        return job.outcome
+
+    def ingest_many(self, items: Iterable[tuple[Path, str | None, str]]) -> dict[str, int]:
+        outcomes: dict[str, int] = {}
+        for path, folder, kind in items:
+            outcome = self.ingest(path, folder, kind)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return outcomes
+
+    def reconcile(self, scanned: Iterable[tuple[Path, str | None, str]]) -> dict[str, int]:
+        """Start-up and periodic rescan: ingest what changed, retire what is gone. Unchanged
+        files (same size, mtime and inode, cut for this tokenizer) are not read."""
+        seen: set[str] = set()
+        outcomes: dict[str, int] = {}
+        for path, folder, kind in scanned:
+            seen.add(os.path.abspath(path))
+            outcome = self.ingest(path, folder, kind)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        with self.store.read() as conn:
+            gone = [d.path for d in q.live_documents(conn) if d.path not in seen]
+        for path in gone:
+            outcome = self.ingest(Path(path))
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        return outcomes
+
+    def recut(self) -> int:
+        """Cut documents stored before a tokenizer was known, or for another one."""
+        if self.tokenizer is None:
+            return 0
+        with self.store.read() as conn:
+            stale = q.documents_to_recut(conn, self.tokenizer.identity)
+        for document in stale:
+            self.ingest(Path(document.path), document.folder, document.kind, force=True)
+        return len(stale)
+
+    # -- failures ------------------------------------------------------------------------
+
+    def _fail(self, job: IngestJob, error: IngestFailure) -> None:
+        size = job.stat.st_size if job.stat else None
+        mtime = job.stat.st_mtime_ns if job.stat else None
+
+        def record(conn) -> None:
+            q.record_failure(conn, str(job.path), error.stage, error.code, error.message,
+                             size, mtime)
+            if job.document is not None:  # what we had no longer describes the file
+                q.retire_passages(conn, job.document.id)
+                q.update_document(conn, job.document.id, status="error", error=error.message,
+                                  size=size or 0, mtime_ns=mtime or 0)
+
+        self.store.write(record)
+        job.outcome = f"failed:{error.code}"
+        log.warning("[%s] %s: %s failed (%s): %s", job.id, job.path, error.stage, error.code,
+                    error.message)
+
+
+# -- stages ------------------------------------------------------------------------------
+
+def preflight(ing: Ingester, job: IngestJob) -> None:
+    """Stat the path; vanished paths retire their documents; refuse what is not a file."""
+    try:
+        job.stat = os.stat(job.path)
+    except FileNotFoundError:
+        job.outcome = vanish(ing, job.path)
+        return
+    except OSError as e:
+        code = "symlink-loop" if e.errno == errno.ELOOP else "unreadable"
+        raise IngestFailure("preflight", code, f"{job.path}: {e.strerror}") from e
+    mode = job.stat.st_mode
+    if stat_module.S_ISDIR(mode):
+        job.outcome = "directory"
+    elif not stat_module.S_ISREG(mode):
+        raise IngestFailure("preflight", "not-a-file",
+                            f"{job.path}: not a regular file (a FIFO, socket or device)")
+    elif job.stat.st_size > ing.limits.max_file_bytes:
+        raise IngestFailure("preflight", "too-large",
+                            f"{job.path}: {job.stat.st_size} bytes, over the limit of "
+                            f"{ing.limits.max_file_bytes}")
+    elif not os.access(job.path, os.R_OK):
+        raise IngestFailure("preflight", "unreadable", f"{job.path}: permission denied")
+
+
+def decide(ing: Ingester, job: IngestJob) -> None:
+    """Compare with what the store knows: unchanged, a move, new lines, or a rewrite."""
+    st = job.stat
+    with ing.store.read() as conn:
+        job.document = q.live_document(conn, str(job.path))
+        failure = q.failure_for(conn, str(job.path))
+    unchanged_failure = failure and (failure.size, failure.mtime_ns) == (st.st_size,
+                                                                       st.st_mtime_ns)
+    if unchanged_failure and not job.force:
+        job.outcome = "failed-unchanged"  # retried once the file changes
+        return
+    doc = job.document
+    if doc is None:
+        job.outcome = follow_move(ing, job)
+        return
+    if (doc.device, doc.inode) != (st.st_dev, st.st_ino):
+        rotate_away(ing, doc, job.path)  # logrotate `create`: the old file has a new name
+        job.document, job.rotated = None, True
+        return
+    same = (doc.size, doc.mtime_ns) == (st.st_size, st.st_mtime_ns)
+    current = ing.tokenizer is None or doc.tokenizer == ing.tokenizer.identity
+    if same and current and doc.status != "error" and not job.force:
+        job.outcome = "unchanged"
+        return
+    job.head = read_head(job.path)
+    grown = st.st_size >= doc.offset and doc.head_hash == digest(job.head[:doc.head_len or 0])
+    if (doc.kind == "log" and not job.path.name.endswith(".gz") and grown and current
+            and doc.status == "ready"):
+        job.mode = "append"
+    else:
+        job.mode = "rewrite"
+        job.rotated = doc.kind == "log" and not grown
+
+
+def read(ing: Ingester, job: IngestJob) -> None:
+    """Read the bytes to parse: from the last passage's start when a log grew, else all."""
+    if job.mode == "append":
+        with ing.store.read() as conn:
+            tail = q.live_passages(conn, job.document.id)[-1:]
+        if tail:
+            job.start_byte, job.start_line, job.first_ordinal = (
+                tail[0].byte_start, tail[0].first_line, tail[0].ordinal)
+            with ing.store.read() as conn:  # pieces of one split line share its start byte
+                same_line = [p for p in q.live_passages(conn, job.document.id)
+                             if p.byte_start == job.start_byte]
+            job.first_ordinal = min(p.ordinal for p in same_line)
+    try:
+        with open(job.path, "rb") as f:
+            f.seek(job.start_byte)
+            job.data = f.read(ing.limits.max_file_bytes + 1)
+    except OSError as e:
+        raise IngestFailure("read", "unreadable", f"{job.path}: {e.strerror}") from e
+    if not job.head:
+        job.head = job.data[:HEAD_BYTES] if job.start_byte == 0 else read_head(job.path)
+
+
+def parse_stage(ing: Ingester, job: IngestJob) -> None:
+    kind = job.document.kind if job.document is not None and job.mode == "append" else job.kind
+    job.parsed = parse(job.path, job.data, kind, start_line=job.start_line,
+                       start_byte=job.start_byte, max_bytes=ing.limits.max_file_bytes)
+
+
+def chunk_stage(ing: Ingester, job: IngestJob) -> None:
+    if ing.tokenizer is not None:
+        job.passages = chunk(job.parsed, ing.tokenizer.count, ing.tokenizer.max_tokens,
+                             first_ordinal=job.first_ordinal)
+
+
+def store_stage(ing: Ingester, job: IngestJob) -> None:
+    """One transaction: the document row and its passages, old ones retired."""
+    st, parsed, tokenizer = job.stat, job.parsed, ing.tokenizer
+    consumed = job.start_byte + len(job.data)
+    fields = {
+        "path": str(job.path), "folder": job.folder, "kind": parsed.kind,
+        "device": st.st_dev, "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        "head_hash": digest(job.head), "head_len": len(job.head), "offset": consumed,
+        "content_hash": digest(job.data) if job.start_byte == 0 else None,
+        "tokenizer": tokenizer.identity if tokenizer else None,
+        "status": "ready" if tokenizer else "unchunked", "error": None,
+    }
+
+    def write(conn) -> None:
+        q.clear_failure(conn, str(job.path))
+        doc = job.document
+        if doc is None:
+            doc_id = q.insert_document(conn, **fields)
+        else:
+            doc_id = doc.id
+            q.retire_passages(conn, doc_id, from_ordinal=job.first_ordinal)
+            extra = {"rotations": doc.rotations + 1} if job.rotated else {}
+            q.update_document(conn, doc_id, changed_at=q.utcnow(), **fields, **extra)
+        if tokenizer:
+            q.insert_passages(conn, doc_id, job.passages, tokenizer.identity)
+
+    ing.store.write(write)
+    job.outcome = {"new": "added", "append": "appended", "rewrite": "rewritten"}[job.mode]
+    if job.rotated and job.mode == "rewrite":
+        job.outcome = "rotated"
+
+
+STAGES: list[Callable] = [preflight, decide, read, parse_stage, chunk_stage, store_stage]
+
+
+# -- moves, rotation and deletion ----------------------------------------------------------
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(HEAD_BYTES)
+
+
+def _inode_at(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def follow_move(ing: Ingester, job: IngestJob) -> str:
+    """A path the store does not know: if a document had this file's inode and no longer has
+    it where it was (a rename, a directory moved, logrotate), the document follows the file
+    (nothing is re-read or re-compressed). Returns "" to go on as a new document."""
+    st = job.stat
+    with ing.store.read() as conn:
+        candidates = q.documents_with_identity(conn, st.st_dev, st.st_ino)
+    for doc in candidates:
+        if doc.deleted_at is None and _inode_at(doc.path) == (st.st_dev, st.st_ino):
+            continue  # still there too: a hard link, ingest this path on its own
+        if doc.deleted_at is not None and (doc.size, doc.mtime_ns) != (st.st_size,
+                                                                        st.st_mtime_ns):
+            continue  # an old deleted file whose inode was reused
+
+        def move(conn, doc=doc) -> None:
+            if doc.deleted_at is not None:
+                q.revive_document(conn, doc, str(job.path))
+            else:
+                q.update_document(conn, doc.id, path=str(job.path), folder=job.folder)
+
+        ing.store.write(move)
+        log.info("[%s] %s: moved from %s", job.id, job.path, doc.path)
+        # it may also have grown since: ingest again under its new path
+        outcome = ing.ingest(job.path, job.folder, job.kind)
+        return "moved" if outcome == "unchanged" else f"moved+{outcome}"
+    return ""
+
+
+def rotate_away(ing: Ingester, doc: Row, path: Path) -> None:
+    """The file at a document's path has another inode now. Look for the old inode beside it
+    (app.log -> app.log.1); the document follows it there, or is retired if it is gone."""
+    old = (doc.device, doc.inode)
+    for sibling in sorted(path.parent.glob(f"{path.name}?*")):
+        if _inode_at(str(sibling)) == old:
+            ing.store.write(lambda conn, to=str(sibling): q.update_document(
+                conn, doc.id, path=to, rotations=doc.rotations + 1))
+            log.info("%s: rotated to %s", path, sibling)
+            ing.ingest(sibling, doc.folder, doc.kind)  # lines written before the rotation
+            return
+    ing.store.write(lambda conn: q.retire_document(conn, doc.id))
+
+
+def vanish(ing: Ingester, path: Path) -> str:
+    """A path that no longer exists: retire its document (or, for a directory, every document
+    under it), unless its file lives on under a rotated name beside it."""
+    with ing.store.read() as conn:
+        doc = q.live_document(conn, str(path))
+        under = q.live_documents(conn, under=str(path)) if doc is None else []
+    if doc is not None:
+        rotate_away(ing, doc, path)
+        return "deleted"
+    for d in under:
+        if not os.path.exists(d.path):
+            ing.store.write(lambda conn, d=d: q.retire_document(conn, d.id))
+    ing.store.write(lambda conn: q.clear_failure(conn, str(path)))
+    return "deleted" if under else "missing"

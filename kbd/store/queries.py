@@ -1,0 +1,181 @@
+"""Every query kbd runs, as small functions over a Connection inside the caller's transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from kbd.store.schema import documents, failures, memories, passages
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- documents -----------------------------------------------------------------------------
+
+def live_document(conn: Connection, path: str) -> Row | None:
+    return conn.execute(select(documents).where(documents.c.path == path,
+                                                documents.c.deleted_at.is_(None))).first()
+
+
+def documents_with_identity(conn: Connection, device: int, inode: int) -> list[Row]:
+    """Live or deleted documents last seen with this (device, inode), newest first."""
+    return list(conn.execute(
+        select(documents).where(documents.c.device == device, documents.c.inode == inode)
+        .order_by(documents.c.deleted_at.is_not(None), documents.c.changed_at.desc())))
+
+
+def live_documents(conn: Connection, under: str | None = None) -> list[Row]:
+    query = select(documents).where(documents.c.deleted_at.is_(None))
+    if under is not None:
+        query = query.where(documents.c.path.startswith(under.rstrip("/") + "/",
+                                                        autoescape=True))
+    return list(conn.execute(query.order_by(documents.c.path)))
+
+
+def insert_document(conn: Connection, **fields) -> int:
+    at = utcnow()
+    fields = {"first_seen": at, "last_seen": at, "changed_at": at} | fields
+    return conn.execute(insert(documents).values(**fields)).inserted_primary_key[0]
+
+
+def update_document(conn: Connection, document_id: int, **fields) -> None:
+    conn.execute(update(documents).where(documents.c.id == document_id)
+                 .values(last_seen=utcnow(), **fields))
+
+
+def retire_document(conn: Connection, document_id: int) -> None:
+    """Deleted: never a candidate again, but its passages stay for the answers that cite them."""
+    at = utcnow()
+    retire_passages(conn, document_id, at=at)
+    update_document(conn, document_id, deleted_at=at, status="deleted")
+
+
+def revive_document(conn: Connection, document: Row, path: str) -> None:
+    """A deleted document found again under a new path (a move seen as delete + create)."""
+    conn.execute(update(passages).where(passages.c.document_id == document.id,
+                                        passages.c.retired_at == document.deleted_at)
+                 .values(live=True, retired_at=None))
+    update_document(conn, document.id, path=path, deleted_at=None, status="ready")
+
+
+# -- passages ------------------------------------------------------------------------------
+
+def live_passages(conn: Connection, document_id: int) -> list[Row]:
+    return list(conn.execute(
+        select(passages).where(passages.c.document_id == document_id, passages.c.live)
+        .order_by(passages.c.ordinal)))
+
+
+def retire_passages(conn: Connection, document_id: int, from_ordinal: int = 0,
+                    at: datetime | None = None) -> None:
+    conn.execute(update(passages).where(passages.c.document_id == document_id,
+                                        passages.c.live, passages.c.ordinal >= from_ordinal)
+                 .values(live=False, retired_at=at or utcnow()))
+
+
+def insert_passages(conn: Connection, document_id: int, cut: Sequence, tokenizer: str) -> None:
+    """Store chunk.Passage records for a document."""
+    if not cut:
+        return
+    at = utcnow()
+    conn.execute(insert(passages), [{
+        "document_id": document_id, "ordinal": p.ordinal, "text": p.text,
+        "text_hash": text_hash(p.text), "token_count": p.token_count,
+        "first_line": p.first_line, "last_line": p.last_line, "page": p.page,
+        "byte_start": p.byte_start, "byte_end": p.byte_end, "heading": p.heading,
+        "split": p.split, "tokenizer": tokenizer, "live": True, "created_at": at,
+    } for p in cut])
+
+
+# -- failures ------------------------------------------------------------------------------
+
+def record_failure(conn: Connection, path: str, stage: str, code: str, message: str,
+                   size: int | None, mtime_ns: int | None) -> None:
+    conn.execute(delete(failures).where(failures.c.path == path))
+    conn.execute(insert(failures).values(path=path, stage=stage, code=code, message=message,
+                                         size=size, mtime_ns=mtime_ns, at=utcnow()))
+
+
+def failure_for(conn: Connection, path: str) -> Row | None:
+    return conn.execute(select(failures).where(failures.c.path == path)).first()
+
+
+def clear_failure(conn: Connection, path: str) -> None:
+    conn.execute(delete(failures).where(failures.c.path == path))
+
+
+def all_failures(conn: Connection) -> list[Row]:
+    return list(conn.execute(select(failures).order_by(failures.c.at.desc())))
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+def _missing_memory(fingerprint: str):
+    return ~select(memories.c.id).where(memories.c.fingerprint == fingerprint,
+                                        memories.c.text_hash == passages.c.text_hash).exists()
+
+
+def backlog(conn: Connection, fingerprint: str, limit: int) -> list[tuple[str, str]]:
+    """(text hash, text) of live passages with no memory under this model, oldest first."""
+    first = (select(passages.c.text_hash, func.min(passages.c.id).label("id"))
+             .where(passages.c.live, _missing_memory(fingerprint))
+             .group_by(passages.c.text_hash).order_by(func.min(passages.c.id)).limit(limit)
+             .subquery())
+    rows = conn.execute(select(passages.c.text_hash, passages.c.text)
+                        .join(first, passages.c.id == first.c.id).order_by(passages.c.id))
+    return [(r.text_hash, r.text) for r in rows]
+
+
+def backlog_size(conn: Connection, fingerprint: str) -> int:
+    return conn.execute(select(func.count(func.distinct(passages.c.text_hash)))
+                        .where(passages.c.live, _missing_memory(fingerprint))).scalar_one()
+
+
+def add_memories(conn: Connection, fingerprint: str, rows: Iterable[tuple[str, int]]) -> None:
+    """Map text hashes to memory rows; a hash that already has a row keeps it."""
+    at = utcnow()
+    values = [{"text_hash": h, "fingerprint": fingerprint, "row": r, "created_at": at}
+              for h, r in rows]
+    dialect_insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(dialect_insert(memories).on_conflict_do_nothing(), values)
+
+
+def memory_rows(conn: Connection, fingerprint: str) -> list[tuple[int, int]]:
+    """(passage id, memory row) of every live passage whose memory exists: the candidates."""
+    return [(r.id, r.row) for r in conn.execute(
+        select(passages.c.id, memories.c.row)
+        .join(memories, and_(memories.c.text_hash == passages.c.text_hash,
+                             memories.c.fingerprint == fingerprint))
+        .where(passages.c.live).order_by(passages.c.id))]
+
+
+# -- status --------------------------------------------------------------------------------
+
+def counts(conn: Connection, fingerprint: str | None) -> dict:
+    by_status = dict(conn.execute(select(documents.c.status, func.count())
+                                  .group_by(documents.c.status)).all())
+    live = conn.execute(select(func.count()).where(passages.c.live)).scalar_one()
+    return {
+        "documents": by_status,
+        "passages": live,
+        "failures": conn.execute(select(func.count()).select_from(failures)).scalar_one(),
+        "backlog": backlog_size(conn, fingerprint) if fingerprint else None,
+    }
+
+
+def documents_to_recut(conn: Connection, tokenizer: str) -> list[Row]:
+    """Live documents not yet cut, or cut for another tokenizer."""
+    return list(conn.execute(select(documents).where(
+        documents.c.deleted_at.is_(None),
+        or_(documents.c.tokenizer.is_(None), documents.c.tokenizer != tokenizer))))

@@ -1,0 +1,106 @@
+"""The store's tables. Only kbd.store imports SQLAlchemy.
+
+A document is one file at one path; it keeps its passages, which are cut for one tokenizer.
+A passage's memory is keyed by (text hash, model fingerprint), so identical passages anywhere
+are compressed once, and re-cutting or moving a file costs no compression when the text is
+the same. Passages of changed or deleted documents are retired (live = false), never deleted
+while an answer may cite them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+documents = Table(
+    "documents", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("folder", Text),  # the watched folder it came through
+    Column("kind", String(16), nullable=False),  # log | report
+    Column("device", BigInteger),
+    Column("inode", BigInteger),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("head_hash", String(64)),  # the first HEAD_BYTES: a rewritten log changes it
+    Column("head_len", Integer),
+    Column("content_hash", String(64)),  # whole content, when it was read whole
+    Column("offset", BigInteger, nullable=False, server_default="0"),  # bytes ingested
+    Column("tokenizer", String(32)),  # passages were cut for this tokenizer (null: not cut)
+    Column("status", String(16), nullable=False),  # ready | unchunked | error | deleted
+    Column("error", Text),
+    Column("rotations", Integer, nullable=False, server_default="0"),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("deleted_at", DateTime(timezone=True)),
+    Index("ix_documents_live_path", "path", unique=True,
+          sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
+    Index("ix_documents_identity", "device", "inode"),
+    Index("ix_documents_content", "content_hash"),
+)
+
+passages = Table(
+    "passages", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("document_id", ForeignKey("documents.id", ondelete="CASCADE"), nullable=False),
+    Column("ordinal", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("text_hash", String(64), nullable=False),
+    Column("token_count", Integer, nullable=False),
+    Column("first_line", Integer),
+    Column("last_line", Integer),
+    Column("page", Integer),
+    Column("byte_start", BigInteger),
+    Column("byte_end", BigInteger),
+    Column("heading", Text),
+    Column("split", Boolean, nullable=False, server_default=text("false")),
+    Column("tokenizer", String(32), nullable=False),
+    Column("live", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("retired_at", DateTime(timezone=True)),
+    Index("ix_passages_document_live", "document_id", "live", "ordinal"),
+    Index("ix_passages_text_hash", "text_hash"),
+)
+
+memories = Table(
+    "memories", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("text_hash", String(64), nullable=False),
+    Column("fingerprint", String(32), nullable=False),
+    Column("row", BigInteger, nullable=False),  # row in the fingerprint's memory matrix file
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("fingerprint", "text_hash"),
+)
+
+failures = Table(
+    "failures", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path", Text, nullable=False, unique=True),
+    Column("stage", String(16), nullable=False),
+    Column("code", String(32), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("size", BigInteger),
+    Column("mtime_ns", BigInteger),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
