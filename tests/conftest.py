@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -53,3 +54,73 @@ def e2e(e2e_dir, base_dir):
     from kbd.model.clara import Clara
 
     return Clara.load(e2e_dir, base_dir, device="cpu")
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL 15 cluster on a Unix socket, run as the postgres user when we
+    are root (PostgreSQL refuses to run as root). Skipped, with the reason, where it cannot
+    start."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL not installed ({PG_BIN / 'initdb'} missing)")
+    folder = Path(tempfile.mkdtemp(prefix="kbd-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = folder / "data"
+    try:
+        subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust",
+                        "-U", "kbd", "--no-sync"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l",
+                        str(folder / "log"), "-w", "-o",
+                        f"-k {folder} -p {port} -c listen_addresses='' -c fsync=off",
+                        "start"], check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        pytest.skip(f"PostgreSQL could not start: {e} {detail.decode(errors='replace')[-300:]}")
+    yield f"postgresql+psycopg://kbd@/postgres?host={folder}&port={port}"
+    subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                    "stop"], capture_output=True, timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'kbd.sqlite3'}"
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    yield server.replace("/postgres?", f"/{name}?")
+    with admin.connect() as conn:
+        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture
+def store(store_url, tmp_path):
+    from kbd.store import Store
+
+    s = Store.open(store_url, tmp_path / "memory")
+    yield s
+    s.close()

@@ -1,0 +1,138 @@
+"""The store on SQLite and PostgreSQL: migrations, SQLite settings, locking, memory files."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import select, text
+
+from kbd.store import Store
+from kbd.store import queries as q
+from kbd.store.memory import MemoryFileError, MemoryMatrix
+from kbd.store.schema import metadata, passages
+
+
+def passage(ordinal: int, body: str) -> SimpleNamespace:
+    return SimpleNamespace(ordinal=ordinal, text=body, first_line=ordinal + 1,
+                           last_line=ordinal + 1, page=None, byte_start=ordinal * 10,
+                           byte_end=ordinal * 10 + 9, token_count=3, heading=None, split=False)
+
+
+def add_document(store: Store, path: str, texts: list[str]) -> int:
+    def work(conn):
+        doc = q.insert_document(conn, path=path, kind="log", size=1, mtime_ns=1,
+                                status="ready", tokenizer="tok")
+        q.insert_passages(conn, doc, [passage(i, t) for i, t in enumerate(texts)], "tok")
+        return doc
+
+    return store.write(work)
+
+
+class TestSchema:
+    def test_migrations_match_the_tables(self, store):
+        with store.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
+                == "0001"
+
+    def test_reopen_keeps_data(self, store, store_url, tmp_path):
+        add_document(store, "/a.log", ["one"])
+        again = Store.open(store_url, tmp_path / "memory")
+        with again.read() as conn:
+            assert q.live_document(conn, "/a.log").kind == "log"
+        again.close()
+
+    def test_one_live_document_per_path(self, store):
+        doc = add_document(store, "/a.log", ["one"])
+        store.write(lambda conn: q.retire_document(conn, doc))
+        add_document(store, "/a.log", ["two"])  # a deleted one does not block the path
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            add_document(store, "/a.log", ["three"])
+
+    def test_unreachable_database_is_a_clear_error(self, tmp_path):
+        from kbd.store import StoreError
+
+        with pytest.raises(StoreError, match="cannot open"):
+            Store.open("postgresql+psycopg://nobody@/x?host=/nonexistent&port=1",
+                       tmp_path / "m")
+
+
+class TestSqliteSettings:
+    def test_pragmas(self, tmp_path):
+        store = Store.open(f"sqlite:///{tmp_path / 'k.db'}", tmp_path / "m")
+        with store.read() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+
+    def test_concurrent_read_then_write(self, tmp_path):
+        """Read-then-write transactions from many threads: BEGIN IMMEDIATE serialises them
+        instead of failing with "database is locked"."""
+        store = Store.open(f"sqlite:///{tmp_path / 'k.db'}", tmp_path / "m")
+        add_document(store, "/counter.log", ["0"])
+        errors = []
+
+        def bump() -> None:
+            def work(conn):
+                row = conn.execute(select(passages.c.id, passages.c.text)).first()
+                conn.execute(passages.update().where(passages.c.id == row.id)
+                             .values(text=str(int(row.text) + 1)))
+            try:
+                for _ in range(20):
+                    store.write(work)
+            except Exception as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(e)
+
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with store.read() as conn:
+            assert conn.execute(select(passages.c.text)).scalar() == "80"
+
+
+class TestBacklogAndMemory:
+    def test_backlog_is_distinct_by_text(self, store):
+        add_document(store, "/a.log", ["alpha", "beta", "alpha"])
+        add_document(store, "/b.log", ["beta", "gamma"])
+        with store.read() as conn:
+            waiting = q.backlog(conn, "m1", 10)
+            assert sorted(t for _, t in waiting) == ["alpha", "beta", "gamma"]
+            assert q.backlog_size(conn, "m1") == 3
+        store.write(lambda conn: q.add_memories(conn, "m1", [(q.text_hash("alpha"), 0)]))
+        store.write(lambda conn: q.add_memories(conn, "m1", [(q.text_hash("alpha"), 7)]))
+        with store.read() as conn:
+            assert q.backlog_size(conn, "m1") == 2
+            assert q.backlog_size(conn, "other-model") == 3
+            rows = q.memory_rows(conn, "m1")
+        assert [r for _, r in rows] == [0, 0]  # both "alpha" passages, the first row kept
+
+    def test_retired_passages_leave_the_backlog_and_candidates(self, store):
+        doc = add_document(store, "/a.log", ["alpha", "beta"])
+        store.write(lambda conn: q.add_memories(conn, "m", [(q.text_hash("alpha"), 0)]))
+        store.write(lambda conn: q.retire_document(conn, doc))
+        with store.read() as conn:
+            assert q.backlog_size(conn, "m") == 0
+            assert q.memory_rows(conn, "m") == []
+            assert len(conn.execute(select(passages)).all()) == 2  # kept for citations
+
+    def test_matrix_append_and_map(self, tmp_path):
+        matrix = MemoryMatrix(tmp_path, "fp.float32", (2, 3), "float32")
+        rows = [np.full((2, 3), i, dtype="float32").tobytes() for i in range(3)]
+        assert matrix.append(rows[:2]) == [0, 1]
+        assert matrix.append(rows[2:]) == [2]
+        assert matrix.matrix()[:, 0, 0].tolist() == [0.0, 1.0, 2.0]
+        assert matrix.read([1]) == [rows[1]]
+        with open(matrix.path, "ab") as f:  # a crash in the middle of a row
+            f.write(b"\x01\x02")
+        assert matrix.append(rows[:1]) == [3]
+        assert matrix.rows() == 4
+        with pytest.raises(MemoryFileError, match="holds"):
+            MemoryMatrix(tmp_path, "fp.float32", (2, 4), "float32")
