@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 
 import click
 
@@ -35,12 +36,111 @@ def print_json(data) -> None:
 
 @click.group()
 @click.version_option(package_name="kbd")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="KBD_CONFIG", help="Config file (default: ~/.config/kbd/config.toml).")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress to stderr.")
-def cli(verbose: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """kbd: a local knowledge base that answers questions about your logs and reports."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars from weight loading
+    ctx.obj = config_path
+
+
+def get_config():
+    from kbd.config import load_config
+
+    return load_config(click.get_current_context().find_root().obj)
+
+
+def open_store(config):
+    from kbd.store import Store
+
+    return Store.open(config.database_url, config.memory_dir)
+
+
+def passage_tokenizer(config):
+    """The configured model's tokenizer (no weights), or None without a model."""
+    if config.model.checkpoint is None:
+        return None
+    from kbd.model.tokens import PassageTokenizer
+
+    return PassageTokenizer.load(config.model.checkpoint, config.model.base)
+
+
+@cli.command("ingest")
+@click.option("--once", is_flag=True, required=True,
+              help="Ingest now and exit (the daemon ingests continuously).")
+@click.option("--no-compress", is_flag=True, help="Leave the compression backlog queued.")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Ingest PATHS (files or folders; default: the configured folders) once, then compress
+    the backlog if a model is configured.
+
+        kbd ingest --once /var/log/app ~/reports/incident.md
+    """
+    from kbd.ingest import Ingester, Limits
+    from kbd.watch import WatchedFolder, folder_for, scan
+
+    config = get_config()
+    store = open_store(config)
+    ingester = Ingester(store, passage_tokenizer(config),
+                        Limits(max_file_bytes=config.ingest.max_file_mb * 2**20))
+    folders = [WatchedFolder(p) for p in paths if p.is_dir()] if paths else config.folders
+    files = [(f, p) for f, p in scan(folders)]
+    files += [(folder_for(config.folders, p), p) for p in paths if not p.is_dir()]
+    outcomes = ingester.ingest_many((p, str(f.path) if f else None, f.kind if f else "auto")
+                                    for f, p in files)
+    outcomes["recut"] = ingester.recut()
+    compressed = 0
+    if config.model.checkpoint is not None and not no_compress:
+        from kbd.memory import compress_backlog
+
+        clara = load_clara(config.model.checkpoint, config.model.base, config.model.device,
+                           config.model.dtype)
+        compressed = compress_backlog(store, clara, config.model.compress_batch_size)
+    result = {"files": len(files), "outcomes": outcomes, "compressed": compressed}
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"{len(files)} files: " + ", ".join(f"{v} {k}" for k, v in
+                                                    sorted(outcomes.items()) if v))
+        click.echo(f"{compressed} passages compressed")
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def status(as_json: bool) -> None:
+    """Documents, passages, the compression backlog and files that could not be read."""
+    from kbd.store import queries as q
+
+    config = get_config()
+    store = open_store(config)
+    model = None
+    if config.model.checkpoint is not None:
+        from kbd.memory import configured_memory_id
+
+        model = configured_memory_id(config)
+    with store.read() as conn:
+        result = q.counts(conn, model) | {"failed_files": [
+            {"path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
+            for f in q.all_failures(conn)]}
+    result["store"] = store.safe_url
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"store: {result['store']}")
+    docs = ", ".join(f"{n} {s}" for s, n in sorted(result["documents"].items())) or "none"
+    click.echo(f"documents: {docs}")
+    click.echo(f"passages: {result['passages']}")
+    backlog = "no model configured" if model is None else result["backlog"]
+    click.echo(f"backlog: {backlog}")
+    for f in result["failed_files"]:
+        click.echo(f"failed: {f['path']} ({f['stage']}, {f['code']}): {f['message']}")
 
 
 @cli.group()

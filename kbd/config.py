@@ -9,19 +9,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from kbd.errors import KbdError
+from kbd.watch import WatchedFolder
 
 
 class ConfigError(KbdError):
     code = "config"
-
-
-@dataclass(frozen=True)
-class FolderConfig:
-    path: Path
-    kind: str = "auto"  # log | report | auto
-    include: tuple[str, ...] = ("*",)
-    exclude: tuple[str, ...] = ()
-    polling: bool = False  # for network and container mounts where inotify sees nothing
 
 
 @dataclass(frozen=True)
@@ -46,7 +38,7 @@ class Config:
     store_url: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
-    folders: tuple[FolderConfig, ...] = ()
+    folders: tuple[WatchedFolder, ...] = ()
     source: Path | None = None  # the file it was read from
 
     @property
@@ -114,7 +106,7 @@ def load_config(path: Path | None = None) -> Config:
     for i, table in enumerate(raw.get("folders", [])):
         if "path" not in table:
             raise ConfigError(f"{where}: folders[{i}].path is required")
-        folder = _build(FolderConfig, table, f"folders[{i}]")
+        folder = _build(WatchedFolder, table, f"folders[{i}]")
         if folder.kind not in ("log", "report", "auto"):
             raise ConfigError(f"{where}: folders[{i}].kind must be log, report or auto")
         folders.append(folder)

@@ -22,6 +22,17 @@ def memory_id(clara) -> str:
     return f"{clara.fingerprint}.{str(clara.dtype).removeprefix('torch.')}"
 
 
+def configured_memory_id(config) -> str:
+    """The memory id of the configured model without loading its weights."""
+    from kbd.model.checkpoint import fingerprint, read_checkpoint, resolve_base
+    from kbd.model.clara import pick_device
+
+    checkpoint = read_checkpoint(config.model.checkpoint)
+    _, dtype = pick_device(config.model.device, config.model.dtype)
+    base = resolve_base(checkpoint, config.model.base)
+    return f"{fingerprint(checkpoint.path, base)}.{str(dtype).removeprefix('torch.')}"
+
+
 def open_matrix(store: Store, clara) -> MemoryMatrix:
     return MemoryMatrix(store.memory_dir, memory_id(clara), (clara.n_mem, clara.hidden),
                         str(clara.dtype).removeprefix("torch."))
