@@ -83,17 +83,20 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
         kbd ingest --once /var/log/app ~/reports/incident.md
     """
     from kbd.ingest import Ingester, Limits
-    from kbd.watch import WatchedFolder, folder_for, scan
+    from kbd.watch import WatchedFolder, scan
 
     config = get_config()
     store = open_store(config)
     ingester = Ingester(store, passage_tokenizer(config),
                         Limits(max_file_bytes=config.ingest.max_file_mb * 2**20))
-    folders = [WatchedFolder(p) for p in paths if p.is_dir()] if paths else config.folders
-    files = [(f, p) for f, p in scan(folders)]
-    files += [(folder_for(config.folders, p), p) for p in paths if not p.is_dir()]
-    outcomes = ingester.ingest_many((p, str(f.path) if f else None, f.kind if f else "auto")
-                                    for f, p in files)
+    if paths:
+        folders = [WatchedFolder(p) for p in paths if p.is_dir()]
+        files = [(p, str(f.path), f.kind) for f, p in scan(folders)]
+        files += [(p, None, "auto") for p in paths if not p.is_dir()]
+        outcomes = ingester.ingest_many(files)
+    else:  # the configured folders, reconciled: what is gone from them is retired
+        files = [(p, str(f.path), f.kind) for f, p in scan(config.folders)]
+        outcomes = ingester.reconcile(files)
     outcomes["recut"] = ingester.recut()
     compressed = 0
     if config.model.checkpoint is not None and not no_compress:

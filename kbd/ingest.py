@@ -18,9 +18,11 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import stat as stat_module
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from kbd.errors import KbdError
 from kbd.parsers import Parsed, ParseError, parse
 from kbd.store import Store
 from kbd.store import queries as q
+from kbd.watch import WatchedFolder, folder_for, scan
 
 log = logging.getLogger("kbd.ingest")
 
@@ -360,3 +363,72 @@ def vanish(ing: Ingester, path: Path) -> str:
             ing.store.write(lambda conn, d=d: q.retire_document(conn, d.id))
     ing.store.write(lambda conn: q.clear_failure(conn, str(path)))
     return "deleted" if under else "missing"
+
+
+# -- the queue between the watcher and the ingester ----------------------------------------
+
+RESCAN = Path("\0rescan")  # a queue item, not a path: reconcile everything with the store
+
+
+class IngestWorker:
+    """One thread that ingests queued paths in order. A path already waiting is not queued
+    twice, so a burst of events for one file costs one ingest."""
+
+    def __init__(self, ingester: Ingester, folders: Sequence[WatchedFolder],
+                 on_done: Callable[[Path, str], None] | None = None):
+        self.ingester = ingester
+        self.folders = tuple(folders)
+        self.on_done = on_done
+        self._queue: queue.Queue[Path] = queue.Queue()
+        self._queued: set[Path] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kbd-ingest", daemon=True)
+
+    def submit(self, paths: Iterable[Path]) -> None:
+        with self._lock:
+            for path in paths:
+                if path not in self._queued:
+                    self._queued.add(path)
+                    self._queue.put(path)
+
+    def rescan(self) -> None:
+        self.submit([RESCAN])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._queued
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                path = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                self._handle(path)
+            except Exception:  # one bad path must never stop the worker
+                log.exception("ingest of %s failed unexpectedly", path)
+            finally:
+                with self._lock:
+                    self._queued.discard(path)
+
+    def _handle(self, path: Path) -> None:
+        if path == RESCAN:
+            self.ingester.reconcile((p, str(f.path), f.kind) for f, p in scan(self.folders))
+            return
+        folder = folder_for(self.folders, path)
+        if folder is None and os.path.lexists(path):
+            return  # outside the folders or rejected by their globs
+        outcome = self.ingester.ingest(path, str(folder.path) if folder else None,
+                                       folder.kind if folder else "auto")
+        if self.on_done:
+            self.on_done(path, outcome)

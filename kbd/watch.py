@@ -1,0 +1,420 @@
+"""Everything between the filesystem and the ingest queue: which files count, when they are ready.
+
+The watchdog handler only notes paths in a StabilityTracker; a timer thread hands the paths that
+have gone quiet to `on_ready` and asks the consumer to rescan now and then, because inotify drops
+events silently when its queue overflows and sees nothing on network mounts (use `polling` there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from stat import S_ISDIR
+from time import monotonic
+from typing import NamedTuple
+
+from watchdog.events import (
+    EVENT_TYPE_CLOSED,
+    EVENT_TYPE_CREATED,
+    EVENT_TYPE_DELETED,
+    EVENT_TYPE_MODIFIED,
+    EVENT_TYPE_MOVED,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger("kbd.watch")
+
+# Editors and downloaders write these beside the real file, then rename or delete them.
+TEMP_GLOBS = (".#*", "*.swp", "*~", "*.tmp", ".*.part")
+
+# Only events that mean the content may have changed: ingest opens and reads every file, and
+# "opened"/"closed_no_write" events would queue it again forever. Directory "modified" events
+# say nothing about which file changed.
+_EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
+    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+]
+_CHANGES = {
+    EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED, EVENT_TYPE_DELETED
+}
+_RETRY_S = 30.0  # how long to wait before trying again to watch a root that could not be watched
+
+
+@dataclass(frozen=True)
+class WatchedFolder:
+    """A folder whose files kbd ingests; config.toml has one per folder entry."""
+
+    path: Path
+    kind: str = "auto"  # "log" | "report" | "auto": for the parsers, not used here
+    include: tuple[str, ...] = ("*",)  # globs against the path relative to `path` and the name
+    exclude: tuple[str, ...] = ()  # wins over include; TEMP_GLOBS are always excluded
+    polling: bool = False  # network/container mounts, where inotify sees nothing
+    poll_interval_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        # Event paths are built from the path we schedule, so keep one spelling: absolute and
+        # normalised, symlinks kept (resolving them would rename every file under a linked root).
+        object.__setattr__(self, "path", _abspath(self.path))
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+
+
+def folder_for(folders: Iterable[WatchedFolder], path: str | os.PathLike) -> WatchedFolder | None:
+    """The folder `path` belongs to, or None when it is outside them all or its globs reject it.
+
+    With nested folders the innermost one decides, so its globs and kind hold in its subtree.
+    """
+    path = _abspath(path)
+    folder = _owner(folders, path)
+    if folder is None or path == folder.path:
+        return None
+    relative, name = path.relative_to(folder.path).as_posix(), path.name
+
+    def matches(globs: Iterable[str]) -> bool:
+        return any(fnmatchcase(relative, g) or fnmatchcase(name, g) for g in globs)
+
+    if matches(TEMP_GLOBS) or matches(folder.exclude) or not matches(folder.include):
+        return None
+    return folder
+
+
+def scan(folders: Iterable[WatchedFolder]) -> Iterator[tuple[WatchedFolder, Path]]:
+    """Every regular file under the folders that passes their globs, each once.
+
+    Symlinks to files are followed; symlinked directories are not entered (so there are no loops,
+    and the scan sees what the watcher sees). Missing roots are skipped; so are unreadable
+    directories, with a warning.
+    """
+    folders = tuple(folders)
+    for folder in folders:
+        if not folder.path.is_dir():
+            log.debug("not scanning %s: not a directory (yet)", folder.path)
+            continue
+        for path in _walk(folder.path):
+            # `is`: under nested folders the file is yielded once, by the folder that owns it
+            if folder_for(folders, path) is folder:
+                yield folder, path
+
+
+class _Stat(NamedTuple):
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+@dataclass
+class _Pending:
+    last_event: float  # monotonic time of the latest note() or stat change
+    stat: _Stat | None  # None: missing (or unreadable) when last looked at
+
+
+class StabilityTracker:
+    """A path is released once it has been quiet for quiet_s and two stat()s quiet_s apart agree
+    (size, mtime_ns, inode); a change restarts the wait; a path that vanished is released too
+    (so the consumer can mark it deleted). Monotonic clock, injectable `now` for tests.
+
+    Edge cases:
+    - a path noted again after its release is released again: once per change, never twice for one;
+    - a path that cannot be stat()ed for another reason (permissions) is released like a vanished
+      one, so the consumer records the failure instead of the tracker retrying it forever;
+    - the stat taken in note() is the first of the two, so a file written once is released after
+      about quiet_s; one that keeps changing without events (polling mounts) waits until it stops.
+    Thread-safe: note() runs on observer threads, ready() on the timer thread.
+    """
+
+    def __init__(self, quiet_s: float):
+        self.quiet_s = quiet_s
+        self._pending: dict[Path, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def note(self, path: Path, now: float | None = None) -> None:
+        """Something happened at `path`: (re)start its wait."""
+        entry = _Pending(monotonic() if now is None else now, _stat(path))
+        with self._lock:
+            self._pending[path] = entry
+
+    def ready(self, now: float | None = None) -> list[Path]:
+        """Paths that are stable (or gone) now; each is forgotten once returned."""
+        now = monotonic() if now is None else now
+        with self._lock:
+            due = {p: e for p, e in self._pending.items() if now - e.last_event >= self.quiet_s}
+        # stat() outside the lock: a slow mount must not hold up the observer threads
+        stats = {path: _stat(path) for path in due}
+        released = []
+        with self._lock:
+            for path, entry in due.items():
+                if self._pending.get(path) is not entry:
+                    continue  # noted again meanwhile: its wait restarted
+                stat = stats[path]
+                if stat is None or stat == entry.stat:
+                    del self._pending[path]
+                    released.append(path)
+                else:  # changed without an event (polling, or a missed event): wait again
+                    entry.last_event, entry.stat = now, stat
+        return released
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
+class _Watch(NamedTuple):
+    observer: BaseObserver
+    watch: ObservedWatch
+    root_id: tuple[int, int]  # (st_dev, st_ino) of the root when scheduled
+
+
+class Watcher:
+    """Watches folders and calls `on_ready(paths)` with the paths that changed and went quiet.
+
+    Each path handed to `on_ready` is either an existing regular file to (re)ingest, or not: it
+    vanished, or is a directory (one that was deleted or moved away, or a watched root that went
+    missing), or could not be stat()ed. For those the consumer should forget what it stored at or
+    under the path *that no longer exists on disk*, checking rather than assuming, because the
+    directory may have come back by then with new files that are reported separately.
+
+    `on_rescan()` asks the consumer to reconcile its store with `scan(folders)`: once at start-up,
+    every rescan_interval_s (the safety net for dropped events), when a root (re)appears and after
+    `update()`. Both callbacks run on one thread, one at a time; an exception in either is logged
+    and watching goes on (the next rescan picks up what an `on_ready` that failed missed).
+    """
+
+    def __init__(
+        self,
+        folders: Sequence[WatchedFolder],
+        on_ready: Callable[[list[Path]], None],
+        quiet_s: float = 2.0,
+        rescan_interval_s: float = 300.0,
+        on_rescan: Callable[[], None] | None = None,
+    ):
+        self.tracker = StabilityTracker(quiet_s)
+        self.on_ready = on_ready
+        self.on_rescan = on_rescan
+        self.rescan_interval_s = rescan_interval_s
+        self._folders = tuple(folders)
+        self._tick_s = max(quiet_s / 4, 0.02)
+        self._handler = _Dispatch(self._on_event)
+        self._observers: dict[float | None, BaseObserver] = {}  # poll interval (None: inotify)
+        self._watches: dict[tuple[Path, float | None], _Watch] = {}
+        self._retry_at: dict[tuple[Path, float | None], float] = {}  # roots we failed to watch
+        self._rescan_due = True  # the start-up rescan
+        self._lock = threading.Lock()  # the timer thread and update() both change the watches
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Schedule the observers on the roots that exist, then run the timer thread, whose first
+        act is the start-up `on_rescan()`."""
+        if self._thread is not None or self._stopping.is_set():
+            raise RuntimeError("a Watcher starts once")
+        with self._lock:
+            self._sync()
+        self._thread = threading.Thread(target=self._run, name="kbd-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching and join every thread; safe to call more than once."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            observers = list(self._observers.values())
+            self._observers.clear()
+            self._watches.clear()
+        for observer in observers:
+            observer.stop()
+        for observer in observers:
+            observer.join()
+
+    def update(self, folders: Sequence[WatchedFolder]) -> None:
+        """Replace the folder set (config reload): watches follow, and a rescan is asked for so the
+        consumer ingests what new folders hold and forgets what removed ones held."""
+        with self._lock:
+            if tuple(folders) == self._folders:
+                return
+            self._folders = tuple(folders)
+            self._rescan_due = True
+            if self._thread is not None and not self._stopping.is_set():
+                self._sync()
+
+    # --- timer thread
+
+    def _run(self) -> None:
+        next_rescan = monotonic() + self.rescan_interval_s
+        while not self._stopping.is_set():
+            with self._lock:
+                _call("updating the watches", self._sync)
+                rescan, self._rescan_due = self._rescan_due, False
+            if rescan or monotonic() >= next_rescan:
+                next_rescan = monotonic() + self.rescan_interval_s
+                if self.on_rescan is not None:
+                    _call("on_rescan", self.on_rescan)
+            # paths of folders removed by update() while they waited are dropped here
+            paths = [p for p in self.tracker.ready() if _owner(self._folders, p) is not None]
+            if paths:
+                _call("on_ready", self.on_ready, paths)
+            self._stopping.wait(self._tick_s)
+
+    def _sync(self) -> None:
+        """Make the watches match the roots that exist now. Called with self._lock held.
+
+        A root that was deleted, moved away or replaced loses its watch (watchdog's emitter stops
+        by itself when its root is deleted) and is noted, so the consumer forgets what went with
+        it; once a root exists again it is watched again and a rescan is asked for.
+        """
+        wanted: dict[tuple[Path, float | None], tuple[int, int] | None] = {}
+        for folder in self._folders:
+            interval = folder.poll_interval_s if folder.polling else None
+            wanted[(folder.path, interval)] = _dir_id(folder.path)
+        for key, watch in list(self._watches.items()):
+            if key in wanted and wanted[key] == watch.root_id and _is_alive(watch):
+                continue
+            del self._watches[key]
+            watch.observer.unschedule(watch.watch)
+            if key in wanted:
+                log.info("lost the watch on %s; watching it again once it exists", key[0])
+                self.tracker.note(key[0])
+        # forget failures of folders that are no longer configured
+        self._retry_at = {k: t for k, t in self._retry_at.items() if k in wanted}
+        now = monotonic()
+        for key, root_id in wanted.items():
+            if root_id is None or key in self._watches or self._retry_at.get(key, 0.0) > now:
+                continue
+            path, interval = key
+            try:
+                observer = self._observer(interval)
+                watch = observer.schedule(
+                    self._handler, str(path), recursive=True, event_filter=_EVENT_FILTER
+                )
+            except OSError as e:
+                if key not in self._retry_at:  # one warning per outage, not one per retry
+                    log.warning(
+                        "cannot watch %s: %s (hint: for inotify limits raise "
+                        "fs.inotify.max_user_watches, or set polling = true for this folder); "
+                        "retrying every %.0f s, and rescans still see its files",
+                        path, e, _RETRY_S,
+                    )
+                self._retry_at[key] = now + _RETRY_S
+                continue
+            self._retry_at.pop(key, None)
+            self._watches[key] = _Watch(observer, watch, root_id)
+            self._rescan_due = True  # files may have arrived while it was not watched
+            log.info("watching %s%s", path, f" (polling every {interval} s)" if interval else "")
+
+    def _observer(self, poll_interval_s: float | None) -> BaseObserver:
+        """One inotify Observer, and one PollingObserver per poll interval (watchdog polls all the
+        watches of one observer at the same rate)."""
+        observer = self._observers.get(poll_interval_s)
+        if observer is None:
+            if poll_interval_s is None:
+                observer = Observer()
+            else:
+                observer = PollingObserver(timeout=poll_interval_s)
+            observer.start()  # before any schedule(), so a root that cannot be watched fails there
+            self._observers[poll_interval_s] = observer
+        return observer
+
+    # --- observer threads
+
+    def _on_event(self, event: FileSystemEvent) -> None:
+        """Note what changed, nothing more: this runs on an observer thread."""
+        try:
+            if event.event_type not in _CHANGES:
+                return
+            folders = self._folders
+            src = Path(os.fsdecode(event.src_path))
+            dest = Path(os.fsdecode(event.dest_path)) if event.dest_path else None
+            if not event.is_directory:
+                for path in (src, dest):
+                    if path is not None and folder_for(folders, path) is not None:
+                        self.tracker.note(path)
+                return
+            gone = event.event_type in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED)
+            if gone and _owner(folders, src) is not None:
+                # the directory's old path stands for everything that was under it
+                self.tracker.note(src)
+            if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED):
+                # a directory moved in arrives whole; not every emitter reports its files
+                for path in _walk(dest or src):
+                    if folder_for(folders, path) is not None:
+                        self.tracker.note(path)
+        except Exception:  # an exception would end the observer's thread, and all watching with it
+            log.exception("cannot handle %s", event)
+
+
+class _Dispatch(FileSystemEventHandler):
+    def __init__(self, on_event: Callable[[FileSystemEvent], None]):
+        self.on_event = on_event
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        self.on_event(event)
+
+
+def _abspath(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def _owner(folders: Iterable[WatchedFolder], path: Path) -> WatchedFolder | None:
+    """The innermost folder whose root is `path` or contains it."""
+    owners = [f for f in folders if path.is_relative_to(f.path)]
+    return max(owners, key=lambda f: len(f.path.parts), default=None)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Regular files under root, sorted; symlinked directories are not entered."""
+
+    def skip(error: OSError) -> None:
+        if error.filename != os.fspath(root) or root.exists():
+            log.warning("skipping unreadable directory %s: %s", error.filename, error.strerror)
+
+    for directory, subdirs, names in os.walk(root, onerror=skip):  # followlinks=False
+        subdirs.sort()
+        for name in sorted(names):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):  # not fifos, sockets or broken links
+                yield Path(path)
+
+
+def _stat(path: Path) -> _Stat | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _Stat(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _dir_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if S_ISDIR(st.st_mode) else None
+
+
+def _is_alive(watch: _Watch) -> bool:
+    return any(e.watch == watch.watch and e.is_alive() for e in list(watch.observer.emitters))
+
+
+def _call(what: str, callback: Callable[..., None], *args: object) -> None:
+    """Run a callback on the timer thread; whatever it raises is logged, never fatal."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("%s failed", what)
