@@ -55,7 +55,7 @@ def bench_files(tokenizer, files: list[Path], work: Path) -> dict:
 def bench_delay(tokenizer, work: Path, count: int, quiet_s: float) -> dict:
     """Write files one by one into a watched folder; time last write -> stored."""
     folder = work / "watched"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     store = open_store(work)
     written: dict[Path, float] = {}
     delays: list[float] = []
