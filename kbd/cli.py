@@ -83,10 +83,12 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
         kbd ingest --once /var/log/app ~/reports/incident.md
     """
     from kbd.ingest import Ingester, Limits
+    from kbd.store import queries as q
     from kbd.watch import WatchedFolder, scan
 
     config = get_config()
     store = open_store(config)
+    store.write(lambda conn: q.sync_sources(conn, config.folders))
     ingester = Ingester(store, passage_tokenizer(config),
                         Limits(max_file_bytes=config.ingest.max_file_mb * 2**20))
     if paths:
@@ -123,25 +125,29 @@ def status(as_json: bool) -> None:
 
     config = get_config()
     store = open_store(config)
-    model = None
+    model, model_state = None, "not configured: passages wait for a model"
     if config.model.checkpoint is not None:
         from kbd.memory import configured_memory_id
 
-        model = configured_memory_id(config)
+        try:
+            model = configured_memory_id(config)
+            model_state = f"{config.model.checkpoint} (memory {model})"
+        except KbdError as e:
+            model_state = f"cannot be loaded: {e.message}"
     with store.read() as conn:
         result = q.counts(conn, model) | {"failed_files": [
             {"path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
             for f in q.all_failures(conn)]}
-    result["store"] = store.safe_url
+    result |= {"store": store.safe_url, "model": model_state}
     if as_json:
         print_json(result)
         return
     click.echo(f"store: {result['store']}")
+    click.echo(f"model: {model_state}")
     docs = ", ".join(f"{n} {s}" for s, n in sorted(result["documents"].items())) or "none"
     click.echo(f"documents: {docs}")
     click.echo(f"passages: {result['passages']}")
-    backlog = "no model configured" if model is None else result["backlog"]
-    click.echo(f"backlog: {backlog}")
+    click.echo(f"backlog: {result['backlog']} passages to compress")
     for f in result["failed_files"]:
         click.echo(f"failed: {f['path']} ({f['stage']}, {f['code']}): {f['message']}")
 

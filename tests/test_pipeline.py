@@ -74,12 +74,12 @@ def test_files_follow_the_folder(running):
 
 def test_burst_all_ingested_once(running):
     folder, store, worker, outcomes = running
-    for i in range(1500):
+    for i in range(10_000):
         (folder / f"f{i:04d}.log").write_text(f"2026-11-23 10:00:00 event {i}\n")
-    wait_for(lambda: len(live_paths(store)) == 1500 and worker.idle(), timeout=180)
+    wait_for(lambda: len(live_paths(store)) == 10_000 and worker.idle(), timeout=600)
     with store.read() as conn:  # none twice: no extra document, no passage ever retired
-        assert conn.execute(select(func.count()).select_from(documents)).scalar() == 1500
-        assert conn.execute(select(func.count()).select_from(passages)).scalar() == 1500
+        assert conn.execute(select(func.count()).select_from(documents)).scalar() == 10_000
+        assert conn.execute(select(func.count()).select_from(passages)).scalar() == 10_000
 
 
 def test_rescan_finds_what_no_event_reported(tmp_path, e2e_dir):

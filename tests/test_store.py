@@ -38,7 +38,44 @@ class TestSchema:
         with store.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), metadata) == []
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0001"
+                == "0002"
+
+    def test_older_database_upgrades_on_open(self, store_url, tmp_path):
+        """A database left by a kbd at revision 0001, with data, is upgraded in place."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+        from sqlalchemy import create_engine
+
+        engine = create_engine(store_url)
+        config = AlembicConfig()
+        config.set_main_option("script_location", "kbd:store/migrations")
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001")
+            conn.execute(text("INSERT INTO documents (path, kind, size, mtime_ns, status, "
+                              "\"offset\", rotations, first_seen, last_seen, changed_at) VALUES "
+                              "('/old.log', 'log', 1, 1, 'ready', 0, 0, CURRENT_TIMESTAMP, "
+                              "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        engine.dispose()
+        store = Store.open(store_url, tmp_path / "memory")
+        with store.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        with store.read() as conn:
+            assert q.live_document(conn, "/old.log").kind == "log"
+            assert q.active_sources(conn) == []
+        store.close()
+
+    def test_sources_follow_the_config(self, store, tmp_path):
+        from kbd.watch import WatchedFolder
+
+        a, b = WatchedFolder(tmp_path / "a", kind="log"), WatchedFolder(tmp_path / "b")
+        store.write(lambda conn: q.sync_sources(conn, [a, b]))
+        store.write(lambda conn: q.sync_sources(conn, [WatchedFolder(tmp_path / "a",
+                                                                     include=("*.log",))]))
+        with store.read() as conn:
+            (row,) = q.active_sources(conn)
+        assert row.path == str(tmp_path / "a") and row.include == '["*.log"]'
+        assert row.kind == "auto"
 
     def test_reopen_keeps_data(self, store, store_url, tmp_path):
         add_document(store, "/a.log", ["one"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -10,7 +11,7 @@ from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select,
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from kbd.store.schema import documents, failures, memories, passages
+from kbd.store.schema import documents, failures, memories, passages, sources
 
 
 def utcnow() -> datetime:
@@ -19,6 +20,34 @@ def utcnow() -> datetime:
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- sources -------------------------------------------------------------------------------
+
+def sync_sources(conn: Connection, folders: Sequence) -> None:
+    """Record the configured watched folders (WatchedFolder); ones no longer named are marked
+    removed, not deleted, so their documents keep a source."""
+    at = utcnow()
+    known = {r.path: r for r in conn.execute(select(sources))}
+    named = set()
+    for folder in folders:
+        path = str(folder.path)
+        named.add(path)
+        values = {"kind": folder.kind, "include": json.dumps(list(folder.include)),
+                  "exclude": json.dumps(list(folder.exclude)), "polling": folder.polling,
+                  "removed_at": None}
+        if path in known:
+            conn.execute(update(sources).where(sources.c.path == path).values(**values))
+        else:
+            conn.execute(insert(sources).values(path=path, added_at=at, **values))
+    for path, row in known.items():
+        if path not in named and row.removed_at is None:
+            conn.execute(update(sources).where(sources.c.path == path).values(removed_at=at))
+
+
+def active_sources(conn: Connection) -> list[Row]:
+    return list(conn.execute(select(sources).where(sources.c.removed_at.is_(None))
+                             .order_by(sources.c.path)))
 
 
 # -- documents -----------------------------------------------------------------------------
@@ -137,9 +166,12 @@ def backlog(conn: Connection, fingerprint: str, limit: int) -> list[tuple[str, s
     return [(r.text_hash, r.text) for r in rows]
 
 
-def backlog_size(conn: Connection, fingerprint: str) -> int:
-    return conn.execute(select(func.count(func.distinct(passages.c.text_hash)))
-                        .where(passages.c.live, _missing_memory(fingerprint))).scalar_one()
+def backlog_size(conn: Connection, fingerprint: str | None) -> int:
+    """Distinct live texts waiting for compression (with no model: all of them)."""
+    query = select(func.count(func.distinct(passages.c.text_hash))).where(passages.c.live)
+    if fingerprint is not None:
+        query = query.where(_missing_memory(fingerprint))
+    return conn.execute(query).scalar_one()
 
 
 def add_memories(conn: Connection, fingerprint: str, rows: Iterable[tuple[str, int]]) -> None:
@@ -170,7 +202,7 @@ def counts(conn: Connection, fingerprint: str | None) -> dict:
         "documents": by_status,
         "passages": live,
         "failures": conn.execute(select(func.count()).select_from(failures)).scalar_one(),
-        "backlog": backlog_size(conn, fingerprint) if fingerprint else None,
+        "backlog": backlog_size(conn, fingerprint),
     }
 
 

@@ -32,6 +32,18 @@ metadata = MetaData(naming_convention={
     "pk": "pk_%(table_name)s",
 })
 
+sources = Table(
+    "sources", metadata,  # the watched folders, as the config last named them
+    Column("id", Integer, primary_key=True),
+    Column("path", Text, nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("include", Text, nullable=False),  # JSON list of globs
+    Column("exclude", Text, nullable=False),
+    Column("polling", Boolean, nullable=False),
+    Column("added_at", DateTime(timezone=True), nullable=False),
+    Column("removed_at", DateTime(timezone=True)),
+)
+
 documents = Table(
     "documents", metadata,
     Column("id", Integer, primary_key=True),

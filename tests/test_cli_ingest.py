@@ -1,0 +1,105 @@
+"""`kbd ingest --once` and `kbd status` through the real entry point, with a config file."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def kbd(env: dict, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
+    prefix = ["runuser", "-u", user, "--"] if user else []
+    return subprocess.run([*prefix, sys.executable, "-m", "kbd", *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def home_with(root: Path, folder: Path, model: str = "") -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.toml").write_text(f'{model}\n[[folders]]\npath = "{folder}"\n')
+    return os.environ | {"KBD_HOME": str(root), "KBD_CONFIG": str(root / "config.toml")}
+
+
+def test_ingest_then_status_without_model(tmp_path):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "a.log").write_text("2026-11-23 10:00:00 disk full on node 7\n")
+    (folder / "junk.log").write_bytes(b"\x00\x01\x02" * 100)
+    env = home_with(tmp_path / "home", folder)
+    done = kbd(env, "ingest", "--once", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcomes"] == {"added": 1, "failed:binary": 1, "recut": 0}
+    shown = kbd(env, "status", "--json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["documents"] == {"unchunked": 1}
+    assert status["model"].startswith("not configured")
+    assert [f["code"] for f in status["failed_files"]] == ["binary"]
+    assert str(folder / "junk.log") in status["failed_files"][0]["message"]
+    text = kbd(env, "status")
+    assert "failed: " in text.stdout and "junk.log" in text.stdout
+
+
+def test_model_configured_cuts_and_compresses(tmp_path, e2e_dir, base_dir):
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"s{i}.log").write_text(f"2026-11-23 10:00:0{i} service {i} started\n" * 5)
+    model = f'[model]\ncheckpoint = "{e2e_dir}"\nbase = "{base_dir}"\ndevice = "cpu"\n'
+    env = home_with(tmp_path / "home", folder, model)
+    first = json.loads(kbd(env, "ingest", "--once", "--json").stdout)
+    assert first["outcomes"]["added"] == 3 and first["compressed"] == 3
+    again = json.loads(kbd(env, "ingest", "--once", "--json").stdout)
+    assert again["outcomes"]["unchanged"] == 3 and again["compressed"] == 0
+    status = json.loads(kbd(env, "status", "--json").stdout)
+    assert status["backlog"] == 0 and status["passages"] == 3
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    env = home_with(tmp_path / "home", tmp_path)
+    (tmp_path / "home" / "config.toml").write_text("[ingest]\ndebounce = 3\n")
+    result = kbd(env, "status")
+    assert result.returncode == 1
+    assert "ingest.debounce: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def nobody_can_run_python() -> bool:
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        return False
+    probe = subprocess.run(["runuser", "-u", "nobody", "--", sys.executable, "-c", "import kbd"],
+                           capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not nobody_can_run_python(),
+                    reason="needs root, and an interpreter and kbd that `nobody` may run")
+def test_unreadable_file_as_another_user():
+    """Root reads every file, so kbd runs as `nobody` here, over a file only root may read."""
+    root = Path(tempfile.mkdtemp(prefix="kbd-perm-"))
+    try:
+        root.chmod(0o755)
+        folder = root / "logs"
+        folder.mkdir()
+        secret = folder / "secret.log"
+        secret.write_text("2026-11-23 root only\n")
+        secret.chmod(0o600)
+        (folder / "open.log").write_text("2026-11-23 anyone\n")
+        env = home_with(root / "home", folder)
+        nobody = pwd.getpwnam("nobody")
+        for path in (root / "home",):
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+            os.chown(path / "config.toml", nobody.pw_uid, nobody.pw_gid)
+        env["HOME"] = str(root / "home")
+        done = kbd(env, "ingest", "--once", "--json", user="nobody")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["outcomes"] == {"added": 1, "failed:unreadable": 1,
+                                                      "recut": 0}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
