@@ -339,7 +339,12 @@ def rotate_away(ing: Ingester, doc: Row, path: Path) -> None:
     """The file at a document's path has another inode now. Look for the old inode beside it
     (app.log -> app.log.1); the document follows it there, or is retired if it is gone."""
     old = (doc.device, doc.inode)
-    for sibling in sorted(path.parent.glob(f"{path.name}?*")):
+    try:
+        siblings = sorted(p for p in path.parent.iterdir()
+                          if p.name.startswith(path.name) and p.name != path.name)
+    except OSError:  # the folder itself is gone
+        siblings = []
+    for sibling in siblings:
         if _inode_at(str(sibling)) == old:
             ing.store.write(lambda conn, to=str(sibling): q.update_document(
                 conn, doc.id, path=to, rotations=doc.rotations + 1))
