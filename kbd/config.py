@@ -33,11 +33,18 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    socket: Path | None = None  # default: $XDG_RUNTIME_DIR/kbd/kbd.sock, else <home>/run/
+    log_level: str = "info"  # debug | info | warning | error
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path  # data dir: database, memory matrices, reports
     store_url: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     folders: tuple[WatchedFolder, ...] = ()
     source: Path | None = None  # the file it was read from
 
@@ -48,6 +55,13 @@ class Config:
     @property
     def memory_dir(self) -> Path:
         return self.home / "memory"
+
+    @property
+    def socket_path(self) -> Path:
+        if self.server.socket is not None:
+            return self.server.socket
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        return Path(runtime) / "kbd" / "kbd.sock" if runtime else self.home / "run" / "kbd.sock"
 
 
 def default_home() -> Path:
@@ -80,7 +94,7 @@ def _build(cls, raw: dict, where: str, **fixed):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}.{key}: expected a list of glob strings")
             value = tuple(value)
-        elif key in ("checkpoint", "base", "path"):
+        elif key in ("checkpoint", "base", "path", "socket"):
             value = Path(value).expanduser() if value else None
         values[key] = value
     return cls(**values)
@@ -96,7 +110,7 @@ def load_config(path: Path | None = None) -> Config:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from e
     where = str(path)
-    unknown = set(raw) - {"home", "store", "model", "ingest", "folders"}
+    unknown = set(raw) - {"home", "store", "model", "ingest", "server", "folders"}
     if unknown:
         raise ConfigError(f"{where}: unknown section or key {sorted(unknown)[0]!r}")
     store = raw.get("store", {})
@@ -115,6 +129,7 @@ def load_config(path: Path | None = None) -> Config:
         store_url=store.get("url", ""),
         model=_build(ModelConfig, raw.get("model", {}), "model"),
         ingest=_build(IngestConfig, raw.get("ingest", {}), "ingest"),
+        server=_build(ServerConfig, raw.get("server", {}), "server"),
         folders=tuple(folders),
         source=path if path.exists() else None,
     )
