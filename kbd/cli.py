@@ -14,9 +14,16 @@ import click
 
 from kbd.errors import KbdError
 
+EXIT_NOT_RUNNING = 3
+
+
+class NotRunningException(click.ClickException):
+    exit_code = EXIT_NOT_RUNNING
+
 
 def human_errors(func: Callable) -> Callable:
-    """Turn KbdError into a clean message and exit 1; KBD_DEBUG=1 shows the traceback."""
+    """Turn KbdError into a clean message and exit 1 (3 when the daemon is not running);
+    KBD_DEBUG=1 shows the traceback."""
 
     @wraps(func)
     def wrapper(*args, **kwargs):
@@ -25,6 +32,8 @@ def human_errors(func: Callable) -> Callable:
         except KbdError as e:
             if os.environ.get("KBD_DEBUG"):
                 raise
+            if e.code == "not-running":
+                raise NotRunningException(str(e)) from e
             raise click.ClickException(str(e)) from e
 
     return wrapper
@@ -120,10 +129,36 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @human_errors
 def status(as_json: bool) -> None:
-    """Documents, passages, the compression backlog and files that could not be read."""
+    """Documents, passages, the compression backlog, the model and files that could not be
+    read. Without a running daemon it reads the store directly and exits with 3."""
+    config = get_config()
+    try:
+        result = client(config).request("GET", "/status")
+        running = True
+    except KbdError as e:
+        if e.code != "not-running":
+            raise
+        result, running = offline_status(config), False
+    result["daemon"] = "running" if running else "not running"
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"daemon: {result['daemon']}")
+        click.echo(f"store: {result['store']}")
+        click.echo(f"model: {result['model']}")
+        docs = ", ".join(f"{n} {s}" for s, n in sorted(result["documents"].items())) or "none"
+        click.echo(f"documents: {docs}")
+        click.echo(f"passages: {result['passages']}")
+        click.echo(f"backlog: {result['backlog']} passages to compress")
+        for f in result["failed_files"]:
+            click.echo(f"failed: {f['path']} ({f['stage']}, {f['code']}): {f['message']}")
+    if not running:
+        sys.exit(EXIT_NOT_RUNNING)
+
+
+def offline_status(config) -> dict:
     from kbd.store import queries as q
 
-    config = get_config()
     store = open_store(config)
     model, model_state = None, "not configured: passages wait for a model"
     if config.model.checkpoint is not None:
@@ -138,18 +173,105 @@ def status(as_json: bool) -> None:
         result = q.counts(conn, model) | {"failed_files": [
             {"path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
             for f in q.all_failures(conn)]}
-    result |= {"store": store.safe_url, "model": model_state}
+    return result | {"store": store.safe_url, "model": model_state}
+
+
+def client(config):
+    from kbd.client import Client
+
+    return Client(config.socket_path)
+
+
+@cli.command("daemon")
+@human_errors
+def daemon() -> None:
+    """Run the daemon in the foreground: watch, ingest, compress, answer, serve the API.
+
+    Under systemd use the unit in systemd/ (Type=notify). SIGHUP reloads watched folders.
+    """
+    from kbd.daemon import run_daemon
+
+    sys.exit(run_daemon(click.get_current_context().find_root().obj))
+
+
+@cli.command("ask")
+@click.argument("question")
+@click.option("--top-k", type=click.IntRange(1, 50), help="Passages to answer from.")
+@click.option("--scope", multiple=True, help="Folder, file or glob the sources must be in.")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["log", "report"]))
+@click.option("--since", help="Only passages ingested in the last DURATION (e.g. 24h).")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1, 2048))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
+    """Ask the knowledge base; prints the answer and its numbered sources.
+
+        kbd ask "Which node ran out of disk space?" --scope /var/log/hdfs --since 24h
+    """
+    body = {"question": question, "top_k": top_k, "scope": list(scope), "kinds": list(kinds),
+            "since": since, "max_new_tokens": max_new_tokens}
+    reply = client(get_config()).request("POST", "/ask", body)
     if as_json:
-        print_json(result)
+        print_json({"answer": reply["answer"], "sources": [
+            {k: s[k] for k in ("rank", "passage_id", "path", "lines", "page", "score")}
+            for s in reply["sources"]]})
         return
-    click.echo(f"store: {result['store']}")
-    click.echo(f"model: {model_state}")
-    docs = ", ".join(f"{n} {s}" for s, n in sorted(result["documents"].items())) or "none"
-    click.echo(f"documents: {docs}")
-    click.echo(f"passages: {result['passages']}")
-    click.echo(f"backlog: {result['backlog']} passages to compress")
-    for f in result["failed_files"]:
-        click.echo(f"failed: {f['path']} ({f['stage']}, {f['code']}): {f['message']}")
+    click.echo(reply["answer"])
+    for s in reply["sources"]:
+        click.echo(f"[{s['rank']}] {place(s)} ({s['score']:.3f})")
+
+
+def place(source: dict) -> str:
+    if source.get("lines"):
+        first, last = source["lines"]
+        return f"{source['path']}:{first}" + (f"-{last}" if last != first else "")
+    if source.get("page"):
+        return f"{source['path']} p.{source['page']}"
+    return source["path"]
+
+
+@cli.group("docs")
+def docs() -> None:
+    """Documents in the knowledge base."""
+
+
+@docs.command("list")
+@click.option("--prefix", help="Only documents under this folder.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def docs_list(prefix, limit, as_json) -> None:
+    """List live documents."""
+    from urllib.parse import urlencode
+
+    query = urlencode({k: v for k, v in {"prefix": prefix, "limit": limit}.items() if v})
+    reply = client(get_config()).request("GET", f"/documents?{query}")
+    if as_json:
+        print_json(reply)
+        return
+    for d in reply["documents"]:
+        click.echo(f"{d['path']}  {d['kind']}  {d['status']}")
+    click.echo(f"{reply['total']} documents")
+
+
+@docs.command("show")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def docs_show(path: Path, as_json: bool) -> None:
+    """Show one document and its passages with their lines or pages."""
+    from urllib.parse import quote
+
+    reply = client(get_config()).request(
+        "GET", f"/documents/show?path={quote(os.path.abspath(path))}")
+    if as_json:
+        print_json(reply)
+        return
+    click.echo(f"{reply['path']} ({reply['kind']}, {reply['status']})")
+    for p in reply["passages"]:
+        where = place({"path": "", "lines": p["lines"], "page": p["page"]}).lstrip(":")
+        click.echo(f"--- passage {p['ordinal']} {where} ({p['tokens']} tokens)")
+        click.echo(p["text"])
 
 
 @cli.group()
@@ -271,6 +393,9 @@ def model_paraphrase(checkpoint, base, device, dtype, max_new_tokens, docs, as_j
     else:
         for i, text in enumerate(texts):
             click.echo(f"[{i}] {text}")
+
+
+from kbd import cli_setup  # noqa: E402,F401  registers init, watch, model pull
 
 
 def main() -> None:

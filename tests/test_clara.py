@@ -104,6 +104,18 @@ class TestCachedPath:
         torch.testing.assert_close(torch.tensor([a.scores for a in cached]),
                                    torch.tensor([a.scores for a in uncached]))
 
+    def test_allowed_rows_restrict_the_choice(self, e2e):
+        memory = e2e.compress(DOCS)
+        rows = torch.tensor([1, 4, 6])
+        (restricted, free) = e2e.answer_from_memory(QUESTIONS[:1] * 2, memory, top_k=2,
+                                                    max_new_tokens=5, allowed=[rows, None])
+        (subset,) = e2e.answer(QUESTIONS[:1], [[DOCS[i] for i in rows]], top_k=2,
+                               max_new_tokens=5)
+        assert restricted.indices == [rows[i].item() for i in subset.indices]
+        assert restricted.text == subset.text
+        assert set(restricted.indices) <= {1, 4, 6}
+        assert len(free.indices) == 2
+
     def test_compressed_once(self, e2e, monkeypatch):
         seen = []
         original = e2e._memory_states

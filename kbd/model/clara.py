@@ -275,26 +275,29 @@ class Clara:
 
     @staticmethod
     @torch.inference_mode()
-    def rank(query_vectors: torch.Tensor, memory: torch.Tensor, k: int):
-        """Cosine top-k of each query over stored memory, in float32, best first.
-
-        query_vectors [b, m*d]; memory [n, m, d] or [n, m*d] on any device (it is streamed to
-        the queries' device in chunks). Returns (indices [b, k'], scores [b, k']), k' = min(k, n).
-        """
+    def similarity(query_vectors: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity in float32: [b, n]. memory [n, m, d] or [n, m*d] may live on any
+        device; it is streamed to the queries' device in chunks."""
         if memory.shape[0] == 0:
             raise InputError("no stored memory to rank")
-        if k < 1:
-            raise InputError(f"top-k must be at least 1, got {k}")
         q = F.normalize(query_vectors.float().flatten(1), dim=-1)  # [b, m*d]
         if memory.flatten(1).shape[1] != q.shape[1]:
             raise InputError(
                 f"memory vectors have {memory.flatten(1).shape[1]} values, queries "
                 f"{q.shape[1]}: they come from different models"
             )
-        scores = torch.cat([
+        return torch.cat([
             q @ F.normalize(chunk.to(q.device).float().flatten(1), dim=-1).T
             for chunk in memory.split(RANK_CHUNK_ROWS)
-        ], dim=1)  # [b, n]
+        ], dim=1)
+
+    @staticmethod
+    def rank(query_vectors: torch.Tensor, memory: torch.Tensor, k: int):
+        """Cosine top-k of each query over stored memory, best first.
+        Returns (indices [b, k'], scores [b, k']), k' = min(k, n)."""
+        if k < 1:
+            raise InputError(f"top-k must be at least 1, got {k}")
+        scores = Clara.similarity(query_vectors, memory)
         top_scores, top_idx = scores.topk(min(k, scores.shape[1]), dim=-1)
         return top_idx, top_scores
 
@@ -357,24 +360,40 @@ class Clara:
     # -- whole questions -----------------------------------------------------------------
 
     def answer_from_memory(self, questions: Sequence[str], memory, top_k: int | None = None,
-                           max_new_tokens: int = 128, min_new_tokens: int = 0) -> list[Answer]:
+                           max_new_tokens: int = 128, min_new_tokens: int = 0,
+                           allowed: Sequence[torch.Tensor | None] | None = None
+                           ) -> list[Answer]:
         """Rank stored memory with the query reasoner and answer from the top-k.
 
         memory: one [n, m, d] tensor that every question ranks over (the daemon's store), or a
-        list with one [n_i, m, d] tensor per question (the reference's candidate lists)."""
+        list with one [n_i, m, d] tensor per question (the reference's candidate lists).
+        allowed: with one shared tensor, per question the rows it may choose from (None: all);
+        indices in the answers are rows of `memory` either way."""
         queries = self.encode_queries(questions)  # [b, m*d]
         k = top_k or self.config.generation_top_k
+        if k < 1:
+            raise InputError(f"top-k must be at least 1, got {k}")
         if isinstance(memory, torch.Tensor):
-            indices, scores = self.rank(queries, memory, k)
-            picks = [(memory[i.to(memory.device)], i, s) for i, s in zip(indices, scores,
-                                                                          strict=True)]
+            scores = self.similarity(queries, memory)  # [b, n], one pass over the memory
+            rows_of = allowed or [None] * len(questions)
+            pools = [(scores[i], None if rows is None else rows.to(scores.device))
+                     for i, rows in enumerate(rows_of)]
+            mems = [memory] * len(questions)
         else:
             if len(memory) != len(questions):
                 raise InputError(f"{len(questions)} questions but {len(memory)} candidate sets")
-            picks = []
-            for query, mem in zip(queries, memory, strict=True):
-                (i,), (s,) = self.rank(query[None], mem, k)
-                picks.append((mem[i.to(mem.device)], i, s))
+            pools = [(self.similarity(q[None], mem)[0], None)
+                     for q, mem in zip(queries, memory, strict=True)]
+            mems = list(memory)
+        picks = []
+        for (score, rows), mem in zip(pools, mems, strict=True):
+            if rows is not None:
+                if rows.numel() == 0:
+                    raise InputError("no candidate passages to rank")
+                score = score[rows]
+            top, idx = score.topk(min(k, score.shape[0]))
+            idx = idx if rows is None else rows[idx]
+            picks.append((mem[idx.to(mem.device)], idx.cpu(), top.cpu()))
         texts = self.generate(questions, [p[0] for p in picks], max_new_tokens, min_new_tokens)
         return [Answer(text, i.tolist(), s.tolist())
                 for text, (_, i, s) in zip(texts, picks, strict=True)]

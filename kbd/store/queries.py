@@ -192,6 +192,27 @@ def memory_rows(conn: Connection, fingerprint: str) -> list[tuple[int, int]]:
         .where(passages.c.live).order_by(passages.c.id))]
 
 
+def candidate_rows(conn: Connection, model: str) -> list[Row]:
+    """Every live passage that has memory under this model, with what scopes filter on."""
+    return list(conn.execute(
+        select(passages.c.id, memories.c.row, documents.c.path, documents.c.kind,
+               passages.c.created_at)
+        .join(memories, and_(memories.c.text_hash == passages.c.text_hash,
+                             memories.c.fingerprint == model))
+        .join(documents, documents.c.id == passages.c.document_id)
+        .where(passages.c.live).order_by(passages.c.id)))
+
+
+def passage_places(conn: Connection, passage_ids: Sequence[int]) -> dict[int, Row]:
+    """Where passages come from: document path, lines or page, and their text."""
+    rows = conn.execute(
+        select(passages.c.id, passages.c.first_line, passages.c.last_line, passages.c.page,
+               passages.c.text, passages.c.heading, documents.c.path, documents.c.kind)
+        .join(documents, documents.c.id == passages.c.document_id)
+        .where(passages.c.id.in_(list(passage_ids))))
+    return {r.id: r for r in rows}
+
+
 # -- status --------------------------------------------------------------------------------
 
 def counts(conn: Connection, fingerprint: str | None) -> dict:

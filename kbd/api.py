@@ -1,0 +1,187 @@
+"""The daemon's API: HTTP/1.1 with JSON bodies over a Unix domain socket.
+
+    curl --unix-socket "$XDG_RUNTIME_DIR/kbd/kbd.sock" http://kbd/status
+
+Every reply is JSON; errors are {"error": {"code", "message", "hint"}} with a 4xx/5xx status.
+A request never takes the daemon down: bodies are size-limited, reads time out, handlers'
+exceptions become 500 replies, and each connection has its own thread. The socket lives in a
+0700 folder with mode 0600, and a peer of another user is refused on its credentials too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import socketserver
+import struct
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from kbd.errors import KbdError
+
+log = logging.getLogger("kbd.api")
+
+MAX_BODY_BYTES = 1 << 20
+READ_TIMEOUT_S = 10.0
+
+
+class ApiError(KbdError):
+    """An error with an HTTP status, shown to the client as the error envelope."""
+
+    def __init__(self, status: int, message: str, hint: str | None = None,
+                 code: str | None = None):
+        super().__init__(message, hint, code or HTTPStatus(status).phrase.lower()
+                         .replace(" ", "-"))
+        self.status = status
+
+
+# a handler takes (match groups, query parameters, JSON body) and returns a JSON-able value
+Handler = Callable[[dict, dict, dict], object]
+
+
+class Router:
+    def __init__(self) -> None:
+        self.routes: list[tuple[str, re.Pattern, Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        self.routes.append((method, re.compile(f"^{pattern}$"), handler))
+
+    def find(self, method: str, path: str) -> tuple[Handler, dict]:
+        allowed = False
+        for route_method, pattern, handler in self.routes:
+            match = pattern.match(path)
+            if match:
+                if route_method == method:
+                    return handler, match.groupdict()
+                allowed = True
+        if allowed:
+            raise ApiError(405, f"{method} is not allowed on {path}")
+        raise ApiError(404, f"no such endpoint: {path}", hint="see the API table in README")
+
+
+class RequestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "kbd"
+    timeout = READ_TIMEOUT_S  # a client that stalls mid-request is dropped
+    router: Router  # set on the subclass the server builds
+    allowed_uid: int
+
+    def do_GET(self) -> None:  # noqa: N802 - the names http.server looks for
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._handle("PATCH")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        try:
+            self._check_peer()
+            url = urlsplit(self.path)
+            handler, groups = self.router.find(method, url.path.rstrip("/") or "/")
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            status, reply = 200, handler(groups, query, self._body())
+        except ApiError as e:
+            status, reply = e.status, envelope(e)
+        except KbdError as e:
+            status, reply = 400 if e.code in ("input", "config") else 503, envelope(e)
+        except Exception as e:
+            log.exception("%s %s failed", method, self.path)
+            status, reply = 500, envelope(KbdError(f"internal error: {e}", code="internal"))
+        self._send(status, reply)
+
+    def _check_peer(self) -> None:
+        creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                           struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid not in (self.allowed_uid, 0):
+            raise ApiError(403, f"user {uid} may not use this kbd daemon")
+
+    def _body(self) -> dict:
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raise ApiError(411, "send a Content-Length, not a chunked body")
+        if not length:
+            return {}
+        try:
+            size = int(length)
+        except ValueError as e:
+            raise ApiError(400, f"Content-Length {length!r} is not a number") from e
+        if size > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body would be taken for a request
+            raise ApiError(413, f"body of {size} bytes is over the limit of {MAX_BODY_BYTES}")
+        raw = self.rfile.read(size)
+        if len(raw) < size:
+            raise ApiError(400, "the body ended early")
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the body is not valid JSON: {e}") from e
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        return body
+
+    def _send(self, status: int, reply: object) -> None:
+        data = json.dumps(reply, ensure_ascii=False, default=str).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("client went away before its reply")  # others are not affected
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's name
+        log.debug("request: " + format, *args)
+
+
+def envelope(error: KbdError) -> dict:
+    return {"error": {"code": error.code, "message": error.message, "hint": error.hint}}
+
+
+class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True  # a stuck client never blocks shutdown
+    request_queue_size = 128
+
+
+def serve(socket_path: Path, router: Router) -> UnixServer:
+    """Bind the socket (0600 in a 0700 folder) and return the server; call serve_forever()."""
+    socket_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(socket_path.parent, 0o700)
+    remove_stale_socket(socket_path)
+    handler = type("Handler", (RequestHandler,), {"router": router,
+                                                  "allowed_uid": os.getuid()})
+    old_umask = os.umask(0o177)
+    try:
+        server = UnixServer(str(socket_path), handler)
+    finally:
+        os.umask(old_umask)
+    return server
+
+
+def remove_stale_socket(path: Path) -> None:
+    """A socket file left by a crashed daemon: nobody answers on it, so remove it."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        log.info("removed a stale socket at %s", path)
+        return
+    finally:
+        probe.close()
+    raise KbdError(f"{path}: another process answers on this socket",
+                   hint="stop the other kbd daemon first")

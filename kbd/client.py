@@ -1,0 +1,63 @@
+"""Talk to the daemon over its Unix socket; the CLI reaches the daemon only through here."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+
+from kbd.errors import KbdError
+
+
+class DaemonNotRunning(KbdError):
+    code = "not-running"
+
+
+class DaemonError(KbdError):
+    """An error the daemon replied with, carried through to the CLI."""
+
+    def __init__(self, status: int, message: str, hint: str | None, code: str | None):
+        super().__init__(message, hint, code)
+        self.status = status
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float):
+        super().__init__("kbd", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.socket_path))
+
+
+class Client:
+    def __init__(self, socket_path: Path, timeout_s: float = 600.0):
+        self.socket_path = socket_path
+        self.timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        connection = _UnixConnection(self.socket_path, self.timeout_s)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        try:
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            raise DaemonNotRunning(f"the kbd daemon is not running (no answer on "
+                                   f"{self.socket_path})",
+                                   hint="start it with `kbd daemon` or "
+                                        "`systemctl --user start kbd`") from e
+        except TimeoutError as e:
+            raise KbdError(f"the daemon did not answer within {self.timeout_s:.0f} s") from e
+        finally:
+            connection.close()
+        reply = json.loads(raw) if raw else None
+        if response.status >= 400:
+            error = (reply or {}).get("error", {})
+            raise DaemonError(response.status, error.get("message", response.reason),
+                              error.get("hint"), error.get("code"))
+        return reply

@@ -1,0 +1,238 @@
+"""`kbd daemon`: one process that watches, ingests, owns the model and serves the API.
+
+    watcher --ready paths--> ingest worker --> store <-- model worker (compress, answer)
+                                                  ^
+    API server (Unix socket) --ask--> model worker, everything else --> store
+
+SIGTERM / SIGINT stop taking work, let the model finish (or abandon) its batch and close the
+store; SIGHUP reloads the config's watched folders. Under systemd (Type=notify) kbd reports
+READY=1 once the model is loaded (or known to be absent), STATUS= lines with the document
+count and backlog, and pings the watchdog. A second daemon on the same data refuses to start
+and names the first one's pid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from kbd.api import serve
+from kbd.config import Config, load_config
+from kbd.errors import KbdError
+from kbd.ingest import Ingester, IngestWorker, Limits
+from kbd.store import Store
+from kbd.store import queries as q
+from kbd.watch import Watcher
+
+log = logging.getLogger("kbd.daemon")
+
+
+class AlreadyRunning(KbdError):
+    code = "already-running"
+
+
+def notify(message: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET, if systemd set it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as e:
+            log.warning("systemd notify failed: %s", e)
+
+
+class InstanceLock:
+    """An exclusive flock on <home>/kbd.lock, with our pid in <home>/kbd.pid."""
+
+    def __init__(self, home: Path):
+        home.mkdir(parents=True, exist_ok=True)
+        self.pid_file = home / "kbd.pid"
+        self._fd = os.open(home / "kbd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(self._fd)
+            other = self.pid_file.read_text().strip() if self.pid_file.exists() else "unknown"
+            raise AlreadyRunning(f"another kbd daemon (pid {other}) is using {home}",
+                                 hint="stop it first, or give this one another KBD_HOME") from e
+        self.pid_file.write_text(f"{os.getpid()}\n")
+
+    def release(self) -> None:
+        self.pid_file.unlink(missing_ok=True)
+        os.close(self._fd)
+
+
+class Generation:
+    """A counter that moves whenever the store's passages or memory change, so cached
+    candidate lists know when to reload."""
+
+    def __init__(self) -> None:
+        self._value = 0
+        self._lock = threading.Lock()
+
+    def bump(self) -> None:
+        with self._lock:
+            self._value += 1
+
+    def __call__(self) -> int:
+        return self._value
+
+
+class Daemon:
+    def __init__(self, config_path: Path | None):
+        self.config_path = config_path
+        self.config: Config = load_config(config_path)
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.generation = Generation()
+
+    def run(self) -> int:
+        config = self.config
+        lock = InstanceLock(config.home)
+        try:
+            self._start(config)
+            self._loop()
+        finally:
+            self._shutdown()
+            lock.release()
+        return 0
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def _start(self, config: Config) -> None:
+        from kbd.model.worker import ModelWorker
+        from kbd.routes import build_router
+
+        self.store = Store.open(config.database_url, config.memory_dir)
+        self.store.write(lambda conn: q.sync_sources(conn, config.folders))
+        self.ingester = Ingester(self.store, self._tokenizer(config),
+                                 Limits(max_file_bytes=config.ingest.max_file_mb * 2**20))
+        self.model = ModelWorker(config.model, self.store, self.generation, self.generation.bump,
+                                 on_ready=lambda: notify("READY=1"))
+        self.ingest = IngestWorker(self.ingester, config.folders, on_done=self._ingested)
+        self.watcher = Watcher(config.folders, self.ingest.submit,
+                               quiet_s=config.ingest.debounce_s,
+                               rescan_interval_s=config.ingest.rescan_interval_s,
+                               on_rescan=self.ingest.rescan)
+        self.server = serve(config.socket_path, build_router(self))
+        threading.Thread(target=self.server.serve_forever, name="kbd-api", daemon=True).start()
+        self.model.start()
+        self.ingest.start()
+        self.watcher.start()
+        if self.model.state != "loading":  # no model to wait for
+            notify("READY=1")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        log.info("kbd daemon %d: socket %s, store %s, %d folders", os.getpid(),
+                 config.socket_path, self.store.safe_url, len(config.folders))
+
+    def _tokenizer(self, config: Config):
+        if config.model.checkpoint is None:
+            return None
+        from kbd.model.tokens import PassageTokenizer
+
+        try:
+            return PassageTokenizer.load(config.model.checkpoint, config.model.base)
+        except KbdError as e:
+            log.error("no tokenizer, passages stay uncut: %s", e)
+            return None
+
+    def _ingested(self, path: Path, outcome: str) -> None:
+        if outcome not in ("unchanged", "failed-unchanged", "missing", "directory"):
+            self.generation.bump()
+            self.model.wake()
+
+    # -- the main thread ---------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
+        last_status = 0.0
+        while not self.stopping.wait(timeout=min(watchdog_s or 5.0, 5.0)):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+            if watchdog_s:
+                notify("WATCHDOG=1")
+            if time.monotonic() - last_status > 30:
+                notify(f"STATUS={self.status_line()}")
+                last_status = time.monotonic()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; watched folders change without a restart."""
+        try:
+            config = load_config(self.config_path)
+        except KbdError as e:
+            log.error("config not reloaded: %s", e)
+            return
+        self.config = config
+        self.store.write(lambda conn: q.sync_sources(conn, config.folders))
+        self.ingest.folders = tuple(config.folders)
+        self.watcher.update(config.folders)
+        log.info("config reloaded: %d folders", len(config.folders))
+
+    def status_line(self) -> str:
+        status = self.status()
+        docs = sum(n for s, n in status["documents"].items() if s != "deleted")
+        return f"{docs} documents, backlog {status['backlog']}, model {status['model']}"
+
+    def status(self) -> dict:
+        with self.store.read() as conn:
+            counts = q.counts(conn, self.model.backlog_model())
+            failed = [{"path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
+                      for f in q.all_failures(conn)]
+        return counts | {"model": self.model.state, "failed_files": failed,
+                         "store": self.store.safe_url, "pid": os.getpid(),
+                         "folders": [str(f.path) for f in self.config.folders]}
+
+    def _shutdown(self) -> None:
+        notify("STOPPING=1")
+        for name in ("server", "watcher", "ingest", "model"):
+            part = getattr(self, name, None)
+            if part is None:
+                continue
+            try:
+                part.shutdown() if name == "server" else part.stop()
+            except Exception:
+                log.exception("stopping %s failed", name)
+        if getattr(self, "server", None) is not None:
+            self.server.server_close()
+            self.config.socket_path.unlink(missing_ok=True)
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+        log.info("kbd daemon stopped")
+
+
+class JournalFormatter(logging.Formatter):
+    """Under systemd, journald stamps the time itself and reads a <N> syslog priority prefix;
+    elsewhere lines carry a time."""
+
+    PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+
+    def __init__(self, journal: bool):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+        super().__init__(fmt if journal else "%(asctime)s " + fmt)
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        return f"<{self.PRIORITY.get(record.levelname, 6)}>{line}" if self.journal else line
+
+
+def run_daemon(config_path: Path | None) -> int:
+    level = os.environ.get("KBD_LOG_LEVEL") or load_config(config_path).server.log_level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter(journal="JOURNAL_STREAM" in os.environ))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    return Daemon(config_path).run()

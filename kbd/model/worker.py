@@ -1,0 +1,230 @@
+"""The model worker: the only owner of the GPU.
+
+One thread loads the configured CLaRa model and then serves, in this order: questions asked
+now (`kbd ask`), scheduled questions, and compression of the ingest backlog, one batch at a
+time so that a question never waits behind more than one batch. Questions waiting together
+are answered as one batch. Every answer is recorded in the store with its sources.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import torch
+
+from kbd.config import ModelConfig
+from kbd.errors import KbdError
+from kbd.memory import compress_backlog, memory_id, open_matrix
+from kbd.model.index import MemoryIndex
+from kbd.retrieve import Retriever, Scope, unique_rows
+from kbd.store import Store
+from kbd.store import queries as q
+from kbd.store.questions import record_answer
+
+log = logging.getLogger("kbd.model")
+
+INTERACTIVE_BATCH = 8  # questions asked together are answered together, up to this many
+SCHEDULED_BATCH = 32
+
+
+class ModelUnavailable(KbdError):
+    code = "no-model"
+
+
+@dataclass
+class AskRequest:
+    question: str
+    scope: Scope = Scope()
+    top_k: int | None = None
+    max_new_tokens: int = 128
+    question_id: int | None = None  # a standing question, or None for `kbd ask`
+    scheduled: bool = False
+    future: Future = field(default_factory=Future)
+
+
+class ModelWorker:
+    def __init__(self, config: ModelConfig, store: Store, generation: Callable[[], int],
+                 on_change: Callable[[], None], on_ready: Callable[[], None] | None = None):
+        self.config = config
+        self.store = store
+        self.generation = generation  # moves whenever ingest changed the store
+        self.on_change = on_change  # we changed it (new memory)
+        self.on_ready = on_ready
+        self.state = "not configured" if config.checkpoint is None else "loading"
+        self.clara = None
+        self.batch_size = config.compress_batch_size
+        self._interactive: deque[AskRequest] = deque()
+        self._scheduled: deque[AskRequest] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kbd-model", daemon=True)
+
+    # -- outside ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish the batch in hand (or give up on it after timeout_s); fail what waits."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+        with self._lock:
+            waiting = list(self._interactive) + list(self._scheduled)
+            self._interactive.clear()
+            self._scheduled.clear()
+        for request in waiting:
+            request.future.set_exception(ModelUnavailable("kbd is shutting down"))
+
+    def submit(self, request: AskRequest) -> Future:
+        if self.state not in ("loading", "ready"):
+            request.future.set_exception(ModelUnavailable(
+                f"no CLaRa model is available: {self.state}",
+                hint="download one with `kbd model pull`, or set [model] checkpoint and base "
+                     "in the config; until then kbd ingests and queues passages"))
+            return request.future
+        with self._lock:
+            (self._scheduled if request.scheduled else self._interactive).append(request)
+        self._wake.set()
+        return request.future
+
+    def wake(self) -> None:
+        """The backlog may have grown."""
+        self._wake.set()
+
+    def backlog_model(self) -> str | None:
+        return memory_id(self.clara) if self.clara is not None else None
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        if self.config.checkpoint is None:
+            return
+        if not self._load():
+            self.stop(timeout_s=0)
+            return
+        while not self._stop.is_set():
+            batch = self._take()
+            if batch:
+                self._answer(batch)
+            elif not self._compress_some():
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+
+    def _load(self) -> bool:
+        from kbd.model.clara import Clara
+
+        start = time.monotonic()
+        try:
+            clara = Clara.load(self.config.checkpoint, self.config.base, self.config.device,
+                               self.config.dtype)
+        except Exception as e:  # the daemon runs on without a model and says why
+            self.state = f"failed to load: {e}"
+            log.error("model %s: %s", self.config.checkpoint, e)
+            return False
+        self.clara = clara
+        self.index = MemoryIndex(open_matrix(self.store, clara), clara.device)
+        self.retriever = Retriever(self.store, memory_id(clara))
+        self.state = "ready"
+        log.info("model %s ready on %s in %.1f s", self.config.checkpoint, clara.device,
+                 time.monotonic() - start)
+        if self.on_ready:
+            self.on_ready()
+        return True
+
+    def _take(self) -> list[AskRequest]:
+        with self._lock:
+            source, limit = ((self._interactive, INTERACTIVE_BATCH) if self._interactive
+                             else (self._scheduled, SCHEDULED_BATCH))
+            return [source.popleft() for _ in range(min(limit, len(source)))]
+
+    def _compress_some(self) -> bool:
+        """One batch of the backlog; False when there was nothing to do."""
+        try:
+            done = compress_backlog(self.store, self.clara, self.batch_size, max_batches=1)
+        except torch.OutOfMemoryError:
+            self.batch_size = max(1, self.batch_size // 2)
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory while compressing: batch size now %d",
+                        self.batch_size)
+            return True
+        except Exception:
+            log.exception("compression failed; retrying in a moment")
+            return False
+        if done:
+            self.on_change()
+        return bool(done)
+
+    def _answer(self, batch: list[AskRequest]) -> None:
+        started = datetime.now(UTC)
+        try:
+            self.index.refresh()
+            candidates = self.retriever.candidates(self.generation())
+            groups: dict[tuple, list] = {}
+            for request in batch:
+                positions = candidates.select(request.scope)
+                rows, passage_of = unique_rows(candidates, positions)
+                rows = rows[rows < self.index.rows]
+                if len(rows) == 0:
+                    self._finish(request, started, "nothing-new", len(rows), None, [], None)
+                    continue
+                key = (request.top_k or self.clara.config.generation_top_k,
+                       request.max_new_tokens)
+                groups.setdefault(key, []).append((request, rows, passage_of))
+            for (top_k, max_new_tokens), items in groups.items():
+                answers = self.clara.answer_from_memory(
+                    [r.question for r, _, _ in items], self.index.memory, top_k,
+                    max_new_tokens, allowed=[torch.from_numpy(rows) for _, rows, _ in items])
+                for (request, rows, passage_of), answer in zip(items, answers, strict=True):
+                    sources = [(rank, passage_of[row], score) for rank, (row, score)
+                               in enumerate(zip(answer.indices, answer.scores, strict=True), 1)]
+                    self._finish(request, started, "ok", len(rows), answer.text, sources, None)
+        except Exception as e:  # a failed batch fails its questions, never the worker
+            log.exception("answering %d questions failed", len(batch))
+            for request in batch:
+                if not request.future.done():
+                    self._finish(request, started, "failed", 0, None, [], e)
+
+    def _finish(self, request: AskRequest, started: datetime, status: str, candidates: int,
+                text: str | None, sources: list, error: Exception | None) -> None:
+        """Record the answer and hand it to whoever asked."""
+        model = memory_id(self.clara)
+        if status == "nothing-new":
+            text = "No stored passages match this question's scope and time window."
+
+        def record(conn):
+            answer_id = record_answer(
+                conn, question_id=request.question_id, question=request.question,
+                started_at=started, finished_at=datetime.now(UTC), model=model, engine="clara",
+                status=status, error=str(error) if error else None, text=text,
+                candidates=candidates, sources=sources)
+            return answer_id, q.passage_places(conn, [p for _, p, _ in sources])
+
+        try:
+            answer_id, places = self.store.write(record)
+        except Exception as e:
+            request.future.set_exception(e)
+            return
+        if error is not None:
+            request.future.set_exception(error)
+            return
+        request.future.set_result({
+            "answer_id": answer_id, "answer": text, "status": status, "model": model,
+            "candidates": candidates,
+            "sources": [source_json(rank, places[pid], score) for rank, pid, score in sources],
+        })
+
+
+def source_json(rank: int, place, score: float) -> dict:
+    """One source as `kbd ask --json` prints it."""
+    lines = [place.first_line, place.last_line] if place.first_line is not None else None
+    return {"rank": rank, "passage_id": place.id, "path": place.path, "lines": lines,
+            "page": place.page, "score": round(float(score), 6), "text": place.text}

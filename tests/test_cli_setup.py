@@ -1,0 +1,412 @@
+"""`kbd init`, `kbd watch add/list/rm` and `kbd model pull`, with a temporary KBD_HOME.
+
+Nothing here touches the network: the offline cases use HF_HUB_OFFLINE=1 or a local port where
+nothing listens, and the one real download comes from a fake hub on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import kbd.cli_setup  # noqa: F401  registers the commands (cli.py imports it at its end)
+from kbd import configfile
+from kbd.cli import cli
+from kbd.cli_setup import ModelFolders, point_config_at
+from kbd.config import ConfigError, load_config
+
+ROOT = Path(__file__).parent.parent
+# The real entry point plus this module, so the tests pass before and after cli.py imports it.
+KBD = [sys.executable, "-c", "import kbd.cli_setup; from kbd.cli import main; main()"]
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh KBD_HOME; the config is <home>/config.toml, the data folder <home>/data."""
+    root = tmp_path / "home"
+    monkeypatch.setenv("KBD_HOME", str(root))
+    monkeypatch.setenv("KBD_CONFIG", str(root / "config.toml"))
+    for name in ("KBD_DEBUG", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    return root
+
+
+def kbd(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def run_kbd(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([*KBD, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def wait_for(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+# -- kbd init ---------------------------------------------------------------------------------
+
+
+def test_init_writes_config_and_creates_folders(home):
+    result = kbd("init", "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    data = home / "data"
+    assert shown["config"] == str(home / "config.toml")
+    assert shown["created"] == [str(data), str(data / "reports"), str(data / "models")]
+    assert all(Path(p).is_dir() for p in shown["created"])
+    config = load_config(home / "config.toml")
+    assert config.home == data and config.folders == ()
+    text = (home / "config.toml").read_text()
+    assert f'home = "{data}"' in text and "# One table per watched folder" in text
+
+
+def test_init_refuses_to_overwrite_and_force_replaces(home):
+    assert kbd("init").exit_code == 0
+    config = home / "config.toml"
+    config.write_text(config.read_text() + "# mine\n")
+    again = kbd("init")
+    assert again.exit_code == 1
+    assert f"{config} exists already" in again.output and "--force" in again.output
+    assert config.read_text().endswith("# mine\n")
+    forced = kbd("init", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert "# mine" not in config.read_text()
+    assert (home / "config.toml.bak").read_text().endswith("# mine\n")
+    assert "exists  " in forced.output  # the folders were there already
+
+
+def test_init_writes_where_config_points(home, tmp_path):
+    elsewhere = tmp_path / "etc" / "kbd.toml"
+    result = kbd("--config", str(elsewhere), "init", "--home", str(tmp_path / "data"))
+    assert result.exit_code == 0, result.output
+    assert load_config(elsewhere).home == tmp_path / "data"
+    assert not (home / "config.toml").exists()
+
+
+def test_example_config_is_packaged_and_loads():
+    top = (ROOT / "config.example.toml").read_text()
+    assert top == configfile.example_text(), "copy config.example.toml to kbd/data/"
+    config = load_config(ROOT / "config.example.toml")
+    assert config.folders == () and config.model.checkpoint is None
+
+
+def test_example_config_documents_every_key():
+    """Every field of the config dataclasses appears in the example, set or commented."""
+    from dataclasses import fields
+
+    from kbd.config import Config
+    from kbd.watch import WatchedFolder
+
+    text = (ROOT / "config.example.toml").read_text()
+    tables = [type(getattr(Config(home=Path("/")), f.name)) for f in fields(Config)
+              if f.name in ("model", "ingest", "server")]
+    for cls in [*tables, WatchedFolder]:
+        for f in fields(cls):
+            assert f"{f.name} = " in text, f"{cls.__name__}.{f.name} is not in config.example.toml"
+
+
+# -- kbd watch --------------------------------------------------------------------------------
+
+
+def test_watch_add_list_rm_keeps_hand_written_comments(home, tmp_path):
+    assert kbd("init").exit_code == 0
+    config = home / "config.toml"
+    text = config.read_text().replace("debounce_s = 2.0 ", "debounce_s = 2.0 # tuned by hand ")
+    text += "\n# my notes: prod logs go below\n"
+    config.write_text(text)
+    logs, reports = tmp_path / "logs", tmp_path / "reports"
+    logs.mkdir()
+    added = kbd("watch", "add", str(logs), "--kind", "log", "--exclude", "*.gz", "--json")
+    assert added.exit_code == 0, added.output
+    assert json.loads(added.stdout)["added"]["exclude"] == ["*.gz"]
+    result = kbd("watch", "add", str(reports), "--kind", "report", "--include", "*.md",
+                 "--include", "*.pdf", "--polling")
+    assert result.exit_code == 0, result.output
+    assert "does not exist yet" in result.output
+    assert "applies when it next starts" in result.output
+    listed = json.loads(kbd("watch", "list", "--json").stdout)
+    assert [(f["path"], f["kind"], f["include"], f["exclude"], f["polling"]) for f in listed] == [
+        (str(logs), "log", ["*"], ["*.gz"], False),
+        (str(reports), "report", ["*.md", "*.pdf"], [], True),
+    ]
+    assert "# tuned by hand" in config.read_text() and "# my notes" in config.read_text()
+    bare = kbd("watch")  # a bare group lists
+    assert bare.exit_code == 0 and f"{logs} (log, exclude *.gz)" in bare.output
+    assert kbd("watch", "rm", str(logs)).exit_code == 0
+    assert kbd("watch", "rm", str(reports) + "/").exit_code == 0
+    # all as it was, but for the blank line put before the first [[folders]]
+    assert config.read_text() == text + "\n"
+    assert "no watched folders" in kbd("watch", "list").output
+
+
+def test_watch_add_duplicate_fails_naming_the_folder(home, tmp_path, monkeypatch):
+    assert kbd("init").exit_code == 0
+    assert kbd("watch", "add", str(tmp_path / "logs")).exit_code == 0
+    before = (home / "config.toml").read_text()
+    monkeypatch.chdir(tmp_path)
+    again = kbd("watch", "add", "logs/", "--kind", "log")  # the same folder, spelled otherwise
+    assert again.exit_code == 1
+    assert f"{tmp_path / 'logs'} is already watched" in again.output
+    assert (home / "config.toml").read_text() == before
+
+
+def test_watch_rm_of_a_folder_not_watched_fails(home, tmp_path):
+    assert kbd("init").exit_code == 0
+    result = kbd("watch", "rm", str(tmp_path / "nowhere"))
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'nowhere'} is not watched" in result.output
+    assert "kbd watch list" in result.output
+
+
+def test_watch_add_bad_kind_is_a_usage_error(home, tmp_path):
+    assert kbd("init").exit_code == 0
+    result = kbd("watch", "add", str(tmp_path), "--kind", "csv")
+    assert result.exit_code == 2
+    assert "Invalid value for '--kind'" in result.output
+
+
+def test_watch_add_without_config_says_kbd_init(home, tmp_path):
+    result = kbd("watch", "add", str(tmp_path))
+    assert result.exit_code == 1
+    assert "no config file" in result.output and "kbd init" in result.output
+
+
+def test_a_bad_edit_leaves_the_file_as_it_was(home):
+    assert kbd("init").exit_code == 0
+    config = home / "config.toml"
+    before = config.read_bytes()
+
+    def misspell(doc, current):
+        doc["ingest"]["debounce"] = 1.0
+
+    with pytest.raises(ConfigError, match=r"left as it was: ingest\.debounce: unknown key"):
+        configfile.edit(config, misspell)
+    assert config.read_bytes() == before
+    assert sorted(p.name for p in home.iterdir()) == [".config.toml.lock", "config.toml", "data"]
+
+
+def test_edits_keep_the_file_mode(home, tmp_path):
+    assert kbd("init").exit_code == 0
+    config = home / "config.toml"
+    config.chmod(0o640)
+    assert kbd("watch", "add", str(tmp_path)).exit_code == 0
+    assert config.stat().st_mode & 0o777 == 0o640
+
+
+FAKE_DAEMON = """
+import signal, sys, time
+from pathlib import Path
+
+signal.signal(signal.SIGHUP, lambda *_: Path(sys.argv[1]).write_text("reloaded"))
+Path(sys.argv[2]).write_text("ready")
+time.sleep(60)
+"""
+
+
+def test_watch_add_tells_a_running_daemon(home, tmp_path):
+    assert kbd("init").exit_code == 0
+    script = tmp_path / "fake_kbd_daemon.py"
+    script.write_text(FAKE_DAEMON)
+    reloaded, ready = tmp_path / "reloaded", tmp_path / "ready"
+    daemon = subprocess.Popen([sys.executable, str(script), str(reloaded), str(ready)])
+    try:
+        assert wait_for(ready.exists)
+        (home / "data" / "kbd.pid").write_text(f"{daemon.pid}\n")
+        result = kbd("watch", "add", str(tmp_path), "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["daemon_pid"] == daemon.pid
+        assert wait_for(reloaded.exists), "the daemon got no SIGHUP"
+        removed = kbd("watch", "rm", str(tmp_path))
+        assert f"told the daemon (pid {daemon.pid}) to reload" in removed.output
+    finally:
+        daemon.kill()
+        daemon.wait()
+
+
+def test_a_stale_pid_file_is_not_signalled(home, tmp_path):
+    """After a crash the pid may belong to another program: SIGHUP would kill it."""
+    assert kbd("init").exit_code == 0
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (home / "data" / "kbd.pid").write_text(f"{other.pid}\n")
+        result = kbd("watch", "add", str(tmp_path))
+        assert result.exit_code == 0 and "no daemon running" in result.output
+        time.sleep(0.2)
+        assert other.poll() is None, "sleep was signalled"
+    finally:
+        other.kill()
+        other.wait()
+    (home / "data" / "kbd.pid").write_text(f"{other.pid}\n")  # dead now
+    assert "no daemon running" in kbd("watch", "rm", str(tmp_path)).output
+
+
+# -- kbd model pull ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("offline", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+                         ids=["HF_HUB_OFFLINE", "nothing-listens"])
+def test_model_pull_offline_fails_fast_with_copy_instructions(home, offline):
+    assert kbd("init").exit_code == 0
+    before = (home / "config.toml").read_text()
+    start = time.monotonic()
+    done = run_kbd("model", "pull", env=os.environ | offline)
+    elapsed = time.monotonic() - start
+    assert done.returncode == 1, done.stderr
+    assert elapsed < 10, f"took {elapsed:.1f} s"
+    models = home / "data" / "models"
+    for text in ("cannot download", "hint: copy the files by hand",
+                 "hf download apple/CLaRa-7B-E2E --include 'compression-16/*'",
+                 "hf download mistralai/Mistral-7B-Instruct-v0.2",
+                 f"copy both folders into {models}",
+                 str(home / "config.toml"), "[model]",
+                 f'checkpoint = "{models}/CLaRa-7B-E2E/compression-16"',
+                 f'base = "{models}/Mistral-7B-Instruct-v0.2"'):
+        assert text in done.stderr
+    assert (home / "config.toml").read_text() == before
+
+
+def test_model_pull_without_config_says_kbd_init(home):
+    result = kbd("model", "pull")
+    assert result.exit_code == 1 and "kbd init" in result.output
+
+
+def test_point_config_at_sets_model_folders(home, tmp_path):
+    assert kbd("init").exit_code == 0
+    folders = ModelFolders("apple/CLaRa-7B-E2E", "128", "mistralai/Mistral-7B-Instruct-v0.2",
+                           tmp_path / "models")
+    point_config_at(home / "config.toml", folders)
+    model = load_config(home / "config.toml").model
+    assert model.checkpoint == tmp_path / "models/CLaRa-7B-E2E/compression-128"
+    assert model.base == tmp_path / "models/Mistral-7B-Instruct-v0.2"
+    assert "# Local folder of the base model" in (home / "config.toml").read_text()
+    point_config_at(home / "config.toml", folders)  # again: the keys are replaced, not added
+    assert (home / "config.toml").read_text().count("\ncheckpoint = ") == 1
+
+
+HUB_FILES = {
+    "apple/CLaRa-7B-E2E": {
+        "compression-16/config.json": b'{"model_type": "CLaRa"}',
+        "compression-16/adapters.pth": b"a" * 3000,
+        "compression-128/config.json": b"{}",
+        "README.md": b"readme",
+    },
+    "mistralai/Mistral-7B-Instruct-v0.2": {
+        "config.json": b"{}",
+        "model-00001-of-00001.safetensors": b"w" * 5000,
+        "model.safetensors.index.json": b"{}",
+        "consolidated.safetensors": b"c" * 5000,
+        "pytorch_model-00001-of-00001.bin": b"b" * 5000,
+        "tokenizer.model": b"t",
+        "tokenizer_config.json": b"{}",
+    },
+}
+HUB_SHA = "0123456789abcdef" * 2 + "01234567"
+
+
+class FakeHub(BaseHTTPRequestHandler):
+    """The few hub endpoints snapshot_download reads: revision info, tree, resolve."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        for repo, files in HUB_FILES.items():
+            if path in (f"/api/models/{repo}", f"/api/models/{repo}/revision/main"):
+                return self.reply(json.dumps({"id": repo, "sha": HUB_SHA, "siblings": [
+                    {"rfilename": name} for name in files]}).encode())
+            if path.startswith(f"/api/models/{repo}/tree/"):
+                return self.reply(json.dumps([
+                    {"type": "file", "path": name, "size": len(body),
+                     "oid": hashlib.sha1(body).hexdigest()} for name, body in files.items()
+                ]).encode())
+            if path.startswith(f"/{repo}/resolve/{HUB_SHA}/"):
+                body = files[path.split(f"/resolve/{HUB_SHA}/", 1)[1]]
+                return self.reply(body, {"X-Repo-Commit": HUB_SHA,
+                                         "ETag": f'"{hashlib.sha1(body).hexdigest()}"'})
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def reply(self, body: bytes, headers: dict | None = None) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+
+@pytest.fixture
+def fake_hub():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_model_pull_downloads_only_what_is_needed(home, tmp_path, fake_hub):
+    """A real snapshot_download from a hub on 127.0.0.1, in a subprocess whose HF_HOME is
+    temporary (hub writes refs into its cache even with local_dir)."""
+    assert kbd("init").exit_code == 0
+    env = os.environ | {"HF_ENDPOINT": fake_hub, "HF_HOME": str(tmp_path / "hf")}
+    done = run_kbd("model", "pull", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    models = home / "data" / "models"
+    shown = json.loads(done.stdout)
+    assert shown["checkpoint"] == str(models / "CLaRa-7B-E2E" / "compression-16")
+    got = sorted(str(p.relative_to(models)) for p in models.rglob("*")
+                 if p.is_file() and ".cache" not in p.parts)
+    assert got == [
+        "CLaRa-7B-E2E/compression-16/adapters.pth", "CLaRa-7B-E2E/compression-16/config.json",
+        "Mistral-7B-Instruct-v0.2/config.json",
+        "Mistral-7B-Instruct-v0.2/model-00001-of-00001.safetensors",
+        "Mistral-7B-Instruct-v0.2/model.safetensors.index.json",
+        "Mistral-7B-Instruct-v0.2/tokenizer.model",
+        "Mistral-7B-Instruct-v0.2/tokenizer_config.json",
+    ]
+    model = load_config(home / "config.toml").model
+    assert model.checkpoint == models / "CLaRa-7B-E2E" / "compression-16"
+    assert model.base == models / "Mistral-7B-Instruct-v0.2"
+    again = run_kbd("model", "pull", env=env)  # complete already: nothing to fetch, same config
+    assert again.returncode == 0, again.stderr
+    assert load_config(home / "config.toml").model == model
+
+
+def test_model_pull_rejects_a_repo_without_the_compression(home, tmp_path, fake_hub):
+    assert kbd("init").exit_code == 0
+    env = os.environ | {"HF_ENDPOINT": fake_hub, "HF_HOME": str(tmp_path / "hf")}
+    done = run_kbd("model", "pull", "mistralai/Mistral-7B-Instruct-v0.2", env=env)
+    assert done.returncode == 1
+    assert "has no compression-16/config.json" in done.stderr
+    assert load_config(home / "config.toml").model.checkpoint is None
+
+
+def test_sighup_helper_ignores_nonsense_pids(home):
+    from kbd.cli_setup import daemon_pid
+
+    data = home / "data"
+    data.mkdir(parents=True)
+    for text in ("", "abc", "0", "-1", str(os.getpid() + 10**7)):
+        (data / "kbd.pid").write_text(text)
+        assert daemon_pid(data) is None, text
