@@ -4,7 +4,8 @@ A document is one file at one path; it keeps its passages, which are cut for one
 A passage's memory is keyed by (text hash, model fingerprint), so identical passages anywhere
 are compressed once, and re-cutting or moving a file costs no compression when the text is
 the same. Passages of changed or deleted documents are retired (live = false), never deleted
-while an answer may cite them.
+while an answer may cite them. Each answer, standing or ad hoc, keeps the passages it came
+from (answer_sources); deleting a standing question keeps its answers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -115,4 +117,53 @@ failures = Table(
     Column("size", BigInteger),
     Column("mtime_ns", BigInteger),
     Column("at", DateTime(timezone=True), nullable=False),
+)
+
+questions = Table(
+    "questions", metadata,  # standing questions, asked on a schedule
+    Column("id", Integer, primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("schedule_kind", String(16), nullable=False),  # cron | interval
+    Column("cron", Text),  # 5-field crontab, read in the question's timezone
+    Column("interval_s", Integer),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),  # IANA name
+    Column("scope", Text, nullable=False, server_default="[]"),  # JSON list of paths or globs
+    Column("kinds", Text, nullable=False, server_default="[]"),  # JSON list; empty: all kinds
+    Column("since_s", Integer),  # only passages from the last since_s seconds; null: all
+    Column("since_last_run", Boolean, nullable=False, server_default=text("false")),
+    Column("top_k", Integer, nullable=False, server_default="5"),
+    Column("max_new_tokens", Integer, nullable=False, server_default="128"),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("last_run_at", DateTime(timezone=True)),
+    Column("next_run_at", DateTime(timezone=True)),  # the scheduler fills it
+)
+
+answers = Table(
+    "answers", metadata,  # every answer given, standing or ad hoc (question_id null)
+    Column("id", Integer, primary_key=True),
+    Column("question_id", ForeignKey("questions.id", ondelete="SET NULL")),
+    Column("question", Text, nullable=False),  # the text as asked
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("model", Text),  # the model / memory id the answer came from
+    Column("engine", String(32), nullable=False),  # clara
+    Column("status", String(16), nullable=False),  # ok | nothing-new | failed
+    Column("error", Text),
+    Column("text", Text),
+    Column("change", String(16)),  # first | unchanged | changed | new-sources; null: not ok
+    Column("candidates", Integer, nullable=False),  # passages ranked
+    Index("ix_answers_question_id_started_at", "question_id", "started_at"),
+)
+
+answer_sources = Table(
+    "answer_sources", metadata,  # the passages an answer came from, best first
+    Column("id", Integer, primary_key=True),
+    Column("answer_id", ForeignKey("answers.id", ondelete="CASCADE"), nullable=False),
+    Column("rank", Integer, nullable=False),  # 1-based
+    Column("passage_id", ForeignKey("passages.id"), nullable=False),  # cited: never deleted
+    Column("score", Float, nullable=False),
+    UniqueConstraint("answer_id", "rank"),
+    Index("ix_answer_sources_passage_id", "passage_id"),
 )

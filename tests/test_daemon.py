@@ -1,0 +1,246 @@
+"""The daemon as a real subprocess on a tiny checkpoint (CPU), talked to over its real socket:
+ingest of loghub logs and a report, `kbd ask` with sources that are real lines, restarts,
+hostile and concurrent requests, a second daemon, no model, SIGHUP reload."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from kbd.client import Client, DaemonError
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
+
+
+def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except Exception:  # noqa: BLE001 - the daemon may not be up yet
+            value = None
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Kbd:
+    """A home folder, a config and a daemon process."""
+
+    def __init__(self, root: Path, model: str):
+        self.home = root / "home"
+        self.watched = root / "watched"
+        self.home.mkdir(parents=True)
+        self.watched.mkdir()
+        self.config = self.home / "config.toml"
+        self.socket = self.home / "run" / "kbd.sock"
+        self.config.write_text(
+            f"{model}\n[ingest]\ndebounce_s = 0.3\n\n[server]\nsocket = \"{self.socket}\"\n\n"
+            f"[[folders]]\npath = \"{self.watched}\"\n")
+        self.env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"} | {
+            "KBD_HOME": str(self.home), "KBD_CONFIG": str(self.config)}
+        self.proc: subprocess.Popen | None = None
+        self.client = Client(self.socket, timeout_s=300)
+
+    def start(self) -> subprocess.Popen:
+        self.log = open(self.home / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "kbd", "daemon"], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.client.request("GET", "/status"), what="the daemon's socket")
+        return self.proc
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self.log.close()
+        return code
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kbd", *args], env=self.env,
+                              capture_output=True, text=True, timeout=300)
+
+    def settled(self, documents: int) -> dict:
+        def ready():
+            status = self.client.request("GET", "/status")
+            live = sum(n for s, n in status["documents"].items() if s != "deleted")
+            return status if (live == documents and status["backlog"] == 0
+                              and status["model"] == "ready") else None
+        return wait_for(ready, what=f"{documents} documents ingested and compressed")
+
+
+@pytest.fixture
+def kbd(tmp_path, e2e_dir, base_dir):
+    model = f'[model]\ncheckpoint = "{e2e_dir}"\nbase = "{base_dir}"\ndevice = "cpu"\n'
+    k = Kbd(tmp_path, model)
+    for name in ("HDFS_2k.log", "OpenSSH_2k.log"):
+        lines = (LOGHUB / name).read_bytes().splitlines(keepends=True)[:300]
+        (k.watched / name).write_bytes(b"".join(lines))
+    (k.watched / "incident.md").write_text(
+        "# Incident 42\n\nNode 7 ran out of disk space at 10:32.\n\n"
+        "## Fix\n\nOld HDFS blocks were removed and the datanode restarted.\n")
+    k.start()
+    yield k
+    if k.proc.poll() is None:
+        k.stop(signal.SIGKILL)
+
+
+pytestmark = pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present")
+
+
+def file_lines(path: str) -> list[str]:
+    return Path(path).read_bytes().decode().splitlines()
+
+
+class TestAsk:
+    def test_answer_sources_are_real_lines(self, kbd):
+        kbd.settled(3)
+        result = kbd.cli("ask", "Which datanode received a block ?", "--top-k", "3", "--json")
+        assert result.returncode == 0, result.stderr
+        reply = json.loads(result.stdout)
+        assert set(reply) == {"answer", "sources"} and isinstance(reply["answer"], str)
+        assert [s["rank"] for s in reply["sources"]] == [1, 2, 3]
+        for source in reply["sources"]:
+            assert set(source) == {"rank", "passage_id", "path", "lines", "page", "score"}
+            assert isinstance(source["passage_id"], int) and isinstance(source["score"], float)
+            assert Path(source["path"]).parent == kbd.watched
+        scores = [s["score"] for s in reply["sources"]]
+        assert scores == sorted(scores, reverse=True)
+        shown = kbd.client.request("POST", "/ask", {"question": "Which datanode received a "
+                                                    "block ?", "top_k": 3})
+        for source in shown["sources"]:  # the passage text is exactly those lines of the file
+            if source["lines"] is not None and source["path"].endswith(".log"):
+                first, last = source["lines"]
+                wanted = [ln for ln in file_lines(source["path"])[first - 1:last] if ln.strip()]
+                assert source["text"].split("\n") == wanted
+
+    def test_text_output_and_scope(self, kbd):
+        kbd.settled(3)
+        result = kbd.cli("ask", "What ran out of disk space ?", "--scope",
+                         str(kbd.watched / "incident.md"))
+        assert result.returncode == 0, result.stderr
+        sources = [ln for ln in result.stdout.strip().split("\n") if ln.startswith("[")]
+        assert [ln.split("]")[0] for ln in sources] == ["[1", "[2"]  # the report's 2 passages
+        assert all(f"{kbd.watched / 'incident.md'}:" in ln for ln in sources)
+        nothing = kbd.client.request("POST", "/ask", {"question": "anything ?",
+                                                       "scope": ["/nowhere"]})
+        assert nothing["status"] == "nothing-new" and nothing["sources"] == []
+
+    def test_concurrent_asks(self, kbd):
+        kbd.settled(3)
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            replies = list(pool.map(lambda i: kbd.client.request(
+                "POST", "/ask", {"question": f"what happened to block {i} ?", "top_k": 2,
+                                 "max_new_tokens": 4}), range(50)))
+        assert len(replies) == 50 and all(len(r["sources"]) == 2 for r in replies)
+        assert len({r["answer_id"] for r in replies}) == 50
+
+
+class TestHostileRequests:
+    def raw(self, kbd, data: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(20)
+            s.connect(str(kbd.socket))
+            s.sendall(data)
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def test_bad_requests_get_4xx_and_the_daemon_stays(self, kbd):
+        cases = {
+            b"garbage\r\n\r\n": b" 400 ",
+            b"POST /ask HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{nope": b" 400 ",
+            b"POST /ask HTTP/1.1\r\nContent-Length: 99999999\r\nConnection: close\r\n\r\n":
+                b" 413 ",
+            b"GET /nothing HTTP/1.1\r\nConnection: close\r\n\r\n": b" 404 ",
+            b"DELETE /status HTTP/1.1\r\nConnection: close\r\n\r\n": b" 405 ",
+        }
+        for request, status in cases.items():
+            reply = self.raw(kbd, request)
+            assert status in reply.split(b"\r\n")[0], (request, reply[:200])
+        for body, field in (({"question": 3}, "question"), ({"question": "x", "top_k": "5"},
+                            "top_k"), ({"question": "x", "scope": "/a"}, "scope"),
+                            ({"question": " "}, "question"), ({"question": "x",
+                                                               "since": "soon"}, "since")):
+            with pytest.raises(DaemonError) as err:
+                kbd.client.request("POST", "/ask", body)
+            assert err.value.status == 400 and err.value.message.startswith(field)
+        assert kbd.client.request("GET", "/status")["pid"] == kbd.proc.pid
+
+    def test_client_disconnecting_mid_answer(self, kbd):
+        kbd.settled(3)
+        body = json.dumps({"question": "what failed ?", "max_new_tokens": 64}).encode()
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(kbd.socket))
+            s.sendall(b"POST /ask HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        reply = kbd.client.request("POST", "/ask", {"question": "still there ?"})
+        assert reply["status"] == "ok"
+
+
+class TestLifecycle:
+    def test_restart_keeps_everything(self, kbd):
+        before = kbd.settled(3)
+        first = kbd.client.request("POST", "/ask", {"question": "which block ?"})
+        assert kbd.stop() == 0
+        assert not kbd.socket.exists()
+        kbd.start()
+        after = kbd.settled(3)
+        assert after["passages"] == before["passages"]
+        again = kbd.client.request("POST", "/ask", {"question": "which block ?"})
+        assert again["sources"] == first["sources"] and again["answer"] == first["answer"]
+
+    def test_second_daemon_refuses(self, kbd):
+        second = kbd.cli("daemon")
+        assert second.returncode == 1
+        assert f"pid {kbd.proc.pid}" in second.stderr
+
+    def test_stale_socket_after_kill_9(self, kbd):
+        kbd.stop(signal.SIGKILL)
+        assert kbd.socket.exists()  # left behind by the crash
+        kbd.start()
+        assert kbd.client.request("GET", "/status")["pid"] == kbd.proc.pid
+
+    def test_sighup_adds_a_folder(self, kbd, tmp_path):
+        kbd.settled(3)
+        extra = tmp_path / "extra"
+        extra.mkdir()
+        (extra / "new.log").write_text("2026-11-23 10:00:00 brand new folder line\n")
+        with kbd.config.open("a") as f:
+            f.write(f'\n[[folders]]\npath = "{extra}"\n')
+        kbd.proc.send_signal(signal.SIGHUP)
+        kbd.settled(4)
+        assert kbd.cli("status", "--json").returncode == 0
+
+
+def test_no_model_still_ingests_and_answers_clearly(tmp_path):
+    k = Kbd(tmp_path, "")
+    shutil.copy(LOGHUB / "Linux_2k.log", k.watched / "Linux_2k.log")
+    k.start()
+    try:
+        wait_for(lambda: k.client.request("GET", "/status")["documents"].get("unchunked"),
+                 what="the log stored uncut")
+        result = k.cli("ask", "what failed ?")
+        assert result.returncode == 1
+        assert "no CLaRa model" in result.stderr and "kbd model pull" in result.stderr
+        status = json.loads(k.cli("status", "--json").stdout)
+        assert status["model"] == "not configured" and status["daemon"] == "running"
+    finally:
+        k.stop()
+
+
+def test_cli_without_daemon_exits_3(tmp_path):
+    k = Kbd(tmp_path, "")
+    result = k.cli("ask", "anything ?")
+    assert result.returncode == 3
+    assert "not running" in result.stderr
