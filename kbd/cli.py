@@ -216,9 +216,7 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
             {k: s[k] for k in ("rank", "passage_id", "path", "lines", "page", "score")}
             for s in reply["sources"]]})
         return
-    click.echo(reply["answer"])
-    for s in reply["sources"]:
-        click.echo(f"[{s['rank']}] {place(s)} ({s['score']:.3f})")
+    print_answer(reply, False)
 
 
 def place(source: dict) -> str:
@@ -228,6 +226,131 @@ def place(source: dict) -> str:
     if source.get("page"):
         return f"{source['path']} p.{source['page']}"
     return source["path"]
+
+
+@cli.group("questions", invoke_without_command=True)
+@click.pass_context
+def questions(ctx: click.Context) -> None:
+    """Standing questions, answered on a schedule (default: list them)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(questions_list)
+
+
+def print_question(question: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(question)
+        return
+    when = f"every {question['every']}" if question["every"] else f"cron {question['cron']!r}"
+    state = "" if question["enabled"] else " (paused)"
+    click.echo(f"{question['id']}: {question['text']}  [{when} {question['timezone']}]{state}")
+    if question["scope"]:
+        click.echo(f"    scope: {', '.join(question['scope'])}")
+    if question["next_run_at"]:
+        click.echo(f"    next run: {question['next_run_at']}")
+
+
+@questions.command("add")
+@click.argument("text")
+@click.option("--every", help="Interval, e.g. 15m, 6h, 1d.")
+@click.option("--cron", help='Crontab schedule, e.g. "0 7 * * 1-5".')
+@click.option("--timezone", default="UTC", show_default=True, help="IANA zone for --cron.")
+@click.option("--scope", multiple=True, help="Folder, file or glob the sources must be in.")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(["log", "report"]))
+@click.option("--since", help="Only passages ingested in the last DURATION.")
+@click.option("--since-last-run", is_flag=True, help="Only what arrived since the last run.")
+@click.option("--top-k", type=click.IntRange(1, 50), default=5, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 2048), default=128,
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def questions_add(text, every, cron, timezone, scope, kinds, since, since_last_run, top_k,
+                  max_new_tokens, as_json) -> None:
+    """Add a standing question; prints it with its id.
+
+        kbd questions add "Which services failed?" --every 1h --since-last-run
+    """
+    if bool(every) == bool(cron):
+        raise click.UsageError("give exactly one of --every and --cron")
+    body = {"text": text, "every": every, "cron": cron, "timezone": timezone,
+            "scope": list(scope), "kinds": list(kinds), "since": since,
+            "since_last_run": since_last_run, "top_k": top_k, "max_new_tokens": max_new_tokens}
+    body = {k: v for k, v in body.items() if v is not None}
+    print_question(client(get_config()).request("POST", "/questions", body), as_json)
+
+
+@questions.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def questions_list(as_json: bool = False) -> None:
+    """List standing questions."""
+    reply = client(get_config()).request("GET", "/questions")
+    if as_json:
+        print_json(reply)
+        return
+    for question in reply["questions"]:
+        print_question(question, False)
+
+
+def question_command(name: str, method: str, suffix: str, doc: str):
+    """`kbd questions show|rm|pause|resume ID`: one request each."""
+
+    @questions.command(name, help=doc)
+    @click.argument("question_id", type=int)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @human_errors
+    def command(question_id: int, as_json: bool) -> None:
+        reply = client(get_config()).request(method, f"/questions/{question_id}{suffix}")
+        if "deleted" in reply:
+            print_json(reply) if as_json else click.echo(f"deleted question {question_id}")
+        else:
+            print_question(reply, as_json)
+
+    return command
+
+
+questions_show = question_command("show", "GET", "", "Show one standing question.")
+questions_rm = question_command("rm", "DELETE", "", "Delete a question (its answers stay).")
+questions_pause = question_command("pause", "POST", "/pause", "Stop running a question.")
+questions_resume = question_command("resume", "POST", "/resume", "Run a question again.")
+
+
+@questions.command("run")
+@click.argument("question_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def questions_run(question_id: int, as_json: bool) -> None:
+    """Run a standing question now and print its answer."""
+    reply = client(get_config()).request("POST", f"/questions/{question_id}/run")
+    print_answer(reply, as_json)
+
+
+def print_answer(reply: dict, as_json: bool) -> None:
+    sources = [{k: s[k] for k in ("rank", "passage_id", "path", "lines", "page", "score")}
+               for s in reply["sources"]]
+    if as_json:
+        print_json({k: v for k, v in reply.items() if k != "sources"} | {"sources": sources})
+        return
+    click.echo(reply["answer"] if reply["answer"] is not None else f"({reply['status']})")
+    for s in sources:
+        click.echo(f"[{s['rank']}] {place(s)} ({s['score']:.3f})")
+
+
+@cli.command("answers")
+@click.argument("question_id", type=int, required=False)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def answers(question_id: int | None, limit: int, as_json: bool) -> None:
+    """Answer history, newest first, of one standing question or of all (with `kbd ask`'s)."""
+    query = f"limit={limit}" + (f"&question_id={question_id}" if question_id else "")
+    reply = client(get_config()).request("GET", f"/answers?{query}")
+    if as_json:
+        print_json(reply)
+        return
+    for answer in reply["answers"]:
+        tag = answer["change"] or answer["status"]
+        click.echo(f"#{answer['answer_id']} {answer['started_at']} [{tag}] {answer['question']}")
+        print_answer(answer, False)
 
 
 @cli.group("docs")

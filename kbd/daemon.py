@@ -27,6 +27,7 @@ from kbd.api import serve
 from kbd.config import Config, load_config
 from kbd.errors import KbdError
 from kbd.ingest import Ingester, IngestWorker, Limits
+from kbd.scheduler import Scheduler
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.watch import Watcher
@@ -125,9 +126,11 @@ class Daemon:
                                quiet_s=config.ingest.debounce_s,
                                rescan_interval_s=config.ingest.rescan_interval_s,
                                on_rescan=self.ingest.rescan)
+        self.scheduler = Scheduler(self.store, self.model.submit)
         self.server = serve(config.socket_path, build_router(self))
         threading.Thread(target=self.server.serve_forever, name="kbd-api", daemon=True).start()
         self.model.start()
+        self.scheduler.start()
         self.ingest.start()
         self.watcher.start()
         if self.model.state != "loading":  # no model to wait for
@@ -198,7 +201,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         notify("STOPPING=1")
-        for name in ("server", "watcher", "ingest", "model"):
+        for name in ("server", "scheduler", "watcher", "ingest", "model"):
             part = getattr(self, name, None)
             if part is None:
                 continue

@@ -27,6 +27,16 @@ def build_router(daemon) -> Router:
     router.add("POST", "/ask", lambda g, query, body: ask(daemon, body))
     router.add("GET", "/documents", lambda g, query, body: documents_list(daemon, query))
     router.add("GET", "/documents/show", lambda g, query, body: document_show(daemon, query))
+    router.add("GET", "/questions", lambda g, query, body: questions_list(daemon))
+    router.add("POST", "/questions", lambda g, query, body: question_create(daemon, body))
+    one = r"/questions/(?P<id>[0-9]+)"
+    router.add("GET", one, lambda g, query, body: question_json(get_or_404(daemon, g)))
+    router.add("PATCH", one, lambda g, query, body: question_update(daemon, g, body))
+    router.add("DELETE", one, lambda g, query, body: question_delete(daemon, g))
+    router.add("POST", one + "/pause", lambda g, query, body: question_enable(daemon, g, False))
+    router.add("POST", one + "/resume", lambda g, query, body: question_enable(daemon, g, True))
+    router.add("POST", one + "/run", lambda g, query, body: question_run(daemon, g))
+    router.add("GET", "/answers", lambda g, query, body: answers_list(daemon, query))
     return router
 
 
@@ -119,3 +129,126 @@ def int_param(query: dict, name: str, default: int) -> int:
     if value < 1:
         raise ApiError(400, f"{name}: must be at least 1")
     return value
+
+
+# -- standing questions ----------------------------------------------------------------------
+
+def question_json(question: dict) -> dict:
+    from kbd.questions import format_duration
+
+    every = question["interval_s"]
+    return {
+        "id": question["id"], "text": question["text"], "enabled": question["enabled"],
+        "every": format_duration(every) if every else None, "cron": question["cron"],
+        "timezone": question["timezone"], "scope": question["scope"],
+        "kinds": question["kinds"],
+        "since": format_duration(question["since_s"]) if question["since_s"] else None,
+        "since_last_run": question["since_last_run"], "top_k": question["top_k"],
+        "max_new_tokens": question["max_new_tokens"], "last_run_at": question["last_run_at"],
+        "next_run_at": question["next_run_at"], "created_at": question["created_at"],
+    }
+
+
+def questions_list(daemon) -> dict:
+    from kbd.store import questions as qs
+
+    with daemon.store.read() as conn:
+        return {"questions": [question_json(x) for x in qs.list_questions(conn)]}
+
+
+def get_or_404(daemon, groups: dict) -> dict:
+    from kbd.store import questions as qs
+
+    with daemon.store.read() as conn:
+        question = qs.get_question(conn, int(groups["id"]))
+    if question is None:
+        raise ApiError(404, f"no standing question {groups['id']}")
+    return question
+
+
+def _spec(body: dict, base=None):
+    from kbd.questions import spec_from_request
+
+    try:
+        return spec_from_request(body, base=base)
+    except InputError as e:
+        raise ApiError(400, e.message, e.hint) from e
+
+
+def question_create(daemon, body: dict) -> dict:
+    from dataclasses import asdict
+
+    from kbd.store import questions as qs
+
+    spec = _spec(body)
+    question_id = daemon.store.write(lambda conn: qs.create_question(conn, **asdict(spec)))
+    daemon.scheduler.sync(question_id)
+    return question_json(get_or_404(daemon, {"id": question_id}))
+
+
+def question_update(daemon, groups: dict, body: dict) -> dict:
+    from dataclasses import asdict
+
+    from kbd.questions import spec_of
+    from kbd.store import questions as qs
+
+    spec = _spec(body, base=spec_of(get_or_404(daemon, groups)))
+    question_id = int(groups["id"])
+    daemon.store.write(lambda conn: qs.update_question(conn, question_id, **asdict(spec)))
+    daemon.scheduler.sync(question_id)
+    return question_json(get_or_404(daemon, groups))
+
+
+def question_delete(daemon, groups: dict) -> dict:
+    from kbd.store import questions as qs
+
+    question = get_or_404(daemon, groups)
+    daemon.store.write(lambda conn: qs.delete_question(conn, question["id"]))
+    daemon.scheduler.remove(question["id"])
+    return {"deleted": question["id"]}
+
+
+def question_enable(daemon, groups: dict, enabled: bool) -> dict:
+    from kbd.store import questions as qs
+
+    question = get_or_404(daemon, groups)
+    daemon.store.write(lambda conn: qs.set_enabled(conn, question["id"], enabled))
+    daemon.scheduler.sync(question["id"])
+    return question_json(get_or_404(daemon, groups))
+
+
+def question_run(daemon, groups: dict) -> dict:
+    question = get_or_404(daemon, groups)
+    result = daemon.scheduler.run(question["id"])
+    if result is None:
+        with daemon.store.read() as conn:
+            from kbd.store import questions as qs
+
+            latest = qs.answers(conn, question["id"], limit=1)
+        if not latest:
+            raise ApiError(409, f"question {question['id']} is already running")
+        return answer_json(latest[0])
+    return result
+
+
+def answer_json(answer: dict) -> dict:
+    """An answer from the history, its sources in the shape `kbd ask --json` uses."""
+    return {
+        "answer_id": answer["id"], "question_id": answer["question_id"],
+        "question": answer["question"], "answer": answer["text"], "status": answer["status"],
+        "change": answer["change"], "error": answer["error"], "model": answer["model"],
+        "started_at": answer["started_at"], "finished_at": answer["finished_at"],
+        "sources": [{"rank": s["rank"], "passage_id": s["passage_id"], "path": s["path"],
+                     "lines": [s["first_line"], s["last_line"]]
+                     if s["first_line"] is not None else None,
+                     "page": s["page"], "score": s["score"]} for s in answer["sources"]],
+    }
+
+
+def answers_list(daemon, query: dict) -> dict:
+    from kbd.store import questions as qs
+
+    question_id = int_param(query, "question_id", 0) if "question_id" in query else None
+    with daemon.store.read() as conn:
+        found = qs.answers(conn, question_id, limit=int_param(query, "limit", 20))
+    return {"answers": [answer_json(a) for a in found]}

@@ -244,3 +244,57 @@ def test_cli_without_daemon_exits_3(tmp_path):
     result = k.cli("ask", "anything ?")
     assert result.returncode == 3
     assert "not running" in result.stderr
+
+
+class TestStandingQuestions:
+    def answers(self, kbd, question_id: int) -> list:
+        reply = kbd.client.request("GET", f"/answers?question_id={question_id}&limit=100")
+        return reply["answers"]
+
+    def test_lifecycle_over_the_cli(self, kbd):
+        kbd.settled(3)
+        added = kbd.cli("questions", "add", "Which block was received ?", "--every", "2s",
+                        "--scope", str(kbd.watched / "HDFS_2k.log"), "--top-k", "2", "--json")
+        assert added.returncode == 0, added.stderr
+        question = json.loads(added.stdout)
+        qid = question["id"]
+        assert question["every"] == "2s" and question["next_run_at"]
+        first = wait_for(lambda: self.answers(kbd, qid), what="a scheduled answer")[-1]
+        assert first["status"] == "ok" and first["change"] == "first"
+        hdfs = file_lines(str(kbd.watched / "HDFS_2k.log"))
+        for source in first["sources"]:
+            assert source["path"] == str(kbd.watched / "HDFS_2k.log")
+            assert 1 <= source["lines"][0] <= source["lines"][1] <= len(hdfs)
+        assert kbd.cli("questions", "pause", str(qid)).returncode == 0
+        time.sleep(0.5)  # a run already started may still finish
+        paused_count = len(self.answers(kbd, qid))
+        time.sleep(4.5)
+        assert len(self.answers(kbd, qid)) == paused_count
+        ran = kbd.cli("questions", "run", str(qid), "--json")
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout)["status"] == "ok"
+        assert len(self.answers(kbd, qid)) == paused_count + 1
+        edited = kbd.client.request("PATCH", f"/questions/{qid}", {"text": "Which datanode ?",
+                                                                   "every": "1h"})
+        assert edited["text"] == "Which datanode ?" and edited["every"] == "1h"
+        assert edited["enabled"] is False  # still paused
+        listed = json.loads(kbd.cli("questions", "list", "--json").stdout)["questions"]
+        assert [x["id"] for x in listed] == [qid]
+        history = json.loads(kbd.cli("answers", str(qid), "--json").stdout)["answers"]
+        assert history[0]["sources"] and history[0]["change"] in ("unchanged", "changed",
+                                                                  "new-sources")
+        assert kbd.cli("questions", "rm", str(qid)).returncode == 0
+        gone = kbd.cli("questions", "show", str(qid))
+        assert gone.returncode == 1 and f"no standing question {qid}" in gone.stderr
+        assert all(a["question_id"] is None for a in kbd.client.request(
+            "GET", "/answers?limit=100")["answers"])
+
+    def test_bad_question_is_refused_with_the_field(self, kbd):
+        for body, field in (({"text": "x", "every": "soon"}, "every"),
+                            ({"text": "x", "cron": "61 * * * *"}, "cron"),
+                            ({"text": "", "every": "1h"}, "text")):
+            with pytest.raises(DaemonError) as err:
+                kbd.client.request("POST", "/questions", body)
+            assert err.value.status == 400 and err.value.message.startswith(field)
+        usage = kbd.cli("questions", "add", "x")
+        assert usage.returncode == 2

@@ -28,7 +28,7 @@ class MemoryIndex:
         total = self.matrix.rows()
         if total <= self.rows:
             return 0
-        new = np.asarray(self.matrix.matrix()[self.rows:total])  # copy out of the memory map
+        new = np.array(self.matrix.matrix()[self.rows:total])  # a writable copy off the map
         block = torch.from_numpy(new)
         if self.dtype == torch.bfloat16:
             block = block.view(torch.bfloat16)

@@ -167,3 +167,11 @@ answer_sources = Table(
     UniqueConstraint("answer_id", "rank"),
     Index("ix_answer_sources_passage_id", "passage_id"),
 )
+
+digests = Table(
+    "digests", metadata,  # every digest written: the period it covers and its files
+    Column("id", Integer, primary_key=True),
+    Column("generated_at", DateTime(timezone=True), nullable=False),  # the period's end
+    Column("since", DateTime(timezone=True), nullable=False),  # the period's start
+    Column("paths", Text, nullable=False),  # JSON list of the files written
+)
