@@ -17,7 +17,7 @@ import re
 import socket
 import socketserver
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -98,7 +98,10 @@ class RequestHandler(BaseHTTPRequestHandler):
         except Exception as e:
             log.exception("%s %s failed", method, self.path)
             status, reply = 500, envelope(KbdError(f"internal error: {e}", code="internal"))
-        self._send(status, reply)
+        if isinstance(reply, Iterator):
+            self._send_stream(reply)
+        else:
+            self._send(status, reply)
 
     def _check_peer(self) -> None:
         creds = self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -141,6 +144,22 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away before its reply")  # others are not affected
+
+    def _send_stream(self, events: Iterator) -> None:
+        """Newline-delimited JSON events in a chunked reply, each sent as it comes."""
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for event in events:
+                data = json.dumps(event, ensure_ascii=False, default=str).encode() + b"\n"
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            log.info("client went away while its answer streamed")
+            self.close_connection = True
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's name
         log.debug("request: " + format, *args)

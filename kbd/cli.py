@@ -210,6 +210,11 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
     """
     body = {"question": question, "top_k": top_k, "scope": list(scope), "kinds": list(kinds),
             "since": since, "max_new_tokens": max_new_tokens}
+    if not as_json and sys.stdout.isatty():  # a person watching: show the answer as it comes
+        reply = stream_ask(client(get_config()), body)
+        for s in reply["sources"]:
+            click.echo(f"[{s['rank']}] {place(s)} ({s['score']:.3f})")
+        return
     reply = client(get_config()).request("POST", "/ask", body)
     if as_json:
         print_json({"answer": reply["answer"], "sources": [
@@ -217,6 +222,19 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
             for s in reply["sources"]]})
         return
     print_answer(reply, False)
+
+
+def stream_ask(kbd_client, body: dict) -> dict:
+    """Print the answer's text as it is generated; return the finished answer."""
+    for event in kbd_client.stream("/ask", body | {"stream": True}):
+        if "token" in event:
+            click.echo(event["token"], nl=False)
+        elif "error" in event:
+            raise KbdError(event["error"]["message"], code=event["error"]["code"])
+        else:
+            click.echo()
+            return event["done"]
+    raise KbdError("the daemon closed the stream before the answer was done")
 
 
 def place(source: dict) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from kbd.errors import KbdError
@@ -38,6 +39,33 @@ class Client:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
 
+    def stream(self, path: str, body: dict) -> Iterator[dict]:
+        """POST and yield the newline-delimited JSON events of a streamed reply."""
+        connection = _UnixConnection(self.socket_path, self.timeout_s)
+        try:
+            try:
+                connection.request("POST", path, body=json.dumps(body).encode(),
+                                   headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+            except (FileNotFoundError, ConnectionRefusedError) as e:
+                raise self._not_running() from e
+            if response.status >= 400:
+                self._raise(response.status, response.reason, response.read())
+            for line in response:
+                yield json.loads(line)
+        finally:
+            connection.close()
+
+    def _not_running(self) -> DaemonNotRunning:
+        return DaemonNotRunning(f"the kbd daemon is not running (no answer on "
+                                f"{self.socket_path})",
+                                hint="start it with `kbd daemon` or `systemctl --user start kbd`")
+
+    def _raise(self, status: int, reason: str, raw: bytes):
+        error = (json.loads(raw) if raw else {}).get("error", {})
+        raise DaemonError(status, error.get("message", reason), error.get("hint"),
+                          error.get("code"))
+
     def request(self, method: str, path: str, body: dict | None = None):
         connection = _UnixConnection(self.socket_path, self.timeout_s)
         data = json.dumps(body).encode() if body is not None else None
@@ -47,17 +75,11 @@ class Client:
             response = connection.getresponse()
             raw = response.read()
         except (FileNotFoundError, ConnectionRefusedError) as e:
-            raise DaemonNotRunning(f"the kbd daemon is not running (no answer on "
-                                   f"{self.socket_path})",
-                                   hint="start it with `kbd daemon` or "
-                                        "`systemctl --user start kbd`") from e
+            raise self._not_running() from e
         except TimeoutError as e:
             raise KbdError(f"the daemon did not answer within {self.timeout_s:.0f} s") from e
         finally:
             connection.close()
-        reply = json.loads(raw) if raw else None
         if response.status >= 400:
-            error = (reply or {}).get("error", {})
-            raise DaemonError(response.status, error.get("message", response.reason),
-                              error.get("hint"), error.get("code"))
-        return reply
+            self._raise(response.status, response.reason, raw)
+        return json.loads(raw) if raw else None

@@ -123,7 +123,9 @@ def _schedule(question: dict) -> str:
 
 def _question_report(conn, question: dict, since: datetime, now: datetime) -> QuestionReport:
     found = sd.question_runs(conn, question["id"], since, now, limit=LIST_LIMIT)
-    answer = _run(found["latest_ok"]) if found["latest_ok"] else None
+    latest = _run(found["latest"]) if found["latest"] else None
+    answer = latest if latest and latest.status == "ok" else (
+        _run(found["latest_ok"]) if found["latest_ok"] else None)
     previous = None
     if answer is not None and answer.change == "changed":
         before = sq.previous_answer(conn, question["id"], answer.id)
@@ -131,15 +133,17 @@ def _question_report(conn, question: dict, since: datetime, now: datetime) -> Qu
     return QuestionReport(
         id=question["id"], text=question["text"], schedule=_schedule(question),
         enabled=question["enabled"],
-        latest=_run(found["latest"]) if found["latest"] else None, answer=answer,
+        latest=latest, answer=answer,
         previous_text=previous, runs=found["counts"],
         failed=[_run(r | {"status": "failed"}) for r in found["failed"]])
 
 
 def gather(store: Store, since: datetime, now: datetime, model: str | None,
            backlog: int | None) -> Digest:
-    """Read the period [since, now] from the store: every standing question with its newest
-    run in the period, and ingest activity. since and now must be timezone-aware."""
+    """Read the period [since, now) from the store: every standing question with its newest
+    run in the period (by start time), and ingest activity. Files that cannot be read are
+    all those failing now, whenever they first failed. since and now must be
+    timezone-aware."""
     if since.tzinfo is None or now.tzinfo is None:
         raise ValueError("since and now must be timezone-aware")
     if since > now:
@@ -204,7 +208,7 @@ def _score(source: Source) -> str:
 
 
 def _activity_counts(activity: dict) -> str:
-    return ", ".join(f"{activity[key]['count']} {label.lower()}" for key, label in ACTIVITY)
+    return ", ".join(f"{activity[key]['count']} {key}" for key, _ in ACTIVITY)
 
 
 def _item_detail(key: str, item: dict) -> str:
@@ -369,7 +373,7 @@ def _html_question(q: QuestionReport) -> str:
         out.append(f"<h3>Failed runs in this period ({q.failed_count})</h3><ul>")
         out += [f"<li>{_e(_when(r.started_at))}: {_e(_one_line(r.error) or 'no error')}</li>"
                 for r in q.failed]
-        out += [_html_more(q.failed_count, len(q.failed)), "</ul>"]
+        out.append(_html_more(q.failed_count, len(q.failed)) + "</ul>")
     out.append("</section>")
     return "\n".join(out)
 
@@ -383,7 +387,7 @@ def _html_activity(activity: dict) -> str:
             out.append(f"<h3>{_e(label)} ({listed['count']})</h3><ul>")
             out += [f'<li><span class="where">{_e(i["path"])}</span> '
                     f"({_e(_item_detail(key, i))})</li>" for i in listed["items"]]
-            out += [_html_more(listed["count"], len(listed["items"])), "</ul>"]
+            out.append(_html_more(listed["count"], len(listed["items"])) + "</ul>")
     out.append("</section>")
     failures = activity["failures"]
     out += ['<section class="failures">', "<h2>Files that could not be read</h2>"]
@@ -445,7 +449,7 @@ def _claim(reports_dir: Path, stem: str, formats: tuple[str, ...]) -> list[Path]
 
 def write_digest(store: Store, reports_dir: Path, since: datetime, now: datetime,
                  model: str | None, backlog: int | None, formats=FORMATS) -> dict:
-    """Gather the period [since, now], write reports_dir/digest-YYYY-MM-DD-HHMM.<format>
+    """Gather the period [since, now), write reports_dir/digest-YYYY-MM-DD-HHMM.<format>
     (now's local date and time; -2, -3, ... when taken), and record the run."""
     formats = tuple(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in RENDER]

@@ -11,6 +11,9 @@
 
 from __future__ import annotations
 
+import queue
+import time
+from collections.abc import Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 
 from kbd.api import ApiError, Router
@@ -83,14 +86,37 @@ def ask(daemon, body: dict) -> dict:
         raise ApiError(400, "question: must not be empty")
     if len(question) > 4000:
         raise ApiError(400, "question: longer than 4,000 characters")
+    stream = field(body, "stream", bool, False)
     request = AskRequest(question=question.strip(), scope=scope_from(body),
                          top_k=field(body, "top_k", int, None, 1, 50),
-                         max_new_tokens=field(body, "max_new_tokens", int, 128, 1, 2048))
+                         max_new_tokens=field(body, "max_new_tokens", int, 128, 1, 2048),
+                         tokens=queue.Queue() if stream else None)
     future = daemon.model.submit(request)
+    if stream:
+        return stream_answer(request)
     try:
         return future.result(timeout=ASK_TIMEOUT_S)
     except FutureTimeout as e:
         raise ApiError(504, f"no answer within {ASK_TIMEOUT_S:.0f} s") from e
+
+
+def stream_answer(request) -> Iterator[dict]:
+    """{"token": text} events while the answer is generated, then {"done": answer}."""
+    deadline = time.monotonic() + ASK_TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            yield {"token": request.tokens.get(timeout=0.1)}
+            continue
+        except queue.Empty:
+            if not request.future.done():
+                continue
+        if request.tokens.empty():
+            break
+    error = request.future.exception(timeout=max(0.0, deadline - time.monotonic()))
+    if error is not None:
+        yield {"error": {"code": getattr(error, "code", "internal"), "message": str(error)}}
+    else:
+        yield {"done": request.future.result()}
 
 
 def documents_list(daemon, query: dict) -> dict:

@@ -136,6 +136,15 @@ class TestAsk:
                                                        "scope": ["/nowhere"]})
         assert nothing["status"] == "nothing-new" and nothing["sources"] == []
 
+    def test_streamed_answer(self, kbd):
+        kbd.settled(3)
+        events = list(kbd.client.stream("/ask", {"question": "which block ?", "stream": True,
+                                                 "max_new_tokens": 24}))
+        tokens = [e["token"] for e in events if "token" in e]
+        done = events[-1]["done"]
+        assert len(tokens) >= 2 and "".join(tokens).strip() == done["answer"].strip()
+        assert done["sources"] and done["status"] == "ok"
+
     def test_concurrent_asks(self, kbd):
         kbd.settled(3)
         with ThreadPoolExecutor(max_workers=50) as pool:

@@ -319,7 +319,7 @@ class Clara:
 
     @torch.inference_mode()
     def _generate(self, prompts: list[str], memory: list[torch.Tensor], max_new_tokens: int,
-                  min_new_tokens: int = 0) -> list[str]:
+                  min_new_tokens: int = 0, streamer=None) -> list[str]:
         """Greedy answers to chat prompts whose memory slots take the given memory [k_i, m, d]."""
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -342,12 +342,13 @@ class Clara:
             out = self.model.generate(
                 inputs_embeds=embeds, attention_mask=mask, do_sample=False, top_p=None,
                 temperature=None, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                streamer=streamer,
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def generate(self, questions: Sequence[str], selected_memory, max_new_tokens: int = 128,
-                 min_new_tokens: int = 0) -> list[str]:
+                 min_new_tokens: int = 0, streamer=None) -> list[str]:
         """Answers from selected memory: [b, k, m, d] or one [k_i, m, d] tensor per question,
         in rank order. min_new_tokens forces full-length generation for timing."""
         _check_texts(questions, "question")
@@ -355,14 +356,15 @@ class Clara:
             raise InputError(f"{len(questions)} questions but {len(selected_memory)} memory sets")
         prompts = [self._chat(ANSWER_SYSTEM, f"Background:\n{self._slots(len(m))}\n\nQuestion:{q}")
                    for q, m in zip(questions, selected_memory, strict=True)]
-        return self._generate(prompts, list(selected_memory), max_new_tokens, min_new_tokens)
+        return self._generate(prompts, list(selected_memory), max_new_tokens, min_new_tokens,
+                              streamer)
 
     # -- whole questions -----------------------------------------------------------------
 
     def answer_from_memory(self, questions: Sequence[str], memory, top_k: int | None = None,
                            max_new_tokens: int = 128, min_new_tokens: int = 0,
-                           allowed: Sequence[torch.Tensor | None] | None = None
-                           ) -> list[Answer]:
+                           allowed: Sequence[torch.Tensor | None] | None = None,
+                           streamer=None) -> list[Answer]:
         """Rank stored memory with the query reasoner and answer from the top-k.
 
         memory: one [n, m, d] tensor that every question ranks over (the daemon's store), or a
@@ -394,7 +396,8 @@ class Clara:
             top, idx = score.topk(min(k, score.shape[0]))
             idx = idx if rows is None else rows[idx]
             picks.append((mem[idx.to(mem.device)], idx.cpu(), top.cpu()))
-        texts = self.generate(questions, [p[0] for p in picks], max_new_tokens, min_new_tokens)
+        texts = self.generate(questions, [p[0] for p in picks], max_new_tokens, min_new_tokens,
+                              streamer)
         return [Answer(text, i.tolist(), s.tolist())
                 for text, (_, i, s) in zip(texts, picks, strict=True)]
 

@@ -9,6 +9,7 @@ are answered as one batch. Every answer is recorded in the store with its source
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import torch
+from transformers import TextStreamer
 
 from kbd.config import ModelConfig
 from kbd.errors import KbdError
@@ -46,7 +48,20 @@ class AskRequest:
     max_new_tokens: int = 128
     question_id: int | None = None  # a standing question, or None for `kbd ask`
     scheduled: bool = False
+    tokens: queue.Queue | None = None  # streaming: text pieces as they are generated
     future: Future = field(default_factory=Future)
+
+
+class QueueStreamer(TextStreamer):
+    """Generated text, piece by piece, into a request's queue (one question at a time)."""
+
+    def __init__(self, tokenizer, tokens: queue.Queue):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.tokens = tokens
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.tokens.put(text)
 
 
 class ModelWorker:
@@ -141,10 +156,20 @@ class ModelWorker:
         return True
 
     def _take(self) -> list[AskRequest]:
+        """Interactive questions first; a streaming one is answered on its own."""
         with self._lock:
+            if self._interactive and self._interactive[0].tokens is not None:
+                return [self._interactive.popleft()]
             source, limit = ((self._interactive, INTERACTIVE_BATCH) if self._interactive
                              else (self._scheduled, SCHEDULED_BATCH))
-            return [source.popleft() for _ in range(min(limit, len(source)))]
+            batch: list[AskRequest] = []
+            for request in list(source):
+                if len(batch) == limit:
+                    break
+                if request.tokens is None:
+                    source.remove(request)
+                    batch.append(request)
+            return batch
 
     def _compress_some(self) -> bool:
         """One batch of the backlog; False when there was nothing to do."""
@@ -180,9 +205,11 @@ class ModelWorker:
                        request.max_new_tokens)
                 groups.setdefault(key, []).append((request, rows, passage_of))
             for (top_k, max_new_tokens), items in groups.items():
+                stream = items[0][0].tokens if len(items) == 1 else None
                 answers = self.clara.answer_from_memory(
                     [r.question for r, _, _ in items], self.index.memory, top_k,
-                    max_new_tokens, allowed=[torch.from_numpy(rows) for _, rows, _ in items])
+                    max_new_tokens, allowed=[torch.from_numpy(rows) for _, rows, _ in items],
+                    streamer=QueueStreamer(self.clara.tokenizer, stream) if stream else None)
                 for (request, rows, passage_of), answer in zip(items, answers, strict=True):
                     sources = [(rank, passage_of[row], score) for rank, (row, score)
                                in enumerate(zip(answer.indices, answer.scores, strict=True), 1)]

@@ -1,9 +1,10 @@
 """What a digest reads from the store, and the record of digests written, as small functions
 over a Connection inside the caller's transaction.
 
-A period is [since, until], both timezone-aware. Times come back timezone-aware in UTC.
-Lists are cut at `limit` rows; each comes with the full count, so a report can say how
-many it left out.
+A period is [since, until): it holds since but not until, so a digest whose since is the
+previous digest's until repeats nothing. Both must be timezone-aware; times come back
+timezone-aware in UTC. Lists are cut at `limit` rows, each with its full count, so a report
+can say how many it left out.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ def _aware(at: datetime | None) -> datetime | None:
 
 # -- ingest activity -------------------------------------------------------------------------
 
+def _within(column, since: datetime, until: datetime) -> list:
+    return [column >= since, column < until]
+
+
 def _listed(conn: Connection, where: list, at_column, limit: int) -> dict:
     count = conn.execute(select(func.count()).select_from(documents).where(*where)).scalar_one()
     rows = conn.execute(select(documents.c.path, documents.c.kind, documents.c.rotations,
@@ -51,13 +56,13 @@ def ingest_activity(conn: Connection, since: datetime, until: datetime,
                                       failures.c.message, failures.c.at)
                                .order_by(failures.c.path).limit(limit))
     return {
-        "added": _listed(conn, [c.first_seen.between(since, until)], c.first_seen, limit),
-        "changed": _listed(conn, [c.changed_at.between(since, until), c.first_seen < since],
+        "added": _listed(conn, _within(c.first_seen, since, until), c.first_seen, limit),
+        "changed": _listed(conn, [*_within(c.changed_at, since, until), c.first_seen < since],
                            c.changed_at, limit),
-        "deleted": _listed(conn, [c.deleted_at.between(since, until)], c.deleted_at, limit),
+        "deleted": _listed(conn, _within(c.deleted_at, since, until), c.deleted_at, limit),
         # a rotation moves the document without touching changed_at; the new lines read
         # after it do
-        "rotated": _listed(conn, [c.rotations > 0, c.changed_at.between(since, until)],
+        "rotated": _listed(conn, [c.rotations > 0, *_within(c.changed_at, since, until)],
                            c.changed_at, limit),
         "failures": {"count": failed, "items": [r._asdict() | {"at": _aware(r.at)}
                                                 for r in failed_rows]},
@@ -74,7 +79,7 @@ def question_runs(conn: Connection, question_id: int, since: datetime, until: da
     at most limit, without sources}."""
     since, until = _utc(since, "since"), _utc(until, "until")
     a = answers.c
-    in_period = [a.question_id == question_id, a.started_at.between(since, until)]
+    in_period = [a.question_id == question_id, *_within(a.started_at, since, until)]
     newest = (a.started_at.desc(), a.id.desc())
     counts = dict(conn.execute(select(a.status, func.count()).where(*in_period)
                                .group_by(a.status)).all())
