@@ -39,12 +39,21 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class SchedulerConfig:
+    timezone: str = ""  # IANA zone for the digest schedule; empty: the machine's local zone
+    digest_cron: str = "0 7 * * *"  # daily at 07:00; empty: no scheduled digests
+    misfire_grace_s: int = 3600  # runs missed while kbd was down are made up this late
+    reports_dir: Path | None = None  # digests; default <home>/reports
+
+
+@dataclass(frozen=True)
 class Config:
     home: Path  # data dir: database, memory matrices, reports
     store_url: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     folders: tuple[WatchedFolder, ...] = ()
     source: Path | None = None  # the file it was read from
 
@@ -55,6 +64,10 @@ class Config:
     @property
     def memory_dir(self) -> Path:
         return self.home / "memory"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.scheduler.reports_dir or self.home / "reports"
 
     @property
     def socket_path(self) -> Path:
@@ -94,7 +107,7 @@ def _build(cls, raw: dict, where: str, **fixed):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}.{key}: expected a list of glob strings")
             value = tuple(value)
-        elif key in ("checkpoint", "base", "path", "socket"):
+        elif key in ("checkpoint", "base", "path", "socket", "reports_dir"):
             value = Path(value).expanduser() if value else None
         values[key] = value
     return cls(**values)
@@ -110,7 +123,7 @@ def load_config(path: Path | None = None) -> Config:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from e
     where = str(path)
-    unknown = set(raw) - {"home", "store", "model", "ingest", "server", "folders"}
+    unknown = set(raw) - {"home", "store", "model", "ingest", "server", "scheduler", "folders"}
     if unknown:
         raise ConfigError(f"{where}: unknown section or key {sorted(unknown)[0]!r}")
     store = raw.get("store", {})
@@ -130,6 +143,7 @@ def load_config(path: Path | None = None) -> Config:
         model=_build(ModelConfig, raw.get("model", {}), "model"),
         ingest=_build(IngestConfig, raw.get("ingest", {}), "ingest"),
         server=_build(ServerConfig, raw.get("server", {}), "server"),
+        scheduler=_build(SchedulerConfig, raw.get("scheduler", {}), "scheduler"),
         folders=tuple(folders),
         source=path if path.exists() else None,
     )

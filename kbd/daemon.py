@@ -126,11 +126,14 @@ class Daemon:
                                quiet_s=config.ingest.debounce_s,
                                rescan_interval_s=config.ingest.rescan_interval_s,
                                on_rescan=self.ingest.rescan)
-        self.scheduler = Scheduler(self.store, self.model.submit)
+        self.scheduler = Scheduler(self.store, self.model.submit,
+                                   misfire_grace_s=config.scheduler.misfire_grace_s)
         self.server = serve(config.socket_path, build_router(self))
         threading.Thread(target=self.server.serve_forever, name="kbd-api", daemon=True).start()
         self.model.start()
         self.scheduler.start()
+        if config.scheduler.digest_cron:
+            self.scheduler.add_job(self.write_digest, digest_trigger(config), "digest")
         self.ingest.start()
         self.watcher.start()
         if self.model.state != "loading":  # no model to wait for
@@ -185,6 +188,18 @@ class Daemon:
         self.watcher.update(config.folders)
         log.info("config reloaded: %d folders", len(config.folders))
 
+    def write_digest(self, since_s: float | None = None, formats=("md", "html")) -> dict:
+        """A digest of the period since the last one (or the last since_s seconds)."""
+        from datetime import UTC, datetime, timedelta
+
+        from kbd.digest import default_since, write_digest
+
+        now = datetime.now(UTC)
+        since = now - timedelta(seconds=since_s) if since_s else default_since(self.store, now)
+        status = self.status()
+        return write_digest(self.store, self.config.reports_dir, since, now, status["model"],
+                            status["backlog"], formats)
+
     def status_line(self) -> str:
         status = self.status()
         docs = sum(n for s, n in status["documents"].items() if s != "deleted")
@@ -215,6 +230,22 @@ class Daemon:
         if getattr(self, "store", None) is not None:
             self.store.close()
         log.info("kbd daemon stopped")
+
+
+def digest_trigger(config: Config):
+    """The digest schedule: a crontab in the configured zone (or this machine's)."""
+    from apscheduler.triggers.cron import CronTrigger
+    from tzlocal import get_localzone
+
+    from kbd.questions import apscheduler_crontab
+
+    zone = config.scheduler.timezone or get_localzone()
+    try:
+        return CronTrigger.from_crontab(apscheduler_crontab(config.scheduler.digest_cron),
+                                        timezone=zone)
+    except (ValueError, KbdError) as e:
+        raise KbdError(f"scheduler.digest_cron {config.scheduler.digest_cron!r}: {e}",
+                       code="config") from e
 
 
 class JournalFormatter(logging.Formatter):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kbd.questions import format_duration
@@ -471,3 +471,9 @@ def digest_history(store: Store, limit: int | None = None) -> list[dict]:
     """Digests written, newest first: generated_at, since, paths."""
     with store.read() as conn:
         return sd.list_digests(conn, limit)
+
+
+def default_since(store: Store, now: datetime) -> datetime:
+    """A digest covers what happened since the previous one (or the last day, for the first)."""
+    previous = digest_history(store, limit=1)
+    return previous[0]["generated_at"] if previous else now - timedelta(days=1)

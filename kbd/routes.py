@@ -40,6 +40,8 @@ def build_router(daemon) -> Router:
     router.add("POST", one + "/resume", lambda g, query, body: question_enable(daemon, g, True))
     router.add("POST", one + "/run", lambda g, query, body: question_run(daemon, g))
     router.add("GET", "/answers", lambda g, query, body: answers_list(daemon, query))
+    router.add("POST", "/digest", lambda g, query, body: digest_now(daemon, body))
+    router.add("GET", "/digests", lambda g, query, body: digests_list(daemon, query))
     return router
 
 
@@ -62,20 +64,25 @@ def string_list(body: dict, name: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def duration_field(body: dict, name: str) -> int | None:
+    """A duration such as "24h", in seconds; None when absent."""
+    value = field(body, name, str)
+    if not value:
+        return None
+    from kbd.questions import parse_duration
+
+    try:
+        return parse_duration(value)
+    except InputError as e:
+        raise ApiError(400, f"{name}: {e.message}") from e
+
+
 def scope_from(body: dict) -> Scope:
-    since = field(body, "since", str)
     kinds = string_list(body, "kinds")
     if set(kinds) - {"log", "report"}:
         raise ApiError(400, "kinds: only log and report")
-    since_s = None
-    if since:
-        from kbd.questions import parse_duration
-
-        try:
-            since_s = parse_duration(since)
-        except InputError as e:
-            raise ApiError(400, f"since: {e.message}") from e
-    return Scope(paths=string_list(body, "scope"), kinds=kinds, since_s=since_s)
+    return Scope(paths=string_list(body, "scope"), kinds=kinds,
+                 since_s=duration_field(body, "since"))
 
 
 def ask(daemon, body: dict) -> dict:
@@ -278,3 +285,19 @@ def answers_list(daemon, query: dict) -> dict:
     with daemon.store.read() as conn:
         found = qs.answers(conn, question_id, limit=int_param(query, "limit", 20))
     return {"answers": [answer_json(a) for a in found]}
+
+
+# -- digests ---------------------------------------------------------------------------------
+
+def digest_now(daemon, body: dict) -> dict:
+    """{"since"?: "24h", "formats"?: ["md", "html"]} -> the files written."""
+    formats = string_list(body, "formats") or ("md", "html")
+    if set(formats) - {"md", "html"}:
+        raise ApiError(400, "formats: only md and html")
+    return daemon.write_digest(duration_field(body, "since"), formats)
+
+
+def digests_list(daemon, query: dict) -> dict:
+    from kbd.digest import digest_history
+
+    return {"digests": digest_history(daemon.store, int_param(query, "limit", 20))}

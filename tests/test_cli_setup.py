@@ -114,7 +114,7 @@ def test_example_config_documents_every_key():
 
     text = (ROOT / "config.example.toml").read_text()
     tables = [type(getattr(Config(home=Path("/")), f.name)) for f in fields(Config)
-              if f.name in ("model", "ingest", "server")]
+              if f.name in ("model", "ingest", "server", "scheduler")]
     for cls in [*tables, WatchedFolder]:
         for f in fields(cls):
             assert f"{f.name} = " in text, f"{cls.__name__}.{f.name} is not in config.example.toml"

@@ -307,3 +307,27 @@ class TestStandingQuestions:
             assert err.value.status == 400 and err.value.message.startswith(field)
         usage = kbd.cli("questions", "add", "x")
         assert usage.returncode == 2
+
+
+def test_digest_from_the_cli_and_the_api(kbd):
+    kbd.settled(3)
+    question = kbd.client.request("POST", "/questions", {"text": "Which block was received ?",
+                                                         "every": "1d", "top_k": 2})
+    answer = kbd.client.request("POST", f"/questions/{question['id']}/run")
+    assert answer["status"] == "ok"
+    written = kbd.cli("digest", "--json")
+    assert written.returncode == 0, written.stderr
+    paths = [Path(p) for p in json.loads(written.stdout)["paths"]]
+    assert sorted(p.suffix for p in paths) == [".html", ".md"]
+    markdown = next(p for p in paths if p.suffix == ".md").read_text()
+    assert "Which block was received ?" in markdown
+    source = answer["sources"][0]
+    assert f"{source['path']}:{source['lines'][0]}" in markdown
+    page = next(p for p in paths if p.suffix == ".html").read_text()
+    assert "<script" not in page and "Which block was received ?" in page
+    by_api = kbd.client.request("POST", "/digest", {"since": "1h", "formats": ["md"]})
+    assert len(by_api["paths"]) == 1 and Path(by_api["paths"][0]).exists()
+    listed = json.loads(kbd.cli("digest", "--list", "--json").stdout)["digests"]
+    assert len(listed) == 2
+    single = kbd.cli("digest", "--output", str(kbd.home / "week.html"), "--since", "7d")
+    assert single.returncode == 0 and (kbd.home / "week.html").read_text().startswith("<!")
