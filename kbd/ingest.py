@@ -347,7 +347,7 @@ def rotate_away(ing: Ingester, doc: Row, path: Path) -> None:
     for sibling in siblings:
         if _inode_at(str(sibling)) == old:
             ing.store.write(lambda conn, to=str(sibling): q.update_document(
-                conn, doc.id, path=to, rotations=doc.rotations + 1))
+                conn, doc.id, path=to, rotations=doc.rotations + 1, changed_at=q.utcnow()))
             log.info("%s: rotated to %s", path, sibling)
             ing.ingest(sibling, doc.folder, doc.kind)  # lines written before the rotation
             return

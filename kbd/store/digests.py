@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, insert, select
 
-from kbd.store.questions import _with_sources  # answers with their sources resolved
+from kbd.store.questions import with_sources  # answers with their sources resolved
 from kbd.store.schema import answers, digests, documents, failures
 
 
@@ -89,7 +89,7 @@ def question_runs(conn: Connection, question_id: int, since: datetime, until: da
     failed = conn.execute(select(a.id, a.started_at, a.finished_at, a.model, a.error)
                           .where(*in_period, a.status == "failed").order_by(*newest)
                           .limit(limit))
-    resolved = {r["id"]: r for r in _with_sources(conn, [r for r in (latest, latest_ok) if r])}
+    resolved = {r["id"]: r for r in with_sources(conn, [r for r in (latest, latest_ok) if r])}
     return {
         "counts": counts,
         "latest": resolved[latest.id] if latest else None,

@@ -165,7 +165,7 @@ def answers(conn: Connection, question_id: int | None = None,
         query = query.where(answers_table.c.question_id == question_id)
     if limit is not None:
         query = query.limit(limit)
-    return _with_sources(conn, list(conn.execute(query)))
+    return with_sources(conn, list(conn.execute(query)))
 
 
 def previous_answer(conn: Connection, question_id: int, before_answer_id: int | None = None,
@@ -184,10 +184,10 @@ def previous_answer(conn: Connection, question_id: int, before_answer_id: int | 
                                 and_(answers_table.c.started_at == ref.started_at,
                                      answers_table.c.id < before_answer_id)))
     row = conn.execute(query.order_by(*NEWEST_FIRST).limit(1)).first()
-    return None if row is None else _with_sources(conn, [row])[0]
+    return None if row is None else with_sources(conn, [row])[0]
 
 
-def _with_sources(conn: Connection, rows: list[Row]) -> list[dict]:
+def with_sources(conn: Connection, rows: list[Row]) -> list[dict]:
     found: dict[int, list[dict]] = {r.id: [] for r in rows}
     if found:
         cited = conn.execute(
