@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +38,12 @@ def human_errors(func: Callable) -> Callable:
             raise click.ClickException(str(e)) from e
 
     return wrapper
+
+
+def progress(items: list, label: str):
+    """A progress bar on a terminal; on a pipe or in a log, no bar at all."""
+    return click.progressbar(items, label=label, file=sys.stderr) if sys.stderr.isatty() \
+        else contextlib.nullcontext(items)
 
 
 def print_json(data) -> None:
@@ -104,10 +111,12 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
         folders = [WatchedFolder(p) for p in paths if p.is_dir()]
         files = [(p, str(f.path), f.kind) for f, p in scan(folders)]
         files += [(p, None, "auto") for p in paths if not p.is_dir()]
-        outcomes = ingester.ingest_many(files)
+        with progress(files, "ingesting") as shown:
+            outcomes = ingester.ingest_many(shown)
     else:  # the configured folders, reconciled: what is gone from them is retired
         files = [(p, str(f.path), f.kind) for f, p in scan(config.folders)]
-        outcomes = ingester.reconcile(files)
+        with progress(files, "ingesting") as shown:
+            outcomes = ingester.reconcile(shown)
     outcomes["recut"] = ingester.recut()
     compressed = 0
     if config.model.checkpoint is not None and not no_compress:

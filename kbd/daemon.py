@@ -164,7 +164,7 @@ class Daemon:
 
     def _loop(self) -> None:
         watchdog_s = int(os.environ.get("WATCHDOG_USEC", "0")) / 2e6
-        last_status = 0.0
+        last_status = float("-inf")
         while not self.stopping.wait(timeout=min(watchdog_s or 5.0, 5.0)):
             if self.reload_requested.is_set():
                 self.reload_requested.clear()

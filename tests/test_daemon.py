@@ -331,3 +331,27 @@ def test_digest_from_the_cli_and_the_api(kbd):
     assert len(listed) == 2
     single = kbd.cli("digest", "--output", str(kbd.home / "week.html"), "--since", "7d")
     assert single.returncode == 0 and (kbd.home / "week.html").read_text().startswith("<!")
+
+
+def test_systemd_notify_protocol(tmp_path, e2e_dir, base_dir):
+    """Under systemd: READY=1 once the model is loaded, STATUS= lines, watchdog pings."""
+    model = f'[model]\ncheckpoint = "{e2e_dir}"\nbase = "{base_dir}"\ndevice = "cpu"\n'
+    k = Kbd(tmp_path, model)
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(60)
+    k.env |= {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"}
+    k.start()
+    try:
+        seen: list[str] = []
+        while not ({"READY=1", "WATCHDOG=1"} <= set(seen)
+                   and any(m.startswith("STATUS=") for m in seen)):
+            seen.append(listener.recv(4096).decode())
+        assert k.client.request("GET", "/status")["model"] == "ready"
+        status = next(m for m in seen if m.startswith("STATUS="))
+        assert "documents" in status and "backlog" in status
+    finally:
+        k.stop()
+        listener.close()
+    assert k.proc.returncode == 0

@@ -106,3 +106,34 @@ def test_time_window_selects_candidates(setup):
                            scope=(str(tmp_path / "old.log"),))
     assert scheduler.run(nothing)["status"] == "nothing-new"
     assert answers(store, nothing)[0]["status"] == "nothing-new"
+
+
+def test_due_together_answered_as_one_batch(setup, monkeypatch):
+    """Scheduled requests waiting together reach the model as one batch."""
+    from kbd.model.worker import AskRequest
+
+    store, scheduler, _, _ = setup
+    worker = scheduler.submit.__self__
+    wait_for(lambda: worker.state == "ready")
+    batches = []
+    original = worker.clara.answer_from_memory
+    monkeypatch.setattr(worker.clara, "answer_from_memory", lambda questions, *a, **k: (
+        batches.append(len(questions)) or original(questions, *a, **k)))
+    requests = [AskRequest(question=f"what failed {i} ?", scheduled=True) for i in range(4)]
+    with worker._lock:  # all four fall due at the same moment
+        worker._scheduled.extend(requests)
+    worker.wake()
+    assert all(r.future.result(timeout=60)["status"] == "ok" for r in requests)
+    assert batches == [4]
+
+
+def test_failed_run_is_recorded(store):
+    """No model: the run is refused, recorded as failed with the reason, and the scheduler
+    goes on."""
+    worker = ModelWorker(ModelConfig(), store, generation=lambda: 0, on_change=lambda: None)
+    scheduler = Scheduler(store, worker.submit)
+    qid = add_question(store, ago_s=10, last_run_ago_s=None)
+    assert scheduler.run(qid) is None
+    (failed,) = answers(store, qid)
+    assert failed["status"] == "failed" and "no CLaRa model" in failed["error"]
+    assert scheduler.run(qid) is None and len(answers(store, qid)) == 2
