@@ -10,25 +10,13 @@ can say how many it left out.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, select
 
+from kbd.store.queries import as_utc, to_utc
 from kbd.store.questions import with_sources  # answers with their sources resolved
 from kbd.store.schema import answers, digests, documents, failures
-
-
-def _utc(at: datetime, name: str) -> datetime:
-    if at.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware, got {at!r}")
-    return at.astimezone(UTC)
-
-
-def _aware(at: datetime | None) -> datetime | None:
-    if at is None:
-        return None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
 
 # -- ingest activity -------------------------------------------------------------------------
 
@@ -41,7 +29,7 @@ def _listed(conn: Connection, where: list, at_column, limit: int) -> dict:
     rows = conn.execute(select(documents.c.path, documents.c.kind, documents.c.rotations,
                                at_column.label("at"))
                         .where(*where).order_by(documents.c.path, documents.c.id).limit(limit))
-    return {"count": count, "items": [r._asdict() | {"at": _aware(r.at)} for r in rows]}
+    return {"count": count, "items": [r._asdict() | {"at": as_utc(r.at)} for r in rows]}
 
 
 def ingest_activity(conn: Connection, since: datetime, until: datetime,
@@ -49,7 +37,7 @@ def ingest_activity(conn: Connection, since: datetime, until: datetime,
     """Documents added, changed (but added before the period), deleted and rotated in the
     period, each {"count": n, "items": [{path, kind, rotations, at}]} in path order; and the
     files that cannot be read now, {"count": n, "items": [{path, stage, code, message, at}]}."""
-    since, until = _utc(since, "since"), _utc(until, "until")
+    since, until = to_utc(since, "since"), to_utc(until, "until")
     c = documents.c
     failed = conn.execute(select(func.count()).select_from(failures)).scalar_one()
     failed_rows = conn.execute(select(failures.c.path, failures.c.stage, failures.c.code,
@@ -64,7 +52,7 @@ def ingest_activity(conn: Connection, since: datetime, until: datetime,
         # after it do
         "rotated": _listed(conn, [c.rotations > 0, *_within(c.changed_at, since, until)],
                            c.changed_at, limit),
-        "failures": {"count": failed, "items": [r._asdict() | {"at": _aware(r.at)}
+        "failures": {"count": failed, "items": [r._asdict() | {"at": as_utc(r.at)}
                                                 for r in failed_rows]},
     }
 
@@ -77,7 +65,7 @@ def question_runs(conn: Connection, question_id: int, since: datetime, until: da
     the newest (any status), "latest_ok": the newest ok one, both with sources resolved as
     kbd.store.questions.answers gives them, or None; "failed": the failed ones, newest first,
     at most limit, without sources}."""
-    since, until = _utc(since, "since"), _utc(until, "until")
+    since, until = to_utc(since, "since"), to_utc(until, "until")
     a = answers.c
     in_period = [a.question_id == question_id, *_within(a.started_at, since, until)]
     newest = (a.started_at.desc(), a.id.desc())
@@ -94,8 +82,8 @@ def question_runs(conn: Connection, question_id: int, since: datetime, until: da
         "counts": counts,
         "latest": resolved[latest.id] if latest else None,
         "latest_ok": resolved[latest_ok.id] if latest_ok else None,
-        "failed": [r._asdict() | {"started_at": _aware(r.started_at),
-                                  "finished_at": _aware(r.finished_at)} for r in failed],
+        "failed": [r._asdict() | {"started_at": as_utc(r.started_at),
+                                  "finished_at": as_utc(r.finished_at)} for r in failed],
     }
 
 
@@ -104,7 +92,7 @@ def question_runs(conn: Connection, question_id: int, since: datetime, until: da
 def record_digest(conn: Connection, generated_at: datetime, since: datetime,
                   paths: list[str]) -> int:
     return conn.execute(insert(digests).values(
-        generated_at=_utc(generated_at, "generated_at"), since=_utc(since, "since"),
+        generated_at=to_utc(generated_at, "generated_at"), since=to_utc(since, "since"),
         paths=json.dumps(list(paths)))).inserted_primary_key[0]
 
 
@@ -113,5 +101,5 @@ def list_digests(conn: Connection, limit: int | None = None) -> list[dict]:
     query = select(digests).order_by(digests.c.generated_at.desc(), digests.c.id.desc())
     if limit is not None:
         query = query.limit(limit)
-    return [{"id": r.id, "generated_at": _aware(r.generated_at), "since": _aware(r.since),
+    return [{"id": r.id, "generated_at": as_utc(r.generated_at), "since": as_utc(r.since),
              "paths": json.loads(r.paths)} for r in conn.execute(query)]

@@ -18,6 +18,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def to_utc(at: datetime | None, name: str) -> datetime | None:
+    """A time to store: it must carry a zone (SQLite keeps none, so we store UTC)."""
+    if at is None:
+        return None
+    if at.tzinfo is None:
+        raise ValueError(f"{name} must be timezone-aware, got {at!r}")
+    return at.astimezone(UTC)
+
+
+def as_utc(at: datetime | None) -> datetime | None:
+    """A stored time, back with its zone (SQLite returns it naive, in UTC)."""
+    if at is None:
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -9,11 +9,11 @@ back as UTC). Times passed in must be timezone-aware.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, Row, and_, delete, insert, or_, select, update
 
-from kbd.store.queries import utcnow
+from kbd.store.queries import as_utc, to_utc, utcnow
 from kbd.store.schema import answer_sources, documents, passages, questions
 from kbd.store.schema import answers as answers_table  # answers() is the query below
 
@@ -25,18 +25,6 @@ STATUSES = ("ok", "nothing-new", "failed")
 NEWEST_FIRST = (answers_table.c.started_at.desc(), answers_table.c.id.desc())
 
 
-def _utc(at: datetime | None, name: str) -> datetime | None:
-    if at is None:
-        return None
-    if at.tzinfo is None:
-        raise ValueError(f"{name} must be timezone-aware, got {at!r}")
-    return at.astimezone(UTC)
-
-
-def _aware(at: datetime | None) -> datetime | None:
-    if at is None:
-        return None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 def _question_values(fields: dict) -> dict:
@@ -48,7 +36,7 @@ def _question_values(fields: dict) -> dict:
         if name in values:
             values[name] = json.dumps(list(values[name]))
     for name in RUN_FIELDS & set(values):
-        values[name] = _utc(values[name], name)
+        values[name] = to_utc(values[name], name)
     return values
 
 
@@ -57,7 +45,7 @@ def _question(row: Row) -> dict:
     question["scope"] = json.loads(row.scope)
     question["kinds"] = json.loads(row.kinds)
     for name in ("created_at", "updated_at", "last_run_at", "next_run_at"):
-        question[name] = _aware(question[name])
+        question[name] = as_utc(question[name])
     return question
 
 
@@ -130,7 +118,7 @@ def record_answer(conn: Connection, *, question_id: int | None, question: str,
         raise ValueError("an ok answer needs its text")
     answer_id = conn.execute(insert(answers_table).values(
         question_id=question_id, question=question,
-        started_at=_utc(started_at, "started_at"), finished_at=_utc(finished_at, "finished_at"),
+        started_at=to_utc(started_at, "started_at"), finished_at=to_utc(finished_at, "finished_at"),
         model=model, engine=engine, status=status, error=error, text=text,
         candidates=candidates)).inserted_primary_key[0]
     if sources:
@@ -204,8 +192,8 @@ def with_sources(conn: Connection, rows: list[Row]) -> list[dict]:
     out = []
     for row in rows:
         answer = row._asdict()
-        answer["started_at"] = _aware(row.started_at)
-        answer["finished_at"] = _aware(row.finished_at)
+        answer["started_at"] = as_utc(row.started_at)
+        answer["finished_at"] = as_utc(row.finished_at)
         answer["sources"] = [{k: v for k, v in s.items() if k != "answer_id"}
                              for s in found[row.id]]
         out.append(answer)
