@@ -124,6 +124,24 @@ class TestRefusals:
         assert load(e2e_dir, None).n_mem == 16  # decoder_model_name is the local base folder
 
 
+class TestTolerated:
+    def test_tokenizer_config_without_class(self, broken, base_dir):
+        """AutoTokenizer would fall back to config.json ("CLaRa"); tokenizer.json is read."""
+        config = json.loads((broken / "tokenizer_config.json").read_text())
+        config.pop("tokenizer_class", None)
+        (broken / "tokenizer_config.json").write_text(json.dumps(config))
+        assert load(broken, base_dir).mem_ids[0] == 512
+
+    def test_lora_on_some_projections_only(self, broken, base_dir):
+        adapters = torch.load(broken / "adapters.pth", weights_only=True)
+        for state in adapters.values():
+            for key in [k for k in state if "mlp" in k]:
+                del state[key]
+        torch.save(adapters, broken / "adapters.pth")
+        clara = load(broken, base_dir)
+        assert clara.compress(DOCS[:2]).shape == (2, 16, 64)
+
+
 class TestInfoAndFingerprint:
     def test_info_json(self, e2e_dir):
         result = CliRunner().invoke(cli, ["model", "info", "--checkpoint", str(e2e_dir),

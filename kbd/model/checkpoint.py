@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
 from transformers.utils import logging as transformers_logging
 
 from kbd.errors import CheckpointError
@@ -214,6 +220,12 @@ def load_tokenizer(checkpoint: Checkpoint, base_dir: Path):
         transformers_logging.set_verbosity_error()
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left")
+        except (ValueError, OSError, KeyError) as e:
+            # no tokenizer_class in tokenizer_config.json sends AutoTokenizer to config.json,
+            # whose model_type "CLaRa" it does not know: read tokenizer.json directly
+            if not (source / "tokenizer.json").is_file():
+                raise CheckpointError(f"{source}: tokenizer files cannot be read ({e})") from e
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(source, padding_side="left")
         finally:
             transformers_logging.set_verbosity(level)
         base_len = None
@@ -270,18 +282,19 @@ def check_base_shape(checkpoint: Checkpoint, base_config: PretrainedConfig, base
         )
     file = checkpoint.path / "adapters.pth"
     modules = dict(skeleton.named_modules())
-    targets = {
-        name
-        for name, m in modules.items()
-        if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"
-    }
+    targets = {name for name, m in modules.items()
+               if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}"}
+    base_layers = {_layer_of(name) for name in targets}
     for adapter, pairs in checkpoint.adapters.items():
-        if set(pairs) != targets:
-            extra, lacking = sorted(set(pairs) - targets), sorted(targets - set(pairs))
+        extra = sorted(set(pairs) - targets)
+        layers = {_layer_of(name) for name in pairs}
+        if extra or layers != base_layers:
             raise CheckpointError(
-                f"{file}: {adapter} does not fit the base model in {base_dir}: "
-                f"{len(extra)} LoRA modules the base lacks {extra[:3]}, "
-                f"{len(lacking)} base layers without LoRA {lacking[:3]}"
+                f"{file}: {adapter} does not fit the base model in {base_dir}: LoRA on "
+                f"{len(layers)} decoder layers, the base has {len(base_layers)}"
+                + (f"; {len(extra)} LoRA modules the base lacks, e.g. {extra[0]}" if extra
+                   else ""),
+                hint="the base must be the model the checkpoint was trained on",
             )
         for name, (a, b) in pairs.items():
             linear = modules[name]
@@ -290,6 +303,12 @@ def check_base_shape(checkpoint: Checkpoint, base_config: PretrainedConfig, base
                     f"{file}: {adapter}.{name} is {a.shape[1]}->{b.shape[0]}, the base "
                     f"layer in {base_dir} is {linear.in_features}->{linear.out_features}"
                 )
+
+
+def _layer_of(module: str) -> str:
+    """'model.layers.3.mlp.up_proj' -> 'model.layers.3'"""
+    head, _, rest = module.partition(".layers.")
+    return f"{head}.layers.{rest.split('.', 1)[0]}"
 
 
 def fingerprint(checkpoint_dir: Path, base_dir: Path | None) -> str:
