@@ -1,0 +1,93 @@
+"""Which levers move single-stream decoding on the GPU? A measurement for the GPU issue.
+
+Builds the same-shape random 7B CLaRa as bench/clara_gpu.py and times one question, top-5
+memory, 64 new tokens (forced), under:
+  lora      - as kbd runs today: the decoder adapter applied by LoraLinear at every layer
+  merged    - the decoder adapter merged into the base weights (no per-layer LoRA work)
+  static    - merged, with a static KV cache (transformers compiles the decode step)
+
+    python bench/decode_levers.py --out bench/results/decode_levers.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from kbd.model.checkpoint import DECODER
+from kbd.model.clara import Clara, attention_implementation
+from kbd.model.testing import make_tokenizer, mistral_config, random_base, write_checkpoint
+
+
+def timed(fn, repeat: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def merge_decoder(clara: Clara) -> None:
+    """W <- W + scale * B @ A for the decoder adapter, then no LoRA during generation."""
+    for layer in clara._lora:
+        if DECODER in layer.names:
+            a, b = getattr(layer, f"{DECODER}_A"), getattr(layer, f"{DECODER}_B")
+            layer.base.weight += (b.float() @ a.float() * layer.scale).to(layer.base.weight)
+            layer.names.remove(DECODER)
+    clara.adapters = [a for a in clara.adapters if a != DECODER]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path("bench/results/decode_levers.json"))
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--layers", type=int, default=32)
+    args = parser.parse_args()
+    config = mistral_config(hidden=4096, layers=args.layers, heads=32, kv_heads=8, ffn=14336,
+                            vocab_size=32000)
+    config._attn_implementation = attention_implementation("cuda")
+    base = random_base(config, dtype=torch.bfloat16, device="cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = write_checkpoint(Path(tmp) / "ck", base, lora_r=16, tokenizer=make_tokenizer(32000),
+                                dtype=torch.bfloat16)
+        clara = Clara.load(ckpt, base_model=base)
+    memory = torch.randn(5, clara.n_mem, clara.hidden, dtype=torch.bfloat16, device="cuda")
+    question = ["what caused the disk full error on the hdfs node ?"]
+    results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+
+    def generate(**extra):
+        return lambda: clara.generate(question, [memory], max_new_tokens=64, min_new_tokens=64,
+                                      **extra)
+
+    results["lora_s"] = timed(generate(), args.repeat)
+    # the decoder adapter active through LoraLinear, but as if free: the cost of LoRA itself
+    merge_decoder(clara)
+    original = clara._adapter
+    clara._adapter = lambda name: original(None) if name == DECODER else original(name)
+    results["merged_s"] = timed(generate(), args.repeat)
+    clara.model.generation_config.cache_implementation = "static"
+    try:
+        results["static_s"] = timed(generate(), args.repeat)
+    except Exception as e:  # noqa: BLE001 - a lever that fails is a finding too
+        results["static_error"] = repr(e)[:500]
+    for key in ("lora_s", "merged_s", "static_s"):
+        if key in results:
+            results[key.replace("_s", "_tokens_per_s")] = 64 / results[key]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
