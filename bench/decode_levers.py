@@ -2,9 +2,9 @@
 
 Builds the same-shape random 7B CLaRa as bench/clara_gpu.py and times one question, top-5
 memory, 64 new tokens (forced), under:
-  lora      - as kbd runs today: the decoder adapter applied by LoraLinear at every layer
-  merged    - the decoder adapter merged into the base weights (no per-layer LoRA work)
-  static    - merged, with a static KV cache (transformers compiles the decode step)
+  merged    - as kbd runs: the decoder adapter merged into the base weights at load
+  static    - the same with a static KV cache (transformers compiles the decode step)
+(The first measurement also had "lora": the adapter applied per layer; see bench/NOTES.md.)
 
     python bench/decode_levers.py --out bench/results/decode_levers.json
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from kbd.model.checkpoint import DECODER
 from kbd.model.clara import Clara, attention_implementation
 from kbd.model.testing import make_tokenizer, mistral_config, random_base, write_checkpoint
 
@@ -35,17 +34,6 @@ def timed(fn, repeat: int) -> float:
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-@torch.no_grad()
-def merge_decoder(clara: Clara) -> None:
-    """W <- W + scale * B @ A for the decoder adapter, then no LoRA during generation."""
-    for layer in clara._lora:
-        if DECODER in layer.names:
-            a, b = getattr(layer, f"{DECODER}_A"), getattr(layer, f"{DECODER}_B")
-            layer.base.weight += (b.float() @ a.float() * layer.scale).to(layer.base.weight)
-            layer.names.remove(DECODER)
-    clara.adapters = [a for a in clara.adapters if a != DECODER]
 
 
 def main() -> None:
@@ -70,18 +58,13 @@ def main() -> None:
         return lambda: clara.generate(question, [memory], max_new_tokens=64, min_new_tokens=64,
                                       **extra)
 
-    results["lora_s"] = timed(generate(), args.repeat)
-    # the decoder adapter active through LoraLinear, but as if free: the cost of LoRA itself
-    merge_decoder(clara)
-    original = clara._adapter
-    clara._adapter = lambda name: original(None) if name == DECODER else original(name)
     results["merged_s"] = timed(generate(), args.repeat)
     clara.model.generation_config.cache_implementation = "static"
     try:
         results["static_s"] = timed(generate(), args.repeat)
     except Exception as e:  # noqa: BLE001 - a lever that fails is a finding too
         results["static_error"] = repr(e)[:500]
-    for key in ("lora_s", "merged_s", "static_s"):
+    for key in ("merged_s", "static_s"):
         if key in results:
             results[key.replace("_s", "_tokens_per_s")] = 64 / results[key]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -139,13 +139,20 @@ class TestCachedPath:
 
 
 class TestAdapters:
-    def test_each_adapter_changes_the_states(self, e2e):
+    def test_each_adapter_changes_the_states(self, e2e, e2e_dir, base_dir):
+        """Every adapter changes what the model computes, and the merged decoder adapter
+        computes what PEFT's unmerged one does."""
         rows, _ = e2e.passage_tokenizer.encoder_ids(DOCS[:2])
         states = {name: e2e._memory_states(rows, name)
                   for name in (ENCODER, DECODER, QUERY_REASONER)}
-        with torch.inference_mode():
-            ids, mask = e2e._left_pad(rows)
-            plain = e2e.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref = ReferenceClara(e2e_dir, base_dir)
+        torch.testing.assert_close(states[DECODER], ref.states(DOCS[:2], DECODER),
+                                   atol=2e-3, rtol=1e-3)
+        ref.model.disable_adapters()
+        with torch.no_grad():
+            ids, mask = ref._encode(DOCS[:2])
+            plain = ref.model(input_ids=ids, attention_mask=mask,
+                              output_hidden_states=True).hidden_states[-1]
         plain = plain[:, -e2e.n_mem:]
         outputs = [plain, *states.values()]
         for i in range(len(outputs)):

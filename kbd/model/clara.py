@@ -65,13 +65,17 @@ class Answer:
 class LoraLinear(nn.Module):
     """A linear layer with named LoRA adapters of which at most one is active.
 
-    Same arithmetic as PEFT: base(x) + B(A(x)) * alpha / r, with alpha = 2r."""
+    Same arithmetic as PEFT: base(x) + B(A(x)) * alpha / r, with alpha = 2r. One adapter (the
+    decoder's, which every generated token uses) is merged into the base weights, so decoding
+    pays nothing per layer; each other adapter then carries its difference from it, a LoRA of
+    rank 2r: [A; A_merged] and [B, -B_merged]."""
 
     def __init__(self, base: nn.Linear, scale: float):
         super().__init__()
         self.base = base
         self.scale = scale
         self.active: str | None = None
+        self.merged: str | None = None
         self.names: list[str] = []
 
     def add(self, name: str, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -80,16 +84,36 @@ class LoraLinear(nn.Module):
         self.register_buffer(f"{name}_B", b.to(w.device, w.dtype), persistent=False)
         self.names.append(name)
 
+    @torch.no_grad()
+    def merge(self, name: str, others: list[str]) -> None:
+        """Fold adapter `name` into the weights; `others` (every other adapter of the model,
+        present on this layer or not) become differences from it."""
+        a, b = getattr(self, f"{name}_A"), getattr(self, f"{name}_B")
+        w = self.base.weight
+        w.copy_((w.float() + (b.float() @ a.float()) * self.scale).to(w.dtype))
+        for other in others:
+            if other in self.names:
+                a_other, b_other = getattr(self, f"{other}_A"), getattr(self, f"{other}_B")
+                setattr(self, f"{other}_A", torch.cat([a_other, a]))
+                setattr(self, f"{other}_B", torch.cat([b_other, -b], dim=1))
+            else:
+                self.add(other, a, -b)
+        delattr(self, f"{name}_A")
+        delattr(self, f"{name}_B")
+        self.names.remove(name)
+        self.merged = name
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if self.active is None:
+        if self.active is None or self.active == self.merged:
             return y
         a, b = getattr(self, f"{self.active}_A"), getattr(self, f"{self.active}_B")
         return y + F.linear(F.linear(x, a), b) * self.scale
 
 
 def install_lora(model: nn.Module, checkpoint: Checkpoint) -> list[LoraLinear]:
-    """Wrap every adapted linear layer of the model; returns the wrappers."""
+    """Wrap every adapted linear layer of the model, the decoder adapter merged into the
+    weights; returns the wrappers."""
     scale = 2.0  # lora_alpha = 2 * lora_r in every published checkpoint
     layers: dict[str, LoraLinear] = {}
     for adapter, pairs in checkpoint.adapters.items():
@@ -99,6 +123,10 @@ def install_lora(model: nn.Module, checkpoint: Checkpoint) -> list[LoraLinear]:
                 layers[path] = LoraLinear(model.get_submodule(path), scale)
                 setattr(model.get_submodule(parent), child, layers[path])
             layers[path].add(adapter, a, b)
+    others = [name for name in checkpoint.adapters if name != DECODER]
+    for layer in layers.values():
+        if DECODER in layer.names:
+            layer.merge(DECODER, others)
     return list(layers.values())
 
 
