@@ -17,7 +17,6 @@ import json
 import platform
 import random
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 import transformers
 
 from kbd.model.clara import Clara, attention_implementation
-from kbd.model.testing import WORDS, make_tokenizer, mistral_config, random_base, write_checkpoint
+from kbd.model.testing import WORDS, random_7b_clara
 
 GIB = 1024**3
 REFERENCE = {  # ../shared/BENCHMARKS.md, the authors' code on one H100
@@ -76,15 +75,7 @@ def main() -> None:
     }}
 
     t0 = time.perf_counter()
-    config = mistral_config(hidden=4096, layers=args.layers, heads=32, kv_heads=8, ffn=14336,
-                            vocab_size=32000)
-    config._attn_implementation = attention_implementation("cuda")
-    base = random_base(config, dtype=torch.bfloat16, device="cuda")
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = write_checkpoint(Path(tmp) / "ck", base, lora_r=16, compr_rate=16,
-                                doc_max_length=256, tokenizer=make_tokenizer(32000),
-                                dtype=torch.bfloat16)
-        clara = Clara.load(ckpt, base_model=base)
+    clara = random_7b_clara(args.layers)
     torch.cuda.synchronize()
     results["build_s"] = time.perf_counter() - t0
     results["weights_gib"] = torch.cuda.memory_allocated() / GIB

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from kbd.model.clara import Clara, attention_implementation
-from kbd.model.testing import make_tokenizer, mistral_config, random_base, write_checkpoint
+from kbd.model.testing import random_7b_clara
 
 
 def timed(fn, repeat: int) -> float:
@@ -42,14 +40,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--layers", type=int, default=32)
     args = parser.parse_args()
-    config = mistral_config(hidden=4096, layers=args.layers, heads=32, kv_heads=8, ffn=14336,
-                            vocab_size=32000)
-    config._attn_implementation = attention_implementation("cuda")
-    base = random_base(config, dtype=torch.bfloat16, device="cuda")
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = write_checkpoint(Path(tmp) / "ck", base, lora_r=16, tokenizer=make_tokenizer(32000),
-                                dtype=torch.bfloat16)
-        clara = Clara.load(ckpt, base_model=base)
+    clara = random_7b_clara(args.layers)
     memory = torch.randn(5, clara.n_mem, clara.hidden, dtype=torch.bfloat16, device="cuda")
     question = ["what caused the disk full error on the hdfs node ?"]
     results: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}

@@ -179,3 +179,21 @@ __all__ = [
     "CHAT_TEMPLATE", "CHAT_TEMPLATE_NO_SYSTEM", "DECODER", "ENCODER", "QUERY_REASONER",
     "make_tokenizer", "mistral_config", "random_base", "write_base_model", "write_checkpoint",
 ]
+
+
+def random_7b_clara(layers: int = 32, compr_rate: int = 16):
+    """A same-shape random Mistral-7B-Instruct-v0.2 CLaRa (three r=16 adapters, bf16) on the
+    GPU, as the benchmarks use it: same FLOPs and memory as the real weights."""
+    import tempfile
+
+    from kbd.model.clara import Clara, attention_implementation
+
+    config = mistral_config(hidden=4096, layers=layers, heads=32, kv_heads=8, ffn=14336,
+                            vocab_size=32000)
+    config._attn_implementation = attention_implementation("cuda")
+    base = random_base(config, dtype=torch.bfloat16, device="cuda")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = write_checkpoint(Path(tmp) / "ck", base, lora_r=16, compr_rate=compr_rate,
+                                      doc_max_length=256, tokenizer=make_tokenizer(32000),
+                                      dtype=torch.bfloat16)
+        return Clara.load(checkpoint, base_model=base)
