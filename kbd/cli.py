@@ -76,15 +76,6 @@ def open_store(config):
     return Store.open(config.database_url, config.memory_dir)
 
 
-def passage_tokenizer(config):
-    """The configured model's tokenizer (no weights), or None without a model."""
-    if config.model.checkpoint is None:
-        return None
-    from kbd.model.tokens import PassageTokenizer
-
-    return PassageTokenizer.load(config.model.checkpoint, config.model.base)
-
-
 @cli.command("ingest")
 @click.option("--once", is_flag=True, required=True,
               help="Ingest now and exit (the daemon ingests continuously).")
@@ -105,7 +96,9 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
     config = get_config()
     store = open_store(config)
     store.write(lambda conn: q.sync_sources(conn, config.folders))
-    ingester = Ingester(store, passage_tokenizer(config),
+    from kbd.model.tokens import PassageTokenizer
+
+    ingester = Ingester(store, PassageTokenizer.configured(config.model),
                         Limits(max_file_bytes=config.ingest.max_file_mb * 2**20))
     if paths:
         folders = [WatchedFolder(p) for p in paths if p.is_dir()]
@@ -179,9 +172,7 @@ def offline_status(config) -> dict:
         except KbdError as e:
             model_state = f"cannot be loaded: {e.message}"
     with store.read() as conn:
-        result = q.counts(conn, model) | {"failed_files": [
-            {"path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
-            for f in q.all_failures(conn)]}
+        result = q.status(conn, model)
     return result | {"store": store.safe_url, "model": model_state}
 
 

@@ -145,12 +145,10 @@ class Daemon:
                  config.socket_path, self.store.safe_url, len(config.folders))
 
     def _tokenizer(self, config: Config):
-        if config.model.checkpoint is None:
-            return None
         from kbd.model.tokens import PassageTokenizer
 
         try:
-            return PassageTokenizer.load(config.model.checkpoint, config.model.base)
+            return PassageTokenizer.configured(config.model)
         except KbdError as e:
             log.error("no tokenizer, passages stay uncut: %s", e)
             return None
@@ -207,11 +205,9 @@ class Daemon:
 
     def status(self) -> dict:
         with self.store.read() as conn:
-            counts = q.counts(conn, self.model.backlog_model())
-            failed = [{"path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
-                      for f in q.all_failures(conn)]
-        return counts | {"model": self.model.state, "failed_files": failed,
-                         "store": self.store.safe_url, "pid": os.getpid(),
+            stored = q.status(conn, self.model.backlog_model())
+        return stored | {"model": self.model.state, "store": self.store.safe_url,
+                         "pid": os.getpid(),
                          "folders": [str(f.path) for f in self.config.folders]}
 
     def _shutdown(self) -> None:

@@ -22,6 +22,7 @@ import queue
 import stat as stat_module
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,27 +108,18 @@ class Ingester:
         return job.outcome
 
     def ingest_many(self, items: Iterable[tuple[Path, str | None, str]]) -> dict[str, int]:
-        outcomes: dict[str, int] = {}
-        for path, folder, kind in items:
-            outcome = self.ingest(path, folder, kind)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        return outcomes
+        """Ingest each (path, folder, kind); how many ended in each outcome."""
+        return dict(Counter(self.ingest(path, folder, kind) for path, folder, kind in items))
 
     def reconcile(self, scanned: Iterable[tuple[Path, str | None, str]]) -> dict[str, int]:
         """Start-up and periodic rescan: ingest what changed, retire what is gone. Unchanged
         files (same size, mtime and inode, cut for this tokenizer) are not read."""
-        seen: set[str] = set()
-        outcomes: dict[str, int] = {}
-        for path, folder, kind in scanned:
-            seen.add(os.path.abspath(path))
-            outcome = self.ingest(path, folder, kind)
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        scanned = list(scanned)
+        seen = {os.path.abspath(path) for path, _, _ in scanned}
         with self.store.read() as conn:
-            gone = [d.path for d in q.live_documents(conn) if d.path not in seen]
-        for path in gone:
-            outcome = self.ingest(Path(path))
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        return outcomes
+            gone = [(Path(d.path), None, "auto") for d in q.live_documents(conn)
+                    if d.path not in seen]
+        return dict(Counter(self.ingest_many(scanned)) + Counter(self.ingest_many(gone)))
 
     def recut(self) -> int:
         """Cut documents stored before a tokenizer was known, or for another one."""
@@ -223,14 +215,12 @@ def read(ing: Ingester, job: IngestJob) -> None:
     """Read the bytes to parse: from the last passage's start when a log grew, else all."""
     if job.mode == "append":
         with ing.store.read() as conn:
-            tail = q.live_passages(conn, job.document.id)[-1:]
-        if tail:
-            job.start_byte, job.start_line, job.first_ordinal = (
-                tail[0].byte_start, tail[0].first_line, tail[0].ordinal)
-            with ing.store.read() as conn:  # pieces of one split line share its start byte
-                same_line = [p for p in q.live_passages(conn, job.document.id)
-                             if p.byte_start == job.start_byte]
-            job.first_ordinal = min(p.ordinal for p in same_line)
+            kept = q.live_passages(conn, job.document.id)
+        if kept:
+            last = kept[-1]
+            job.start_byte, job.start_line = last.byte_start, last.first_line
+            # pieces of one split line share its start byte: redo them all
+            job.first_ordinal = min(p.ordinal for p in kept if p.byte_start == last.byte_start)
     try:
         with open(job.path, "rb") as f:
             f.seek(job.start_byte)

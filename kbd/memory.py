@@ -17,9 +17,13 @@ from kbd.store.memory import MemoryMatrix
 log = logging.getLogger("kbd.memory")
 
 
+def dtype_name(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def memory_id(clara) -> str:
     """Memory differs with the weights and with the dtype that computed it."""
-    return f"{clara.fingerprint}.{str(clara.dtype).removeprefix('torch.')}"
+    return f"{clara.fingerprint}.{dtype_name(clara.dtype)}"
 
 
 def configured_memory_id(config) -> str:
@@ -30,12 +34,12 @@ def configured_memory_id(config) -> str:
     checkpoint = read_checkpoint(config.model.checkpoint)
     _, dtype = pick_device(config.model.device, config.model.dtype)
     base = resolve_base(checkpoint, config.model.base)
-    return f"{fingerprint(checkpoint.path, base)}.{str(dtype).removeprefix('torch.')}"
+    return f"{fingerprint(checkpoint.path, base)}.{dtype_name(dtype)}"
 
 
 def open_matrix(store: Store, clara) -> MemoryMatrix:
     return MemoryMatrix(store.memory_dir, memory_id(clara), (clara.n_mem, clara.hidden),
-                        str(clara.dtype).removeprefix("torch."))
+                        dtype_name(clara.dtype))
 
 
 def compress_backlog(store: Store, clara, batch_size: int = 64,

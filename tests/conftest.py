@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,22 @@ DOCS = [
     "apache server started and is listening on port 80",
 ]
 QUESTIONS = ["what error happened on node 7 ?", "who did login as root ?"]
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition",
+             tolerate: tuple[type[Exception], ...] = ()):
+    """Poll until predicate() gives something true and return it; fail after timeout.
+    Exceptions of the `tolerate` types count as "not yet" (a daemon still starting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except tolerate:
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")

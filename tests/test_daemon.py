@@ -16,23 +16,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from kbd.client import Client, DaemonError
+from kbd.errors import KbdError
 
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
 
 
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except Exception:  # noqa: BLE001 - the daemon may not be up yet
-            value = None
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Kbd:
@@ -57,7 +48,8 @@ class Kbd:
         self.log = open(self.home / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "kbd", "daemon"], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.client.request("GET", "/status"), what="the daemon's socket")
+        wait_for(lambda: self.client.request("GET", "/status"), timeout=120,
+                 what="the daemon's socket", tolerate=(KbdError,))
         return self.proc
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -76,7 +68,8 @@ class Kbd:
             live = sum(n for s, n in status["documents"].items() if s != "deleted")
             return status if (live == documents and status["backlog"] == 0
                               and status["model"] == "ready") else None
-        return wait_for(ready, what=f"{documents} documents ingested and compressed")
+        return wait_for(ready, timeout=120, tolerate=(KbdError,),
+                        what=f"{documents} documents ingested and compressed")
 
 
 @pytest.fixture
@@ -238,7 +231,7 @@ def test_no_model_still_ingests_and_answers_clearly(tmp_path):
     k.start()
     try:
         wait_for(lambda: k.client.request("GET", "/status")["documents"].get("unchunked"),
-                 what="the log stored uncut")
+                 what="the log stored uncut", tolerate=(KbdError,))
         result = k.cli("ask", "what failed ?")
         assert result.returncode == 1
         assert "no CLaRa model" in result.stderr and "kbd model pull" in result.stderr

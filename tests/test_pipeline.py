@@ -4,11 +4,11 @@ watcher never reported."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 from sqlalchemy import func, select
 
 from kbd.ingest import Ingester, IngestWorker
@@ -17,15 +17,6 @@ from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.schema import documents, passages
 from kbd.watch import WatchedFolder, Watcher
-
-
-def wait_for(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s")
 
 
 @pytest.fixture

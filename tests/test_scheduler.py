@@ -9,6 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import wait_for
 from sqlalchemy import update
 
 from kbd.config import ModelConfig
@@ -20,15 +21,6 @@ from kbd.questions import QuestionSpec
 from kbd.scheduler import Scheduler
 from kbd.store import questions as qs
 from kbd.store.schema import passages, questions
-
-
-def wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 @pytest.fixture

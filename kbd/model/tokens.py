@@ -33,6 +33,13 @@ class PassageTokenizer:
         base_dir = ckpt.path if ckpt.has_tokenizer and base is None else resolve_base(ckpt, base)
         return cls(load_tokenizer(ckpt, base_dir), ckpt.config)
 
+    @classmethod
+    def configured(cls, model) -> PassageTokenizer | None:
+        """The tokenizer of the configured model ([model] in config.toml), or None."""
+        if model.checkpoint is None:
+            return None
+        return cls.load(model.checkpoint, model.base)
+
     def _wrapped_ids(self, texts: Sequence[str]) -> list[list[int]]:
         tok = self.tokenizer
         wrapped = [f"<ENC>{tok.bos_token}{t}{tok.eos_token}" for t in texts]

@@ -243,6 +243,13 @@ def counts(conn: Connection, fingerprint: str | None) -> dict:
     }
 
 
+def status(conn: Connection, fingerprint: str | None) -> dict:
+    """What `kbd status` shows from the store: counts, backlog and files that failed."""
+    return counts(conn, fingerprint) | {"failed_files": [
+        {"path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
+        for f in all_failures(conn)]}
+
+
 def documents_to_recut(conn: Connection, tokenizer: str) -> list[Row]:
     """Live documents not yet cut, or cut for another tokenizer."""
     return list(conn.execute(select(documents).where(
