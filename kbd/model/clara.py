@@ -38,6 +38,7 @@ from kbd.model.checkpoint import (
     read_checkpoint,
     resolve_base,
 )
+from kbd.model.decode import StaticDecoder, supports
 from kbd.model.tokens import PassageTokenizer
 
 log = logging.getLogger("kbd.model")
@@ -193,6 +194,9 @@ class Clara:
         self.dtype = model.get_input_embeddings().weight.dtype
         self.compress_batch_size = 16 if self.device.type == "cpu" else 64
         self._lora = install_lora(model, checkpoint)
+        # None: generate() of transformers, for decoders StaticDecoder does not know
+        self.decoder = (StaticDecoder(model, model.generation_config.eos_token_id,
+                                      tokenizer.pad_token_id) if supports(model) else None)
         if tokenizer.chat_template is None:
             raise CheckpointError(f"{checkpoint.path}: the tokenizer has no chat template")
 
@@ -367,12 +371,15 @@ class Clara:
                 raise InputError(f"question {i}: prompt too long for {mem.shape[0]} passages")
             embeds[i, positions.to(self.device)] = mem.to(embeds).flatten(0, 1)
         with self._adapter(DECODER):
-            out = self.model.generate(
-                inputs_embeds=embeds, attention_mask=mask, do_sample=False, top_p=None,
-                temperature=None, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
-                streamer=streamer,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
+            if self.decoder is not None:
+                out = self.decoder.generate(embeds, mask, max_new_tokens, min_new_tokens,
+                                            streamer)
+            else:
+                out = self.model.generate(
+                    inputs_embeds=embeds, attention_mask=mask, do_sample=False, top_p=None,
+                    temperature=None, max_new_tokens=max_new_tokens,
+                    min_new_tokens=min_new_tokens, streamer=streamer,
+                    pad_token_id=self.tokenizer.pad_token_id)
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def generate(self, questions: Sequence[str], selected_memory, max_new_tokens: int = 128,
