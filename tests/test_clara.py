@@ -163,7 +163,7 @@ class TestAdapters:
     def test_decoder_adapter_is_used_for_generation(self, e2e, monkeypatch):
         memory = e2e.compress(DOCS[:2])
         active = []
-        layer = e2e._lora[0]
+        layer = e2e.model.model.layers[0].self_attn.o_proj  # q, k, v run fused when decoding
         original = layer.forward
         monkeypatch.setattr(layer, "forward", lambda x: active.append(layer.active)
                             or original(x))

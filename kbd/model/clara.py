@@ -109,7 +109,10 @@ class LoraLinear(nn.Module):
         if self.active is None or self.active == self.merged:
             return y
         a, b = getattr(self, f"{self.active}_A"), getattr(self, f"{self.active}_B")
-        return y + F.linear(F.linear(x, a), b) * self.scale
+        # accumulate into the base output inside the GEMM: no full-size temporaries
+        y.view(-1, y.shape[-1]).addmm_(F.linear(x, a).view(-1, a.shape[0]), b.T,
+                                       alpha=self.scale)
+        return y
 
 
 def install_lora(model: nn.Module, checkpoint: Checkpoint) -> list[LoraLinear]:
@@ -196,7 +199,9 @@ class Clara:
         self._lora = install_lora(model, checkpoint)
         # None: generate() of transformers, for decoders StaticDecoder does not know
         self.decoder = (StaticDecoder(model, model.generation_config.eos_token_id,
-                                      tokenizer.pad_token_id) if supports(model) else None)
+                                      tokenizer.pad_token_id,
+                                      compile_step=self.device.type == "cuda")
+                        if supports(model) else None)
         if tokenizer.chat_template is None:
             raise CheckpointError(f"{checkpoint.path}: the tokenizer has no chat template")
 
@@ -235,7 +240,10 @@ class Clara:
                                (model.get_output_embeddings(), ckpt.lm_head)):
             module.weight.data.copy_(weight.to(module.weight.dtype))
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        return cls(ckpt, model, tokenizer, fingerprint(ckpt.path, base_dir))
+        clara = cls(ckpt, model, tokenizer, fingerprint(ckpt.path, base_dir))
+        if clara.device.type == "cuda":
+            clara.warm_up()
+        return clara
 
     # -- adapters ------------------------------------------------------------------------
 
@@ -470,6 +478,13 @@ class Clara:
         memory = self.compress(passages)
         prompt = self._chat(PARAPHRASE_SYSTEM, f"Background: {self._slots(1)} means the same as")
         return self._generate([prompt] * len(passages), list(memory[:, None]), max_new_tokens)
+
+    def warm_up(self) -> None:
+        """Compile and record the decode step now (for one question and for several) rather
+        than while the first questions wait."""
+        memory = torch.zeros(1, self.n_mem, self.hidden, dtype=self.dtype, device=self.device)
+        for n in (1, 2):
+            self.generate(["warm up"] * n, [memory] * n, max_new_tokens=2)
 
     def info(self) -> dict:
         return describe(self.checkpoint, self.fingerprint) | {

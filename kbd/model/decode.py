@@ -15,11 +15,14 @@ same positions for left-padded prompts, same min_new_tokens rule, pads after the
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("kbd.model")
 
 SUPPORTED = {"mistral", "llama", "qwen2"}
 CHECK_EVERY = 8  # steps between end-of-sequence checks; each check waits for the GPU
@@ -31,6 +34,24 @@ def supports(model) -> bool:
     """Whether StaticDecoder can run this model."""
     return (model.config.model_type in SUPPORTED
             and getattr(model.config, "sliding_window", None) is None)
+
+
+def fuse(projections: list) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight for several projections of the same input (q, k, v; gate, up), so a step
+    reads it in one matrix product; each projection keeps a view of its rows, so nothing is
+    stored twice and the other code paths see the same numbers."""
+    linears = [getattr(p, "base", p) for p in projections]  # under kbd's LoRA wrappers
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    biases = [lin.bias for lin in linears]
+    bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight = torch.nn.Parameter(weight[start:start + rows], requires_grad=False)
+        if bias is not None:
+            lin.bias = torch.nn.Parameter(bias[start:start + rows], requires_grad=False)
+        start += rows
+    return weight, bias
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -62,7 +83,8 @@ class Session:
 
 
 class StaticDecoder:
-    def __init__(self, model, eos_ids: int | list[int] | None, pad_id: int):
+    def __init__(self, model, eos_ids: int | list[int] | None, pad_id: int,
+                 compile_step: bool = False):
         self.model = model
         self.body = model.model
         config = model.config
@@ -76,15 +98,27 @@ class StaticDecoder:
         self.eos = torch.tensor(eos, dtype=torch.long, device=self.device)
         self.pad = pad_id
         self.use_graphs = self.device.type == "cuda"
+        # one compiled layer serves every layer (their weights are its inputs): norms, rotary
+        # embedding, activation and residual adds become a few fused kernels instead of ~40
+        self._step_layer = (torch.compile(self._layer, dynamic=True) if compile_step
+                            else self._layer)
+        attn = [layer.self_attn for layer in self.body.layers]
+        mlps = [layer.mlp for layer in self.body.layers]
+        self.qkv = [fuse([a.q_proj, a.k_proj, a.v_proj]) for a in attn]
+        self.gate_up = [fuse([m.gate_proj, m.up_proj])[0] for m in mlps]
+        self.wrappers = [p for a, m in zip(attn, mlps, strict=True)
+                         for p in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)]
         self._sessions: OrderedDict[tuple[int, int], Session] = OrderedDict()
 
     # -- one forward pass over the cache -------------------------------------------------
 
-    def _attention(self, attn, x, cos, sin, keys, values, columns, mask) -> torch.Tensor:
+    def _attention(self, attn, qkv, x, cos, sin, keys, values, columns, mask) -> torch.Tensor:
         b, t, _ = x.shape
-        q = attn.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # [b, h, t, hd]
-        k = attn.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # [b, kv, t, hd]
-        v = attn.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        kv = self.kv_heads * self.head_dim
+        q, k, v = F.linear(x, *qkv).split([qkv[0].shape[0] - 2 * kv, kv, kv], dim=-1)
+        q = q.view(b, t, -1, self.head_dim).transpose(1, 2)  # [b, h, t, hd]
+        k = k.view(b, t, -1, self.head_dim).transpose(1, 2)  # [b, kv, t, hd]
+        v = v.view(b, t, -1, self.head_dim).transpose(1, 2)
         keys.index_copy_(2, columns, rotate(k, cos, sin))
         values.index_copy_(2, columns, v)
         # the query heads sharing one key head become one longer query: no copy of the cache
@@ -93,17 +127,23 @@ class StaticDecoder:
                                              scale=attn.scaling)  # [b, kv, g * t, hd]
         return attn.o_proj(out.reshape(b, -1, t, self.head_dim).transpose(1, 2).reshape(b, t, -1))
 
-    def _forward(self, s: Session, embeds, positions, columns, mask) -> torch.Tensor:
+    def _layer(self, layer, qkv, gate_up, h, cos, sin, keys, values, columns,
+               mask) -> torch.Tensor:
+        h = h + self._attention(layer.self_attn, qkv, layer.input_layernorm(h), cos, sin, keys,
+                                values, columns, mask)
+        gate, up = F.linear(layer.post_attention_layernorm(h), gate_up).chunk(2, dim=-1)
+        return h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+
+    def _forward(self, s: Session, embeds, positions, columns, mask, layer_fn) -> torch.Tensor:
         """Logits at the last position, [b, vocab] float32; writes keys and values of the
         t positions at cache `columns`. mask: [b, 1, t, L] bool."""
         cos, sin = self.body.rotary_emb(embeds, positions)
         if embeds.shape[1] > 1:
             mask = mask.repeat(1, 1, self.groups, 1)  # rows follow the folded query heads
         h = embeds
-        for layer, keys, values in zip(self.body.layers, s.keys, s.values, strict=True):
-            h = h + self._attention(layer.self_attn, layer.input_layernorm(h), cos, sin, keys,
-                                    values, columns, mask)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        for layer, qkv, gate_up, keys, values in zip(self.body.layers, self.qkv, self.gate_up,
+                                                     s.keys, s.values, strict=True):
+            h = layer_fn(layer, qkv, gate_up, h, cos, sin, keys, values, columns, mask)
         return self.model.lm_head(self.body.norm(h[:, -1])).float()
 
     def _pick(self, s: Session, logits: torch.Tensor) -> None:
@@ -122,7 +162,8 @@ class StaticDecoder:
         """One new token for every row: the part recorded as a CUDA graph."""
         s.mask.index_fill_(-1, s.column, True)
         embeds = self.model.get_input_embeddings()(s.token[:, None])  # [b, 1, d]
-        logits = self._forward(s, embeds, s.position[:, None], s.column, s.mask)
+        logits = self._forward(s, embeds, s.position[:, None], s.column, s.mask,
+                               self._step_layer)
         s.position += 1
         s.column += 1
         self._pick(s, logits)
@@ -157,7 +198,14 @@ class StaticDecoder:
         side = torch.cuda.Stream()  # warm-up runs off the main stream, as capture requires
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._step(s)
+            try:
+                self._step(s)
+            except Exception as e:  # no compiler for this GPU (triton): run the layers as they are
+                if self._step_layer == self._layer:
+                    raise
+                log.warning("compiling the decode step failed, decoding uncompiled: %s", e)
+                self._step_layer = self._layer
+                self._step(s)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
@@ -171,6 +219,9 @@ class StaticDecoder:
                  min_new_tokens: int = 0, streamer=None) -> torch.Tensor:
         """Greedy continuation of left-padded prompt embeddings [b, T, d] with attention mask
         [b, T]; returns the new tokens [b, n], pads after each row's end."""
+        # the fused weights hold the base alone: an adapter applied on top would be skipped
+        assert all(getattr(p, "active", None) == getattr(p, "merged", None)
+                   for p in self.wrappers), "StaticDecoder runs only merged or no adapters"
         b, prompt = mask.shape
         length = -(-(prompt + max_new_tokens) // LENGTH_BUCKET) * LENGTH_BUCKET
         s = self._session(b, length)
@@ -186,7 +237,8 @@ class StaticDecoder:
         # a padding row attends to itself, so no row of the prefill is all masked (NaN)
         own = columns[:, None] == torch.arange(length, device=self.device)
         prefill_mask = (causal & s.mask[:, :, 0, None, :]) | own  # [b, 1, T, L]
-        logits = self._forward(s, embeds.to(self.dtype), positions, columns, prefill_mask)
+        logits = self._forward(s, embeds.to(self.dtype), positions, columns, prefill_mask,
+                               self._layer)
         s.position.copy_(positions[:, -1] + 1)
         s.column.fill_(prompt)
         self._pick(s, logits)
