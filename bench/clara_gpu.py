@@ -8,6 +8,10 @@ to 64 new tokens. Random weights cost the same FLOPs and memory as the real ones
 
 Writes one JSON file: every timing is the median of --repeat runs after a warm-up, with the
 GPU synchronised around each; peak memory is torch's max_memory_allocated for that scenario.
+"Uncached" compresses the candidates at question time as the reference does; "cached" reads
+memory compressed before. The stored index is kbd's MemoryIndex (4-bit codes on the GPU,
+exact re-ranking from the matrix rows) over --stored random rows; its quality is measured on
+memory the model produced, against exact float32 ranking.
 """
 
 from __future__ import annotations
@@ -20,11 +24,15 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 
+from kbd.model import index as index_module
 from kbd.model.clara import Clara, attention_implementation
+from kbd.model.index import MemoryIndex
 from kbd.model.testing import WORDS, random_7b_clara
+from kbd.model.text import TextModel
 
 GIB = 1024**3
 REFERENCE = {  # ../shared/BENCHMARKS.md, the authors' code on one H100
@@ -58,12 +66,71 @@ def passage(rng: random.Random, n_tokens: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n_tokens))  # one token per word
 
 
+class Rows:
+    """A matrix file's stand-in held in host memory: rows(), matrix()[...] of bf16 bits."""
+
+    def __init__(self, data: np.ndarray, shape: tuple[int, int]):
+        self.data, self.shape, self.dtype = data, shape, "bfloat16"
+
+    def rows(self) -> int:
+        return len(self.data)
+
+    def matrix(self) -> np.ndarray:
+        return self.data
+
+
+class Tiled(Rows):
+    """n rows that repeat a small pool: row i is pool row i % len(pool)."""
+
+    def __init__(self, pool: np.ndarray, n: int, shape: tuple[int, int]):
+        super().__init__(pool, shape)
+        self.n = n
+
+    def rows(self) -> int:
+        return self.n
+
+    def matrix(self):
+        return self
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return self.data[rows % len(self.data)]
+
+
+def random_rows(n: int, shape: tuple[int, int]) -> Rows:
+    """n random bf16 rows, drawn on the GPU a chunk at a time."""
+    data = np.empty((n, *shape), dtype=np.uint16)
+    for start in range(0, n, 4096):
+        chunk = torch.randn(min(4096, n - start), *shape, dtype=torch.bfloat16, device="cuda")
+        data[start:start + len(chunk)] = chunk.view(torch.int16).cpu().numpy().view(np.uint16)
+    return Rows(data, shape)
+
+
+def model_rows(memory: torch.Tensor) -> Rows:
+    bits = memory.detach().contiguous().view(torch.int16).cpu().numpy().view(np.uint16)
+    return Rows(bits, tuple(memory.shape[1:]))
+
+
+def simulated_index(n: int, shape: tuple[int, int]) -> MemoryIndex:
+    """An index of n rows whose 4-bit codes are random (ranking cost does not depend on the
+    values); only the rows re-ranked exactly are drawn, from a small random pool."""
+    index = MemoryIndex(Tiled(random_rows(4096, shape).data, n, shape), "cuda")
+    for start in range(0, n, index_module.BLOCK_ROWS):
+        rows = min(index_module.BLOCK_ROWS, n - start)
+        index.codes.append(torch.randint(0, 256, (rows, index.half), dtype=torch.uint8,
+                                         device="cuda"))
+        index.scales.append(torch.rand(rows, device="cuda") * 1e-3)
+    index.rows = n
+    return index
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/clara_gpu.json"))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--stored", type=int, default=100_000, help="passages in the index")
     parser.add_argument("--layers", type=int, default=32, help="fewer for a quick try")
+    parser.add_argument("--quality", type=int, default=4096,
+                        help="passages compressed for the ranking-quality check")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     rng = random.Random(0)
@@ -79,6 +146,7 @@ def main() -> None:
     torch.cuda.synchronize()
     results["build_s"] = time.perf_counter() - t0
     results["weights_gib"] = torch.cuda.memory_allocated() / GIB
+    results["warm_up_s"] = clara.warm_up_s  # compiling and recording at load
 
     docs = [passage(rng, 250) for _ in range(256)]
     q1 = ["what caused the disk full error on the hdfs node ?"]
@@ -112,32 +180,78 @@ def main() -> None:
         }
     results["decode_tokens_per_s"] = 64 / results["answer_1x20"]["generate_s"]
 
-    # the same base reading the top-5 passages as raw text (no adapter, no memory)
+    # the same base reading the top-5 passages as raw text: kbd's text engine (engine = "text",
+    # kbd/model/text.py) with its own prompt, timed through the same decoder as CLaRa ("s")
+    # and through the text engine's own generate, as the daemon runs it ("engine_s")
     tok = clara.tokenizer
+    embed = clara.model.get_input_embeddings()
+    text_engine = TextModel(clara.model, tok, "random-7b")
+    shown = [(f"bench.log:{250 * i + 1}-{250 * (i + 1)}", doc) for i, doc in enumerate(docs[:5])]
     for label, questions in (("1", q1), ("8", q8)):
-        prompts = [tok.apply_chat_template(
-            [{"role": "user", "content": "\n\n".join(docs[:5]) + f"\n\nQuestion:{q}"}],
-            tokenize=False, add_generation_prompt=True) for q in questions]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to("cuda")
-        s, peak, _ = timed(lambda e=enc: clara.model.generate(
-            **e, do_sample=False, max_new_tokens=64, min_new_tokens=64,
-            pad_token_id=tok.pad_token_id), args.repeat)
-        results[f"text_rag_{label}"] = {"s": s, "prompt_tokens": enc["input_ids"].shape[1],
-                                        "peak_gib": peak}
+        rows = [text_engine.prompt(q, shown, 64)[0] for q in questions]
+        enc = tok.pad({"input_ids": rows}, return_tensors="pt").to("cuda")
+        s, peak, _ = timed(lambda e=enc: clara.decoder.generate(
+            embed(e["input_ids"]), e["attention_mask"], 64, 64), args.repeat)
+        engine_s, engine_peak, _ = timed(lambda q=questions: text_engine.generate(
+            q, [shown] * len(q), 64, min_new_tokens=64), args.repeat)
+        results[f"text_rag_{label}"] = {"s": s, "engine_s": engine_s,
+                                        "prompt_tokens": enc["input_ids"].shape[1],
+                                        "peak_gib": peak, "engine_peak_gib": engine_peak}
+    results["clara_prompt_tokens"] = len(tok(clara._chat(
+        "x", f"Background:\n{clara._slots(5)}\n\nQuestion:{q1[0]}"))["input_ids"])
 
-    # ranking over a large store held on the GPU in bf16 (random vectors: ranking cost does
-    # not depend on their values)
-    stored = torch.randn(args.stored, clara.n_mem, clara.hidden, dtype=torch.bfloat16,
-                         device="cuda")
+    # ranking quality on memory the model produced: 4-bit + exact re-ranking vs exact float32
+    produced = clara.compress([passage(rng, rng.randint(20, 250)) for _ in range(args.quality)])
+    index = MemoryIndex(model_rows(produced), "cuda")
+    index.refresh()
+    asked = [passage(rng, rng.randint(4, 16)) for _ in range(1000)]
+    queries = torch.cat([clara.encode_queries(asked[i:i + 100]) for i in range(0, 1000, 100)])
+    exact = Clara.rank(queries, produced, 5)[0].cpu()
+    agree = sum(p[0].tolist() == e.tolist()
+                for i in range(0, 1000, 100)
+                for p, e in zip(index.search(queries[i:i + 100], 5), exact[i:i + 100],
+                                strict=True))
+    codes_only = (index.coarse(queries).topk(5).indices.cpu() == exact).all(dim=1)
+    results["quality"] = {"passages": args.quality, "queries": 1000,
+                          "top5_agreement": agree / 1000,
+                          "top5_agreement_codes_only": codes_only.float().mean().item()}
+    del produced, index
+
+    # the daemon's path over a large store: MemoryIndex on the GPU beside the model
+    shape = (clara.n_mem, clara.hidden)
+    rows = random_rows(args.stored, shape)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    index = MemoryIndex(rows, "cuda")
+    index.refresh()
+    torch.cuda.synchronize()
+    build_s = time.perf_counter() - start
     query = clara.encode_queries(q1)
-    rank_s, rank_peak, _ = timed(lambda: Clara.rank(query, stored, 5), args.repeat)
-    full_s, full_peak, _ = timed(lambda: clara.answer_from_memory(q1, stored, **gen),
+    rank_s, _, _ = timed(lambda i=index: i.search(query, 5), args.repeat)
+    one_s, one_peak, _ = timed(lambda i=index: clara.answer_from_memory(q1, i, **gen),
+                               args.repeat)
+    q32 = [f"standing question {i}: which service failed after the restart ?" for i in range(32)]
+    many_s, many_peak, _ = timed(lambda i=index: clara.answer_from_memory(q32, i, **gen),
                                  args.repeat)
     results["stored_index"] = {
-        "passages": args.stored, "index_gib": stored.numel() * 2 / GIB,
-        "rank_s": rank_s, "rank_peak_gib": rank_peak,
-        "answer_cached_s": full_s, "answer_peak_gib": full_peak,
+        "passages": args.stored, "held_as": "4-bit codes on the GPU + exact rows in host memory",
+        "index_gib": sum(c.numel() for c in index.codes) / GIB, "build_s": build_s,
+        "rank_s": rank_s, "answer_1_s": one_s, "answer_1_peak_gib": one_peak,
+        "answer_32_s": many_s, "answer_32_peak_gib": many_peak,
     }
+    del index, rows
+
+    # how ranking time and memory grow: 10k / 100k / 1M rows (random codes)
+    results["scaling"] = {}
+    for n in (10_000, 100_000, 1_000_000):
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        index = simulated_index(n, shape)
+        held = (torch.cuda.memory_allocated() - before) / GIB
+        rank_s, _, _ = timed(lambda i=index: i.search(query, 5), args.repeat)
+        results["scaling"][str(n)] = {"rank_s": rank_s, "index_gib": held}
+        del index
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     summary = {k: v for k, v in results.items() if k not in ("reference", "setting")}

@@ -12,6 +12,7 @@ Shapes: n passages, b questions, k selected, m = n_mem memory tokens, d = hidden
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from kbd.model.checkpoint import (
     resolve_base,
 )
 from kbd.model.decode import StaticDecoder, supports
+from kbd.model.index import MemoryIndex
 from kbd.model.tokens import PassageTokenizer
 
 log = logging.getLogger("kbd.model")
@@ -196,6 +198,7 @@ class Clara:
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
         self.compress_batch_size = 16 if self.device.type == "cpu" else 64
+        self.warm_up_s = 0.0
         self._lora = install_lora(model, checkpoint)
         # None: generate() of transformers, for decoders StaticDecoder does not know
         self.decoder = (StaticDecoder(model, model.generation_config.eos_token_id,
@@ -410,23 +413,35 @@ class Clara:
                            streamer=None) -> list[Answer]:
         """Rank stored memory with the query reasoner and answer from the top-k.
 
-        memory: one [n, m, d] tensor that every question ranks over (the daemon's store), or a
-        list with one [n_i, m, d] tensor per question (the reference's candidate lists).
-        allowed: with one shared tensor, per question the rows it may choose from (None: all);
-        indices in the answers are rows of `memory` either way."""
+        memory: a MemoryIndex (the daemon's store: 4-bit ranking, exact re-ranking), one
+        [n, m, d] tensor that every question ranks over exactly, or a list with one [n_i, m, d]
+        tensor per question (the reference's candidate lists).
+        allowed: with a shared index or tensor, per question the rows it may choose from (None:
+        all); indices in the answers are rows of `memory` either way."""
         queries = self.encode_queries(questions)  # [b, m*d]
         k = top_k or self.config.generation_top_k
         if k < 1:
             raise InputError(f"top-k must be at least 1, got {k}")
+        if isinstance(memory, MemoryIndex):
+            picks = [(mem, idx, top) for idx, top, mem in memory.search(queries, k, allowed)]
+        else:
+            picks = self._exact_picks(queries, memory, k, allowed)
+        texts = self.generate(questions, [p[0] for p in picks], max_new_tokens, min_new_tokens,
+                              streamer)
+        return [Answer(text, i.tolist(), s.tolist())
+                for text, (_, i, s) in zip(texts, picks, strict=True)]
+
+    def _exact_picks(self, queries: torch.Tensor, memory, k: int, allowed) -> list[tuple]:
+        """Exact float32 cosine top-k: (memory [k, m, d], rows [k], scores [k]) a query."""
         if isinstance(memory, torch.Tensor):
             scores = self.similarity(queries, memory)  # [b, n], one pass over the memory
-            rows_of = allowed or [None] * len(questions)
+            rows_of = allowed or [None] * len(queries)
             pools = [(scores[i], None if rows is None else rows.to(scores.device))
                      for i, rows in enumerate(rows_of)]
-            mems = [memory] * len(questions)
+            mems = [memory] * len(queries)
         else:
-            if len(memory) != len(questions):
-                raise InputError(f"{len(questions)} questions but {len(memory)} candidate sets")
+            if len(memory) != len(queries):
+                raise InputError(f"{len(queries)} questions but {len(memory)} candidate sets")
             pools = [(self.similarity(q[None], mem)[0], None)
                      for q, mem in zip(queries, memory, strict=True)]
             mems = list(memory)
@@ -439,10 +454,7 @@ class Clara:
             top, idx = score.topk(min(k, score.shape[0]))
             idx = idx if rows is None else rows[idx]
             picks.append((mem[idx.to(mem.device)], idx.cpu(), top.cpu()))
-        texts = self.generate(questions, [p[0] for p in picks], max_new_tokens, min_new_tokens,
-                              streamer)
-        return [Answer(text, i.tolist(), s.tolist())
-                for text, (_, i, s) in zip(texts, picks, strict=True)]
+        return picks
 
     def answer(self, questions: Sequence[str], candidates: Sequence[Sequence[str]],
                top_k: int | None = None, max_new_tokens: int = 128,
@@ -479,12 +491,33 @@ class Clara:
         prompt = self._chat(PARAPHRASE_SYSTEM, f"Background: {self._slots(1)} means the same as")
         return self._generate([prompt] * len(passages), list(memory[:, None]), max_new_tokens)
 
+    def compile_layers(self) -> None:
+        """Compile the transformer layers for compression and query encoding: their norms,
+        activations and rotary embedding fuse into a few kernels. On failure (no compiler
+        for this GPU) the layers run as they are."""
+        layers = self.model.model.layers
+        originals = list(layers)
+        for i, layer in enumerate(originals):
+            layers[i] = torch.compile(layer, dynamic=True)
+        try:
+            for n in (1, 2):  # a batch of one is compiled apart from the rest
+                self.compress(["warm up"] * n)
+                self.encode_queries(["warm up"] * n)
+        except Exception as e:
+            log.warning("compiling the layers failed, running them uncompiled: %s", e)
+            for i, layer in enumerate(originals):
+                layers[i] = layer
+
     def warm_up(self) -> None:
-        """Compile and record the decode step now (for one question and for several) rather
-        than while the first questions wait."""
+        """Compile and record now, rather than while the first questions wait: the layers,
+        and the decode step for one question and for several."""
+        start = time.perf_counter()
+        self.compile_layers()
         memory = torch.zeros(1, self.n_mem, self.hidden, dtype=self.dtype, device=self.device)
         for n in (1, 2):
             self.generate(["warm up"] * n, [memory] * n, max_new_tokens=2)
+        self.warm_up_s = time.perf_counter() - start
+        log.info("compiled and recorded in %.1f s", self.warm_up_s)
 
     def info(self) -> dict:
         return describe(self.checkpoint, self.fingerprint) | {

@@ -27,7 +27,7 @@ log = logging.getLogger("kbd.model")
 SUPPORTED = {"mistral", "llama", "qwen2"}
 CHECK_EVERY = 8  # steps between end-of-sequence checks; each check waits for the GPU
 LENGTH_BUCKET = 128  # cache lengths round up to this, so a graph serves many prompts
-KEEP_BYTES = 2 * 1024**3  # key/value buffers kept for reuse beyond the one in use
+KEEP_BYTES = 512 * 1024**2  # key/value buffers kept between calls (a large batch records anew)
 
 
 def supports(model) -> bool:
@@ -102,8 +102,9 @@ class StaticDecoder:
         # embedding, activation and residual adds become a few fused kernels instead of ~40
         self._step_layer = (torch.compile(self._layer, dynamic=True) if compile_step
                             else self._layer)
-        attn = [layer.self_attn for layer in self.body.layers]
-        mlps = [layer.mlp for layer in self.body.layers]
+        self.layers = list(self.body.layers)
+        attn = [layer.self_attn for layer in self.layers]
+        mlps = [layer.mlp for layer in self.layers]
         self.qkv = [fuse([a.q_proj, a.k_proj, a.v_proj]) for a in attn]
         self.gate_up = [fuse([m.gate_proj, m.up_proj])[0] for m in mlps]
         self.wrappers = [p for a, m in zip(attn, mlps, strict=True)
@@ -141,7 +142,7 @@ class StaticDecoder:
         if embeds.shape[1] > 1:
             mask = mask.repeat(1, 1, self.groups, 1)  # rows follow the folded query heads
         h = embeds
-        for layer, qkv, gate_up, keys, values in zip(self.body.layers, self.qkv, self.gate_up,
+        for layer, qkv, gate_up, keys, values in zip(self.layers, self.qkv, self.gate_up,
                                                      s.keys, s.values, strict=True):
             h = layer_fn(layer, qkv, gate_up, h, cos, sin, keys, values, columns, mask)
         return self.model.lm_head(self.body.norm(h[:, -1])).float()
@@ -175,14 +176,12 @@ class StaticDecoder:
         if key in self._sessions:
             self._sessions.move_to_end(key)
             return self._sessions[key]
-        while self._sessions and sum(x.nbytes for x in self._sessions.values()) > KEEP_BYTES:
-            self._sessions.popitem(last=False)
         shape = (b, self.kv_heads, length, self.head_dim)
         # zeros, not empty: a masked column still multiplies its value by 0, and 0 * NaN is NaN
         new = {"dtype": self.dtype, "device": self.device}
         s = Session(
-            keys=[torch.zeros(shape, **new) for _ in self.body.layers],
-            values=[torch.zeros(shape, **new) for _ in self.body.layers],
+            keys=[torch.zeros(shape, **new) for _ in self.layers],
+            values=[torch.zeros(shape, **new) for _ in self.layers],
             mask=torch.zeros(b, 1, 1, length, dtype=torch.bool, device=self.device),
             **{name: torch.zeros(n, dtype=torch.long, device=self.device) for name, n in
                (("token", b), ("position", b), ("column", 1), ("step", 1), ("min_new", 1))},
@@ -220,7 +219,7 @@ class StaticDecoder:
         """Greedy continuation of left-padded prompt embeddings [b, T, d] with attention mask
         [b, T]; returns the new tokens [b, n], pads after each row's end."""
         # the fused weights hold the base alone: an adapter applied on top would be skipped
-        assert all(getattr(p, "active", None) == getattr(p, "merged", None)
+        assert all(getattr(p, "active", None) in (None, getattr(p, "merged", None))
                    for p in self.wrappers), "StaticDecoder runs only merged or no adapters"
         b, prompt = mask.shape
         length = -(-(prompt + max_new_tokens) // LENGTH_BUCKET) * LENGTH_BUCKET
@@ -258,4 +257,7 @@ class StaticDecoder:
             done += 1
         if streamer is not None:
             streamer.end()
-        return s.out[:, :done].clone()
+        out = s.out[:, :done].clone()
+        while sum(x.nbytes for x in self._sessions.values()) > KEEP_BYTES:
+            self._sessions.popitem(last=False)  # oldest first, this one last
+        return out
