@@ -98,8 +98,8 @@ class StaticDecoder:
         self.eos = torch.tensor(eos, dtype=torch.long, device=self.device)
         self.pad = pad_id
         self.use_graphs = self.device.type == "cuda"
-        # one compiled layer serves every layer (their weights are its inputs): norms, rotary
-        # embedding, activation and residual adds become a few fused kernels instead of ~40
+        # one compiled layer serves every layer (their weights are its inputs) and the prefill:
+        # norms, rotary embedding, activation and residual adds become a few fused kernels
         self._step_layer = (torch.compile(self._layer, dynamic=True) if compile_step
                             else self._layer)
         self.layers = list(self.body.layers)
@@ -237,7 +237,7 @@ class StaticDecoder:
         own = columns[:, None] == torch.arange(length, device=self.device)
         prefill_mask = (causal & s.mask[:, :, 0, None, :]) | own  # [b, 1, T, L]
         logits = self._forward(s, embeds.to(self.dtype), positions, columns, prefill_mask,
-                               self._layer)
+                               self._step_layer)
         s.position.copy_(positions[:, -1] + 1)
         s.column.fill_(prompt)
         self._pick(s, logits)
