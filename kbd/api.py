@@ -90,6 +90,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             url = urlsplit(self.path)
             handler, groups = self.router.find(method, url.path.rstrip("/") or "/")
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            if any("\0" in v for v in query.values()):  # no path or text holds one
+                raise ApiError(400, "a query parameter holds a NUL character")
             status, reply = 200, handler(groups, query, self._body())
         except ApiError as e:
             status, reply = e.status, envelope(e)
@@ -120,6 +122,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             size = int(length)
         except ValueError as e:
             raise ApiError(400, f"Content-Length {length!r} is not a number") from e
+        if size < 0:  # read(-1) would wait for the client to close
+            raise ApiError(400, f"Content-Length {length!r} is negative")
         if size > MAX_BODY_BYTES:
             self.close_connection = True  # the unread body would be taken for a request
             raise ApiError(413, f"body of {size} bytes is over the limit of {MAX_BODY_BYTES}")
@@ -128,8 +132,13 @@ class RequestHandler(BaseHTTPRequestHandler):
             raise ApiError(400, "the body ended early")
         try:
             body = json.loads(raw) if raw.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            # "\ud800" is valid JSON but no text: the tokenizer and the database refuse it
+            text = json.dumps(body, ensure_ascii=False)
+            text.encode()
+        except (json.JSONDecodeError, UnicodeError, RecursionError) as e:
             raise ApiError(400, f"the body is not valid JSON: {e}") from e
+        if "\\u0000" in text:  # PostgreSQL text cannot hold NUL, and no question needs one
+            raise ApiError(400, "the body holds a NUL character")
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
         return body
@@ -160,6 +169,15 @@ class RequestHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             log.info("client went away while its answer streamed")
             self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line, too many headers, an unknown
+        method) in the JSON envelope too, with a status line even to a request too broken to
+        name its HTTP version."""
+        self.request_version = self.protocol_version
+        self.close_connection = True
+        self._send(code, envelope(ApiError(code, message or HTTPStatus(code).phrase)))
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's name
         log.debug("request: " + format, *args)

@@ -4,7 +4,10 @@ the lines (or page), bytes and heading it came from.
 The limit is exact: every passage is counted with the real tokenizer before it is kept, and
 none is truncated. To keep that cheap, runs of blocks are planned from per-block counts
 (calibrated for what an empty text and a separator cost) and checked in batches; a run the
-plan got wrong is shrunk by a search, and later plans scale their estimates by the miss.
+plan got wrong is shrunk by a search, and later plans scale their estimates by the miss. A
+text of more than LONG_CHARS_PER_TOKEN characters per allowed token (a 10 MB log line) is
+not counted whole, which would cost the tokenizer some 100 bytes of memory per character:
+its start alone shows it is over the limit, and the pieces it is cut into are counted.
 
 Logs: consecutive lines joined with "\\n". Reports: paragraphs of one section (and page)
 joined with "\\n\\n", never across a heading or page change. A single line or paragraph over
@@ -28,6 +31,9 @@ CountTokens = Callable[[Sequence[str]], list[int]]
 Pieces = list[tuple[str, int]]  # (text, tokens) of the passages one overlong text became
 
 COUNT_BATCH = 1024  # texts per count_tokens call
+# no tokenizer packs this many characters into a token on average: a text this many times
+# longer than the limit whose start alone counts over the limit is over it, surely
+LONG_CHARS_PER_TOKEN = 64
 PLAN_AHEAD = 256  # runs planned and checked per round
 SEARCH_WAYS = 8  # run lengths tried per call when a planned run proves too long
 CUT_SLACK = 1.1  # an overlong text is cut into this many times the parts its count asks for
@@ -130,9 +136,17 @@ class Packer:
         return self.sep.join(texts)
 
     def count(self, texts: Sequence[str]) -> list[int]:
+        """Token counts; a very long text that is surely over the limit gets an estimate
+        from its start, scaled by its length (enough to plan its cut)."""
+        long = LONG_CHARS_PER_TOKEN * self.max_tokens
+        starts = [text[:long] for text in texts]
         counts: list[int] = []
-        for start in range(0, len(texts), COUNT_BATCH):
-            counts += self.count_tokens(texts[start:start + COUNT_BATCH])
+        for start in range(0, len(starts), COUNT_BATCH):
+            counts += self.count_tokens(starts[start:start + COUNT_BATCH])
+        for i, (text, count) in enumerate(zip(texts, counts, strict=True)):
+            if len(text) > long:
+                counts[i] = (ceil(count * len(text) / long) if count > self.max_tokens
+                             else self.count_tokens([text])[0])  # few tokens: cheap whole
         return counts
 
     def runs(self, texts: Sequence[str], starts: Sequence[int] = ()) -> list[tuple[int, int, int]]:

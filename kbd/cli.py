@@ -61,6 +61,7 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars from weight loading
+    os.environ.setdefault("TQDM_DISABLE", "1")  # nor from the GGUF reader's plain tqdm bars
     ctx.obj = config_path
 
 
@@ -85,7 +86,7 @@ def open_store(config):
 @human_errors
 def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json: bool) -> None:
     """Ingest PATHS (files or folders; default: the configured folders) once, then compress
-    the backlog if a model is configured.
+    the backlog if CLaRa is the engine and its model is configured.
 
         kbd ingest --once /var/log/app ~/reports/incident.md
     """
@@ -99,7 +100,7 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
     from kbd.model.tokens import PassageTokenizer
 
     ingester = Ingester(store, PassageTokenizer.configured(config.model),
-                        Limits(max_file_bytes=config.ingest.max_file_mb * 2**20))
+                        Limits.configured(config.ingest))
     if paths:
         folders = [WatchedFolder(p) for p in paths if p.is_dir()]
         files = [(p, str(f.path), f.kind) for f, p in scan(folders)]
@@ -112,7 +113,8 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
             outcomes = ingester.reconcile(shown)
     outcomes["recut"] = ingester.recut()
     compressed = 0
-    if config.model.checkpoint is not None and not no_compress:
+    clara_configured = config.model.active_engine == "clara" and config.model.checkpoint
+    if clara_configured and not no_compress:
         from kbd.memory import compress_backlog
 
         clara = load_clara(config.model.checkpoint, config.model.base, config.model.device,
@@ -147,13 +149,17 @@ def status(as_json: bool) -> None:
     else:
         click.echo(f"daemon: {result['daemon']}")
         click.echo(f"store: {result['store']}")
+        click.echo(f"engine: {result['engine']}")
         click.echo(f"model: {result['model']}")
         docs = ", ".join(f"{n} {s}" for s, n in sorted(result["documents"].items())) or "none"
         click.echo(f"documents: {docs}")
         click.echo(f"passages: {result['passages']}")
-        click.echo(f"backlog: {result['backlog']} passages to compress")
+        later = " (when engine = clara)" if result["engine"] == "text" else ""
+        click.echo(f"backlog: {result['backlog']} passages to compress{later}")
         for f in result["failed_files"]:
             click.echo(f"failed: {f['path']} ({f['stage']}, {f['code']}): {f['message']}")
+        for f in result.get("faults", []):  # the daemon's; an offline status has none
+            click.echo(f"fault: {f['place']}: {f['message']} (hint: {f['hint']})")
     if not running:
         sys.exit(EXIT_NOT_RUNNING)
 
@@ -163,7 +169,9 @@ def offline_status(config) -> dict:
 
     store = open_store(config)
     model, model_state = None, "not configured: passages wait for a model"
-    if config.model.checkpoint is not None:
+    if config.model.active_engine == "text":
+        model_state = f"text model {config.model.text_model} (loads when the daemon starts)"
+    elif config.model.checkpoint is not None:
         from kbd.memory import configured_memory_id
 
         try:
@@ -173,7 +181,8 @@ def offline_status(config) -> dict:
             model_state = f"cannot be loaded: {e.message}"
     with store.read() as conn:
         result = q.status(conn, model)
-    return result | {"store": store.safe_url, "model": model_state}
+    return result | {"store": store.safe_url, "engine": config.model.active_engine,
+                     "model": model_state}
 
 
 def client(config):
@@ -217,9 +226,9 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
         return
     reply = client(get_config()).request("POST", "/ask", body)
     if as_json:
-        print_json({"answer": reply["answer"], "sources": [
-            {k: s[k] for k in ("rank", "passage_id", "path", "lines", "page", "score")}
-            for s in reply["sources"]]})
+        sources = [{k: s[k] for k in ("rank", "passage_id", "path", "lines", "page", "score")}
+                   for s in reply["sources"]]
+        print_json({k: reply[k] for k in ("answer", "engine", "model")} | {"sources": sources})
         return
     print_answer(reply, False)
 
@@ -467,7 +476,7 @@ def docs_show(path: Path, as_json: bool) -> None:
 
 @cli.group()
 def model() -> None:
-    """Inspect and try a CLaRa checkpoint directly, without the daemon."""
+    """Inspect the engine's model, and try a CLaRa checkpoint directly, without the daemon."""
 
 
 checkpoint_option = click.option(
@@ -498,24 +507,39 @@ def load_clara(checkpoint: str, base: str | None, device: str, dtype: str):
 
 
 @model.command("info")
-@checkpoint_option
+@click.option("--checkpoint", type=click.Path(file_okay=False),
+              help="A CLaRa checkpoint folder (default: the configured engine's model).")
 @base_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @human_errors
-def model_info(checkpoint: str, base: str | None, as_json: bool) -> None:
-    """Show a checkpoint's stage, compression, sizes, adapters and fingerprint.
+def model_info(checkpoint: str | None, base: str | None, as_json: bool) -> None:
+    """Show the engine in use and its model: for CLaRa the checkpoint's stage, compression,
+    sizes, adapters and fingerprint; for the text engine the model's name and file.
 
-    Reads the checkpoint files only; with --base the fingerprint covers the base too.
+    Reads the model's files only; with --base the fingerprint covers the base too.
 
+    \b
+        kbd model info
         kbd model info --checkpoint ~/models/CLaRa-7B-E2E/compression-16 --json
     """
     from pathlib import Path
 
     from kbd.model.checkpoint import describe, fingerprint, read_checkpoint, resolve_base
 
-    ckpt = read_checkpoint(checkpoint)
-    base_dir = resolve_base(ckpt, base) if base else None
-    info = describe(ckpt, fingerprint(Path(checkpoint), base_dir))
+    configured = None if checkpoint else get_config().model
+    if configured is not None and configured.active_engine == "text":
+        from kbd.model.text import describe as describe_text
+
+        info = describe_text(configured.text_model)
+    else:
+        if configured is not None:
+            if configured.checkpoint is None:
+                raise KbdError("the engine is clara, but no CLaRa checkpoint is configured",
+                               hint="kbd model pull, or pass --checkpoint")
+            checkpoint, base = str(configured.checkpoint), base or configured.base
+        ckpt = read_checkpoint(checkpoint)
+        base_dir = resolve_base(ckpt, base) if base else None
+        info = {"engine": "clara"} | describe(ckpt, fingerprint(Path(checkpoint), base_dir))
     if as_json:
         print_json(info)
     else:

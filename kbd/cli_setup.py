@@ -78,7 +78,8 @@ def init(home: Path | None, force: bool, as_json: bool) -> None:
     click.echo(f"wrote {path}" + (f" (the old one is {backup})" if backup else ""))
     for folder in folders.values():
         click.echo(f"{'created' if str(folder) in created else 'exists '} {folder}")
-    click.echo("next: kbd watch add PATH, kbd model pull, kbd daemon")
+    click.echo("next: kbd watch add PATH, kbd daemon (the text engine, on any CPU); "
+               "kbd model pull for CLaRa on a GPU")
 
 
 def backup_config(path: Path) -> Path:
@@ -305,12 +306,16 @@ def model_pull(repo: str, compression: str, base_repo: str, models_dir: Path | N
     download(base_repo, folders.base, BASE_PATTERNS, endpoint, by_hand)
     point_config_at(config_path, folders)
     pid = daemon_pid(config.home)
+    engine = load_config(config_path).model.active_engine
     if as_json:
         print_json({"checkpoint": str(folders.checkpoint), "base": str(folders.base),
-                    "config": str(config_path), "daemon_pid": pid})
+                    "config": str(config_path), "daemon_pid": pid, "engine": engine})
         return
     click.echo(f"checkpoint: {folders.checkpoint}\nbase: {folders.base}")
     click.echo(f"{config_path}: [model] checkpoint and base set")
+    if engine != "clara":
+        click.echo(f'{config_path} says engine = "{engine}": set engine = "clara" (or remove '
+                   "the line) to answer with CLaRa")
     if pid is not None:
         click.echo(f"restart the daemon (pid {pid}) to load the model "
                    "(systemctl [--user] restart kbd)")

@@ -11,6 +11,8 @@ from pathlib import Path
 from kbd.errors import KbdError
 from kbd.watch import WatchedFolder
 
+ENGINES = ("clara", "text")
+
 
 class ConfigError(KbdError):
     code = "config"
@@ -18,11 +20,18 @@ class ConfigError(KbdError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    checkpoint: Path | None = None  # CLaRa checkpoint folder; None: ingest only, passages queue
+    checkpoint: Path | None = None  # CLaRa checkpoint folder; None: passages wait for one
     base: Path | None = None  # local folder of the base model
     device: str = "auto"
     dtype: str = "auto"
     compress_batch_size: int = 64
+    engine: str = ""  # clara | text; empty: clara when a checkpoint is set, else text
+    text_model: str = "smollm2"  # the text engine's model: smollm2, a model folder or a .gguf
+
+    @property
+    def active_engine(self) -> str:
+        """The engine that answers questions: clara or text."""
+        return self.engine or ("clara" if self.checkpoint is not None else "text")
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,7 @@ class IngestConfig:
     max_file_mb: int = 512
     debounce_s: float = 2.0
     rescan_interval_s: float = 300.0
+    pdf_timeout_s: float = 60.0  # a PDF whose text takes longer is refused (too-slow)
 
 
 @dataclass(frozen=True)
@@ -137,10 +147,17 @@ def load_config(path: Path | None = None) -> Config:
         if folder.kind not in ("log", "report", "auto"):
             raise ConfigError(f"{where}: folders[{i}].kind must be log, report or auto")
         folders.append(folder)
+    model = _build(ModelConfig, raw.get("model", {}), "model")
+    if model.engine not in ("", *ENGINES):
+        raise ConfigError(f"{where}: model.engine must be clara or text, got {model.engine!r}",
+                          hint="leave it out: clara when a checkpoint is set, else text")
+    if not isinstance(model.text_model, str) or not model.text_model:
+        raise ConfigError(f"{where}: model.text_model must name smollm2, a model folder or a "
+                          ".gguf file")
     return Config(
         home=Path(raw["home"]).expanduser() if "home" in raw else default_home(),
         store_url=store.get("url", ""),
-        model=_build(ModelConfig, raw.get("model", {}), "model"),
+        model=model,
         ingest=_build(IngestConfig, raw.get("ingest", {}), "ingest"),
         server=_build(ServerConfig, raw.get("server", {}), "server"),
         scheduler=_build(SchedulerConfig, raw.get("scheduler", {}), "scheduler"),

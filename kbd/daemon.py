@@ -116,9 +116,10 @@ class Daemon:
         from kbd.routes import build_router
 
         self.store = Store.open(config.database_url, config.memory_dir)
+        self.store.claim(f"kbd daemon pid {os.getpid()}")  # one daemon per store, too
         self.store.write(lambda conn: q.sync_sources(conn, config.folders))
         self.ingester = Ingester(self.store, self._tokenizer(config),
-                                 Limits(max_file_bytes=config.ingest.max_file_mb * 2**20))
+                                 Limits.configured(config.ingest))
         self.model = ModelWorker(config.model, self.store, self.generation, self.generation.bump,
                                  on_ready=lambda: notify("READY=1"))
         self.ingest = IngestWorker(self.ingester, config.folders, on_done=self._ingested)
@@ -206,8 +207,11 @@ class Daemon:
     def status(self) -> dict:
         with self.store.read() as conn:
             stored = q.status(conn, self.model.backlog_model())
-        return stored | {"model": self.model.state, "store": self.store.safe_url,
-                         "pid": os.getpid(),
+        faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
+                  for place, e in list(self.store.faults.items())]
+        return stored | {"engine": self.model.engine_name, "model": self.model.state,
+                         "store": self.store.safe_url,
+                         "pid": os.getpid(), "faults": faults,
                          "folders": [str(f.path) for f in self.config.folders]}
 
     def _shutdown(self) -> None:

@@ -31,14 +31,18 @@ from sqlalchemy import Row
 
 from kbd.chunk import Passage, chunk
 from kbd.errors import KbdError
-from kbd.parsers import Parsed, ParseError, parse
-from kbd.store import Store
+from kbd.parsers import PDF_TIMEOUT_S, Parsed, ParseError, parse
+from kbd.store import Store, StoreError
 from kbd.store import queries as q
 from kbd.watch import WatchedFolder, folder_for, scan
 
 log = logging.getLogger("kbd.ingest")
 
 HEAD_BYTES = 4096  # a rewritten or truncated-and-refilled log shows in its first bytes
+STORE_RETRY_S = (1.0, 30.0)  # first and longest wait before a path waits its turn again
+# failures that can pass without the file changing (a permission flipped back): retried on
+# every event and rescan, where other failures wait for the file's size or mtime to change
+TRANSIENT_FAILURES = frozenset({"unreadable"})
 
 
 class IngestFailure(KbdError):
@@ -52,6 +56,13 @@ class IngestFailure(KbdError):
 @dataclass(frozen=True)
 class Limits:
     max_file_bytes: int = 512 * 2**20
+    pdf_timeout_s: float = PDF_TIMEOUT_S
+
+    @classmethod
+    def configured(cls, ingest) -> Limits:
+        """The limits of the config's [ingest] table (an IngestConfig)."""
+        return cls(max_file_bytes=ingest.max_file_mb * 2**20,
+                   pdf_timeout_s=ingest.pdf_timeout_s)
 
 
 @dataclass
@@ -93,7 +104,8 @@ class Ingester:
     def ingest(self, path: Path, folder: str | None = None, kind: str = "auto",
                force: bool = False) -> str:
         """Bring the store up to date with one path; returns the outcome. Never raises for a
-        problem with the file itself."""
+        problem with the file itself; raises StoreError when the store cannot be written
+        (the path should then be tried again later)."""
         job = IngestJob(Path(os.path.abspath(path)), folder, kind, force=force)
         try:
             for stage in STAGES:
@@ -183,8 +195,8 @@ def decide(ing: Ingester, job: IngestJob) -> None:
     with ing.store.read() as conn:
         job.document = q.live_document(conn, str(job.path))
         failure = q.failure_for(conn, str(job.path))
-    unchanged_failure = failure and (failure.size, failure.mtime_ns) == (st.st_size,
-                                                                       st.st_mtime_ns)
+    unchanged_failure = failure and failure.code not in TRANSIENT_FAILURES and (
+        failure.size, failure.mtime_ns) == (st.st_size, st.st_mtime_ns)
     if unchanged_failure and not job.force:
         job.outcome = "failed-unchanged"  # retried once the file changes
         return
@@ -234,7 +246,8 @@ def read(ing: Ingester, job: IngestJob) -> None:
 def parse_stage(ing: Ingester, job: IngestJob) -> None:
     kind = job.document.kind if job.document is not None and job.mode == "append" else job.kind
     job.parsed = parse(job.path, job.data, kind, start_line=job.start_line,
-                       start_byte=job.start_byte, max_bytes=ing.limits.max_file_bytes)
+                       start_byte=job.start_byte, max_bytes=ing.limits.max_file_bytes,
+                       pdf_timeout_s=ing.limits.pdf_timeout_s)
 
 
 def chunk_stage(ing: Ingester, job: IngestJob) -> None:
@@ -367,7 +380,9 @@ RESCAN = Path("\0rescan")  # a queue item, not a path: reconcile everything with
 
 class IngestWorker:
     """One thread that ingests queued paths in order. A path already waiting is not queued
-    twice, so a burst of events for one file costs one ingest."""
+    twice, so a burst of events for one file costs one ingest. When the store cannot be
+    written (disk full, locked, read-only), the path goes back in the queue and the worker
+    waits, longer each time up to STORE_RETRY_S[1], so nothing is dropped while it lasts."""
 
     def __init__(self, ingester: Ingester, folders: Sequence[WatchedFolder],
                  on_done: Callable[[Path, str], None] | None = None):
@@ -378,6 +393,7 @@ class IngestWorker:
         self._queued: set[Path] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._retry_s = STORE_RETRY_S[0]
         self._thread = threading.Thread(target=self._run, name="kbd-ingest", daemon=True)
 
     def submit(self, paths: Iterable[Path]) -> None:
@@ -410,11 +426,17 @@ class IngestWorker:
                 continue
             try:
                 self._handle(path)
+                self._retry_s = STORE_RETRY_S[0]
+            except StoreError as e:  # the store's fault, not the file's: try it again later
+                log.warning("%s waits: %s; next try in %.0f s", path, e.message, self._retry_s)
+                self._queue.put(path)  # still in _queued: events meanwhile add nothing
+                self._stop.wait(self._retry_s)
+                self._retry_s = min(STORE_RETRY_S[1], 2 * self._retry_s)
+                continue
             except Exception:  # one bad path must never stop the worker
                 log.exception("ingest of %s failed unexpectedly", path)
-            finally:
-                with self._lock:
-                    self._queued.discard(path)
+            with self._lock:
+                self._queued.discard(path)
 
     def _handle(self, path: Path) -> None:
         if path == RESCAN:

@@ -12,7 +12,7 @@ import logging
 from kbd.model.clara import memory_to_bytes
 from kbd.store import Store
 from kbd.store import queries as q
-from kbd.store.memory import MemoryMatrix
+from kbd.store.memory import MemoryFileError, MemoryMatrix
 
 log = logging.getLogger("kbd.memory")
 
@@ -53,7 +53,12 @@ def compress_backlog(store: Store, clara, batch_size: int = 64,
         if not items:
             break
         memory = clara.compress([text for _, text in items])
-        rows = matrix.append([memory_to_bytes(m) for m in memory])
+        try:
+            rows = matrix.append([memory_to_bytes(m) for m in memory])
+        except MemoryFileError as e:
+            store.note_fault("memory", e)
+            raise
+        store.note_fault("memory", None)
         store.write(lambda conn, items=items, rows=rows: q.add_memories(
             conn, model, zip((h for h, _ in items), rows, strict=True)))
         done += len(items)

@@ -3,11 +3,16 @@
 The candidate list (live passages with memory under the loaded model, with their document
 path, kind and ingest time) is read from the store once and kept until the store changes, so
 a stream of questions costs no database reads; a filter is then a few array operations.
+
+The text engine ranks with the store's full-text search instead (`search`): the question's
+words, common English words left out, each matched as a phrase, any of them, BM25-ranked.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
+import string
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +21,16 @@ import numpy as np
 
 from kbd.store import Store
 from kbd.store import queries as q
+
+# Common English words: in an OR query they would match nearly every passage and drown out
+# the words that matter. Left out of full-text queries.
+STOP_WORDS = frozenset("""a about after all an and any are as at be been before being but by
+can could did do does during for from had has have how i if in into is it its me my of on or
+our over should so some than that the their them then there these they this those to under
+was we were what when where which while who whom why will with would you your
+""".split())
+MAX_TERMS = 32  # a question longer than this many distinct words is searched by its first ones
+SEARCH_FETCH = 4  # hits read per passage wanted; more are read while scopes filter them out
 
 
 @dataclass(frozen=True)
@@ -56,9 +71,10 @@ class Candidates:
 
 
 class Retriever:
-    """Candidates for one model, re-read from the store only when its generation moved."""
+    """Candidates for one model (None: every live passage, for the text engine), re-read
+    from the store only when its generation moved."""
 
-    def __init__(self, store: Store, model: str):
+    def __init__(self, store: Store, model: str | None):
         self.store = store
         self.model = model
         self._generation = -1
@@ -82,3 +98,36 @@ def unique_rows(candidates: Candidates, positions: Sequence[int]) -> tuple[np.nd
             chosen[row] = pos
     rows = np.fromiter(chosen, dtype=np.int64, count=len(chosen))
     return rows, {row: int(candidates.passage_ids[pos]) for row, pos in chosen.items()}
+
+
+def search_terms(question: str) -> list[str]:
+    """The question's words for full-text search: whitespace-separated, outer punctuation
+    stripped (inner punctuation stays, so an IP, `blk_-1608` or a path is one phrase),
+    distinct, and without stop words unless nothing else is left."""
+    words: dict[str, str] = {}
+    for chunk in question.split():
+        word = chunk.strip(string.punctuation)
+        if re.search(r"\w", word):
+            words.setdefault(word.lower(), word)
+    content = [w for key, w in words.items() if key not in STOP_WORDS]
+    return (content or list(words.values()))[:MAX_TERMS]
+
+
+def search(store: Store, question: str, allowed: set[int] | None,
+           k: int) -> list[tuple[int, float]]:
+    """The k best (passage id, score) for the question among the allowed passage ids (None:
+    every live passage), one passage per distinct text."""
+    terms = search_terms(question)
+    limit = SEARCH_FETCH * k
+    while True:
+        with store.read() as conn:
+            hits = q.search_passages(conn, terms, limit)
+        picked: dict[str, tuple[int, float]] = {}
+        for hit in hits:
+            if (allowed is None or hit.id in allowed) and hit.text_hash not in picked:
+                picked[hit.text_hash] = (hit.id, float(hit.score))
+            if len(picked) == k:
+                return list(picked.values())
+        if len(hits) < limit:  # every match was read
+            return list(picked.values())
+        limit *= 8

@@ -22,6 +22,7 @@ from kbd.retrieve import Scope
 from kbd.store import queries as q
 
 ASK_TIMEOUT_S = 900.0
+MAX_NUMBER = 2**63 - 1  # ids and limits past a 64-bit integer would overflow the database
 
 
 def build_router(daemon) -> Router:
@@ -159,8 +160,8 @@ def int_param(query: dict, name: str, default: int) -> int:
         value = int(query.get(name, default))
     except ValueError as e:
         raise ApiError(400, f"{name}: expected a number") from e
-    if value < 1:
-        raise ApiError(400, f"{name}: must be at least 1")
+    if not 1 <= value <= MAX_NUMBER:
+        raise ApiError(400, f"{name}: must be between 1 and {MAX_NUMBER}")
     return value
 
 
@@ -192,8 +193,9 @@ def questions_list(daemon) -> dict:
 def get_or_404(daemon, groups: dict) -> dict:
     from kbd.store import questions as qs
 
+    question_id = int(groups["id"])
     with daemon.store.read() as conn:
-        question = qs.get_question(conn, int(groups["id"]))
+        question = qs.get_question(conn, question_id) if question_id <= MAX_NUMBER else None
     if question is None:
         raise ApiError(404, f"no standing question {groups['id']}")
     return question
@@ -269,7 +271,8 @@ def answer_json(answer: dict) -> dict:
     return {
         "answer_id": answer["id"], "question_id": answer["question_id"],
         "question": answer["question"], "answer": answer["text"], "status": answer["status"],
-        "change": answer["change"], "error": answer["error"], "model": answer["model"],
+        "change": answer["change"], "error": answer["error"], "engine": answer["engine"],
+        "model": answer["model"],
         "started_at": answer["started_at"], "finished_at": answer["finished_at"],
         "sources": [{"rank": s["rank"], "passage_id": s["passage_id"], "path": s["path"],
                      "lines": [s["first_line"], s["last_line"]]

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -24,6 +25,9 @@ from kbd.questions import spec_of, trigger_for
 from kbd.retrieve import Scope
 from kbd.store import Store
 from kbd.store import questions as qs
+
+if TYPE_CHECKING:  # torch stays out of the scheduler's import
+    from kbd.model.worker import ModelUnavailable
 
 log = logging.getLogger("kbd.scheduler")
 
@@ -138,10 +142,10 @@ class Scheduler:
         return result
 
     def _record_failure(self, question_id: int, text: str, started: datetime,
-                        error: Exception) -> None:
+                        error: ModelUnavailable) -> None:
         self.store.write(lambda conn: qs.record_answer(
             conn, question_id=question_id, question=text, started_at=started,
-            finished_at=self.now(), model=None, engine="clara", status="failed",
+            finished_at=self.now(), model=None, engine=error.engine, status="failed",
             error=str(error), text=None, candidates=0, sources=[]))
 
 

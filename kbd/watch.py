@@ -2,7 +2,9 @@
 
 The watchdog handler only notes paths in a StabilityTracker; a timer thread hands the paths that
 have gone quiet to `on_ready` and asks the consumer to rescan now and then, because inotify drops
-events silently when its queue overflows and sees nothing on network mounts (use `polling` there).
+events when its queue overflows and sees nothing on network mounts (use `polling` there). An
+overflow asks for a rescan at once: watchdog reports it only in its log, so the Watcher listens
+there.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from time import monotonic
 from typing import NamedTuple
 
 from watchdog.events import (
+    EVENT_TYPE_ATTRIB,
     EVENT_TYPE_CLOSED,
     EVENT_TYPE_CREATED,
     EVENT_TYPE_DELETED,
@@ -27,6 +30,7 @@ from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -44,17 +48,20 @@ log = logging.getLogger("kbd.watch")
 # Editors and downloaders write these beside the real file, then rename or delete them.
 TEMP_GLOBS = (".#*", "*.swp", "*~", "*.tmp", ".*.part")
 
-# Only events that mean the content may have changed: ingest opens and reads every file, and
-# "opened"/"closed_no_write" events would queue it again forever. Directory "modified" events
-# say nothing about which file changed.
+# Only events that mean the content may have changed, or whether kbd may read it (attrib: a
+# permission flipped back makes an unreadable file readable without changing it): ingest opens
+# and reads every file, and "opened"/"closed_no_write" events would queue it again forever.
+# Directory "modified" events say nothing about which file changed.
 _EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
-    DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+    FileAttribEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
 ]
 _CHANGES = {
-    EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED, EVENT_TYPE_DELETED
+    EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED,
+    EVENT_TYPE_DELETED, EVENT_TYPE_ATTRIB,
 }
 _RETRY_S = 30.0  # how long to wait before trying again to watch a root that could not be watched
+_OVERFLOW_LOGGER = "watchdog.observers.inotify_c"  # "Inotify queue overflowed; ... were lost"
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,8 @@ class Watcher:
         self._rescan_due = True  # the start-up rescan
         self._lock = threading.Lock()  # the timer thread and update() both change the watches
         self._stopping = threading.Event()
+        self._overflowed = threading.Event()  # set from watchdog's thread, without our lock
+        self._alarm = _OverflowAlarm(self._overflowed)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -224,6 +233,10 @@ class Watcher:
         act is the start-up `on_rescan()`."""
         if self._thread is not None or self._stopping.is_set():
             raise RuntimeError("a Watcher starts once")
+        overflow_log = logging.getLogger(_OVERFLOW_LOGGER)
+        overflow_log.addHandler(self._alarm)
+        if not overflow_log.isEnabledFor(logging.WARNING):  # log_level = "error" would hide it
+            overflow_log.setLevel(logging.WARNING)
         with self._lock:
             self._sync()
         self._thread = threading.Thread(target=self._run, name="kbd-watch", daemon=True)
@@ -232,6 +245,7 @@ class Watcher:
     def stop(self) -> None:
         """Stop watching and join every thread; safe to call more than once."""
         self._stopping.set()
+        logging.getLogger(_OVERFLOW_LOGGER).removeHandler(self._alarm)
         if self._thread is not None:
             self._thread.join()
         with self._lock:
@@ -262,6 +276,9 @@ class Watcher:
             with self._lock:
                 _call("updating the watches", self._sync)
                 rescan, self._rescan_due = self._rescan_due, False
+            if self._overflowed.is_set():  # events were lost: only a rescan can find them
+                self._overflowed.clear()
+                rescan = True
             if rescan or monotonic() >= next_rescan:
                 next_rescan = monotonic() + self.rescan_interval_s
                 if self.on_rescan is not None:
@@ -357,6 +374,18 @@ class Watcher:
                         self.tracker.note(path)
         except Exception:  # an exception would end the observer's thread, and all watching with it
             log.exception("cannot handle %s", event)
+
+
+class _OverflowAlarm(logging.Handler):
+    """Sets `overflowed` when watchdog logs that the inotify queue overflowed."""
+
+    def __init__(self, overflowed: threading.Event):
+        super().__init__(logging.WARNING)
+        self.overflowed = overflowed
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Inotify queue overflowed"):
+            self.overflowed.set()
 
 
 class _Dispatch(FileSystemEventHandler):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from kbd.model.testing import write_base_model, write_checkpoint
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py
+sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py, tests/harness.py
+
+from harness import (  # noqa: E402 - importable once tests/ is on the path
+    TinyModel,
+    Unavailable,
+    postgresql_database,
+    postgresql_server,
+)
 
 DOCS = [
     "disk full error on node 7 at 10:32 while writing block data",
@@ -23,22 +28,6 @@ DOCS = [
     "apache server started and is listening on port 80",
 ]
 QUESTIONS = ["what error happened on node 7 ?", "who did login as root ?"]
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition",
-             tolerate: tuple[type[Exception], ...] = ()):
-    """Poll until predicate() gives something true and return it; fail after timeout.
-    Exceptions of the `tolerate` types count as "not yet" (a daemon still starting)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except tolerate:
-            value = None
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")
@@ -67,50 +56,27 @@ def e2e_dir(make_checkpoint) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(e2e_dir, base_dir) -> TinyModel:
+    """The e2e checkpoint and its base, as the daemon subprocess loads them."""
+    return TinyModel(e2e_dir, base_dir)
+
+
+@pytest.fixture(scope="session")
 def e2e(e2e_dir, base_dir):
     from kbd.model.clara import Clara
 
     return Clara.load(e2e_dir, base_dir, device="cpu")
 
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
 @pytest.fixture(scope="session")
 def postgres_server():
-    """A throwaway PostgreSQL 15 cluster on a Unix socket, run as the postgres user when we
-    are root (PostgreSQL refuses to run as root). Skipped, with the reason, where it cannot
-    start."""
-    import shutil
-    import socket
-    import subprocess
-    import tempfile
-
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL not installed ({PG_BIN / 'initdb'} missing)")
-    folder = Path(tempfile.mkdtemp(prefix="kbd-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = folder / "data"
+    """A throwaway PostgreSQL 15 cluster (harness.postgresql_server); skipped, with the
+    reason, where it cannot start."""
     try:
-        subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust",
-                        "-U", "kbd", "--no-sync"], check=True, capture_output=True, timeout=120)
-        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l",
-                        str(folder / "log"), "-w", "-o",
-                        f"-k {folder} -p {port} -c listen_addresses='' -c fsync=off",
-                        "start"], check=True, capture_output=True, timeout=120)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
-        detail = getattr(e, "stderr", b"") or b""
-        pytest.skip(f"PostgreSQL could not start: {e} {detail.decode(errors='replace')[-300:]}")
-    yield f"postgresql+psycopg://kbd@/postgres?host={folder}&port={port}"
-    subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                    "stop"], capture_output=True, timeout=60)
-    shutil.rmtree(folder, ignore_errors=True)
+        with postgresql_server() as url:
+            yield url
+    except Unavailable as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -119,19 +85,8 @@ def store_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'kbd.sqlite3'}"
         return
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    server = request.getfixturevalue("postgres_server")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
-    yield server.replace("/postgres?", f"/{name}?")
-    with admin.connect() as conn:
-        conn.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
+    with postgresql_database(request.getfixturevalue("postgres_server")) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kbd.chunk import Passage, chunk
+from kbd.chunk import LONG_CHARS_PER_TOKEN, Passage, chunk
 from kbd.errors import InputError
 from kbd.model.testing import make_tokenizer
 from kbd.parsers import Block, Parsed, parse
@@ -154,6 +154,28 @@ class TestOverlong:
         parsed = log_of([line])
         passages = chunk(parsed, count_tokens, 512)
         assert_log_passages(parsed, passages, count_tokens, 512)
+
+    def test_long_line_is_never_counted_whole(self, count_tokens):
+        """A tokenizer spends about 100 bytes per character of a text it counts: a 10 MB
+        line must be cut from an estimate, only its pieces counted."""
+        longest = []
+
+        def recording(texts):
+            longest.append(max(map(len, texts)))
+            return count_tokens(texts)
+
+        line = " ".join(["error disk full on node 7"] * 400_000)
+        parsed = log_of(["start", line, "end"])
+        passages = chunk(parsed, recording, 256)
+        assert_log_passages(parsed, passages, count_tokens, 256)
+        assert max(longest) <= LONG_CHARS_PER_TOKEN * 256 < len(line)
+
+    def test_long_text_of_few_tokens_is_counted(self):
+        """Past LONG_CHARS_PER_TOKEN characters a token, a text whose start is within the
+        limit is counted whole (cheap: it has few tokens) and kept whole when it fits."""
+        line = "x" + " " * (LONG_CHARS_PER_TOKEN * 64) + "y"
+        passages = chunk(log_of([line]), count_words, 64)
+        assert [(p.text, p.token_count, p.split) for p in passages] == [(line, 2, False)]
 
     def test_counter_that_estimates_cannot_predict(self):
         def superadditive(texts):  # each word costs more the longer the text

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from harness import nobody_can_run_python, shared_dir
 
 
 def kbd(env: dict, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
@@ -31,7 +30,7 @@ def test_ingest_then_status_without_model(tmp_path):
     folder.mkdir()
     (folder / "a.log").write_text("2026-11-23 10:00:00 disk full on node 7\n")
     (folder / "junk.log").write_bytes(b"\x00\x01\x02" * 100)
-    env = home_with(tmp_path / "home", folder)
+    env = home_with(tmp_path / "home", folder, '[model]\nengine = "clara"\n')
     done = kbd(env, "ingest", "--once", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["outcomes"] == {"added": 1, "failed:binary": 1, "recut": 0}
@@ -70,21 +69,11 @@ def test_bad_config_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def nobody_can_run_python() -> bool:
-    if os.geteuid() != 0 or shutil.which("runuser") is None:
-        return False
-    probe = subprocess.run(["runuser", "-u", "nobody", "--", sys.executable, "-c", "import kbd"],
-                           capture_output=True, timeout=60)
-    return probe.returncode == 0
-
-
 @pytest.mark.skipif(not nobody_can_run_python(),
                     reason="needs root, and an interpreter and kbd that `nobody` may run")
 def test_unreadable_file_as_another_user():
     """Root reads every file, so kbd runs as `nobody` here, over a file only root may read."""
-    root = Path(tempfile.mkdtemp(prefix="kbd-perm-"))
-    try:
-        root.chmod(0o755)
+    with shared_dir(prefix="kbd-perm-") as root:
         folder = root / "logs"
         folder.mkdir()
         secret = folder / "secret.log"
@@ -101,5 +90,3 @@ def test_unreadable_file_as_another_user():
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["outcomes"] == {"added": 1, "failed:unreadable": 1,
                                                       "recut": 0}
-    finally:
-        shutil.rmtree(root, ignore_errors=True)

@@ -388,6 +388,7 @@ def test_model_pull_downloads_only_what_is_needed(home, tmp_path, fake_hub):
     model = load_config(home / "config.toml").model
     assert model.checkpoint == models / "CLaRa-7B-E2E" / "compression-16"
     assert model.base == models / "Mistral-7B-Instruct-v0.2"
+    assert model.active_engine == shown["engine"] == "clara"  # kbd init's default was text
     again = run_kbd("model", "pull", env=env)  # complete already: nothing to fetch, same config
     assert again.returncode == 0, again.stderr
     assert load_config(home / "config.toml").model == model

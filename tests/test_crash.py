@@ -11,25 +11,15 @@ import sys
 import time
 from pathlib import Path
 
+from harness import TinyModel, make_logs
 from sqlalchemy import create_engine, func, select
 
 from kbd.store.schema import documents, memories, passages
 
 
-def make_folder(folder: Path, files: int = 120) -> None:
-    folder.mkdir()
-    for n in range(files):
-        with (folder / f"svc{n:03d}.log").open("w") as f:
-            for i in range(40):
-                f.write(f"2026-11-23 10:{i:02d}:00 service {n} worker {i % 7} request {i} "
-                        f"{'failed with timeout' if i % 5 == 0 else 'ok'}\n")
-
-
-def setup_home(home: Path, folder: Path, checkpoint: Path, base: Path) -> dict:
+def setup_home(home: Path, folder: Path, model: TinyModel) -> dict:
     home.mkdir()
-    (home / "config.toml").write_text(
-        f'[model]\ncheckpoint = "{checkpoint}"\nbase = "{base}"\ndevice = "cpu"\n'
-        f'compress_batch_size = 8\n\n[[folders]]\npath = "{folder}"\n')
+    (home / "config.toml").write_text(f'{model.toml()}\n[[folders]]\npath = "{folder}"\n')
     return os.environ | {"KBD_HOME": str(home), "KBD_CONFIG": str(home / "config.toml")}
 
 
@@ -66,11 +56,11 @@ def snapshot(home: Path) -> dict:
             "hashes": {p.text_hash for p in live}, "orphans": orphans, "memory": memory}
 
 
-def test_kill_9_at_many_points(tmp_path, e2e_dir, base_dir):
+def test_kill_9_at_many_points(tmp_path, tiny_model):
     folder = tmp_path / "logs"
-    make_folder(folder)
+    make_logs(folder, 120)
     clean_home = tmp_path / "clean"
-    env = setup_home(clean_home, folder, e2e_dir, base_dir)
+    env = setup_home(clean_home, folder, tiny_model)
     start = time.monotonic()
     run_ingest(env)
     duration = time.monotonic() - start
@@ -78,7 +68,7 @@ def test_kill_9_at_many_points(tmp_path, e2e_dir, base_dir):
     assert want["doc_count"] == 120 and want["orphans"] == 0
 
     home = tmp_path / "crashed"
-    env = setup_home(home, folder, e2e_dir, base_dir)
+    env = setup_home(home, folder, tiny_model)
     for fraction in (0.35, 0.5, 0.65, 0.8, 0.95):  # import, ingest, compress: all get hit
         run_ingest(env, kill_after_s=duration * fraction)
     run_ingest(env)

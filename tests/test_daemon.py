@@ -5,77 +5,25 @@ hostile and concurrent requests, a second daemon, no model, SIGHUP reload."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from harness import Kbd, raw_request, wait_for
 
-from kbd.client import Client, DaemonError
+from kbd.client import DaemonError
 from kbd.errors import KbdError
 
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
 
 
-
-
-class Kbd:
-    """A home folder, a config and a daemon process."""
-
-    def __init__(self, root: Path, model: str):
-        self.home = root / "home"
-        self.watched = root / "watched"
-        self.home.mkdir(parents=True)
-        self.watched.mkdir()
-        self.config = self.home / "config.toml"
-        self.socket = self.home / "run" / "kbd.sock"
-        self.config.write_text(
-            f"{model}\n[ingest]\ndebounce_s = 0.3\n\n[server]\nsocket = \"{self.socket}\"\n\n"
-            f"[[folders]]\npath = \"{self.watched}\"\n")
-        self.env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"} | {
-            "KBD_HOME": str(self.home), "KBD_CONFIG": str(self.config)}
-        self.proc: subprocess.Popen | None = None
-        self.client = Client(self.socket, timeout_s=300)
-
-    def start(self) -> subprocess.Popen:
-        self.log = open(self.home / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "kbd", "daemon"], env=self.env,
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.client.request("GET", "/status"), timeout=120,
-                 what="the daemon's socket", tolerate=(KbdError,))
-        return self.proc
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=60)
-        self.log.close()
-        return code
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "kbd", *args], env=self.env,
-                              capture_output=True, text=True, timeout=300)
-
-    def settled(self, documents: int) -> dict:
-        def ready():
-            status = self.client.request("GET", "/status")
-            live = sum(n for s, n in status["documents"].items() if s != "deleted")
-            return status if (live == documents and status["backlog"] == 0
-                              and status["model"] == "ready") else None
-        return wait_for(ready, timeout=120, tolerate=(KbdError,),
-                        what=f"{documents} documents ingested and compressed")
-
-
 @pytest.fixture
-def kbd(tmp_path, e2e_dir, base_dir):
-    model = f'[model]\ncheckpoint = "{e2e_dir}"\nbase = "{base_dir}"\ndevice = "cpu"\n'
-    k = Kbd(tmp_path, model)
+def kbd(tmp_path, tiny_model):
+    k = Kbd(tmp_path, tiny_model)
     for name in ("HDFS_2k.log", "OpenSSH_2k.log"):
         lines = (LOGHUB / name).read_bytes().splitlines(keepends=True)[:300]
         (k.watched / name).write_bytes(b"".join(lines))
@@ -101,7 +49,8 @@ class TestAsk:
         result = kbd.cli("ask", "Which datanode received a block ?", "--top-k", "3", "--json")
         assert result.returncode == 0, result.stderr
         reply = json.loads(result.stdout)
-        assert set(reply) == {"answer", "sources"} and isinstance(reply["answer"], str)
+        assert set(reply) == {"answer", "engine", "model", "sources"}
+        assert isinstance(reply["answer"], str) and reply["engine"] == "clara"
         assert [s["rank"] for s in reply["sources"]] == [1, 2, 3]
         for source in reply["sources"]:
             assert set(source) == {"rank", "passage_id", "path", "lines", "page", "score"}
@@ -149,16 +98,6 @@ class TestAsk:
 
 
 class TestHostileRequests:
-    def raw(self, kbd, data: bytes) -> bytes:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(20)
-            s.connect(str(kbd.socket))
-            s.sendall(data)
-            chunks = []
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
-
     def test_bad_requests_get_4xx_and_the_daemon_stays(self, kbd):
         cases = {
             b"garbage\r\n\r\n": b" 400 ",
@@ -169,7 +108,7 @@ class TestHostileRequests:
             b"DELETE /status HTTP/1.1\r\nConnection: close\r\n\r\n": b" 405 ",
         }
         for request, status in cases.items():
-            reply = self.raw(kbd, request)
+            reply = raw_request(kbd.socket, request)
             assert status in reply.split(b"\r\n")[0], (request, reply[:200])
         for body, field in (({"question": 3}, "question"), ({"question": "x", "top_k": "5"},
                             "top_k"), ({"question": "x", "scope": "/a"}, "scope"),
@@ -226,7 +165,7 @@ class TestLifecycle:
 
 
 def test_no_model_still_ingests_and_answers_clearly(tmp_path):
-    k = Kbd(tmp_path, "")
+    k = Kbd(tmp_path, None, extra='[model]\nengine = "clara"\n')
     shutil.copy(LOGHUB / "Linux_2k.log", k.watched / "Linux_2k.log")
     k.start()
     try:
@@ -242,7 +181,7 @@ def test_no_model_still_ingests_and_answers_clearly(tmp_path):
 
 
 def test_cli_without_daemon_exits_3(tmp_path):
-    k = Kbd(tmp_path, "")
+    k = Kbd(tmp_path, None)
     result = k.cli("ask", "anything ?")
     assert result.returncode == 3
     assert "not running" in result.stderr
@@ -326,10 +265,9 @@ def test_digest_from_the_cli_and_the_api(kbd):
     assert single.returncode == 0 and (kbd.home / "week.html").read_text().startswith("<!")
 
 
-def test_systemd_notify_protocol(tmp_path, e2e_dir, base_dir):
+def test_systemd_notify_protocol(tmp_path, tiny_model):
     """Under systemd: READY=1 once the model is loaded, STATUS= lines, watchdog pings."""
-    model = f'[model]\ncheckpoint = "{e2e_dir}"\nbase = "{base_dir}"\ndevice = "cpu"\n'
-    k = Kbd(tmp_path, model)
+    k = Kbd(tmp_path, tiny_model)
     address = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(address)

@@ -6,11 +6,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
-from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from harness import parse_page
 
 from kbd.digest import digest_history, gather, to_html, to_markdown, write_digest
 from kbd.questions import QuestionSpec
@@ -259,54 +259,9 @@ class TestMarkdown:
         assert "and 7 more" in to_html(d)
 
 
-class Page(HTMLParser):
-    """Every element's text (its descendants' included), tags and attributes, and whether
-    every element that was opened was closed in order."""
-
-    VOID = {"meta", "br", "hr", "img", "link", "input", "col", "wbr"}
-
-    def __init__(self):
-        super().__init__()
-        self.open: list[tuple[str, list[str]]] = []
-        self.texts: dict[str, list[str]] = {}
-        self.tags: list[str] = []
-        self.attrs: list[tuple[str, str, str | None]] = []
-        self.data: list[str] = []
-        self.errors: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.attrs += [(tag, name, value) for name, value in attrs]
-        if tag not in self.VOID:
-            self.open.append((tag, []))
-
-    def handle_endtag(self, tag):
-        if not self.open or self.open[-1][0] != tag:
-            self.errors.append(f"</{tag}> closes {self.open[-1][0] if self.open else None}")
-            return
-        tag, parts = self.open.pop()
-        text = "".join(parts)
-        self.texts.setdefault(tag, []).append(" ".join(text.split()))
-        if self.open:
-            self.open[-1][1].append(text)
-
-    def handle_data(self, data):
-        self.data.append(data)
-        if self.open:
-            self.open[-1][1].append(data)
-
-
-def parse(page: str) -> Page:
-    parser = Page()
-    parser.feed(page)
-    parser.close()
-    assert parser.errors == [] and parser.open == [], (parser.errors, parser.open)
-    return parser
-
-
 class TestHtml:
     def test_structure(self, filled):
-        page = parse(to_html(digest_of(filled)))
+        page = parse_page(to_html(digest_of(filled)))
         assert page.texts["h2"] == QUESTION_TEXTS + SECTIONS
         assert page.texts["title"][0].startswith("kbd digest: ")
         items = page.texts["li"]
@@ -328,7 +283,7 @@ class TestHtml:
 
     def test_self_contained(self, filled):
         html = to_html(digest_of(filled))
-        page = parse(html)
+        page = parse_page(html)
         assert not {"script", "link", "img", "iframe", "object", "embed", "base"} & \
             set(page.tags)
         assert page.tags.count("style") == 1
@@ -339,7 +294,7 @@ class TestHtml:
 
     def test_document_text_is_escaped(self, filled):
         html = to_html(digest_of(filled))
-        page = parse(html)
+        page = parse_page(html)
         assert "script" not in page.tags
         assert EVIL in page.texts["pre"]
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script>" not in html
@@ -351,7 +306,7 @@ class TestHtml:
 
         store.write(work)
         html = to_html(gather(store, SINCE, NOW, "<model>", None))
-        page = parse(html)
+        page = parse_page(html)
         assert not {"b", "img", "script"} & set(page.tags)
         assert page.texts["h2"][0] == "why <b>bold</b> & <img src=x onerror=alert(1)>?"
         assert "</p><script>steal()</script>" in page.texts["p"]
@@ -378,7 +333,7 @@ class TestWrite:
         for path in first["paths"] + second["paths"]:
             text = Path(path).read_text(encoding="utf-8")
             assert CHANGED_Q in text and "/var/log/app.log:1-10" in text
-        parse(Path(first["paths"][1]).read_text(encoding="utf-8"))
+        parse_page(Path(first["paths"][1]).read_text(encoding="utf-8"))
         history = digest_history(filled)
         assert [h["paths"] for h in history] == [second["paths"], first["paths"]]
         assert history[0]["generated_at"] == NOW and history[0]["since"] == SINCE

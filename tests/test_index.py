@@ -37,7 +37,8 @@ def test_top_k_equals_exact_ranking(e2e, stored):
     queries = e2e.encode_queries(sentences(300, seed=2, words=(3, 12)))
     exact_rows, exact_scores = Clara.rank(queries, memory, 5)
     picks = index.search(queries, 5)
-    agree = sum(rows.tolist() == want.tolist() for (rows, _, _), want in zip(picks, exact_rows))
+    agree = sum(rows.tolist() == want.tolist()
+                for (rows, _, _), want in zip(picks, exact_rows, strict=True))
     assert agree == len(queries)
     for (rows, scores, mem), want in zip(picks, exact_scores, strict=True):
         torch.testing.assert_close(scores, want, atol=1e-5, rtol=0)

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import lines_of, nonblank_lines
 from sqlalchemy import select
 
 from kbd.ingest import Ingester, Limits
@@ -36,22 +37,6 @@ def live(store, path: Path) -> list:
     with store.read() as conn:
         doc = q.live_document(conn, str(path))
         return q.live_passages(conn, doc.id) if doc else []
-
-
-def lines_of(rows) -> list[int]:
-    """Every line number the passages cover, in order (split pieces count once)."""
-    out: list[int] = []
-    for p in rows:
-        span = list(range(p.first_line, p.last_line + 1))
-        if out and p.split and out[-1] == p.first_line:
-            span = span[1:]
-        out += span
-    return out
-
-
-def nonblank_lines(path: Path) -> list[int]:
-    text = path.read_bytes().decode("utf-8", errors="replace")
-    return [i for i, line in enumerate(text.split("\n"), 1) if line.strip()]
 
 
 def write_log(path: Path, first: int, count: int) -> None:

@@ -13,6 +13,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from harness import make_pdf
 from pypdf import PdfReader, PdfWriter
 
 from kbd.parsers import Block, ParseError, detect_kind, parse
@@ -30,32 +31,6 @@ def write(folder: Path, name: str, data: bytes) -> Path:
 
 def parse_file(path: Path, **options):
     return parse(path, path.read_bytes(), **options)
-
-
-def make_pdf(pages: list[list[str]]) -> bytes:
-    """A minimal PDF by hand: one page per entry, each line of text drawn in Helvetica."""
-    page_ids = [4 + 2 * k for k in range(len(pages))]
-    kids = " ".join(f"{i} 0 R" for i in page_ids)
-    objects = {
-        1: "<< /Type /Catalog /Pages 2 0 R >>",
-        2: f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>",
-        3: "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
-    }
-    for page_id, lines in zip(page_ids, pages, strict=True):
-        stream = "BT /F1 12 Tf 14 TL 72 720 Td " + " ".join(f"({x}) Tj T*" for x in lines) + " ET"
-        objects[page_id] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources "
-                            f"<< /Font << /F1 3 0 R >> >> /Contents {page_id + 1} 0 R >>")
-        objects[page_id + 1] = f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream"
-    out, offsets = bytearray(b"%PDF-1.4\n"), []
-    for number, body in objects.items():
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += "".join(f"{offset:010d} 00000 n \n" for offset in offsets).encode()
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n"\
-        .encode()
-    return bytes(out)
 
 
 def encrypt(pdf: bytes, user: str, owner: str | None = None) -> bytes:

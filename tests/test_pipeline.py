@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from harness import wait_for
 from sqlalchemy import func, select
 
 from kbd.ingest import Ingester, IngestWorker

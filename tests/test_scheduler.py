@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import wait_for
+from harness import wait_for
 from sqlalchemy import update
 
 from kbd.config import ModelConfig
@@ -122,7 +122,8 @@ def test_due_together_answered_as_one_batch(setup, monkeypatch):
 def test_failed_run_is_recorded(store):
     """No model: the run is refused, recorded as failed with the reason, and the scheduler
     goes on."""
-    worker = ModelWorker(ModelConfig(), store, generation=lambda: 0, on_change=lambda: None)
+    worker = ModelWorker(ModelConfig(engine="clara"), store, generation=lambda: 0,
+                         on_change=lambda: None)
     scheduler = Scheduler(store, worker.submit)
     qid = add_question(store, ago_s=10, last_run_ago_s=None)
     assert scheduler.run(qid) is None

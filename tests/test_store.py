@@ -14,13 +14,18 @@ from sqlalchemy import select, text
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.memory import MemoryFileError, MemoryMatrix
-from kbd.store.schema import metadata, passages
+from kbd.store.schema import include_object, metadata, passages
 
 
 def passage(ordinal: int, body: str) -> SimpleNamespace:
     return SimpleNamespace(ordinal=ordinal, text=body, first_line=ordinal + 1,
                            last_line=ordinal + 1, page=None, byte_start=ordinal * 10,
                            byte_end=ordinal * 10 + 9, token_count=3, heading=None, split=False)
+
+
+def autogenerate_context(conn) -> MigrationContext:
+    """Alembic's comparison as `alembic revision --autogenerate` makes it (kbd's env.py)."""
+    return MigrationContext.configure(conn, opts={"include_object": include_object})
 
 
 def add_document(store: Store, path: str, texts: list[str]) -> int:
@@ -36,9 +41,9 @@ def add_document(store: Store, path: str, texts: list[str]) -> int:
 class TestSchema:
     def test_migrations_match_the_tables(self, store):
         with store.engine.connect() as conn:
-            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            assert compare_metadata(autogenerate_context(conn), metadata) == []
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0004"
+                == "0005"
 
     def test_older_database_upgrades_on_open(self, store_url, tmp_path):
         """A database left by a kbd at revision 0001, with data, is upgraded in place."""
@@ -59,7 +64,7 @@ class TestSchema:
         engine.dispose()
         store = Store.open(store_url, tmp_path / "memory")
         with store.engine.connect() as conn:
-            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+            assert compare_metadata(autogenerate_context(conn), metadata) == []
         with store.read() as conn:
             assert q.live_document(conn, "/old.log").kind == "log"
             assert q.active_sources(conn) == []
@@ -97,6 +102,20 @@ class TestSchema:
         with pytest.raises(StoreError, match="cannot open"):
             Store.open("postgresql+psycopg://nobody@/x?host=/nonexistent&port=1",
                        tmp_path / "m")
+
+    def test_one_daemon_claims_a_store(self, store, store_url, tmp_path):
+        """A second claim on the same database is refused, naming the holder, until the
+        first store closes (tests/faults/test_two_daemons.py: the daemons themselves)."""
+        from kbd.store import StoreError
+
+        store.claim("kbd daemon pid 4242")
+        other = Store(store_url, tmp_path / "memory")
+        with pytest.raises(StoreError, match="pid 4242") as refused:
+            other.claim("kbd daemon pid 7")
+        assert refused.value.code == "already-running"
+        store.close()
+        other.claim("kbd daemon pid 7")
+        other.close()
 
 
 class TestSqliteSettings:

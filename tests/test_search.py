@@ -1,0 +1,161 @@
+"""Full-text search, the text engine's retrieval: the store's own index (SQLite FTS5 with
+bm25(), PostgreSQL tsvector with ts_rank_cd) kept in step with ingest, on both databases."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select, text
+
+from kbd.ingest import Ingester
+from kbd.model.tokens import PassageTokenizer
+from kbd.retrieve import search, search_terms
+from kbd.store import Store
+from kbd.store import queries as q
+from kbd.store.schema import documents
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
+PLANTED = ("081109 214043 2561 ERROR dfs.DataNode: Disk full on datanode 10.251.91.84: "
+           "No space left on device")
+
+
+@pytest.fixture
+def ingester(store, e2e_dir) -> Ingester:
+    return Ingester(store, PassageTokenizer.load(e2e_dir))
+
+
+def texts(store: Store, hits: list[tuple[int, float]]) -> list[str]:
+    with store.read() as conn:
+        places = q.passage_places(conn, [pid for pid, _ in hits])
+    return [places[pid].text for pid, _ in hits]
+
+
+def log(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+class TestTerms:
+    def test_words_without_stop_words_or_outer_punctuation(self):
+        assert search_terms("Which node ran out of disk space?") == [
+            "node", "ran", "out", "disk", "space"]
+
+    def test_inner_punctuation_stays_one_phrase(self):
+        assert search_terms('Who sent "blk_-1608999687919862906" to 10.251.91.84:50010?') == [
+            "sent", "blk_-1608999687919862906", "10.251.91.84:50010"]
+
+    def test_only_stop_words_are_kept_rather_than_nothing(self):
+        assert search_terms("Who was it? who") == ["Who", "was", "it"]
+        assert search_terms("??? - -- ...") == []
+
+
+@pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present")
+def test_question_words_find_the_planted_line(ingester, tmp_path):
+    lines = (LOGHUB / "HDFS_2k.log").read_text().splitlines()
+    lines.insert(1000, PLANTED)
+    ingester.ingest(log(tmp_path / "HDFS_2k.log", lines))
+    shutil.copy(LOGHUB / "OpenSSH_2k.log", tmp_path / "OpenSSH_2k.log")
+    ingester.ingest(tmp_path / "OpenSSH_2k.log")
+    hits = search(ingester.store, "Which node ran out of disk space?", None, 5)
+    assert len(hits) == 1 and hits[0][1] > 0  # no other line has any of those words
+    assert PLANTED in texts(ingester.store, hits)[0]
+    block = "blk_-8775602795571523802"  # a log's own tokens, found as they are written
+    found = texts(ingester.store, search(ingester.store, f"What happened to {block}?", None, 5))
+    assert found and all(block in t for t in found)
+
+
+def test_stop_words_do_not_dominate(ingester, tmp_path):
+    ingester.ingest(log(tmp_path / "a.log", [
+        f"2026-11-23 10:00:{i:02d} the job of the day is what it is and was" for i in range(30)]
+        + ["2026-11-23 10:01:00 disk full on node 7"]))
+    hits = search(ingester.store, "What is the disk full error?", None, 5)
+    assert [t.count("disk full") for t in texts(ingester.store, hits)] == [1]
+
+
+@pytest.mark.parametrize("question, found", [
+    ('the "quoted" one', True), ("node-7 - -x", True), ("NEAR(a b) AND OR NOT", True),
+    ("blk_* ^start col:umn", True), ("ÚDRŽBA disku č. 7", True), ("(unbalanced", False),
+    ("'; DROP TABLE passages; --", False), ("\\ % _ ?", False)])
+def test_any_question_is_a_safe_query(ingester, tmp_path, question, found):
+    """Quotes, operators and SQL in a question are its words, never query syntax."""
+    ingester.ingest(log(tmp_path / "a.log", ["node-7 quoted NEAR a b: start column 7 disku"]))
+    assert len(search(ingester.store, question, None, 5)) == found
+
+
+def test_phrases_match_whole_addresses(ingester, tmp_path):
+    for name, address in (("a.log", "10.251.91.84:50010"), ("b.log", "10.251.91.85")):
+        ingester.ingest(log(tmp_path / name, [f"2026-11-23 10:00:00 served {address}"]))
+    assert texts(ingester.store, search(ingester.store, "10.251.91.84", None, 5)) == [
+        "2026-11-23 10:00:00 served 10.251.91.84:50010"]
+    assert search(ingester.store, "10.251.91.86", None, 5) == []
+
+
+def test_retired_passages_leave_the_index_and_revived_return(ingester, tmp_path):
+    path = log(tmp_path / "app.log", ["2026-11-23 10:00:00 alpha failed"])
+    ingester.ingest(path)
+    with path.open("a") as f:  # growth redoes the last passage: the old one is retired
+        f.write("2026-11-23 10:00:01 beta failed\n")
+    ingester.ingest(path)
+    hits = search(ingester.store, "alpha", None, 5)
+    assert len(hits) == 1 and "beta" in texts(ingester.store, hits)[0]
+    path.unlink()
+    ingester.ingest(path)
+    assert search(ingester.store, "alpha", None, 5) == []
+    with ingester.store.read() as conn:
+        deleted = conn.execute(select(documents).where(documents.c.path == str(path))).one()
+    ingester.store.write(lambda conn: q.revive_document(conn, deleted, str(path)))
+    assert search(ingester.store, "alpha", None, 5) == hits
+
+
+def test_scope_reads_past_the_first_hits(ingester, tmp_path):
+    ingester.ingest(log(tmp_path / "busy.log", [
+        f"2026-11-23 10:{i // 60:02d}:{i % 60:02d} disk error disk error {i}" for i in range(600)]))
+    ingester.ingest(log(tmp_path / "quiet.log", [
+        f"2026-11-23 11:00:{i:02d} service started and listening" for i in range(20)]
+        + ["2026-11-23 11:01:00 one disk error"]))
+    with ingester.store.read() as conn:
+        quiet = q.live_passages(conn, q.live_document(conn, str(tmp_path / "quiet.log")).id)
+    allowed = {p.id for p in quiet}
+    best = [pid for pid, _ in search(ingester.store, "disk error", None, 12)]
+    assert len(best) == 12 and allowed.isdisjoint(best)  # ranked below the busy passages
+    assert [pid for pid, _ in search(ingester.store, "disk error", allowed, 3)] == [
+        p.id for p in quiet if "disk error" in p.text]
+
+
+def test_identical_texts_count_once(ingester, tmp_path):
+    for name in ("a.log", "b.log"):
+        ingester.ingest(log(tmp_path / name, ["2026-11-23 10:00:00 kernel panic on node 3"]))
+    hits = search(ingester.store, "kernel panic", None, 5)
+    with ingester.store.read() as conn:
+        newest = q.live_passages(conn, q.live_document(conn, str(tmp_path / "b.log")).id)[0]
+    assert [pid for pid, _ in hits] == [newest.id]
+
+
+def test_existing_passages_are_indexed_on_upgrade(store_url, tmp_path):
+    """A database at revision 0004 with passages, live and retired, is searchable (live ones
+    only) once kbd opens it."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    engine = create_engine(store_url)
+    config = AlembicConfig()
+    config.set_main_option("script_location", "kbd:store/migrations")
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0004")
+        conn.execute(text(
+            "INSERT INTO documents (id, path, kind, size, mtime_ns, status, \"offset\", "
+            "rotations, first_seen, last_seen, changed_at) VALUES (1, '/old.log', 'log', 1, 1, "
+            "'ready', 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        for pid, body, live in ((1, "old disk full error", True), (2, "old retired disk", False)):
+            conn.execute(text(
+                "INSERT INTO passages (id, document_id, ordinal, text, text_hash, token_count, "
+                "split, tokenizer, live, created_at) VALUES (:id, 1, :id, :t, :h, 3, false, "
+                "'tok', :live, CURRENT_TIMESTAMP)"),
+                {"id": pid, "t": body, "h": q.text_hash(body), "live": live})
+    engine.dispose()
+    store = Store.open(store_url, tmp_path / "memory")
+    assert [pid for pid, _ in search(store, "disk", None, 5)] == [1]
+    store.close()

