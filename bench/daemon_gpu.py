@@ -52,9 +52,11 @@ def write_model(folder: Path) -> tuple[Path, Path]:
     return checkpoint, folder / "base"
 
 
-def wait(client: Client, done, timeout_s: float = 600.0) -> dict:
+def wait(client: Client, daemon: subprocess.Popen, done, timeout_s: float = 600.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {daemon.returncode}")
         try:
             status = client.request("GET", "/status")
             if done(status):
@@ -94,7 +96,7 @@ def main() -> None:
         daemon = subprocess.Popen([sys.executable, "-m", "kbd", "--config", str(config),
                                    "daemon"], env=os.environ | {"PYTHONUNBUFFERED": "1"})
         try:
-            status = wait(client, lambda s: s["model"] == "ready")
+            status = wait(client, daemon, lambda s: s["model"] == "ready")
             results: dict = {"gpu": torch.cuda.get_device_name(),
                              "start_to_ready_s": time.monotonic() - start}
             latencies = []
@@ -103,7 +105,7 @@ def main() -> None:
                 path = watched / f"app-{i}.log"
                 path.write_text(log_lines(rng, 60, i))
                 written = time.monotonic()
-                status = wait(client, lambda s, b=before: s["passages"] > b
+                status = wait(client, daemon, lambda s, b=before: s["passages"] > b
                               and s["backlog"] == 0)
                 latencies.append(time.monotonic() - written)
             latencies.sort()
