@@ -30,9 +30,11 @@ def crash(work: Path, model: TinyModel, *, kills_ingest: int = 3, kills_schedule
         kbd.start()
         batch = files // kills_ingest
         for n in range(kills_ingest):
-            # the burst arrives a batch per kill, so that every kill finds work under way
-            make_logs(kbd.watched, batch, lines=20, first=n * batch)
-            time.sleep(rng.uniform(0.2, 2.0))
+            # the burst arrives a batch per kill, and the kill comes at a random moment once
+            # the batch is being ingested, so that it finds work under way
+            make_logs(kbd.watched, batch, first=n * batch)
+            poll(lambda n=n: kbd.live_documents() > n * batch, 30)
+            time.sleep(rng.uniform(0, 0.5))
             busy += kbd.status()["backlog"] > 0 or kbd.live_documents() < (n + 1) * batch
             kbd.stop(signal.SIGKILL)
             out.runs += 1
