@@ -634,3 +634,22 @@ def raw_request(socket_path: Path, data: bytes, timeout: float = 20) -> bytes:
             while chunk := s.recv(65536):
                 chunks.append(chunk)
     return b"".join(chunks)
+
+
+@contextmanager
+def database_at(store_url: str, revision: str) -> Iterator:
+    """A connection to a new database migrated only up to `revision`, as an older kbd left it;
+    what is written through it commits when the block ends."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    engine = create_engine(store_url)
+    config = AlembicConfig()
+    config.set_main_option("script_location", "kbd:store/migrations")
+    try:
+        with engine.begin() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+            yield conn
+    finally:
+        engine.dispose()

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from harness import database_at
+from sqlalchemy import select, text
 
 from kbd.ingest import Ingester
 from kbd.model.tokens import PassageTokenizer
@@ -136,15 +137,7 @@ def test_identical_texts_count_once(ingester, tmp_path):
 def test_existing_passages_are_indexed_on_upgrade(store_url, tmp_path):
     """A database at revision 0004 with passages, live and retired, is searchable (live ones
     only) once kbd opens it."""
-    from alembic import command
-    from alembic.config import Config as AlembicConfig
-
-    engine = create_engine(store_url)
-    config = AlembicConfig()
-    config.set_main_option("script_location", "kbd:store/migrations")
-    with engine.begin() as conn:
-        config.attributes["connection"] = conn
-        command.upgrade(config, "0004")
+    with database_at(store_url, "0004") as conn:
         conn.execute(text(
             "INSERT INTO documents (id, path, kind, size, mtime_ns, status, \"offset\", "
             "rotations, first_seen, last_seen, changed_at) VALUES (1, '/old.log', 'log', 1, 1, "
@@ -155,7 +148,6 @@ def test_existing_passages_are_indexed_on_upgrade(store_url, tmp_path):
                 "split, tokenizer, live, created_at) VALUES (:id, 1, :id, :t, :h, 3, false, "
                 "'tok', :live, CURRENT_TIMESTAMP)"),
                 {"id": pid, "t": body, "h": q.text_hash(body), "live": live})
-    engine.dispose()
     store = Store.open(store_url, tmp_path / "memory")
     assert [pid for pid, _ in search(store, "disk", None, 5)] == [1]
     store.close()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from harness import database_at
 from sqlalchemy import select, text
 
 from kbd.store import Store
@@ -47,21 +48,11 @@ class TestSchema:
 
     def test_older_database_upgrades_on_open(self, store_url, tmp_path):
         """A database left by a kbd at revision 0001, with data, is upgraded in place."""
-        from alembic import command
-        from alembic.config import Config as AlembicConfig
-        from sqlalchemy import create_engine
-
-        engine = create_engine(store_url)
-        config = AlembicConfig()
-        config.set_main_option("script_location", "kbd:store/migrations")
-        with engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0001")
+        with database_at(store_url, "0001") as conn:
             conn.execute(text("INSERT INTO documents (path, kind, size, mtime_ns, status, "
                               "\"offset\", rotations, first_seen, last_seen, changed_at) VALUES "
                               "('/old.log', 'log', 1, 1, 'ready', 0, 0, CURRENT_TIMESTAMP, "
                               "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-        engine.dispose()
         store = Store.open(store_url, tmp_path / "memory")
         with store.engine.connect() as conn:
             assert compare_metadata(autogenerate_context(conn), metadata) == []
