@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from harness import wait_for
 
 import kbd.cli_setup  # noqa: F401  registers the commands (cli.py imports it at its end)
 from kbd import configfile
@@ -47,15 +48,6 @@ def kbd(*args: str):
 
 def run_kbd(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([*KBD, *args], env=env, capture_output=True, text=True, timeout=120)
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # -- kbd init ---------------------------------------------------------------------------------
