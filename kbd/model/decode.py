@@ -100,7 +100,7 @@ class StaticDecoder:
         self.use_graphs = self.device.type == "cuda"
         # one compiled layer serves every layer (their weights are its inputs) and the prefill:
         # norms, rotary embedding, activation and residual adds become a few fused kernels
-        self._step_layer = (torch.compile(self._layer, dynamic=True) if compile_step
+        self._run_layer = (torch.compile(self._layer, dynamic=True) if compile_step
                             else self._layer)
         self.layers = list(self.body.layers)
         attn = [layer.self_attn for layer in self.layers]
@@ -135,7 +135,7 @@ class StaticDecoder:
         gate, up = F.linear(layer.post_attention_layernorm(h), gate_up).chunk(2, dim=-1)
         return h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
 
-    def _forward(self, s: Session, embeds, positions, columns, mask, layer_fn) -> torch.Tensor:
+    def _forward(self, s: Session, embeds, positions, columns, mask) -> torch.Tensor:
         """Logits at the last position, [b, vocab] float32; writes keys and values of the
         t positions at cache `columns`. mask: [b, 1, t, L] bool."""
         cos, sin = self.body.rotary_emb(embeds, positions)
@@ -144,7 +144,7 @@ class StaticDecoder:
         h = embeds
         for layer, qkv, gate_up, keys, values in zip(self.layers, self.qkv, self.gate_up,
                                                      s.keys, s.values, strict=True):
-            h = layer_fn(layer, qkv, gate_up, h, cos, sin, keys, values, columns, mask)
+            h = self._run_layer(layer, qkv, gate_up, h, cos, sin, keys, values, columns, mask)
         return self.model.lm_head(self.body.norm(h[:, -1])).float()
 
     def _pick(self, s: Session, logits: torch.Tensor) -> None:
@@ -163,8 +163,7 @@ class StaticDecoder:
         """One new token for every row: the part recorded as a CUDA graph."""
         s.mask.index_fill_(-1, s.column, True)
         embeds = self.model.get_input_embeddings()(s.token[:, None])  # [b, 1, d]
-        logits = self._forward(s, embeds, s.position[:, None], s.column, s.mask,
-                               self._step_layer)
+        logits = self._forward(s, embeds, s.position[:, None], s.column, s.mask)
         s.position += 1
         s.column += 1
         self._pick(s, logits)
@@ -200,10 +199,10 @@ class StaticDecoder:
             try:
                 self._step(s)
             except Exception as e:  # no compiler for this GPU (triton): run the layers as they are
-                if self._step_layer == self._layer:
+                if self._run_layer == self._layer:
                     raise
                 log.warning("compiling the decode step failed, decoding uncompiled: %s", e)
-                self._step_layer = self._layer
+                self._run_layer = self._layer
                 self._step(s)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
@@ -236,8 +235,7 @@ class StaticDecoder:
         # a padding row attends to itself, so no row of the prefill is all masked (NaN)
         own = columns[:, None] == torch.arange(length, device=self.device)
         prefill_mask = (causal & s.mask[:, :, 0, None, :]) | own  # [b, 1, T, L]
-        logits = self._forward(s, embeds.to(self.dtype), positions, columns, prefill_mask,
-                               self._step_layer)
+        logits = self._forward(s, embeds.to(self.dtype), positions, columns, prefill_mask)
         s.position.copy_(positions[:, -1] + 1)
         s.column.fill_(prompt)
         self._pick(s, logits)
