@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from kbd.model.decode import StaticDecoder
+from kbd.model.decode import StaticDecoder, fuse_layers
 from kbd.model.testing import random_7b_clara
 
 
@@ -62,7 +62,8 @@ def main() -> None:
         results["static_s"] = timed(generate(), args.repeat)
     except Exception as e:  # noqa: BLE001 - a lever that fails is a finding too
         results["static_error"] = repr(e)[:500]
-    clara.decoder = StaticDecoder(clara.model, clara.model.generation_config.eos_token_id,
+    clara.decoder = StaticDecoder(clara.model, fuse_layers(clara.model),
+                                  clara.model.generation_config.eos_token_id,
                                   clara.tokenizer.pad_token_id, compile_step=True)
     start = time.perf_counter()
     results["kbd_compiled_s"] = timed(generate(), args.repeat)

@@ -181,14 +181,15 @@ class TestAdapters:
     def test_little_padding(self, e2e, monkeypatch):
         """Rows of similar length share a batch, so padding stays small."""
         widths = []
-        body = e2e.model.base_model
-        original = body.forward
-        monkeypatch.setattr(body, "forward", lambda **kw: widths.append(
-            tuple(kw["input_ids"].shape)) or original(**kw))
+        embed = e2e.model.get_input_embeddings()
+        original = embed.forward
+        monkeypatch.setattr(embed, "forward", lambda ids: widths.append(tuple(ids.shape))
+                            or original(ids))
         monkeypatch.setattr(e2e, "compress_batch_size", 2)
         docs = ["disk " * 100, "full", "disk " * 101, "node"]
         e2e.compress(docs)
         rows, _ = e2e.passage_tokenizer.encoder_ids(docs)
+        assert len(widths) == 2
         assert sum(b * w for b, w in widths) - sum(len(r) for r in rows) <= 2
 
 

@@ -10,7 +10,7 @@ import torch
 from conftest import DOCS, QUESTIONS
 
 from kbd.model.clara import Clara
-from kbd.model.decode import StaticDecoder, supports
+from kbd.model.decode import StaticDecoder, fuse_layers, supports
 from kbd.model.worker import QueueStreamer
 
 MORE = ["which service failed after the restart ?", "disk full ?",
@@ -62,7 +62,8 @@ def test_end_of_sequence_and_min_new_tokens(e2e_dir, base_dir):
     first = fast._generate(prompts, list(memory), 12)
     end = fast.tokenizer.convert_tokens_to_ids(first[0].split()[1])  # word-level: a word, a token
     fast.model.generation_config.eos_token_id = end
-    fast.decoder = StaticDecoder(fast.model, end, fast.tokenizer.pad_token_id)
+    fast.decoder = StaticDecoder(fast.model, fuse_layers(fast.model), end,
+                                 fast.tokenizer.pad_token_id)
     plain = Clara.load(e2e_dir, base_dir, device="cpu")
     plain.decoder = None
     plain.model.generation_config.eos_token_id = end

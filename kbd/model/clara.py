@@ -39,7 +39,8 @@ from kbd.model.checkpoint import (
     read_checkpoint,
     resolve_base,
 )
-from kbd.model.decode import StaticDecoder, supports
+from kbd.model.decode import StaticDecoder, fuse_layers, supports
+from kbd.model.encode import MERGE_ROWS, Encoder
 from kbd.model.index import MemoryIndex
 from kbd.model.tokens import PassageTokenizer
 
@@ -200,11 +201,16 @@ class Clara:
         self.compress_batch_size = 16 if self.device.type == "cpu" else 64
         self.warm_up_s = 0.0
         self._lora = install_lora(model, checkpoint)
-        # None: generate() of transformers, for decoders StaticDecoder does not know
-        self.decoder = (StaticDecoder(model, model.generation_config.eos_token_id,
-                                      tokenizer.pad_token_id,
-                                      compile_step=self.device.type == "cuda")
-                        if supports(model) else None)
+        # None: transformers' forward and generate(), for models kbd's own loops do not know
+        self.decoder: StaticDecoder | None = None
+        self.encoder: Encoder | None = None
+        if supports(model):
+            compile_them = self.device.type == "cuda"
+            fused = fuse_layers(model)
+            self.decoder = StaticDecoder(model, fused, model.generation_config.eos_token_id,
+                                         tokenizer.pad_token_id, compile_step=compile_them)
+            self.encoder = Encoder(model, fused, [ENCODER, QUERY_REASONER],
+                                   tokenizer.pad_token_id, compile_layers=compile_them)
         if tokenizer.chat_template is None:
             raise CheckpointError(f"{checkpoint.path}: the tokenizer has no chat template")
 
@@ -282,6 +288,8 @@ class Clara:
     def _memory_states(self, rows: list[list[int]], adapter: str) -> torch.Tensor:
         """Final hidden states at the memory positions: [n, m, d]. Runs the transformer body
         only (no vocabulary logits) and batches rows of similar length (little padding)."""
+        if self.encoder is not None and adapter in self.encoder.groups:
+            return self.encoder.memory_states(rows, self.n_mem, adapter, self.compress_batch_size)
         out = torch.empty(len(rows), self.n_mem, self.hidden, dtype=self.dtype,
                           device=self.device)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
@@ -491,33 +499,29 @@ class Clara:
         prompt = self._chat(PARAPHRASE_SYSTEM, f"Background: {self._slots(1)} means the same as")
         return self._generate([prompt] * len(passages), list(memory[:, None]), max_new_tokens)
 
-    def compile_layers(self) -> None:
-        """Compile the transformer layers for compression and query encoding: their norms,
-        activations and rotary embedding fuse into a few kernels. On failure (no compiler
-        for this GPU) the layers run as they are."""
-        layers = self.model.model.layers
-        originals = list(layers)
-        for i, layer in enumerate(originals):
-            layers[i] = torch.compile(layer, dynamic=True)
-        try:
-            for n in (1, 2):  # a batch of one is compiled apart from the rest
-                self.compress(["warm up"] * n)
-                self.encode_queries(["warm up"] * n)
-        except Exception as e:
-            log.warning("compiling the layers failed, running them uncompiled: %s", e)
-            for i, layer in enumerate(originals):
-                layers[i] = layer
-
     def warm_up(self) -> None:
-        """Compile and record now, rather than while the first questions wait: the layers,
-        and the decode step for one question and for several."""
+        """Compile and record now, rather than while the first questions wait: compression
+        (small batches and a large one, whose adapter goes into the weights), query encoding
+        and the decode step, each for one row and for several."""
         start = time.perf_counter()
-        self.compile_layers()
+        try:
+            self._encode_warm_up()
+        except Exception as e:  # no compiler for this GPU (triton)
+            if self.encoder is None or not self.encoder.uncompile():
+                raise
+            log.warning("compiling the encoder failed, encoding uncompiled: %s", e)
         memory = torch.zeros(1, self.n_mem, self.hidden, dtype=self.dtype, device=self.device)
         for n in (1, 2):
             self.generate(["warm up"] * n, [memory] * n, max_new_tokens=2)
         self.warm_up_s = time.perf_counter() - start
         log.info("compiled and recorded in %.1f s", self.warm_up_s)
+
+    def _encode_warm_up(self) -> None:
+        long = "warm up " * self.config.doc_max_length  # cut at doc_max_length tokens
+        for n in (1, 2):
+            self.compress(["warm up"] * n)
+            self.encode_queries(["warm up"] * n)
+        self.compress([long] * (MERGE_ROWS // self.config.doc_max_length + 1))
 
     def info(self) -> dict:
         return describe(self.checkpoint, self.fingerprint) | {

@@ -37,8 +37,8 @@ def supports(model) -> bool:
 
 
 def fuse(projections: list) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One weight for several projections of the same input (q, k, v; gate, up), so a step
-    reads it in one matrix product; each projection keeps a view of its rows, so nothing is
+    """One weight for several projections of the same input (q, k, v; gate, up), so it is
+    read in one matrix product; each projection keeps a view of its rows, so nothing is
     stored twice and the other code paths see the same numbers."""
     linears = [getattr(p, "base", p) for p in projections]  # under kbd's LoRA wrappers
     weight = torch.cat([lin.weight.detach() for lin in linears])
@@ -52,6 +52,35 @@ def fuse(projections: list) -> tuple[torch.Tensor, torch.Tensor | None]:
             lin.bias = torch.nn.Parameter(bias[start:start + rows], requires_grad=False)
         start += rows
     return weight, bias
+
+
+@dataclass
+class Fused:
+    """A layer's fused weights, shared by the decoder and the encoder."""
+
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    gate_up: torch.Tensor
+
+
+def fuse_layers(model) -> list[Fused]:
+    fused = []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, qkv_bias = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+        fused.append(Fused(qkv, qkv_bias, fuse([mlp.gate_proj, mlp.up_proj])[0]))
+    return fused
+
+
+def compiled(fn):
+    """torch.compile for every shape kbd meets. Duck sizing is off: with it a length that
+    happens to equal a model dimension (a cache of 128 and the head size, 128) is fixed into
+    the compiled code, and the next length compiles again, for half a minute, while a
+    question waits."""
+    import torch.fx.experimental._config as fx_config
+
+    fx_config.use_duck_shape = False
+    return torch.compile(fn, dynamic=True)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -83,7 +112,7 @@ class Session:
 
 
 class StaticDecoder:
-    def __init__(self, model, eos_ids: int | list[int] | None, pad_id: int,
+    def __init__(self, model, fused: list[Fused], eos_ids: int | list[int] | None, pad_id: int,
                  compile_step: bool = False):
         self.model = model
         self.body = model.model
@@ -100,13 +129,12 @@ class StaticDecoder:
         self.use_graphs = self.device.type == "cuda"
         # one compiled layer serves every layer (their weights are its inputs) and the prefill:
         # norms, rotary embedding, activation and residual adds become a few fused kernels
-        self._run_layer = (torch.compile(self._layer, dynamic=True) if compile_step
-                            else self._layer)
+        self._run_layer = compiled(self._layer) if compile_step else self._layer
         self.layers = list(self.body.layers)
         attn = [layer.self_attn for layer in self.layers]
         mlps = [layer.mlp for layer in self.layers]
-        self.qkv = [fuse([a.q_proj, a.k_proj, a.v_proj]) for a in attn]
-        self.gate_up = [fuse([m.gate_proj, m.up_proj])[0] for m in mlps]
+        self.qkv = [(f.qkv, f.qkv_bias) for f in fused]
+        self.gate_up = [f.gate_up for f in fused]
         self.wrappers = [p for a, m in zip(attn, mlps, strict=True)
                          for p in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)]
         self._sessions: OrderedDict[tuple[int, int], Session] = OrderedDict()

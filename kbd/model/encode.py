@@ -1,0 +1,144 @@
+"""Compression and query encoding: final hidden states at the memory tokens of token rows.
+
+One pass of the transformer body, for the Llama-shaped decoders StaticDecoder runs, that leaves
+out what a full forward through transformers spends on results nobody reads:
+- rows are padded on the right, so causal attention alone keeps every real token from seeing
+  padding: no mask, and attention runs the fused flash kernel;
+- the last layer's output projection and MLP run at the memory tokens only, the one place its
+  states are read; no vocabulary logits at all;
+- q/k/v and gate/up are one matrix product each, on the decoder's fused weights;
+- an adapter is added to the output (x Aᵀ Bᵀ) for a small batch, such as questions, and to a
+  copy of the weight for a large one, compression, where that moves less memory;
+- token ids reach the GPU through pinned memory without a wait, so the host is a batch ahead.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kbd.model.decode import Fused, compiled, rotate
+
+# rows (tokens) of a batch from which an adapter is added to the weights rather than the
+# outputs: per layer that costs two passes over its weights against ~250 KB of outputs a row
+MERGE_ROWS = 4096
+
+Group = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+
+
+def adapter_factors(projections: list, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One adapter over projections that read the same input and write one fused output:
+    A [sum of ranks, in] and block-diagonal B [sum of outputs, sum of ranks], scale included.
+    None when none of them has it (or it is merged into the weights)."""
+    pairs = []
+    for p in projections:
+        if adapter in getattr(p, "names", ()):
+            pairs.append((getattr(p, f"{adapter}_A"), getattr(p, f"{adapter}_B") * p.scale))
+        else:  # rank 0 here: the block of B for this projection has no columns
+            w = getattr(p, "base", p).weight
+            pairs.append((w.new_zeros(0, w.shape[1]), w.new_zeros(w.shape[0], 0)))
+    if all(a.shape[0] == 0 for a, _ in pairs):
+        return None
+    return torch.cat([a for a, _ in pairs]), torch.block_diag(*[b for _, b in pairs])
+
+
+def project(x: torch.Tensor, group: Group, merge: bool) -> torch.Tensor:
+    weight, bias, a, b = group
+    if a is None:
+        return F.linear(x, weight, bias)
+    if merge:
+        return F.linear(x, torch.addmm(weight, b, a), bias)
+    return F.linear(x, weight, bias) + F.linear(F.linear(x, a), b)
+
+
+class Encoder:
+    def __init__(self, model, fused: list[Fused], adapters: list[str], pad_id: int,
+                 compile_layers: bool = False):
+        self.model = model
+        self.body = model.model
+        self.layers = list(self.body.layers)
+        self.pad = pad_id
+        self.device = model.get_input_embeddings().weight.device
+        self.pin = self.device.type == "cuda"
+        config = model.config
+        self.head_dim = (getattr(config, "head_dim", None)
+                         or config.hidden_size // config.num_attention_heads)
+        self.kv_size = config.num_key_value_heads * self.head_dim
+        self._run_layer = compiled(self._layer) if compile_layers else self._layer
+        # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, A, B)
+        self.groups: dict[str, list[tuple[Group, ...]]] = {}
+        for adapter in adapters:
+            self.groups[adapter] = []
+            for layer, f in zip(self.layers, fused, strict=True):
+                attn, mlp = layer.self_attn, layer.mlp
+                sets = (((f.qkv, f.qkv_bias), [attn.q_proj, attn.k_proj, attn.v_proj]),
+                        ((_weight(attn.o_proj), _bias(attn.o_proj)), [attn.o_proj]),
+                        ((f.gate_up, None), [mlp.gate_proj, mlp.up_proj]),
+                        ((_weight(mlp.down_proj), _bias(mlp.down_proj)), [mlp.down_proj]))
+                self.groups[adapter].append(tuple(
+                    (*base, *(adapter_factors(projs, adapter) or (None, None)))
+                    for base, projs in sets))
+
+    def _layer(self, layer, groups: tuple[Group, ...], h, cos, sin, merge: bool,
+               keep: torch.Tensor | None) -> torch.Tensor:
+        """One decoder layer over [b, t, d]; with keep ([b, m] positions), only those rows
+        come out of it, [b, m, d]."""
+        qkv, o, gate_up, down = groups
+        b, t, _ = h.shape
+        q, k, v = project(layer.input_layernorm(h), qkv, merge).split(
+            [qkv[0].shape[0] - 2 * self.kv_size, self.kv_size, self.kv_size], dim=-1)
+        q = rotate(q.view(b, t, -1, self.head_dim).transpose(1, 2), cos, sin)
+        k = rotate(k.view(b, t, -1, self.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, t, -1, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
+                                             scale=layer.self_attn.scaling)
+        out = out.transpose(1, 2).reshape(b, t, -1)
+        if keep is not None:
+            rows = keep[..., None]
+            out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
+            h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
+        h = h + project(out, o, merge)
+        gate, up = project(layer.post_attention_layernorm(h), gate_up, merge).chunk(2, dim=-1)
+        return h + project(layer.mlp.act_fn(gate) * up, down, merge)
+
+    def uncompile(self) -> bool:
+        """Run the layers as they are from now on; False if they already were."""
+        was = self._run_layer != self._layer
+        self._run_layer = self._layer
+        return was
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.pin_memory().to(self.device, non_blocking=True) if self.pin else t
+
+    @torch.inference_mode()
+    def memory_states(self, rows: list[list[int]], n_mem: int, adapter: str,
+                      batch_size: int) -> torch.Tensor:
+        """Final hidden states at the last n_mem tokens of every row: [n, n_mem, d]. Rows of
+        similar length share a batch, so padding stays small."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        groups = self.groups[adapter]
+        states = []
+        for start in range(0, len(order), batch_size):
+            batch = [rows[i] for i in order[start:start + batch_size]]
+            width = len(batch[-1])
+            ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in batch])
+            keep = torch.tensor([len(r) for r in batch])[:, None] - n_mem + torch.arange(n_mem)
+            ids, keep = self._to_device(ids), self._to_device(keep)
+            h = self.body.embed_tokens(ids)
+            cos, sin = self.body.rotary_emb(h, torch.arange(width, device=self.device)[None])
+            merge = ids.numel() >= MERGE_ROWS
+            for i, layer in enumerate(self.layers):
+                last = i == len(self.layers) - 1
+                h = self._run_layer(layer, groups[i], h, cos, sin, merge, keep if last else None)
+            states.append(self.body.norm(h))
+        by_length = torch.cat(states)
+        return torch.empty_like(by_length).index_copy_(
+            0, self._to_device(torch.tensor(order)), by_length)
+
+
+def _weight(linear) -> torch.Tensor:
+    return getattr(linear, "base", linear).weight
+
+
+def _bias(linear) -> torch.Tensor | None:
+    return getattr(linear, "base", linear).bias

@@ -1,0 +1,81 @@
+"""kbd's encoder (kbd/model/encode.py) against transformers' forward: the same memory and
+query vectors in float32 on the CPU, with the work it leaves out really left out, and no
+recompiling for lengths and batch sizes met after the warm-up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DOCS, QUESTIONS
+from torch._dynamo.testing import CompileCounter
+
+from kbd.model import encode
+from kbd.model.clara import Clara
+from kbd.model.decode import StaticDecoder, fuse_layers
+
+MIXED = [DOCS[0], "disk " * 200, "node", DOCS[3], "full " * 40, DOCS[1]]
+
+
+@pytest.fixture(scope="module")
+def pair(e2e_dir, base_dir):
+    """The same checkpoint twice: with kbd's encoder, and with transformers' forward."""
+    fast = Clara.load(e2e_dir, base_dir, device="cpu")
+    plain = Clara.load(e2e_dir, base_dir, device="cpu")
+    plain.encoder = None
+    return fast, plain
+
+
+@pytest.mark.parametrize("batch", [1, 2, 16])
+def test_same_states_as_transformers(pair, batch, monkeypatch):
+    fast, plain = pair
+    monkeypatch.setattr(fast, "compress_batch_size", batch)
+    torch.testing.assert_close(fast.compress(MIXED), plain.compress(MIXED), atol=1e-5,
+                               rtol=1e-5)
+    torch.testing.assert_close(fast.encode_queries(QUESTIONS), plain.encode_queries(QUESTIONS),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_adapter_in_the_weights_equals_adapter_on_the_outputs(pair, monkeypatch):
+    fast, _ = pair
+    on_outputs = fast.compress(MIXED)
+    monkeypatch.setattr(encode, "MERGE_ROWS", 1)
+    merged = []
+    real = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: merged.append(1) or real(*a, **k))
+    torch.testing.assert_close(fast.compress(MIXED), on_outputs, atol=1e-5, rtol=1e-5)
+    assert merged  # the other path really ran
+
+
+def test_last_layer_runs_its_mlp_at_memory_tokens_only(pair, monkeypatch):
+    fast, _ = pair
+    shapes = []
+    act = fast.model.model.layers[-1].mlp.act_fn
+    real = act.forward
+    monkeypatch.setattr(act, "forward", lambda x: shapes.append(tuple(x.shape)) or real(x))
+    fast.compress(DOCS[:3])
+    assert shapes == [(3, fast.n_mem, fast.model.config.intermediate_size)]
+
+
+def test_no_recompiling_after_warm_up(e2e_dir, base_dir, monkeypatch):
+    """The daemon's first question once ran 23 s on the GPU: a cache length of 256 after a
+    warm-up at 128 (the head size) compiled the decode step again. Lengths and batch sizes
+    after the warm-up's must reuse what it compiled."""
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=counter, **kw))
+    clara = Clara.load(e2e_dir, base_dir, device="cpu")
+    fused = fuse_layers(clara.model)
+    clara.decoder = StaticDecoder(clara.model, fused, clara.model.generation_config.eos_token_id,
+                                  clara.tokenizer.pad_token_id, compile_step=True)
+    clara.encoder = encode.Encoder(clara.model, fused, list(clara.encoder.groups),
+                                   clara.tokenizer.pad_token_id, compile_layers=True)
+    monkeypatch.setattr(encode, "MERGE_ROWS", 600)  # a "large batch" the tiny model reaches
+    clara.warm_up()
+    compiled = counter.frame_count
+    assert compiled > 0
+    memory = clara.compress(MIXED + ["disk " * 250] * 5)
+    for questions in (QUESTIONS[:1], QUESTIONS * 2):
+        clara.answer_from_memory(questions, memory, top_k=5, max_new_tokens=150)
+    assert counter.frame_count == compiled
+    torch._dynamo.reset()
