@@ -153,7 +153,7 @@ def main() -> None:
     q8 = [f"question {i}: which service failed after the restart ?" for i in range(8)]
     gen = {"max_new_tokens": 64, "min_new_tokens": 64}
 
-    for batch in (16, 64):
+    for batch in (16, 64, 128):
         clara.compress_batch_size = batch
         s, peak, _ = timed(lambda: clara.compress(docs), args.repeat)
         results[f"compress_batch{batch}"] = {"passages_per_s": len(docs) / s, "s": s,

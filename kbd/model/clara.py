@@ -500,9 +500,9 @@ class Clara:
         return self._generate([prompt] * len(passages), list(memory[:, None]), max_new_tokens)
 
     def warm_up(self) -> None:
-        """Compile and record now, rather than while the first questions wait: compression
-        (small batches and a large one, whose adapter goes into the weights), query encoding
-        and the decode step, each for one row and for several."""
+        """Compile and record now, rather than while the first questions wait: the encoder
+        for small batches and for a large one (whose adapter goes into the weights), and the
+        decode step for one row and for several."""
         start = time.perf_counter()
         try:
             self._encode_warm_up()
@@ -518,9 +518,8 @@ class Clara:
 
     def _encode_warm_up(self) -> None:
         long = "warm up " * self.config.doc_max_length  # cut at doc_max_length tokens
-        for n in (1, 2):
-            self.compress(["warm up"] * n)
-            self.encode_queries(["warm up"] * n)
+        self.compress(["warm up"] * 2)
+        self.encode_queries(["warm up"])
         self.compress([long] * (MERGE_ROWS // self.config.doc_max_length + 1))
 
     def info(self) -> dict:

@@ -54,6 +54,30 @@ def fuse(projections: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     return weight, bias
 
 
+@dataclass(frozen=True)
+class Dims:
+    """A model's sizes as plain numbers. The compiled layers take the weights as inputs of any
+    shape; splitting and viewing by these constants keeps the fused elementwise kernels free
+    of symbolic sizes, which made them several times slower."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    ffn: int
+
+    @classmethod
+    def of(cls, config) -> Dims:
+        head_dim = (getattr(config, "head_dim", None)
+                    or config.hidden_size // config.num_attention_heads)
+        return cls(config.num_attention_heads, config.num_key_value_heads, head_dim,
+                   config.intermediate_size)
+
+    @property
+    def qkv_split(self) -> list[int]:
+        kv = self.kv_heads * self.head_dim
+        return [self.heads * self.head_dim, kv, kv]
+
+
 @dataclass
 class Fused:
     """A layer's fused weights, shared by the decoder and the encoder."""
@@ -117,10 +141,8 @@ class StaticDecoder:
         self.model = model
         self.body = model.model
         config = model.config
-        self.head_dim = (getattr(config, "head_dim", None)
-                         or config.hidden_size // config.num_attention_heads)
-        self.kv_heads = config.num_key_value_heads
-        self.groups = config.num_attention_heads // config.num_key_value_heads
+        self.dims = Dims.of(config)
+        self.groups = self.dims.heads // self.dims.kv_heads
         eos = [] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else list(eos_ids)
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
@@ -143,24 +165,26 @@ class StaticDecoder:
 
     def _attention(self, attn, qkv, x, cos, sin, keys, values, columns, mask) -> torch.Tensor:
         b, t, _ = x.shape
-        kv = self.kv_heads * self.head_dim
-        q, k, v = F.linear(x, *qkv).split([qkv[0].shape[0] - 2 * kv, kv, kv], dim=-1)
-        q = q.view(b, t, -1, self.head_dim).transpose(1, 2)  # [b, h, t, hd]
-        k = k.view(b, t, -1, self.head_dim).transpose(1, 2)  # [b, kv, t, hd]
-        v = v.view(b, t, -1, self.head_dim).transpose(1, 2)
+        d = self.dims
+        q, k, v = F.linear(x, *qkv).split(d.qkv_split, dim=-1)
+        q = q.view(b, t, d.heads, d.head_dim).transpose(1, 2)  # [b, h, t, hd]
+        k = k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)  # [b, kv, t, hd]
+        v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
         keys.index_copy_(2, columns, rotate(k, cos, sin))
         values.index_copy_(2, columns, v)
         # the query heads sharing one key head become one longer query: no copy of the cache
-        q = rotate(q, cos, sin).reshape(b, self.kv_heads, self.groups * t, self.head_dim)
+        q = rotate(q, cos, sin).reshape(b, d.kv_heads, self.groups * t, d.head_dim)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              scale=attn.scaling)  # [b, kv, g * t, hd]
-        return attn.o_proj(out.reshape(b, -1, t, self.head_dim).transpose(1, 2).reshape(b, t, -1))
+        return attn.o_proj(out.reshape(b, d.heads, t, d.head_dim).transpose(1, 2)
+                           .reshape(b, t, -1))
 
     def _layer(self, layer, qkv, gate_up, h, cos, sin, keys, values, columns,
                mask) -> torch.Tensor:
         h = h + self._attention(layer.self_attn, qkv, layer.input_layernorm(h), cos, sin, keys,
                                 values, columns, mask)
-        gate, up = F.linear(layer.post_attention_layernorm(h), gate_up).chunk(2, dim=-1)
+        gate, up = F.linear(layer.post_attention_layernorm(h), gate_up).split(
+            [self.dims.ffn, self.dims.ffn], dim=-1)
         return h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
 
     def _forward(self, s: Session, embeds, positions, columns, mask) -> torch.Tensor:
@@ -203,7 +227,7 @@ class StaticDecoder:
         if key in self._sessions:
             self._sessions.move_to_end(key)
             return self._sessions[key]
-        shape = (b, self.kv_heads, length, self.head_dim)
+        shape = (b, self.dims.kv_heads, length, self.dims.head_dim)
         # zeros, not empty: a masked column still multiplies its value by 0, and 0 * NaN is NaN
         new = {"dtype": self.dtype, "device": self.device}
         s = Session(

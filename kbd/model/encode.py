@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kbd.model.decode import Fused, compiled, rotate
+from kbd.model.decode import Dims, Fused, compiled, rotate
 
 # rows (tokens) of a batch from which an adapter is added to the weights rather than the
 # outputs: per layer that costs two passes over its weights against ~250 KB of outputs a row
@@ -61,9 +61,7 @@ class Encoder:
         self.device = model.get_input_embeddings().weight.device
         self.pin = self.device.type == "cuda"
         config = model.config
-        self.head_dim = (getattr(config, "head_dim", None)
-                         or config.hidden_size // config.num_attention_heads)
-        self.kv_size = config.num_key_value_heads * self.head_dim
+        self.dims = Dims.of(config)
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, A, B)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
@@ -85,11 +83,11 @@ class Encoder:
         come out of it, [b, m, d]."""
         qkv, o, gate_up, down = groups
         b, t, _ = h.shape
-        q, k, v = project(layer.input_layernorm(h), qkv, merge).split(
-            [qkv[0].shape[0] - 2 * self.kv_size, self.kv_size, self.kv_size], dim=-1)
-        q = rotate(q.view(b, t, -1, self.head_dim).transpose(1, 2), cos, sin)
-        k = rotate(k.view(b, t, -1, self.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(b, t, -1, self.head_dim).transpose(1, 2)
+        d = self.dims
+        q, k, v = project(layer.input_layernorm(h), qkv, merge).split(d.qkv_split, dim=-1)
+        q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
+        k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
                                              scale=layer.self_attn.scaling)
         out = out.transpose(1, 2).reshape(b, t, -1)
@@ -98,7 +96,8 @@ class Encoder:
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
             h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
         h = h + project(out, o, merge)
-        gate, up = project(layer.post_attention_layernorm(h), gate_up, merge).chunk(2, dim=-1)
+        gate, up = project(layer.post_attention_layernorm(h), gate_up, merge).split(
+            [d.ffn, d.ffn], dim=-1)
         return h + project(layer.mlp.act_fn(gate) * up, down, merge)
 
     def uncompile(self) -> bool:
@@ -119,7 +118,12 @@ class Encoder:
         groups = self.groups[adapter]
         states = []
         for start in range(0, len(order), batch_size):
-            batch = [rows[i] for i in order[start:start + batch_size]]
+            chosen = order[start:start + batch_size]
+            batch = [rows[i] for i in chosen]
+            if len(batch) == 1 and self._run_layer != self._layer:
+                # torch.compile fixes a size of 1 into the code: a lone row runs as two, so one
+                # compiled layer serves every batch (and the warm-up compiles half as much)
+                batch = batch * 2
             width = len(batch[-1])
             ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in batch])
             keep = torch.tensor([len(r) for r in batch])[:, None] - n_mem + torch.arange(n_mem)
@@ -130,7 +134,7 @@ class Encoder:
             for i, layer in enumerate(self.layers):
                 last = i == len(self.layers) - 1
                 h = self._run_layer(layer, groups[i], h, cos, sin, merge, keep if last else None)
-            states.append(self.body.norm(h))
+            states.append(self.body.norm(h)[:len(chosen)])
         by_length = torch.cat(states)
         return torch.empty_like(by_length).index_copy_(
             0, self._to_device(torch.tensor(order)), by_length)
