@@ -69,7 +69,8 @@ def test_no_recompiling_after_warm_up(e2e_dir, base_dir, monkeypatch):
     clara.decoder = StaticDecoder(clara.model, fused, clara.model.generation_config.eos_token_id,
                                   clara.tokenizer.pad_token_id, compile_step=True)
     clara.encoder = encode.Encoder(clara.model, fused, list(clara.encoder.groups),
-                                   clara.tokenizer.pad_token_id, compile_layers=True)
+                                   clara.encoder.scale, clara.tokenizer.pad_token_id,
+                                   compile_layers=True)
     monkeypatch.setattr(encode, "MERGE_ROWS", 600)  # a "large batch" the tiny model reaches
     clara.warm_up()
     compiled = counter.frame_count

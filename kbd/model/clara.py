@@ -54,6 +54,7 @@ PARAPHRASE_SYSTEM = (
     "You are a helpful assistant. Your task is follow the instructions to paraphrase the "
     "background information."
 )
+LORA_SCALE = 2.0  # lora_alpha / r: alpha = 2r in every published checkpoint
 PROMPT_MAX_TOKENS = 1024  # the authors truncate decoder prompts here
 RANK_CHUNK_ROWS = 2048  # rows of memory turned to float32 at once while ranking
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -121,7 +122,7 @@ class LoraLinear(nn.Module):
 def install_lora(model: nn.Module, checkpoint: Checkpoint) -> list[LoraLinear]:
     """Wrap every adapted linear layer of the model, the decoder adapter merged into the
     weights; returns the wrappers."""
-    scale = 2.0  # lora_alpha = 2 * lora_r in every published checkpoint
+    scale = LORA_SCALE
     layers: dict[str, LoraLinear] = {}
     for adapter, pairs in checkpoint.adapters.items():
         for path, (a, b) in pairs.items():
@@ -209,7 +210,7 @@ class Clara:
             fused = fuse_layers(model)
             self.decoder = StaticDecoder(model, fused, model.generation_config.eos_token_id,
                                          tokenizer.pad_token_id, compile_step=compile_them)
-            self.encoder = Encoder(model, fused, [ENCODER, QUERY_REASONER],
+            self.encoder = Encoder(model, fused, [ENCODER, QUERY_REASONER], LORA_SCALE,
                                    tokenizer.pad_token_id, compile_layers=compile_them)
         if tokenizer.chat_template is None:
             raise CheckpointError(f"{checkpoint.path}: the tokenizer has no chat template")

@@ -287,7 +287,10 @@ class StaticDecoder:
         # a padding row attends to itself, so no row of the prefill is all masked (NaN)
         own = columns[:, None] == torch.arange(length, device=self.device)
         prefill_mask = (causal & s.mask[:, :, 0, None, :]) | own  # [b, 1, T, L]
-        logits = self._forward(s, embeds.to(self.dtype), positions, columns, prefill_mask)
+        # a copy made here is an inference tensor whoever made embeds: the compiled layer
+        # would otherwise compile again for a caller's ordinary tensor
+        embeds = embeds.to(self.dtype, copy=True)
+        logits = self._forward(s, embeds, positions, columns, prefill_mask)
         s.position.copy_(positions[:, -1] + 1)
         s.column.fill_(prompt)
         self._pick(s, logits)

@@ -23,40 +23,45 @@ from kbd.model.decode import Dims, Fused, compiled, rotate
 # outputs: per layer that costs two passes over its weights against ~250 KB of outputs a row
 MERGE_ROWS = 4096
 
-Group = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]
+Parts = tuple[torch.Tensor, ...]
+Group = tuple[torch.Tensor, torch.Tensor | None, Parts | None, Parts | None]
 
 
-def adapter_factors(projections: list, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """One adapter over projections that read the same input and write one fused output:
-    A [sum of ranks, in] and block-diagonal B [sum of outputs, sum of ranks], scale included.
-    None when none of them has it (or it is merged into the weights)."""
-    pairs = []
+def adapter_parts(projections: list, adapter: str) -> tuple[Parts, Parts] | tuple[None, None]:
+    """One adapter's A and B of each projection of a fused group, the wrappers' own tensors
+    (a projection without it gets rank 0); (None, None) when none has it, or it is merged."""
+    parts = []
     for p in projections:
         if adapter in getattr(p, "names", ()):
-            pairs.append((getattr(p, f"{adapter}_A"), getattr(p, f"{adapter}_B") * p.scale))
-        else:  # rank 0 here: the block of B for this projection has no columns
+            parts.append((getattr(p, f"{adapter}_A"), getattr(p, f"{adapter}_B")))
+        else:
             w = getattr(p, "base", p).weight
-            pairs.append((w.new_zeros(0, w.shape[1]), w.new_zeros(w.shape[0], 0)))
-    if all(a.shape[0] == 0 for a, _ in pairs):
-        return None
-    return torch.cat([a for a, _ in pairs]), torch.block_diag(*[b for _, b in pairs])
+            parts.append((w.new_zeros(0, w.shape[1]), w.new_zeros(w.shape[0], 0)))
+    if all(a.shape[0] == 0 for a, _ in parts):
+        return None, None
+    return tuple(a for a, _ in parts), tuple(b for _, b in parts)
 
 
-def project(x: torch.Tensor, group: Group, merge: bool) -> torch.Tensor:
-    weight, bias, a, b = group
-    if a is None:
+def project(x: torch.Tensor, group: Group, merge: bool, scale: float) -> torch.Tensor:
+    """x through a fused group of projections and the active adapter: its A stacked, its B
+    block-diagonal (built per call, a few hundred KB, rather than kept beside the wrappers')."""
+    weight, bias, a_parts, b_parts = group
+    if a_parts is None:
         return F.linear(x, weight, bias)
+    a = torch.cat(a_parts) if len(a_parts) > 1 else a_parts[0]
+    b = torch.block_diag(*b_parts) if len(b_parts) > 1 else b_parts[0]
     if merge:
-        return F.linear(x, torch.addmm(weight, b, a), bias)
-    return F.linear(x, weight, bias) + F.linear(F.linear(x, a), b)
+        return F.linear(x, torch.addmm(weight, b, a, alpha=scale), bias)
+    return F.linear(x, weight, bias) + F.linear(F.linear(x, a) * scale, b)
 
 
 class Encoder:
-    def __init__(self, model, fused: list[Fused], adapters: list[str], pad_id: int,
-                 compile_layers: bool = False):
+    def __init__(self, model, fused: list[Fused], adapters: list[str], scale: float,
+                 pad_id: int, compile_layers: bool = False):
         self.model = model
         self.body = model.model
         self.layers = list(self.body.layers)
+        self.scale = scale  # of every adapter: lora_alpha / r
         self.pad = pad_id
         self.device = model.get_input_embeddings().weight.device
         self.pin = self.device.type == "cuda"
@@ -74,8 +79,7 @@ class Encoder:
                         ((f.gate_up, None), [mlp.gate_proj, mlp.up_proj]),
                         ((_weight(mlp.down_proj), _bias(mlp.down_proj)), [mlp.down_proj]))
                 self.groups[adapter].append(tuple(
-                    (*base, *(adapter_factors(projs, adapter) or (None, None)))
-                    for base, projs in sets))
+                    (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
     def _layer(self, layer, groups: tuple[Group, ...], h, cos, sin, merge: bool,
                keep: torch.Tensor | None) -> torch.Tensor:
@@ -84,7 +88,8 @@ class Encoder:
         qkv, o, gate_up, down = groups
         b, t, _ = h.shape
         d = self.dims
-        q, k, v = project(layer.input_layernorm(h), qkv, merge).split(d.qkv_split, dim=-1)
+        x = layer.input_layernorm(h)
+        q, k, v = project(x, qkv, merge, self.scale).split(d.qkv_split, dim=-1)
         q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
         k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
@@ -95,10 +100,10 @@ class Encoder:
             rows = keep[..., None]
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
             h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
-        h = h + project(out, o, merge)
-        gate, up = project(layer.post_attention_layernorm(h), gate_up, merge).split(
-            [d.ffn, d.ffn], dim=-1)
-        return h + project(layer.mlp.act_fn(gate) * up, down, merge)
+        h = h + project(out, o, merge, self.scale)
+        x = layer.post_attention_layernorm(h)
+        gate, up = project(x, gate_up, merge, self.scale).split([d.ffn, d.ffn], dim=-1)
+        return h + project(layer.mlp.act_fn(gate) * up, down, merge, self.scale)
 
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
