@@ -2,13 +2,12 @@
 
 Builds the same-shape random 7B CLaRa as bench/clara_gpu.py (fewer layers with --layers: the
 per-layer cost is what moves) and compresses 256 passages of 250 tokens with kbd's encoder
-(kbd/model/encode.py) under:
-  outputs - the encoder adapter added to the outputs (x A, then B), whatever the batch
-  weights - for large batches the adapter added to a copy of each weight before its GEMM
-at batch 64 and 128, with a kernel profile of one batch of each. Then it asks questions the
-way the daemon does (top-5, up to 128 new tokens), timing the first ones after the warm-up.
-(The first run of this script measured transformers' layers, compiled, with the adapter on
-the outputs ("lora") and in the weights ("merge"); see bench/NOTES.md.)
+(kbd/model/encode.py), attention by the cuDNN kernel (torch's first choice on an H100) or
+by the flash kernel, at batch 64 and 128, with a kernel profile of one batch of each. Then
+it asks questions the way the daemon does (top-5, up to 128 new tokens), timing the first
+ones after the warm-up.
+(Earlier runs measured transformers' layers, compiled, and kbd's encoder with the adapter
+on the outputs or in the weights; see bench/NOTES.md.)
 
     python bench/compress_levers.py --out bench/results/compress_levers.json
 """
@@ -24,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend
 from torch.profiler import ProfilerActivity, profile
 
 from kbd.model import encode
@@ -79,8 +79,10 @@ def main() -> None:
     results: dict = {"gpu": torch.cuda.get_device_name(), "layers": args.layers,
                      "warm_up_s": clara.warm_up_s, "variants": {}}
     docs = [" ".join(rng.choice(WORDS) for _ in range(250)) for _ in range(256)]
-    for variant, rows in (("outputs", 10**9), ("weights", encode.MERGE_ROWS)):
-        encode.MERGE_ROWS = rows
+    flash = encode.ATTENTION
+    for variant, attention in (("cudnn", [SDPBackend.CUDNN_ATTENTION, *flash]),
+                               ("flash", flash)):
+        encode.ATTENTION = attention
         for batch in (64, 128):
             clara.compress_batch_size = batch
             s = timed(lambda: clara.compress(docs), args.repeat)
