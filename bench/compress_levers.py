@@ -2,12 +2,10 @@
 
 Builds the same-shape random 7B CLaRa as bench/clara_gpu.py (fewer layers with --layers: the
 per-layer cost is what moves) and compresses 256 passages of 250 tokens with kbd's encoder
-(kbd/model/encode.py), attention by the cuDNN kernel (torch's first choice on an H100) or
-by the flash kernel, at batch 64 and 128, with a kernel profile of one batch of each. Then
+(kbd/model/encode.py) at batch 64 and 128, with a kernel profile of one batch of each. Then
 it asks questions the way the daemon does (top-5, up to 128 new tokens), timing the first
-ones after the warm-up.
-(Earlier runs measured transformers' layers, compiled, and kbd's encoder with the adapter
-on the outputs or in the weights; see bench/NOTES.md.)
+ones after the warm-up. Earlier runs compared transformers' layers, compiled, the adapter
+on the outputs or in the weights, and cuDNN's attention kernel or flash's (bench/NOTES.md).
 
     python bench/compress_levers.py --out bench/results/compress_levers.json
 """
@@ -23,10 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from torch.nn.attention import SDPBackend
 from torch.profiler import ProfilerActivity, profile
 
-from kbd.model import encode
 from kbd.model.testing import WORDS, random_7b_clara
 
 KINDS = (("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")),
@@ -79,20 +75,14 @@ def main() -> None:
     results: dict = {"gpu": torch.cuda.get_device_name(), "layers": args.layers,
                      "warm_up_s": clara.warm_up_s, "variants": {}}
     docs = [" ".join(rng.choice(WORDS) for _ in range(250)) for _ in range(256)]
-    flash = encode.ATTENTION
-    for variant, attention in (("cudnn", [SDPBackend.CUDNN_ATTENTION, *flash]),
-                               ("flash", flash)):
-        encode.ATTENTION = attention
-        for batch in (64, 128):
-            clara.compress_batch_size = batch
-            s = timed(lambda: clara.compress(docs), args.repeat)
-            results["variants"][f"{variant}_batch{batch}"] = {
-                "passages_per_s": len(docs) / s,
-                "passages_per_s_32_layers": len(docs) / s * args.layers / 32,
-                "profile": kernel_profile(lambda b=batch: clara.compress(docs[:b])),
-            }
-            print(variant, batch, json.dumps(results["variants"][f"{variant}_batch{batch}"]),
-                  flush=True)
+    for batch in (64, 128):
+        clara.compress_batch_size = batch
+        s = timed(lambda: clara.compress(docs), args.repeat)
+        results["variants"][f"batch{batch}"] = {
+            "passages_per_s": len(docs) / s,
+            "profile": kernel_profile(lambda b=batch: clara.compress(docs[:b])),
+        }
+        print(batch, json.dumps(results["variants"][f"batch{batch}"]), flush=True)
 
     # the daemon's first questions after the warm-up: nothing may compile now
     memory = clara.compress(docs[:64])

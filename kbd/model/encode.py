@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kbd.model.decode import Dims, Fused, compiled, rotate
 
 # rows (tokens) of a batch from which an adapter is added to the weights rather than the
 # outputs: per layer that costs two passes over its weights against ~250 KB of outputs a row
 MERGE_ROWS = 4096
-
-# attention kernels in order of preference. cuDNN's (torch's first choice on an H100) made
-# inductor lay out q, k and v in a kernel that took 1.6 ms a layer, ten times the flash one's
-ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 Parts = tuple[torch.Tensor, ...]
 Group = tuple[torch.Tensor, torch.Tensor | None, Parts | None, Parts | None]
@@ -98,9 +93,8 @@ class Encoder:
         q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
         k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
-        with sdpa_kernel(ATTENTION):
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
-                                                 scale=layer.self_attn.scaling)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
+                                             scale=layer.self_attn.scaling)
         out = out.transpose(1, 2).reshape(b, t, -1)
         if keep is not None:
             rows = keep[..., None]
