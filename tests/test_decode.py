@@ -32,6 +32,15 @@ def test_tiny_mistral_is_supported(pair):
     assert isinstance(fast.decoder, StaticDecoder)
 
 
+def test_a_model_spread_over_devices_runs_through_transformers(pair, monkeypatch):
+    """kbd's loops call the weights directly; accelerate's hooks move activations between
+    devices only through the modules' own forward."""
+    fast, _ = pair
+    monkeypatch.setattr(fast.model, "hf_device_map", {"model.layers.0": 0, "lm_head": 1},
+                        raising=False)
+    assert not supports(fast.model)
+
+
 @pytest.mark.parametrize("max_new_tokens", [1, 9, 40])
 def test_same_text_as_generate(pair, max_new_tokens):
     fast, plain = pair

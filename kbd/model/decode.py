@@ -31,9 +31,12 @@ KEEP_BYTES = 512 * 1024**2  # key/value buffers kept between calls (a large batc
 
 
 def supports(model) -> bool:
-    """Whether StaticDecoder can run this model."""
+    """Whether kbd's own loops (this decoder, the encoder) can run this model: they call the
+    weights directly, so the model must sit on one device (not spread by accelerate)."""
+    devices = set(getattr(model, "hf_device_map", {"": None}).values())
     return (model.config.model_type in SUPPORTED
-            and getattr(model.config, "sliding_window", None) is None)
+            and getattr(model.config, "sliding_window", None) is None
+            and len(devices) <= 1)
 
 
 def fuse(projections: list) -> tuple[torch.Tensor, torch.Tensor | None]:

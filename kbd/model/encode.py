@@ -68,7 +68,7 @@ class Encoder:
         config = model.config
         self.dims = Dims.of(config)
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
-        # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, A, B)
+        # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
             self.groups[adapter] = []
