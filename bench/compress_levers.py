@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+from decode_levers import timed
 from torch.profiler import ProfilerActivity, profile
 
 from kbd.model.testing import WORDS, random_7b_clara
@@ -28,18 +28,6 @@ from kbd.model.testing import WORDS, random_7b_clara
 KINDS = (("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")),
          ("attention", ("flash", "fmha", "attention")),
          ("fused (triton)", ("triton",)))
-
-
-def timed(fn, repeat: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def kernel_profile(fn) -> dict:

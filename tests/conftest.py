@@ -69,6 +69,18 @@ def e2e(e2e_dir, base_dir):
 
 
 @pytest.fixture(scope="session")
+def pair(e2e_dir, base_dir):
+    """The e2e checkpoint twice: with kbd's own encoder and decoder, and with transformers'
+    forward and generate() in their place, to compare against."""
+    from kbd.model.clara import Clara
+
+    fast = Clara.load(e2e_dir, base_dir, device="cpu")
+    plain = Clara.load(e2e_dir, base_dir, device="cpu")
+    plain.encoder = plain.decoder = None
+    return fast, plain
+
+
+@pytest.fixture(scope="session")
 def postgres_server():
     """A throwaway PostgreSQL 15 cluster (harness.postgresql_server); skipped, with the
     reason, where it cannot start."""

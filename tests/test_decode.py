@@ -17,15 +17,6 @@ MORE = ["which service failed after the restart ?", "disk full ?",
         "what happened to the block replication on the data node after the crash ?"]
 
 
-@pytest.fixture(scope="module")
-def pair(e2e_dir, base_dir):
-    """The same checkpoint twice: with StaticDecoder, and with generate()."""
-    fast = Clara.load(e2e_dir, base_dir, device="cpu")
-    plain = Clara.load(e2e_dir, base_dir, device="cpu")
-    plain.decoder = None
-    return fast, plain
-
-
 def test_tiny_mistral_is_supported(pair):
     fast, _ = pair
     assert supports(fast.model)

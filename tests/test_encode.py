@@ -16,15 +16,6 @@ from kbd.model.decode import StaticDecoder, fuse_layers
 MIXED = [DOCS[0], "disk " * 200, "node", DOCS[3], "full " * 40, DOCS[1]]
 
 
-@pytest.fixture(scope="module")
-def pair(e2e_dir, base_dir):
-    """The same checkpoint twice: with kbd's encoder, and with transformers' forward."""
-    fast = Clara.load(e2e_dir, base_dir, device="cpu")
-    plain = Clara.load(e2e_dir, base_dir, device="cpu")
-    plain.encoder = None
-    return fast, plain
-
-
 @pytest.mark.parametrize("batch", [1, 2, 16])
 def test_same_states_as_transformers(pair, batch, monkeypatch):
     fast, plain = pair
