@@ -44,9 +44,9 @@ def fuse(projections: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     read in one matrix product; each projection keeps a view of its rows, so nothing is
     stored twice and the other code paths see the same numbers."""
     linears = [getattr(p, "base", p) for p in projections]  # under kbd's LoRA wrappers
-    weight = torch.cat([lin.weight.detach() for lin in linears])
+    weight = static(torch.cat([lin.weight.detach() for lin in linears]))
     biases = [lin.bias for lin in linears]
-    bias = None if biases[0] is None else torch.cat([b.detach() for b in biases])
+    bias = None if biases[0] is None else static(torch.cat([b.detach() for b in biases]))
     start = 0
     for lin in linears:
         rows = lin.weight.shape[0]
@@ -97,6 +97,13 @@ def fuse_layers(model) -> list[Fused]:
         qkv, qkv_bias = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
         fused.append(Fused(qkv, qkv_bias, fuse([mlp.gate_proj, mlp.up_proj])[0]))
     return fused
+
+
+def static(t: torch.Tensor) -> torch.nn.Parameter:
+    """The same storage as a Parameter: torch.compile keeps a Parameter's sizes as constants
+    where other inputs get symbolic ones, and kernels indexed by symbolic sizes of the weights
+    (the row stride of q/k/v, the head size) ran several times slower than fixed ones."""
+    return t if isinstance(t, torch.nn.Parameter) else torch.nn.Parameter(t, requires_grad=False)
 
 
 def compiled(fn):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kbd.model.decode import Dims, Fused, compiled, rotate
+from kbd.model.decode import Dims, Fused, compiled, rotate, static
 
 # rows (tokens) of a batch from which an adapter is added to the weights rather than the
 # outputs: per layer that costs two passes over its weights against ~250 KB of outputs a row
@@ -39,7 +39,7 @@ def adapter_parts(projections: list, adapter: str) -> tuple[Parts, Parts] | tupl
             parts.append((w.new_zeros(0, w.shape[1]), w.new_zeros(w.shape[0], 0)))
     if all(a.shape[0] == 0 for a, _ in parts):
         return None, None
-    return tuple(a for a, _ in parts), tuple(b for _, b in parts)
+    return tuple(static(a) for a, _ in parts), tuple(static(b) for _, b in parts)
 
 
 def project(x: torch.Tensor, group: Group, merge: bool, scale: float) -> torch.Tensor:
