@@ -47,21 +47,40 @@ def test_last_layer_runs_its_mlp_at_memory_tokens_only(pair, monkeypatch):
     assert shapes == [(3, fast.n_mem, fast.model.config.intermediate_size)]
 
 
-def test_no_recompiling_after_warm_up(e2e_dir, base_dir, monkeypatch):
-    """The daemon's first question once ran 23 s on the GPU: a cache length of 256 after a
-    warm-up at 128 (the head size) compiled the decode step again. Lengths and batch sizes
-    after the warm-up's must reuse what it compiled."""
+def compiled_clara(checkpoint, base_dir, monkeypatch) -> tuple[Clara, CompileCounter]:
+    """A CPU Clara whose encoder and decoder are compiled as on a GPU, through a backend that
+    counts compilations and runs the graphs as they are."""
     torch._dynamo.reset()
     counter = CompileCounter()
     real = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=counter, **kw))
-    clara = Clara.load(e2e_dir, base_dir, device="cpu")
+    clara = Clara.load(checkpoint, base_dir, device="cpu")
     fused = fuse_layers(clara.model)
     clara.decoder = StaticDecoder(clara.model, fused, clara.model.generation_config.eos_token_id,
                                   clara.tokenizer.pad_token_id, compile_step=True)
     clara.encoder = encode.Encoder(clara.model, fused, list(clara.encoder.groups),
                                    clara.encoder.scale, clara.tokenizer.pad_token_id,
                                    compile_layers=True)
+    return clara, counter
+
+
+def test_warm_up_of_a_checkpoint_without_query_reasoner(make_checkpoint, base_dir,
+                                                         monkeypatch):
+    """An Instruct checkpoint cannot encode questions; its warm-up must not take that for a
+    compiler failure and give up compiling."""
+    clara, counter = compiled_clara(make_checkpoint(training_stage="stage1_2"), base_dir,
+                                    monkeypatch)
+    clara.warm_up()
+    assert clara.encoder.uncompile()  # it was still compiled
+    assert counter.frame_count > 0
+    torch._dynamo.reset()
+
+
+def test_no_recompiling_after_warm_up(e2e_dir, base_dir, monkeypatch):
+    """The daemon's first question once ran 23 s on the GPU: a cache length of 256 after a
+    warm-up at 128 (the head size) compiled the decode step again. Lengths and batch sizes
+    after the warm-up's must reuse what it compiled."""
+    clara, counter = compiled_clara(e2e_dir, base_dir, monkeypatch)
     monkeypatch.setattr(encode, "MERGE_ROWS", 600)  # a "large batch" the tiny model reaches
     clara.warm_up()
     compiled = counter.frame_count

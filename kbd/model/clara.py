@@ -122,13 +122,12 @@ class LoraLinear(nn.Module):
 def install_lora(model: nn.Module, checkpoint: Checkpoint) -> list[LoraLinear]:
     """Wrap every adapted linear layer of the model, the decoder adapter merged into the
     weights; returns the wrappers."""
-    scale = LORA_SCALE
     layers: dict[str, LoraLinear] = {}
     for adapter, pairs in checkpoint.adapters.items():
         for path, (a, b) in pairs.items():
             if path not in layers:
                 parent, _, child = path.rpartition(".")
-                layers[path] = LoraLinear(model.get_submodule(path), scale)
+                layers[path] = LoraLinear(model.get_submodule(path), LORA_SCALE)
                 setattr(model.get_submodule(parent), child, layers[path])
             layers[path].add(adapter, a, b)
     others = [name for name in checkpoint.adapters if name != DECODER]
@@ -520,7 +519,8 @@ class Clara:
     def _encode_warm_up(self) -> None:
         long = "warm up " * self.config.doc_max_length  # cut at doc_max_length tokens
         self.compress(["warm up"] * 2)
-        self.encode_queries(["warm up"])
+        if QUERY_REASONER in self.adapters:  # E2E checkpoints only
+            self.encode_queries(["warm up"])
         self.compress([long] * (MERGE_ROWS // self.config.doc_max_length + 1))
 
     def info(self) -> dict:
