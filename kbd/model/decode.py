@@ -39,11 +39,16 @@ def supports(model) -> bool:
             and len(devices) <= 1)
 
 
+def unwrapped(projection) -> torch.nn.Linear:
+    """The base linear layer of a projection, under kbd's LoRA wrapper if it has one."""
+    return getattr(projection, "base", projection)
+
+
 def fuse(projections: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One weight for several projections of the same input (q, k, v; gate, up), so it is
     read in one matrix product; each projection keeps a view of its rows, so nothing is
     stored twice and the other code paths see the same numbers."""
-    linears = [getattr(p, "base", p) for p in projections]  # under kbd's LoRA wrappers
+    linears = [unwrapped(p) for p in projections]
     weight = static(torch.cat([lin.weight.detach() for lin in linears]))
     biases = [lin.bias for lin in linears]
     bias = None if biases[0] is None else static(torch.cat([b.detach() for b in biases]))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kbd.model.decode import Dims, Fused, compiled, rotate, static
+from kbd.model.decode import Dims, Fused, compiled, rotate, static, unwrapped
 
 # rows (tokens) of a batch from which an adapter is added to the weights rather than the
 # outputs: per layer that costs two passes over its weights against ~250 KB of outputs a row
@@ -35,7 +35,7 @@ def adapter_parts(projections: list, adapter: str) -> tuple[Parts, Parts] | tupl
         if adapter in getattr(p, "names", ()):
             parts.append((getattr(p, f"{adapter}_A"), getattr(p, f"{adapter}_B")))
         else:
-            w = getattr(p, "base", p).weight
+            w = unwrapped(p).weight
             parts.append((w.new_zeros(0, w.shape[1]), w.new_zeros(w.shape[0], 0)))
     if all(a.shape[0] == 0 for a, _ in parts):
         return None, None
@@ -75,9 +75,11 @@ class Encoder:
             for layer, f in zip(self.layers, fused, strict=True):
                 attn, mlp = layer.self_attn, layer.mlp
                 sets = (((f.qkv, f.qkv_bias), [attn.q_proj, attn.k_proj, attn.v_proj]),
-                        ((_weight(attn.o_proj), _bias(attn.o_proj)), [attn.o_proj]),
+                        ((unwrapped(attn.o_proj).weight, unwrapped(attn.o_proj).bias),
+                         [attn.o_proj]),
                         ((f.gate_up, None), [mlp.gate_proj, mlp.up_proj]),
-                        ((_weight(mlp.down_proj), _bias(mlp.down_proj)), [mlp.down_proj]))
+                        ((unwrapped(mlp.down_proj).weight, unwrapped(mlp.down_proj).bias),
+                         [mlp.down_proj]))
                 self.groups[adapter].append(tuple(
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
@@ -143,11 +145,3 @@ class Encoder:
         by_length = torch.cat(states)
         return torch.empty_like(by_length).index_copy_(
             0, self._to_device(torch.tensor(order)), by_length)
-
-
-def _weight(linear) -> torch.Tensor:
-    return getattr(linear, "base", linear).weight
-
-
-def _bias(linear) -> torch.Tensor | None:
-    return getattr(linear, "base", linear).bias
