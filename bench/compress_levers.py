@@ -16,40 +16,12 @@ import argparse
 import json
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
-from decode_levers import timed
-from torch.profiler import ProfilerActivity, profile
+from profiling import kernel_profile, timed
 
 from kbd.model.testing import WORDS, random_7b_clara
-
-KINDS = (("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas")),
-         ("attention", ("flash", "fmha", "attention")),
-         ("fused (triton)", ("triton",)))
-
-
-def kernel_profile(fn) -> dict:
-    """GPU milliseconds of one call of fn, by kind of kernel, and the ten longest kernels."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    by_kind: dict[str, float] = defaultdict(float)
-    by_name: dict[str, float] = defaultdict(float)
-    for event in prof.events():
-        if event.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        ms = event.device_time / 1000
-        name = event.name.lower()
-        kind = next((k for k, keys in KINDS if any(key in name for key in keys)), "other")
-        by_kind[kind] += ms
-        by_name[event.name[:90]] += ms
-    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:10]
-    return {"total_ms": sum(by_kind.values()), "by_kind_ms": dict(by_kind),
-            "top_kernels_ms": dict(top)}
 
 
 def main() -> None:
@@ -63,6 +35,9 @@ def main() -> None:
     results: dict = {"gpu": torch.cuda.get_device_name(), "layers": args.layers,
                      "warm_up_s": clara.warm_up_s, "variants": {}}
     docs = [" ".join(rng.choice(WORDS) for _ in range(250)) for _ in range(256)]
+    # what a whole call spends besides the GPU: tokenizing, and the GPU waiting on the host
+    results["tokenize_256_s"] = timed(lambda: clara.passage_tokenizer.encoder_ids(docs),
+                                      args.repeat)
     for batch in (64, 128):
         clara.compress_batch_size = batch
         s = timed(lambda: clara.compress(docs), args.repeat)
@@ -71,6 +46,8 @@ def main() -> None:
             "profile": kernel_profile(lambda b=batch: clara.compress(docs[:b])),
         }
         print(batch, json.dumps(results["variants"][f"batch{batch}"]), flush=True)
+    clara.compress_batch_size = 64
+    results["whole_256_batch64"] = kernel_profile(lambda: clara.compress(docs))
 
     # the daemon's first questions after the warm-up: nothing may compile now
     memory = clara.compress(docs[:64])

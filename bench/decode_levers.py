@@ -15,26 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
+from profiling import kernel_profile, timed
 
 from kbd.model.decode import StaticDecoder, fuse_layers
 from kbd.model.testing import random_7b_clara
-
-
-def timed(fn, repeat: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -42,6 +30,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/decode_levers.json"))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--kbd-only", action="store_true",
+                        help="leave out transformers' generate() and the recompiled decoder")
     args = parser.parse_args()
     clara = random_7b_clara(args.layers)
     memory = torch.randn(5, clara.n_mem, clara.hidden, dtype=torch.bfloat16, device="cuda")
@@ -53,8 +43,15 @@ def main() -> None:
                                       min_new_tokens=64, **extra)
 
     results["kbd_s"] = timed(generate(), args.repeat)
+    results["kbd_tokens_per_s"] = 64 / results["kbd_s"]
+    # one question's decode steps, kernel by kernel: the graph replays alone, not the prefill
+    session = next(s for (b, _), s in clara.decoder._sessions.items() if b == 1)
+    results["kbd_step_profile"] = kernel_profile(session.graph.replay, calls=64)
     for n in (8, 32):
         results[f"kbd_{n}_questions_s"] = timed(generate(question * n), args.repeat)
+    if args.kbd_only:
+        write(args.out, results)
+        return
     decoder, clara.decoder = clara.decoder, None
     results["merged_s"] = timed(generate(), args.repeat)
     clara.model.generation_config.cache_implementation = "static"
@@ -71,11 +68,15 @@ def main() -> None:
     for n in (8, 32):
         results[f"kbd_compiled_{n}_questions_s"] = timed(generate(question * n), args.repeat)
     clara.decoder = decoder
-    for key in ("merged_s", "static_s", "kbd_s", "kbd_compiled_s"):
+    for key in ("merged_s", "static_s", "kbd_compiled_s"):
         if key in results:
             results[key.replace("_s", "_tokens_per_s")] = 64 / results[key]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write(args.out, results)
+
+
+def write(out: Path, results: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=1))
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import DOCS, QUESTIONS
-from torch._dynamo.testing import CompileCounter
 
 from kbd.model import encode
 from kbd.model.clara import Clara
@@ -47,13 +46,21 @@ def test_last_layer_runs_its_mlp_at_memory_tokens_only(pair, monkeypatch):
     assert shapes == [(3, fast.n_mem, fast.model.config.intermediate_size)]
 
 
-def compiled_clara(checkpoint, base_dir, monkeypatch) -> tuple[Clara, CompileCounter]:
+class Graphs(list):
+    """A torch.compile backend that keeps every graph it is given and runs it as it is."""
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs) -> object:
+        self.append(gm)
+        return gm.forward
+
+
+def compiled_clara(checkpoint, base_dir, monkeypatch) -> tuple[Clara, Graphs]:
     """A CPU Clara whose encoder and decoder are compiled as on a GPU, through a backend that
-    counts compilations and runs the graphs as they are."""
+    keeps the graphs."""
     torch._dynamo.reset()
-    counter = CompileCounter()
+    graphs = Graphs()
     real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=counter, **kw))
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend=graphs, **kw))
     clara = Clara.load(checkpoint, base_dir, device="cpu")
     fused = fuse_layers(clara.model)
     clara.decoder = StaticDecoder(clara.model, fused, clara.model.generation_config.eos_token_id,
@@ -61,18 +68,42 @@ def compiled_clara(checkpoint, base_dir, monkeypatch) -> tuple[Clara, CompileCou
     clara.encoder = encode.Encoder(clara.model, fused, list(clara.encoder.groups),
                                    clara.encoder.scale, clara.tokenizer.pad_token_id,
                                    compile_layers=True)
-    return clara, counter
+    return clara, graphs
+
+
+def symbols(value) -> set:
+    sizes = value.shape if isinstance(value, torch.Tensor) else [value]
+    return set().union(*(s.node.expr.free_symbols for s in sizes if isinstance(s, torch.SymInt)))
+
+
+def test_only_batch_and_length_are_symbolic(e2e_dir, base_dir, monkeypatch):
+    """The model's sizes and scales are constants in the compiled layers. Taken as inputs (as
+    torch.compile takes plain numbers with dynamic=True), the GPU kernels indexed by them ran
+    ten times slower. Every symbolic number must be a size of a tensor going in."""
+    clara, graphs = compiled_clara(e2e_dir, base_dir, monkeypatch)
+    monkeypatch.setattr(encode, "MERGE_ROWS", 600)  # both ways of adding the adapter
+    memory = clara.compress(MIXED + ["disk " * 250] * 5)
+    clara.answer_from_memory(QUESTIONS[:2], memory, top_k=2, max_new_tokens=4)
+    assert len(graphs) >= 3  # encoder, decoder prefill and step
+    for gm in graphs:
+        inputs = [n.meta["example_value"] for n in gm.graph.find_nodes(op="placeholder")]
+        tensors = [v for v in inputs if isinstance(v, torch.Tensor)]
+        numbers = [v for v in inputs if not isinstance(v, torch.Tensor)]
+        assert all(v.dim() > 0 for v in tensors), "a number went in as a 0-d tensor"
+        sizes = set().union(*(symbols(t) for t in tensors))
+        assert all(isinstance(v, torch.SymInt) and symbols(v) <= sizes for v in numbers), numbers
+    torch._dynamo.reset()
 
 
 def test_warm_up_of_a_checkpoint_without_query_reasoner(make_checkpoint, base_dir,
                                                          monkeypatch):
     """An Instruct checkpoint cannot encode questions; its warm-up must not take that for a
     compiler failure and give up compiling."""
-    clara, counter = compiled_clara(make_checkpoint(training_stage="stage1_2"), base_dir,
-                                    monkeypatch)
+    clara, graphs = compiled_clara(make_checkpoint(training_stage="stage1_2"), base_dir,
+                                   monkeypatch)
     clara.warm_up()
     assert clara.encoder.uncompile()  # it was still compiled
-    assert counter.frame_count > 0
+    assert graphs
     torch._dynamo.reset()
 
 
@@ -80,13 +111,13 @@ def test_no_recompiling_after_warm_up(e2e_dir, base_dir, monkeypatch):
     """The daemon's first question once ran 23 s on the GPU: a cache length of 256 after a
     warm-up at 128 (the head size) compiled the decode step again. Lengths and batch sizes
     after the warm-up's must reuse what it compiled."""
-    clara, counter = compiled_clara(e2e_dir, base_dir, monkeypatch)
+    clara, graphs = compiled_clara(e2e_dir, base_dir, monkeypatch)
     monkeypatch.setattr(encode, "MERGE_ROWS", 600)  # a "large batch" the tiny model reaches
     clara.warm_up()
-    compiled = counter.frame_count
+    compiled = len(graphs)
     assert compiled > 0
     memory = clara.compress(MIXED + ["disk " * 250] * 5)
     for questions in (QUESTIONS[:1], QUESTIONS * 2):
         clara.answer_from_memory(questions, memory, top_k=5, max_new_tokens=150)
-    assert counter.frame_count == compiled
+    assert len(graphs) == compiled
     torch._dynamo.reset()

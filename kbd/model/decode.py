@@ -64,9 +64,8 @@ def fuse(projections: list) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 @dataclass(frozen=True)
 class Dims:
-    """A model's sizes as plain numbers. The compiled layers take the weights as inputs of any
-    shape; splitting and viewing by these constants keeps the fused elementwise kernels free
-    of symbolic sizes, which made them several times slower."""
+    """A model's sizes as plain numbers, which compiled() keeps as constants: splitting and
+    viewing by them keeps the fused elementwise kernels free of symbolic sizes."""
 
     heads: int
     kv_heads: int
@@ -112,13 +111,19 @@ def static(t: torch.Tensor) -> torch.nn.Parameter:
 
 
 def compiled(fn):
-    """torch.compile for every shape kbd meets. Duck sizing is off: with it a length that
-    happens to equal a model dimension (a cache of 128 and the head size, 128) is fixed into
-    the compiled code, and the next length compiles again, for half a minute, while a
-    question waits."""
+    """torch.compile for every shape kbd meets, with only batch and length symbolic.
+    - Plain numbers are constants: with dynamic=True torch.compile otherwise takes the model's
+      sizes (heads, head size, MLP width, from Dims) and scales as inputs, and the elementwise
+      kernels indexed by them ran ten times slower (64-bit division by a runtime value).
+    - Duck sizing is off: with it a length that happens to equal a model dimension (a cache of
+      128 and the head size, 128) is fixed into the compiled code, and the next length
+      compiles again, for half a minute, while a question waits."""
+    import torch._dynamo.config as dynamo_config
     import torch.fx.experimental._config as fx_config
 
     fx_config.use_duck_shape = False
+    dynamo_config.specialize_int = True
+    dynamo_config.specialize_float = True
     return torch.compile(fn, dynamic=True)
 
 
