@@ -199,13 +199,16 @@ class StaticDecoder:
         return attn.o_proj(out.reshape(b, d.heads, t, d.head_dim).transpose(1, 2)
                            .reshape(b, t, -1))
 
-    def _layer(self, layer, qkv, gate_up, h, cos, sin, keys, values, columns,
-               mask) -> torch.Tensor:
+    def _layer(self, layer, qkv, gate_up, h, update, cos, sin, keys, values, columns,
+               mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer over the residual stream h + update; its MLP output comes back unadded,
+        (h, update), to be added in the kernel of the next layer's first norm."""
+        h = h + update
         h = h + self._attention(layer.self_attn, qkv, layer.input_layernorm(h), cos, sin, keys,
                                 values, columns, mask)
         gate, up = F.linear(layer.post_attention_layernorm(h), gate_up).split(
             [self.dims.ffn, self.dims.ffn], dim=-1)
-        return h + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+        return h, layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
 
     def _forward(self, s: Session, embeds, positions, columns, mask) -> torch.Tensor:
         """Logits at the last position, [b, vocab] float32; writes keys and values of the
@@ -213,11 +216,12 @@ class StaticDecoder:
         cos, sin = self.body.rotary_emb(embeds, positions)
         if embeds.shape[1] > 1:
             mask = mask.repeat(1, 1, self.groups, 1)  # rows follow the folded query heads
-        h = embeds
+        h, update = embeds, torch.zeros_like(embeds)
         for layer, qkv, gate_up, keys, values in zip(self.layers, self.qkv, self.gate_up,
                                                      s.keys, s.values, strict=True):
-            h = self._run_layer(layer, qkv, gate_up, h, cos, sin, keys, values, columns, mask)
-        return self.model.lm_head(self.body.norm(h[:, -1])).float()
+            h, update = self._run_layer(layer, qkv, gate_up, h, update, cos, sin, keys, values,
+                                        columns, mask)
+        return self.model.lm_head(self.body.norm(h[:, -1] + update[:, -1])).float()
 
     def _pick(self, s: Session, logits: torch.Tensor) -> None:
         """Greedy token for each row; written to s.out at s.step; counters advance."""

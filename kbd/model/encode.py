@@ -83,13 +83,16 @@ class Encoder:
                 self.groups[adapter].append(tuple(
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
-    def _layer(self, layer, groups: tuple[Group, ...], h, cos, sin, merge: bool,
-               keep: torch.Tensor | None) -> torch.Tensor:
-        """One decoder layer over [b, t, d]; with keep ([b, m] positions), only those rows
+    def _layer(self, layer, groups: tuple[Group, ...], h, update, cos, sin, merge: bool,
+               keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder layer over the residual stream h + update, [b, t, d]. It returns its own
+        MLP output unadded, (h, update), so that the next layer adds it in the kernel of its
+        first norm rather than in one of its own. With keep ([b, m] positions), only those rows
         come out of it, [b, m, d]."""
         qkv, o, gate_up, down = groups
         b, t, _ = h.shape
         d = self.dims
+        h = h + update
         x = layer.input_layernorm(h)
         q, k, v = project(x, qkv, merge, self.scale).split(d.qkv_split, dim=-1)
         q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
@@ -105,7 +108,7 @@ class Encoder:
         h = h + project(out, o, merge, self.scale)
         x = layer.post_attention_layernorm(h)
         gate, up = project(x, gate_up, merge, self.scale).split([d.ffn, d.ffn], dim=-1)
-        return h + project(layer.mlp.act_fn(gate) * up, down, merge, self.scale)
+        return h, project(layer.mlp.act_fn(gate) * up, down, merge, self.scale)
 
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
@@ -136,12 +139,14 @@ class Encoder:
             keep = torch.tensor([len(r) for r in batch])[:, None] - n_mem + torch.arange(n_mem)
             ids, keep = self._to_device(ids), self._to_device(keep)
             h = self.body.embed_tokens(ids)
+            update = torch.zeros_like(h)
             cos, sin = self.body.rotary_emb(h, torch.arange(width, device=self.device)[None])
             merge = ids.numel() >= MERGE_ROWS
             for i, layer in enumerate(self.layers):
                 last = i == len(self.layers) - 1
-                h = self._run_layer(layer, groups[i], h, cos, sin, merge, keep if last else None)
-            states.append(self.body.norm(h)[:len(chosen)])
+                h, update = self._run_layer(layer, groups[i], h, update, cos, sin, merge,
+                                            keep if last else None)
+            states.append(self.body.norm(h + update)[:len(chosen)])
         by_length = torch.cat(states)
         return torch.empty_like(by_length).index_copy_(
             0, self._to_device(torch.tensor(order)), by_length)
