@@ -21,7 +21,31 @@ from pathlib import Path
 import torch
 from profiling import kernel_profile, timed
 
+from kbd.model import merge
+from kbd.model.checkpoint import ENCODER
+from kbd.model.encode import stacked
 from kbd.model.testing import WORDS, random_7b_clara
+
+
+def merge_check(clara) -> dict:
+    """kbd/model/merge.py's kernel against torch.addmm on layer 0's weight groups (bf16): the
+    largest difference in units of the result's largest value, and milliseconds of each."""
+    out = {}
+    for name, (weight, _, a_parts, b_parts) in zip(
+            ("qkv", "o", "gate_up", "down"), clara.encoder.groups[ENCODER][0], strict=True):
+        a, b = stacked(a_parts, b_parts)
+        kernel = merge.add_product(weight, b, a, clara.encoder.scale)
+        reference = torch.addmm(weight, b, a, alpha=clara.encoder.scale)
+        out[name] = {
+            "rank": a.shape[0],
+            "max_diff_of_max": ((kernel.float() - reference.float()).abs().max()
+                                / reference.float().abs().max()).item(),
+            "kernel_ms": 1000 * timed(lambda w=weight, a=a, b=b: merge.add_product(
+                w, b, a, clara.encoder.scale), 10),
+            "addmm_ms": 1000 * timed(lambda w=weight, a=a, b=b: torch.addmm(
+                w, b, a, alpha=clara.encoder.scale), 10),
+        }
+    return out
 
 
 def main() -> None:
@@ -48,6 +72,11 @@ def main() -> None:
         print(batch, json.dumps(results["variants"][f"batch{batch}"]), flush=True)
     clara.compress_batch_size = 64
     results["whole_256_batch64"] = kernel_profile(lambda: clara.compress(docs))
+    # the daemon's shape: one call a batch, so one merge of the adapter a batch
+    s = timed(lambda: [clara.compress(docs[i:i + 64]) for i in range(0, len(docs), 64)],
+              args.repeat)
+    results["calls_of_64_passages_per_s"] = len(docs) / s
+    results["merge"] = merge_check(clara)
 
     # the daemon's first questions after the warm-up: nothing may compile now
     memory = clara.compress(docs[:64])

@@ -8,7 +8,10 @@ out what a full forward through transformers spends on results nobody reads:
   states are read; no vocabulary logits at all;
 - q/k/v and gate/up are one matrix product each, on the decoder's fused weights;
 - an adapter is added to the output (x Aᵀ Bᵀ) for a small batch, such as questions, and to a
-  copy of the weight for a large one, compression, where that moves less memory;
+  copy of the weight for a large one, compression, where that moves less memory
+  (kbd/model/merge.py);
+- a call of several batches runs layer by layer: each layer's weights get the adapter once
+  for all of its batches (up to WAVE_BYTES of their states), not once a batch;
 - token ids reach the GPU through pinned memory without a wait, so the host is a batch ahead.
 """
 
@@ -17,11 +20,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kbd.model import merge
 from kbd.model.decode import Dims, Fused, compiled, rotate, static, unwrapped
 
-# rows (tokens) of a batch from which an adapter is added to the weights rather than the
-# outputs: per layer that costs two passes over its weights against ~250 KB of outputs a row
+# rows (tokens) of a call from which an adapter is added to the weights rather than the
+# outputs: per layer that costs a pass over its weights against ~250 KB of outputs a row
 MERGE_ROWS = 4096
+# states (residual stream and update) of the batches that go through a layer together
+WAVE_BYTES = 2 * 1024**3
 
 Parts = tuple[torch.Tensor, ...]
 Group = tuple[torch.Tensor, torch.Tensor | None, Parts | None, Parts | None]
@@ -42,17 +48,30 @@ def adapter_parts(projections: list, adapter: str) -> tuple[Parts, Parts] | tupl
     return tuple(static(a) for a, _ in parts), tuple(static(b) for _, b in parts)
 
 
-def project(x: torch.Tensor, group: Group, merge: bool, scale: float) -> torch.Tensor:
-    """x through a fused group of projections and the active adapter: its A stacked, its B
-    block-diagonal (built per call, a few hundred KB, rather than kept beside the wrappers')."""
+def project(x: torch.Tensor, group: Group, scale: float) -> torch.Tensor:
+    """x through a fused group of projections and the active adapter, if not merged: its A
+    stacked, its B block-diagonal (built per call, a few hundred KB, rather than kept beside
+    the wrappers')."""
     weight, bias, a_parts, b_parts = group
     if a_parts is None:
         return F.linear(x, weight, bias)
-    a = torch.cat(a_parts) if len(a_parts) > 1 else a_parts[0]
-    b = torch.block_diag(*b_parts) if len(b_parts) > 1 else b_parts[0]
-    if merge:
-        return F.linear(x, torch.addmm(weight, b, a, alpha=scale), bias)
+    a, b = stacked(a_parts, b_parts)
     return F.linear(x, weight, bias) + F.linear(F.linear(x, a) * scale, b)
+
+
+def stacked(a_parts: Parts, b_parts: Parts) -> tuple[torch.Tensor, torch.Tensor]:
+    if len(a_parts) == 1:
+        return a_parts[0], b_parts[0]
+    return torch.cat(a_parts), torch.block_diag(*b_parts)
+
+
+def merged(group: Group, scale: float) -> Group:
+    """The group with its adapter added to a copy of the weight."""
+    weight, bias, a_parts, b_parts = group
+    if a_parts is None:
+        return group
+    a, b = stacked(a_parts, b_parts)
+    return merge.add_product(weight, b, a, scale), bias, None, None
 
 
 class Encoder:
@@ -83,7 +102,7 @@ class Encoder:
                 self.groups[adapter].append(tuple(
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
-    def _layer(self, layer, groups: tuple[Group, ...], h, update, cos, sin, merge: bool,
+    def _layer(self, layer, groups: tuple[Group, ...], h, update, cos, sin,
                keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One decoder layer over the residual stream h + update, [b, t, d]. It returns its own
         MLP output unadded, (h, update), so that the next layer adds it in the kernel of its
@@ -94,7 +113,7 @@ class Encoder:
         d = self.dims
         h = h + update
         x = layer.input_layernorm(h)
-        q, k, v = project(x, qkv, merge, self.scale).split(d.qkv_split, dim=-1)
+        q, k, v = project(x, qkv, self.scale).split(d.qkv_split, dim=-1)
         q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
         k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
@@ -105,10 +124,10 @@ class Encoder:
             rows = keep[..., None]
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
             h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
-        h = h + project(out, o, merge, self.scale)
+        h = h + project(out, o, self.scale)
         x = layer.post_attention_layernorm(h)
-        gate, up = project(x, gate_up, merge, self.scale).split([d.ffn, d.ffn], dim=-1)
-        return h, project(layer.mlp.act_fn(gate) * up, down, merge, self.scale)
+        gate, up = project(x, gate_up, self.scale).split([d.ffn, d.ffn], dim=-1)
+        return h, project(layer.mlp.act_fn(gate) * up, down, self.scale)
 
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
@@ -125,28 +144,56 @@ class Encoder:
         """Final hidden states at the last n_mem tokens of every row: [n, n_mem, d]. Rows of
         similar length share a batch, so padding stays small."""
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        groups = self.groups[adapter]
+        batches = [[rows[i] for i in order[start:start + batch_size]]
+                   for start in range(0, len(order), batch_size)]
         states = []
-        for start in range(0, len(order), batch_size):
-            chosen = order[start:start + batch_size]
-            batch = [rows[i] for i in chosen]
-            if len(batch) == 1 and self._run_layer != self._layer:
-                # torch.compile fixes a size of 1 into the code: a lone row runs as two, so one
-                # compiled layer serves every batch (and the warm-up compiles half as much)
-                batch = batch * 2
-            width = len(batch[-1])
-            ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in batch])
-            keep = torch.tensor([len(r) for r in batch])[:, None] - n_mem + torch.arange(n_mem)
-            ids, keep = self._to_device(ids), self._to_device(keep)
-            h = self.body.embed_tokens(ids)
-            update = torch.zeros_like(h)
-            cos, sin = self.body.rotary_emb(h, torch.arange(width, device=self.device)[None])
-            merge = ids.numel() >= MERGE_ROWS
-            for i, layer in enumerate(self.layers):
-                last = i == len(self.layers) - 1
-                h, update = self._run_layer(layer, groups[i], h, update, cos, sin, merge,
-                                            keep if last else None)
-            states.append(self.body.norm(h + update)[:len(chosen)])
+        for wave in self._waves(batches):
+            states += self._run_wave(wave, n_mem, adapter)
         by_length = torch.cat(states)
         return torch.empty_like(by_length).index_copy_(
             0, self._to_device(torch.tensor(order)), by_length)
+
+    def _waves(self, batches: list[list[list[int]]]) -> list[list[list[list[int]]]]:
+        """Consecutive batches whose states fit in WAVE_BYTES together (at least one)."""
+        hidden = self.model.config.hidden_size
+        element = self.model.get_input_embeddings().weight.element_size()
+        waves, size = [], 0
+        for batch in batches:
+            need = 2 * len(batch) * len(batch[-1]) * hidden * element
+            if not waves or size + need > WAVE_BYTES:
+                waves.append([])
+                size = 0
+            waves[-1].append(batch)
+            size += need
+        return waves
+
+    def _run_wave(self, wave: list[list[list[int]]], n_mem: int,
+                  adapter: str) -> list[torch.Tensor]:
+        """The batches of a wave through every layer, layer by layer: [b, n_mem, d] each."""
+        inputs = [self._inputs(batch, n_mem) for batch in wave]
+        merge_adapter = sum(h.shape[0] * h.shape[1] for h, _, _, _ in inputs) >= MERGE_ROWS
+        streams = [(h, torch.zeros_like(h)) for h, _, _, _ in inputs]
+        for i, layer in enumerate(self.layers):
+            groups = self.groups[adapter][i]
+            if merge_adapter:
+                groups = tuple(merged(group, self.scale) for group in groups)
+            last = i == len(self.layers) - 1
+            for j, (_, cos, sin, keep) in enumerate(inputs):
+                streams[j] = self._run_layer(layer, groups, *streams[j], cos, sin,
+                                             keep if last else None)
+        return [self.body.norm(h + update)[:len(batch)]
+                for (h, update), batch in zip(streams, wave, strict=True)]
+
+    def _inputs(self, batch: list[list[int]], n_mem: int) -> tuple[torch.Tensor, ...]:
+        """Embeddings, rotary cos and sin, and the memory positions of a batch."""
+        if len(batch) == 1 and self._run_layer != self._layer:
+            # torch.compile fixes a size of 1 into the code: a lone row runs as two, so one
+            # compiled layer serves every batch (and the warm-up compiles half as much)
+            batch = batch * 2
+        width = len(batch[-1])
+        ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in batch])
+        keep = torch.tensor([len(r) for r in batch])[:, None] - n_mem + torch.arange(n_mem)
+        ids, keep = self._to_device(ids), self._to_device(keep)
+        h = self.body.embed_tokens(ids)
+        cos, sin = self.body.rotary_emb(h, torch.arange(width, device=self.device)[None])
+        return h, cos, sin, keep

@@ -1,0 +1,69 @@
+"""The adapter-merging kernel (kbd/model/merge.py), run on the CPU by Triton's interpreter,
+against torch.addmm; and the encoder merging once per layer for a whole wave of batches.
+Merged weights give transformers' states as other sums in another order: float32 results a
+few 1e-5 apart."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from conftest import DOCS
+
+from kbd.model import encode, merge
+from kbd.model.testing import WORDS
+
+MIXED = [DOCS[0], "disk " * 200, "node", DOCS[3], "full " * 40, DOCS[1], DOCS[2], "a b c"]
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """kbd.model.merge with its kernel under Triton's interpreter (CPU tensors)."""
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    importlib.reload(merge)
+    yield merge
+    monkeypatch.delenv("TRITON_INTERPRET")
+    importlib.reload(merge)
+
+
+@pytest.mark.parametrize(("rows", "columns", "rank"), [(70, 300, 5), (128, 256, 32),
+                                                       (96, 520, 96), (1, 17, 1)])
+def test_kernel_equals_addmm(interpreted, rows, columns, rank):
+    torch.manual_seed(rows + columns + rank)
+    w, b, a = torch.randn(rows, columns), torch.randn(rows, rank), torch.randn(rank, columns)
+    assert interpreted.available(w)
+    got = interpreted.add_product(w, b, a, 2.0)
+    torch.testing.assert_close(got, torch.addmm(w, b, a, alpha=2.0), atol=1e-5, rtol=1e-5)
+    assert got.data_ptr() != w.data_ptr()  # a copy: the weight itself is left as it was
+
+
+def test_compression_through_the_kernel(pair, interpreted, monkeypatch):
+    fast, plain = pair
+    monkeypatch.setattr(encode, "MERGE_ROWS", 1)
+    calls = []
+    real = interpreted.add_product
+    monkeypatch.setattr(interpreted, "add_product", lambda *a: calls.append(1) or real(*a))
+    torch.testing.assert_close(fast.compress(MIXED), plain.compress(MIXED), atol=1e-4,
+                               rtol=1e-4)
+    assert calls
+
+
+def test_one_merge_per_layer_for_a_wave_of_batches(pair, monkeypatch):
+    """Eight passages of one length in batches of two, waves of two batches: four batches,
+    two waves, so each layer's four weight groups get the adapter twice, not four times."""
+    fast, plain = pair
+    passages = [" ".join(WORDS[i:i + 30]) for i in range(8)]
+    monkeypatch.setattr(fast, "compress_batch_size", 2)
+    monkeypatch.setattr(encode, "MERGE_ROWS", 1)
+    rows, _ = fast.passage_tokenizer.encoder_ids(passages)
+    assert len({len(r) for r in rows}) == 1
+    per_batch = 2 * 2 * len(rows[0]) * fast.model.config.hidden_size * 4  # h, update; float32
+    monkeypatch.setattr(encode, "WAVE_BYTES", 2 * per_batch)
+    calls = []
+    real = merge.add_product
+    monkeypatch.setattr(merge, "add_product", lambda *a: calls.append(1) or real(*a))
+    torch.testing.assert_close(fast.compress(passages), plain.compress(passages), atol=1e-4,
+                               rtol=1e-4)
+    assert len(calls) == 2 * 4 * len(fast.model.model.layers)
