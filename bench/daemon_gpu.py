@@ -8,6 +8,9 @@ on them as a subprocess with one watched log folder, and times:
                        /status shows the new passages stored and none waiting for compression
                        (so the next question ranks them); p50 / p95, debounce 0.5 s included
   ask_s                one `kbd ask` over the socket afterwards, end to end
+  bulk                 one large log (--bulk-lines lines): its write -> all its passages
+                       stored and compressed, as passages a second (cutting, compressing and
+                       storing together, the daemon's own ingest rate)
 
     python bench/daemon_gpu.py --out bench/results/daemon_gpu.json
 """
@@ -78,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/daemon_gpu.json"))
     parser.add_argument("--files", type=int, default=20)
+    parser.add_argument("--bulk-lines", type=int, default=24000)
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     rng = random.Random(0)
@@ -118,6 +122,15 @@ def main() -> None:
             answer = client.request("POST", "/ask", {"question": "which node failed ?"})
             results["ask_s"] = time.monotonic() - asked
             results["ask_sources"] = len(answer["sources"])
+            before = status["passages"]
+            (watched / "bulk.log").write_text(log_lines(rng, args.bulk_lines, 99))
+            written = time.monotonic()
+            status = wait(client, daemon, lambda s, b=before: s["passages"] > b
+                          and s["backlog"] == 0)
+            took = time.monotonic() - written
+            added = status["passages"] - before
+            results["bulk"] = {"lines": args.bulk_lines, "passages": added, "s": took,
+                               "passages_per_s": added / took}
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
