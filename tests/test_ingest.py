@@ -14,7 +14,7 @@ from harness import lines_of, nonblank_lines
 from sqlalchemy import select
 
 from kbd.ingest import Ingester, Limits
-from kbd.memory import compress_backlog, memory_id, open_matrix
+from kbd.memory import Compressor, compress_backlog, memory_id, open_matrix
 from kbd.model.tokens import PassageTokenizer
 from kbd.store import queries as q
 from kbd.store.schema import documents, passages
@@ -295,6 +295,74 @@ class TestCompression:
         write_log(tmp_path / "a.log", 60, 20)  # growth: only the redone and new passages
         ingester.ingest(tmp_path / "a.log")
         assert 1 <= compress_backlog(store, e2e) <= len(live(store, tmp_path / "a.log"))
+
+    def test_one_batch_in_flight_while_the_one_before_is_stored(self, store, tokenizer, e2e,
+                                                                tmp_path):
+        path = tmp_path / "app.log"
+        write_log(path, 0, 200)
+        Ingester(store, tokenizer).ingest(path)
+        model = memory_id(e2e)
+        with store.read() as conn:
+            waiting = q.backlog_size(conn, model)
+        assert waiting >= 5
+        compressor = Compressor(store, e2e)
+        assert compressor.step(2) == 0  # started, nothing stored yet
+        first = list(compressor.pending.hashes)
+        assert compressor.step(2) == 2  # the first stored while the second is computed
+        assert not set(first) & set(compressor.pending.hashes)  # in flight: not fetched again
+        with store.read() as conn:
+            assert q.backlog_size(conn, model) == waiting - 2
+            assert {h for h, _ in q.backlog(conn, model, waiting)}.isdisjoint(first)
+        stored = 2
+        while compressor.pending is not None:
+            stored += compressor.step(2)
+        assert stored == waiting
+        with store.read() as conn:
+            assert q.backlog_size(conn, model) == 0
+            assert len(q.memory_rows(conn, model)) == len(live(store, path))
+
+    def test_a_batch_that_fails_to_store_is_redone(self, store, tokenizer, e2e, tmp_path,
+                                                   monkeypatch):
+        from kbd.store.memory import MemoryFileError
+
+        path = tmp_path / "app.log"
+        write_log(path, 0, 120)
+        Ingester(store, tokenizer).ingest(path)
+        model = memory_id(e2e)
+        with store.read() as conn:
+            waiting = q.backlog_size(conn, model)
+        compressor = Compressor(store, e2e)
+        compressor.step(2)
+        real = compressor.matrix.append
+
+        def full(rows):
+            monkeypatch.setattr(compressor.matrix, "append", real)  # once
+            raise MemoryFileError("disk full")
+
+        monkeypatch.setattr(compressor.matrix, "append", full)
+        with pytest.raises(MemoryFileError):
+            compressor.step(2)
+        stored = 0
+        while True:
+            stored += compressor.step(2)
+            if compressor.pending is None:
+                break
+        assert stored == waiting  # the lost batch came back from the backlog
+        with store.read() as conn:
+            assert q.backlog_size(conn, model) == 0
+
+    def test_finish_stores_the_batch_in_flight(self, store, tokenizer, e2e, tmp_path):
+        path = tmp_path / "app.log"
+        write_log(path, 0, 20)
+        Ingester(store, tokenizer).ingest(path)
+        texts = {p.text for p in live(store, path)}
+        compressor = Compressor(store, e2e)
+        compressor.step(64)
+        assert compressor.pending is not None
+        assert compressor.finish() == len(texts) > 0
+        assert compressor.pending is None
+        with store.read() as conn:
+            assert q.backlog_size(conn, memory_id(e2e)) == 0
 
     def test_stored_memory_answers(self, store, tokenizer, e2e, tmp_path):
         import torch

@@ -26,7 +26,7 @@ from transformers import TextStreamer
 
 from kbd.config import ModelConfig
 from kbd.errors import KbdError
-from kbd.memory import compress_backlog, memory_id
+from kbd.memory import Compressor, memory_id
 from kbd.model.engines import Engine, load_engine
 from kbd.model.text import SMOLLM2_INSTALL
 from kbd.retrieve import Scope
@@ -85,6 +85,7 @@ class ModelWorker:
                       else "loading")
         self.engine: Engine | None = None
         self.clara = None  # the CLaRa model, when it is the engine: it compresses the backlog
+        self.compressor: Compressor | None = None
         self.batch_size = config.compress_batch_size
         self._interactive: deque[AskRequest] = deque()
         self._scheduled: deque[AskRequest] = deque()
@@ -154,9 +155,14 @@ class ModelWorker:
             batch = self._take()
             if batch:
                 self._answer(batch)
-            elif self.clara is None or not self._compress_some():
+            elif self.compressor is None or not self._compress_some():
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
+        if self.compressor is not None:
+            try:
+                self.compressor.finish()
+            except Exception:  # its passages stay in the backlog, compressed at the next start
+                log.exception("storing the last compressed batch failed")
 
     def _load(self) -> bool:
         start = time.monotonic()
@@ -167,6 +173,8 @@ class ModelWorker:
             log.error("%s engine: %s", self.engine_name, e)
             return False
         self.engine, self.clara = engine, engine.clara
+        if self.clara is not None:
+            self.compressor = Compressor(self.store, self.clara)
         self.state = "ready"
         log.info("%s engine: model %s ready on %s in %.1f s", engine.name, engine.model,
                  engine.device, time.monotonic() - start)
@@ -195,9 +203,10 @@ class ModelWorker:
             return batch
 
     def _compress_some(self) -> bool:
-        """One batch of the backlog; False when there was nothing to do."""
+        """One batch of the backlog started, the one before it stored; False when there was
+        nothing to do."""
         try:
-            done = compress_backlog(self.store, self.clara, self.batch_size, max_batches=1)
+            done = self.compressor.step(self.batch_size)
         except torch.OutOfMemoryError:
             self.batch_size = max(1, self.batch_size // 2)
             torch.cuda.empty_cache()
@@ -211,7 +220,7 @@ class ModelWorker:
             return False
         if done:
             self.on_change()
-        return bool(done)
+        return bool(done) or self.compressor.pending is not None
 
     def _answer(self, batch: list[AskRequest]) -> None:
         started = datetime.now(UTC)
