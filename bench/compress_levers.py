@@ -77,6 +77,13 @@ def main() -> None:
               args.repeat)
     results["calls_of_64_passages_per_s"] = len(docs) / s
     results["merge"] = merge_check(clara)
+    # cuBLAS or cuBLASLt for the products, alternated so that both meet the same heat
+    blas = {"cublas": [], "cublaslt": []}
+    for library in ("cublas", "cublaslt") * 3:
+        torch.backends.cuda.preferred_blas_library(library)
+        blas[library].append(len(docs) / timed(lambda: clara.compress(docs), 1))
+    torch.backends.cuda.preferred_blas_library("cublas")
+    results["passages_per_s_by_blas"] = blas
 
     # the daemon's first questions after the warm-up: nothing may compile now
     memory = clara.compress(docs[:64])
