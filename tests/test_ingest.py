@@ -296,14 +296,25 @@ class TestCompression:
         ingester.ingest(tmp_path / "a.log")
         assert 1 <= compress_backlog(store, e2e) <= len(live(store, tmp_path / "a.log"))
 
-    def test_one_batch_in_flight_while_the_one_before_is_stored(self, store, tokenizer, e2e,
-                                                                tmp_path):
-        path = tmp_path / "app.log"
-        write_log(path, 0, 200)
+    @staticmethod
+    def backlog_of(store, tokenizer, e2e, path: Path, lines: int) -> tuple[str, int]:
+        """A log of `lines` distinct lines ingested: (memory id, passages waiting)."""
+        write_log(path, 0, lines)
         Ingester(store, tokenizer).ingest(path)
         model = memory_id(e2e)
         with store.read() as conn:
-            waiting = q.backlog_size(conn, model)
+            return model, q.backlog_size(conn, model)
+
+    @staticmethod
+    def drain(compressor: Compressor, batch_size: int) -> int:
+        stored = compressor.step(batch_size)
+        while compressor.pending is not None:
+            stored += compressor.step(batch_size)
+        return stored
+
+    def test_one_batch_in_flight_while_the_one_before_is_stored(self, store, tokenizer, e2e,
+                                                                tmp_path):
+        model, waiting = self.backlog_of(store, tokenizer, e2e, tmp_path / "app.log", 200)
         assert waiting >= 5
         compressor = Compressor(store, e2e)
         assert compressor.step(2) == 0  # started, nothing stored yet
@@ -313,24 +324,16 @@ class TestCompression:
         with store.read() as conn:
             assert q.backlog_size(conn, model) == waiting - 2
             assert {h for h, _ in q.backlog(conn, model, waiting)}.isdisjoint(first)
-        stored = 2
-        while compressor.pending is not None:
-            stored += compressor.step(2)
-        assert stored == waiting
+        assert 2 + self.drain(compressor, 2) == waiting
         with store.read() as conn:
             assert q.backlog_size(conn, model) == 0
-            assert len(q.memory_rows(conn, model)) == len(live(store, path))
+            assert len(q.memory_rows(conn, model)) == len(live(store, tmp_path / "app.log"))
 
     def test_a_batch_that_fails_to_store_is_redone(self, store, tokenizer, e2e, tmp_path,
                                                    monkeypatch):
         from kbd.store.memory import MemoryFileError
 
-        path = tmp_path / "app.log"
-        write_log(path, 0, 120)
-        Ingester(store, tokenizer).ingest(path)
-        model = memory_id(e2e)
-        with store.read() as conn:
-            waiting = q.backlog_size(conn, model)
+        model, waiting = self.backlog_of(store, tokenizer, e2e, tmp_path / "app.log", 120)
         compressor = Compressor(store, e2e)
         compressor.step(2)
         real = compressor.matrix.append
@@ -342,27 +345,19 @@ class TestCompression:
         monkeypatch.setattr(compressor.matrix, "append", full)
         with pytest.raises(MemoryFileError):
             compressor.step(2)
-        stored = 0
-        while True:
-            stored += compressor.step(2)
-            if compressor.pending is None:
-                break
-        assert stored == waiting  # the lost batch came back from the backlog
+        assert self.drain(compressor, 2) == waiting  # the lost batch came back
         with store.read() as conn:
             assert q.backlog_size(conn, model) == 0
 
     def test_finish_stores_the_batch_in_flight(self, store, tokenizer, e2e, tmp_path):
-        path = tmp_path / "app.log"
-        write_log(path, 0, 20)
-        Ingester(store, tokenizer).ingest(path)
-        texts = {p.text for p in live(store, path)}
+        model, waiting = self.backlog_of(store, tokenizer, e2e, tmp_path / "app.log", 20)
         compressor = Compressor(store, e2e)
         compressor.step(64)
         assert compressor.pending is not None
-        assert compressor.finish() == len(texts) > 0
+        assert compressor.finish() == waiting > 0
         assert compressor.pending is None
         with store.read() as conn:
-            assert q.backlog_size(conn, memory_id(e2e)) == 0
+            assert q.backlog_size(conn, model) == 0
 
     def test_stored_memory_answers(self, store, tokenizer, e2e, tmp_path):
         import torch

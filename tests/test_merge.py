@@ -67,3 +67,21 @@ def test_one_merge_per_layer_for_a_wave_of_batches(pair, monkeypatch):
     torch.testing.assert_close(fast.compress(passages), plain.compress(passages), atol=1e-4,
                                rtol=1e-4)
     assert len(calls) == 2 * 4 * len(fast.model.model.layers)
+
+
+def test_a_kernel_that_cannot_run_falls_back_to_addmm(interpreted, monkeypatch):
+    """A GPU Triton cannot compile for: addmm from then on, and the reason kept."""
+
+    class Uncompilable:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise RuntimeError("no ptxas for this GPU")
+            return launch
+
+    monkeypatch.setattr(interpreted, "_add_product", Uncompilable())
+    monkeypatch.setattr(interpreted, "failed", [])
+    w, b, a = torch.randn(8, 8), torch.randn(8, 2), torch.randn(2, 8)
+    torch.testing.assert_close(interpreted.add_product(w, b, a, 2.0),
+                               torch.addmm(w, b, a, alpha=2.0))
+    assert "no ptxas" in interpreted.failed[0]
+    assert not interpreted.available(w)
