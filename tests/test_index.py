@@ -77,6 +77,26 @@ def test_blocks_appends_and_allowed_rows(e2e, stored, tmp_path, monkeypatch):
         assert rows.tolist() == pool[exact.topk(4).indices].tolist()
 
 
+def test_a_block_grows_by_doubling(e2e, stored, tmp_path, monkeypatch):
+    """Refreshing after every few rows copies the block a few times, not at every refresh (it
+    once did: up to 1 GiB of GPU memory allocated and copied again for each new batch)."""
+    memory, _ = stored
+    monkeypatch.setattr(index_module, "FIRST_ROWS", 4)
+    matrix = MemoryMatrix(tmp_path, "fp", (e2e.n_mem, e2e.hidden), "float32")
+    index = MemoryIndex(matrix, "cpu")
+    grown = []
+    real = index._grow
+    monkeypatch.setattr(index, "_grow", lambda rows: grown.append(rows) or real(rows))
+    for end in range(3, 100, 3):
+        matrix.append([memory_to_bytes(row) for row in memory[matrix.rows():end]])
+        index.refresh()
+    assert len(grown) == 6  # room for 4, 8, 16, 32, 64, then 128 rows, in 33 refreshes
+    assert len(index._room) == 128 and len(index.codes) == 1 and len(index.codes[0]) == 99
+    queries = e2e.encode_queries(sentences(10, seed=5, words=(3, 12)))
+    assert ([p[0].tolist() for p in index.search(queries, 3)]
+            == Clara.rank(queries, memory[:99], 3)[0].tolist())
+
+
 def test_answers_from_index_equal_exact_answers(e2e, stored):
     memory, matrix = stored
     index = MemoryIndex(matrix, "cpu")

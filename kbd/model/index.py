@@ -29,6 +29,7 @@ log = logging.getLogger("kbd.model")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 RESCORE = 64  # candidates ranked exactly per question (at least 4 x top-k)
 BLOCK_ROWS = 32768  # rows per block: 1 GiB of codes at Mistral-7B's shape
+FIRST_ROWS = 1024  # a block's first allocation: 32 MiB at that shape, for a small store
 CHUNK_BYTES = 64 * 1024**2  # codes unpacked at once while ranking
 HEADROOM_BYTES = 3 * 1024**3  # GPU memory left free for compression and decoding
 
@@ -55,8 +56,9 @@ class MemoryIndex:
         self.n_mem, self.hidden = matrix.shape
         self.half = self.n_mem * self.hidden // 2  # a byte holds two codes
         self.rotation = rotation(self.hidden, self.device)
-        self.codes: list[torch.Tensor] = []  # blocks of [rows, half] uint8
+        self.codes: list[torch.Tensor] = []  # blocks of [rows, half] uint8 (filled rows)
         self.scales: list[torch.Tensor] = []  # [rows] float32, on the device
+        self._room: torch.Tensor | None = None  # the last block's allocation, rows to come
         self.rows = 0
         self._warned = False
 
@@ -88,28 +90,40 @@ class MemoryIndex:
         return torch.device("cpu")
 
     def _append(self, codes: torch.Tensor, scales: torch.Tensor) -> None:
-        if self.codes and len(self.codes[-1]) < BLOCK_ROWS:
-            last = self.codes[-1]
-            room = BLOCK_ROWS - len(last)
-            grown = self._pinned(torch.cat([last, codes[:room].to(last.device)]))
-            self.codes[-1], self.scales[-1] = grown, torch.cat([self.scales[-1], scales[:room]])
-            codes, scales = codes[room:], scales[room:]
-        for start in range(0, len(codes), BLOCK_ROWS):
-            block = codes[start:start + BLOCK_ROWS]
-            self.codes.append(self._pinned(block.to(self._block_device(block.numel()))))
-            self.scales.append(scales[start:start + BLOCK_ROWS])
+        while len(codes):
+            if not self.codes or len(self.codes[-1]) == BLOCK_ROWS:
+                self.codes.append(codes[:0])
+                self.scales.append(scales[:0])
+                self._room = None
+            filled = len(self.codes[-1])
+            take = min(BLOCK_ROWS - filled, len(codes))
+            if self._room is None or len(self._room) < filled + take:
+                self._grow(filled + take)
+            self._room[filled:filled + take] = codes[:take]
+            self.codes[-1] = self._room[:filled + take]
+            self.scales[-1] = torch.cat([self.scales[-1], scales[:take]])
+            codes, scales = codes[take:], scales[take:]
 
-    def _pinned(self, block: torch.Tensor) -> torch.Tensor:
-        """A block held in host memory for a GPU, page-locked: each question copies it in, and
-        from pageable memory that ran 5 times slower (bench/index_spill.py)."""
-        if block.device.type != "cpu" or self.device.type != "cuda":
-            return block
-        try:
-            return block.pin_memory()
-        except RuntimeError as e:  # page-locked memory refused (a memlock limit): slower
-            log.warning("cannot pin an index block in host memory, ranking from it slowly: %s",
-                        e)
-            return block
+    def _grow(self, rows: int) -> None:
+        """Room for `rows` rows in the last block. Its allocation doubles as rows come (each
+        row is copied a few times at most, not at every refresh), up to BLOCK_ROWS."""
+        capacity = min(BLOCK_ROWS, max(FIRST_ROWS, 1 << (rows - 1).bit_length()))
+        room = self._allocate(capacity, self._block_device(capacity * self.half))
+        filled = self.codes[-1]
+        room[:len(filled)] = filled
+        self._room = room
+
+    def _allocate(self, rows: int, device: torch.device) -> torch.Tensor:
+        """A block's codes. Held in host memory for a GPU, they are page-locked: each question
+        copies them in, and from pageable memory that ran 5 times slower
+        (bench/index_spill.py)."""
+        if device.type == "cpu" and self.device.type == "cuda":
+            try:
+                return torch.empty(rows, self.half, dtype=torch.uint8, pin_memory=True)
+            except RuntimeError as e:  # page-locked memory refused (a memlock limit)
+                log.warning("cannot pin an index block in host memory, ranking from it "
+                            "slowly: %s", e)
+        return torch.empty(rows, self.half, dtype=torch.uint8, device=device)
 
     def refresh(self) -> int:
         """Quantize the rows appended to the matrix file since the last refresh."""
