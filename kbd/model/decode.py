@@ -105,8 +105,8 @@ def fuse_layers(model) -> list[Fused]:
 
 def static(t: torch.Tensor) -> torch.nn.Parameter:
     """The same storage as a Parameter: torch.compile keeps a Parameter's sizes as constants
-    where other inputs get symbolic ones, and kernels indexed by symbolic sizes of the weights
-    (the row stride of q/k/v, the head size) ran several times slower than fixed ones."""
+    where other tensors get symbolic ones, so kernels are not indexed by a weight's symbolic
+    row stride (the q/k/v kernel: 12-14 -> 11 ms a batch of 8 layers, bench/NOTES.md)."""
     return t if isinstance(t, torch.nn.Parameter) else torch.nn.Parameter(t, requires_grad=False)
 
 
@@ -173,12 +173,10 @@ class StaticDecoder:
         # norms, rotary embedding, activation and residual adds become a few fused kernels
         self._run_layer = compiled(self._layer) if compile_step else self._layer
         self.layers = list(self.body.layers)
-        attn = [layer.self_attn for layer in self.layers]
-        mlps = [layer.mlp for layer in self.layers]
-        self.qkv = [(f.qkv, f.qkv_bias) for f in fused]
-        self.gate_up = [f.gate_up for f in fused]
-        self.wrappers = [p for a, m in zip(attn, mlps, strict=True)
-                         for p in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)]
+        self.fused = fused
+        self.wrappers = [p for layer in self.layers
+                         for p in (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                   layer.self_attn.v_proj, layer.mlp.gate_proj, layer.mlp.up_proj)]
         self._sessions: OrderedDict[tuple[int, int], Session] = OrderedDict()
 
     # -- one forward pass over the cache -------------------------------------------------
@@ -217,10 +215,10 @@ class StaticDecoder:
         if embeds.shape[1] > 1:
             mask = mask.repeat(1, 1, self.groups, 1)  # rows follow the folded query heads
         h, update = embeds, torch.zeros_like(embeds)
-        for layer, qkv, gate_up, keys, values in zip(self.layers, self.qkv, self.gate_up,
-                                                     s.keys, s.values, strict=True):
-            h, update = self._run_layer(layer, qkv, gate_up, h, update, cos, sin, keys, values,
-                                        columns, mask)
+        for layer, f, keys, values in zip(self.layers, self.fused, s.keys, s.values,
+                                          strict=True):
+            h, update = self._run_layer(layer, (f.qkv, f.qkv_bias), f.gate_up, h, update, cos,
+                                        sin, keys, values, columns, mask)
         return self.model.lm_head(self.body.norm(h[:, -1] + update[:, -1])).float()
 
     def _pick(self, s: Session, logits: torch.Tensor) -> None:
