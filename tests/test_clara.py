@@ -160,14 +160,18 @@ class TestAdapters:
                 assert not torch.allclose(outputs[i], outputs[j], atol=1e-3)
         assert all(layer.active is None for layer in e2e._lora)
 
-    def test_decoder_adapter_is_used_for_generation(self, e2e, monkeypatch):
-        memory = e2e.compress(DOCS[:2])
+    def test_decoder_adapter_is_used_for_generation(self, pair, monkeypatch):
+        """transformers' generate() runs the layers with the decoder adapter active; kbd's
+        decoder reads the weights it is merged into and gives the same text
+        (tests/test_decode.py)."""
+        _, plain = pair
+        memory = plain.compress(DOCS[:2])
         active = []
-        layer = e2e.model.model.layers[0].self_attn.o_proj  # q, k, v run fused when decoding
+        layer = plain.model.model.layers[0].self_attn.o_proj
         original = layer.forward
         monkeypatch.setattr(layer, "forward", lambda x: active.append(layer.active)
                             or original(x))
-        e2e.generate(QUESTIONS[:1], [memory], max_new_tokens=2)
+        plain.generate(QUESTIONS[:1], [memory], max_new_tokens=2)
         assert set(active) == {DECODER}
 
     def test_no_logits_while_compressing(self, e2e, monkeypatch):

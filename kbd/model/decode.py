@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from kbd.model import gemv
+
 log = logging.getLogger("kbd.model")
 
 SUPPORTED = {"mistral", "llama", "qwen2"}
@@ -36,6 +38,7 @@ def supports(model) -> bool:
     devices = set(getattr(model, "hf_device_map", {"": None}).values())
     return (model.config.model_type in SUPPORTED
             and getattr(model.config, "sliding_window", None) is None
+            and getattr(model.config, "hidden_act", "silu") == "silu"
             and len(devices) <= 1)
 
 
@@ -87,11 +90,14 @@ class Dims:
 
 @dataclass
 class Fused:
-    """A layer's fused weights, shared by the decoder and the encoder."""
+    """A layer's base weights as the decoder and the encoder read them, q/k/v and gate/up
+    fused."""
 
     qkv: torch.Tensor
     qkv_bias: torch.Tensor | None
+    o: torch.Tensor
     gate_up: torch.Tensor
+    down: torch.Tensor
 
 
 def fuse_layers(model) -> list[Fused]:
@@ -99,7 +105,9 @@ def fuse_layers(model) -> list[Fused]:
     for layer in model.model.layers:
         attn, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias = fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-        fused.append(Fused(qkv, qkv_bias, fuse([mlp.gate_proj, mlp.up_proj])[0]))
+        fused.append(Fused(qkv, qkv_bias, static(unwrapped(attn.o_proj).weight),
+                           fuse([mlp.gate_proj, mlp.up_proj])[0],
+                           static(unwrapped(mlp.down_proj).weight)))
     return fused
 
 
@@ -181,10 +189,12 @@ class StaticDecoder:
 
     # -- one forward pass over the cache -------------------------------------------------
 
-    def _attention(self, attn, qkv, x, cos, sin, keys, values, columns, mask) -> torch.Tensor:
+    def _attention(self, attn, f: Fused, x, cos, sin, keys, values, columns, mask,
+                   residual) -> torch.Tensor:
+        """The residual stream after the layer's attention."""
         b, t, _ = x.shape
         d = self.dims
-        q, k, v = F.linear(x, *qkv).split(d.qkv_split, dim=-1)
+        q, k, v = gemv.linear(x, f.qkv, f.qkv_bias).split(d.qkv_split, dim=-1)
         q = q.view(b, t, d.heads, d.head_dim).transpose(1, 2)  # [b, h, t, hd]
         k = k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)  # [b, kv, t, hd]
         v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
@@ -194,19 +204,16 @@ class StaticDecoder:
         q = rotate(q, cos, sin).reshape(b, d.kv_heads, self.groups * t, d.head_dim)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask,
                                              scale=attn.scaling)  # [b, kv, g * t, hd]
-        return attn.o_proj(out.reshape(b, d.heads, t, d.head_dim).transpose(1, 2)
-                           .reshape(b, t, -1))
+        out = out.reshape(b, d.heads, t, d.head_dim).transpose(1, 2).reshape(b, t, -1)
+        return gemv.linear(out, f.o, residual)
 
-    def _layer(self, layer, qkv, gate_up, h, update, cos, sin, keys, values, columns,
-               mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """One layer over the residual stream h + update; its MLP output comes back unadded,
-        (h, update), to be added in the kernel of the next layer's first norm."""
-        h = h + update
-        h = h + self._attention(layer.self_attn, qkv, layer.input_layernorm(h), cos, sin, keys,
-                                values, columns, mask)
-        gate, up = F.linear(layer.post_attention_layernorm(h), gate_up).split(
-            [self.dims.ffn, self.dims.ffn], dim=-1)
-        return h, layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
+    def _layer(self, layer, f: Fused, h, cos, sin, keys, values, columns,
+               mask) -> torch.Tensor:
+        """One layer over the residual stream h, [b, t, d]."""
+        h = self._attention(layer.self_attn, f, layer.input_layernorm(h), cos, sin, keys,
+                            values, columns, mask, h)
+        act = gemv.linear(layer.post_attention_layernorm(h), f.gate_up, gated=True)
+        return gemv.linear(act, f.down, h)
 
     def _forward(self, s: Session, embeds, positions, columns, mask) -> torch.Tensor:
         """Logits at the last position, [b, vocab] float32; writes keys and values of the
@@ -214,12 +221,12 @@ class StaticDecoder:
         cos, sin = self.body.rotary_emb(embeds, positions)
         if embeds.shape[1] > 1:
             mask = mask.repeat(1, 1, self.groups, 1)  # rows follow the folded query heads
-        h, update = embeds, torch.zeros_like(embeds)
+        h = embeds
         for layer, f, keys, values in zip(self.layers, self.fused, s.keys, s.values,
                                           strict=True):
-            h, update = self._run_layer(layer, (f.qkv, f.qkv_bias), f.gate_up, h, update, cos,
-                                        sin, keys, values, columns, mask)
-        return self.model.lm_head(self.body.norm(h[:, -1] + update[:, -1])).float()
+            h = self._run_layer(layer, f, h, cos, sin, keys, values, columns, mask)
+        last = self.body.norm(h[:, -1])
+        return gemv.linear(last, unwrapped(self.model.lm_head).weight).float()
 
     def _pick(self, s: Session, logits: torch.Tensor) -> None:
         """Greedy token for each row; written to s.out at s.step; counters advance."""

@@ -94,11 +94,9 @@ class Encoder:
             for layer, f in zip(self.layers, fused, strict=True):
                 attn, mlp = layer.self_attn, layer.mlp
                 sets = (((f.qkv, f.qkv_bias), [attn.q_proj, attn.k_proj, attn.v_proj]),
-                        ((unwrapped(attn.o_proj).weight, unwrapped(attn.o_proj).bias),
-                         [attn.o_proj]),
+                        ((f.o, unwrapped(attn.o_proj).bias), [attn.o_proj]),
                         ((f.gate_up, None), [mlp.gate_proj, mlp.up_proj]),
-                        ((unwrapped(mlp.down_proj).weight, unwrapped(mlp.down_proj).bias),
-                         [mlp.down_proj]))
+                        ((f.down, unwrapped(mlp.down_proj).bias), [mlp.down_proj]))
                 self.groups[adapter].append(tuple(
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 

@@ -1,0 +1,50 @@
+"""The decode step's one-row products (kbd/model/gemv.py): which rows take the kernel, the
+fallback when it cannot compile, and the kernel itself under Triton's interpreter."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kbd.model import gemv
+
+
+def test_the_kernel_under_tritons_interpreter():
+    pytest.importorskip("triton")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(Path(__file__).with_name("gemv_interpreted.py"))],
+        env=os.environ | {"TRITON_INTERPRET": "1"}, capture_output=True, text=True,
+        timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "13 passed" in run.stdout, run.stdout[-2000:]
+
+
+def test_more_rows_go_through_torch(monkeypatch):
+    monkeypatch.setattr(gemv, "one_row", lambda *a: pytest.fail("the one-row kernel ran"))
+    weight, x, h = torch.randn(16, 8), torch.randn(2, 3, 8), torch.randn(2, 3, 16)
+    torch.testing.assert_close(gemv.linear(x, weight, h), x @ weight.T + h)
+
+
+def test_a_kernel_that_cannot_compile_falls_back_to_torch(monkeypatch):
+    pytest.importorskip("triton")
+
+    def broken():
+        raise RuntimeError("no compiler for this GPU")
+
+    monkeypatch.setattr(gemv, "INTERPRETED", True)  # the CPU counts as a GPU here
+    monkeypatch.setattr(gemv, "kernel", broken)
+    monkeypatch.setattr(gemv, "failed", [])
+    calls = []
+    real = gemv.one_row
+    monkeypatch.setattr(gemv, "one_row", lambda *a: calls.append(a) or real(*a))
+    weight, x = torch.randn(8, 4), torch.randn(1, 4)
+    torch.testing.assert_close(gemv.linear(x, weight), x @ weight.T)
+    assert gemv.failed and "no compiler" in gemv.failed[0]
+    torch.testing.assert_close(gemv.linear(x, weight), x @ weight.T)
+    assert len(calls) == 1  # once failed, torch alone
