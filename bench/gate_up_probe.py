@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from profiling import back_to_back
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 ROWS, HIDDEN, FFN = 64 * 269, 4096, 14336
@@ -77,13 +77,7 @@ def reference(x, w):
 
 
 def per_call_ms(fn, n=10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / n * 1000
+    return back_to_back(fn, n) * 1000
 
 
 def main() -> None:

@@ -7,23 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
+from profiling import back_to_back
 
 ROWS = 64 * 269
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 
 
 def rate(fn, flops: float, n: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return flops * n / (time.perf_counter() - start) / 1e12
+    return flops / back_to_back(fn, n) / 1e12
 
 
 def main() -> None:

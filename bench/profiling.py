@@ -27,6 +27,17 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
+def back_to_back(fn, n: int) -> float:
+    """Mean wall seconds of n calls of fn queued back to back, after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / n
+
+
 def kernel_profile(fn, calls: int = 1) -> dict:
     """GPU milliseconds per call of fn (over `calls` calls, after one more), by kind of kernel,
     the fifteen longest kernels, and the wall milliseconds per call under the profiler."""

@@ -32,6 +32,13 @@ def test_a_model_spread_over_devices_runs_through_transformers(pair, monkeypatch
     assert not supports(fast.model)
 
 
+def test_a_model_without_silu_runs_through_transformers(pair, monkeypatch):
+    """kbd's products fuse SiLU(gate)·up; another activation keeps transformers' MLP."""
+    fast, _ = pair
+    monkeypatch.setattr(fast.model.config, "hidden_act", "gelu")
+    assert not supports(fast.model)
+
+
 @pytest.mark.parametrize("max_new_tokens", [1, 9, 40])
 def test_same_text_as_generate(pair, max_new_tokens):
     fast, plain = pair

@@ -7,10 +7,12 @@ every later token is one replay of a recorded graph: embed, every layer, norm, l
 pick, with the step counters kept on the GPU, so the host looks at the result only every few
 steps to see whether every sequence has ended.
 
-Works for Llama-shaped decoders (Mistral, Llama, Qwen2): the layers' own norms, MLPs and
-projections (LoRA wrappers included) and the model's rotary embedding are called as they are;
-only attention over the cache is written here. The output equals generate()'s greedy output:
-same positions for left-padded prompts, same min_new_tokens rule, pads after the end.
+Works for Llama-shaped decoders with SiLU MLPs (Mistral, Llama, Qwen2): the layers' own norms
+and the model's rotary embedding are called as they are; the products read the base weights,
+the decoder adapter merged into them, q/k/v and gate/up fused, through kbd/model/gemv.py (one
+kernel a product for a single question); attention over the cache is written here. The
+output equals generate()'s greedy output: same positions for left-padded prompts, same
+min_new_tokens rule, pads after the end.
 """
 
 from __future__ import annotations
