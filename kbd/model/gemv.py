@@ -91,7 +91,8 @@ def kernel():
     @triton.jit
     def gemv(x_ptr, w_ptr, add_ptr, out_ptr, rows, k, GATED: tl.constexpr,
              ADD: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr):
-        row = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        # 64-bit offsets: a vocabulary of 256k rows by 8k columns passes 2^31 elements
+        row = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
         in_rows = row < rows
         acc = tl.zeros([ROWS, COLUMNS], dtype=tl.float32)
         acc_up = tl.zeros([ROWS, COLUMNS], dtype=tl.float32)
