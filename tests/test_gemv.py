@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kbd.model import gemv
+from kbd.model import gemv, kernels
 
 
 def test_the_kernel_under_tritons_interpreter():
@@ -37,7 +37,7 @@ def test_a_kernel_that_cannot_compile_falls_back_to_torch(monkeypatch):
     def broken():
         raise RuntimeError("no compiler for this GPU")
 
-    monkeypatch.setattr(gemv, "INTERPRETED", True)  # the CPU counts as a GPU here
+    monkeypatch.setattr(kernels, "INTERPRETED", True)  # the CPU counts as a GPU here
     monkeypatch.setattr(gemv, "kernel", broken)
     monkeypatch.setattr(gemv, "failed", [])
     calls = []

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import DOCS
 
-from kbd.model import encode, merge
+from kbd.model import encode, kernels, merge
 from kbd.model.testing import WORDS
 
 MIXED = [DOCS[0], "disk " * 200, "node", DOCS[3], "full " * 40, DOCS[1], DOCS[2], "a b c"]
@@ -22,6 +22,7 @@ def interpreted(monkeypatch):
     """kbd.model.merge with its kernel under Triton's interpreter (CPU tensors)."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(kernels, "INTERPRETED", True)
     importlib.reload(merge)
     yield merge
     monkeypatch.delenv("TRITON_INTERPRET")
@@ -33,7 +34,7 @@ def interpreted(monkeypatch):
 def test_kernel_equals_addmm(interpreted, rows, columns, rank):
     torch.manual_seed(rows + columns + rank)
     w, b, a = torch.randn(rows, columns), torch.randn(rows, rank), torch.randn(rank, columns)
-    assert interpreted.available(w)
+    assert kernels.usable(w, interpreted.failed)
     got = interpreted.add_product(w, b, a, 2.0)
     torch.testing.assert_close(got, torch.addmm(w, b, a, alpha=2.0), atol=1e-5, rtol=1e-5)
     assert got.data_ptr() != w.data_ptr()  # a copy: the weight itself is left as it was
@@ -84,4 +85,4 @@ def test_a_kernel_that_cannot_run_falls_back_to_addmm(interpreted, monkeypatch):
     torch.testing.assert_close(interpreted.add_product(w, b, a, 2.0),
                                torch.addmm(w, b, a, alpha=2.0))
     assert "no ptxas" in interpreted.failed[0]
-    assert not interpreted.available(w)
+    assert not kernels.usable(w, interpreted.failed)

@@ -13,21 +13,12 @@ Triton cannot compile use torch.
 from __future__ import annotations
 
 import functools
-import logging
-import os
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger("kbd.model")
+from kbd.model.kernels import give_up, tl, triton, usable
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs
-    triton = None
-
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # the kernel on the CPU: the tests
 # weight rows a program reads per load, and how long a stretch of each: measured best for
 # every product of a Mistral-7B step (bench/results/gemv_probe.json)
 ROWS_READ, COLUMNS, WARPS, STAGES = 2, 2048, 8, 3
@@ -38,8 +29,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None = Non
            gated: bool = False) -> torch.Tensor:
     """x Wᵀ + add (a bias, or the residual stream); gated (and no add): SiLU of the first
     half of the outputs times the second half."""
-    one = x.numel() == x.shape[-1]
-    if one and triton is not None and not failed and (x.is_cuda or INTERPRETED):
+    if x.numel() == x.shape[-1] and usable(x, failed):
         return one_row(x, weight, add, gated)
     return _torch(x, weight, add, gated)
 
@@ -72,8 +62,7 @@ def one_row(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None,
             ADD=add is not None, ROWS=per_program, COLUMNS=COLUMNS, num_warps=WARPS,
             num_stages=STAGES)
     except Exception as e:  # no compiler for this GPU: torch from now on, said once
-        failed.append(repr(e))
-        log.warning("the one-row kernel cannot run here, using torch: %s", e)
+        give_up(failed, "the one-row kernel", e)
         return _torch(x, weight, add, gated)
     return out
 

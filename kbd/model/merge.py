@@ -12,32 +12,18 @@ same sum.
 
 from __future__ import annotations
 
-import logging
-import os
-
 import torch
 
-log = logging.getLogger("kbd.model")
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU-only installs: addmm alone
-    triton = None
+from kbd.model.kernels import give_up, tl, triton, usable
 
 ROWS, COLUMNS = 64, 256  # a tile of the weight per program
 failed: list[str] = []  # why the kernel could not run here, once it could not
 
 
-def available(weight: torch.Tensor) -> bool:
-    return (triton is not None and not failed
-            and (weight.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
-
-
 def add_product(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor,
                 scale: float) -> torch.Tensor:
     """weight + scale · b @ a as a new tensor; weight [m, n], b [m, r], a [r, n]."""
-    if not available(weight):
+    if not usable(weight, failed):
         return torch.addmm(weight, b, a, alpha=scale)
     weight, b, a = weight.contiguous(), b.contiguous(), a.contiguous()
     m, n = weight.shape
@@ -48,8 +34,7 @@ def add_product(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor,
         _add_product[grid](weight, b, a, out, m, n, rank, scale, ROWS=ROWS, COLUMNS=COLUMNS,
                            RANK=max(16, triton.next_power_of_2(rank)), num_warps=8)
     except Exception as e:  # no compiler for this GPU: addmm from now on, said once
-        failed.append(repr(e))
-        log.warning("the adapter-merging kernel cannot run here, using torch.addmm: %s", e)
+        give_up(failed, "the adapter-merging kernel", e)
         return torch.addmm(weight, b, a, alpha=scale)
     return out
 
