@@ -4,8 +4,10 @@ Builds the same-shape random 7B CLaRa as bench/clara_gpu.py (fewer layers with -
 per-layer cost is what moves) and compresses 256 passages of 250 tokens with kbd's encoder
 (kbd/model/encode.py) at batch 64 and 128, with a kernel profile of one batch of each. Then
 it asks questions the way the daemon does (top-5, up to 128 new tokens), timing the first
-ones after the warm-up. Earlier runs compared transformers' layers, compiled, the adapter
-on the outputs or in the weights, and cuDNN's attention kernel or flash's (bench/NOTES.md).
+ones after the warm-up. SiLU(gate)·up in the gate/up product's kernel is alternated with
+cuBLAS's product and a SiLU kernel after it. Earlier runs compared transformers' layers,
+compiled, the adapter on the outputs or in the weights, cuDNN's attention kernel or flash's,
+and cuBLAS or cuBLASLt (bench/NOTES.md).
 
     python bench/compress_levers.py --out bench/results/compress_levers.json
 """
@@ -48,6 +50,12 @@ def merge_check(clara) -> dict:
     return out
 
 
+def differences(a: torch.Tensor, b: torch.Tensor) -> dict:
+    cosine = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1))
+    return {"max_diff_of_max": ((a - b).abs().max() / b.abs().max()).item(),
+            "min_cosine": cosine.min().item(), "median_cosine": cosine.median().item()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/compress_levers.json"))
@@ -62,6 +70,11 @@ def main() -> None:
     # what a whole call spends besides the GPU: tokenizing, and the GPU waiting on the host
     results["tokenize_256_s"] = timed(lambda: clara.passage_tokenizer.encoder_ids(docs),
                                       args.repeat)
+    # of which the tokenizers library itself (the rest: transformers' wrapping of its output)
+    backend = clara.tokenizer.backend_tokenizer
+    wrapped = [f"<ENC>{clara.tokenizer.bos_token}{d}{clara.tokenizer.eos_token}" for d in docs]
+    results["tokenize_256_backend_s"] = timed(
+        lambda: backend.encode_batch(wrapped, add_special_tokens=False), args.repeat)
     for batch in (64, 128):
         clara.compress_batch_size = batch
         s = timed(lambda: clara.compress(docs), args.repeat)
@@ -77,13 +90,29 @@ def main() -> None:
               args.repeat)
     results["calls_of_64_passages_per_s"] = len(docs) / s
     results["merge"] = merge_check(clara)
-    # cuBLAS or cuBLASLt for the products, alternated so that both meet the same heat
-    blas = {"cublas": [], "cublaslt": []}
-    for library in ("cublas", "cublaslt") * 3:
-        torch.backends.cuda.preferred_blas_library(library)
-        blas[library].append(len(docs) / timed(lambda: clara.compress(docs), 1))
-    torch.backends.cuda.preferred_blas_library("cublas")
-    results["passages_per_s_by_blas"] = blas
+    # SiLU(gate)·up in the gate/up product's kernel (kbd/model/swiglu.py) or after cuBLAS's
+    # product, alternated so that both meet the same heat (the first of each compiles)
+    by_gate_up = {"kernel": [], "torch": []}
+    for kernel in (True, False) * 4:
+        clara.encoder.gate_up_kernel = kernel
+        by_gate_up["kernel" if kernel else "torch"].append(
+            len(docs) / timed(lambda: clara.compress(docs), 2))
+        print("gate/up kernel", kernel, by_gate_up, flush=True)
+    results["passages_per_s_by_gate_up"] = by_gate_up
+    # how far the kernel moves the memory vectors, beside how far cuBLAS alone moves them
+    # when the same passages are compressed in a batch of another size (bf16 rounding)
+    memory = {}
+    for kernel in (False, True):
+        clara.encoder.gate_up_kernel = kernel
+        memory[kernel] = clara.compress(docs[:64]).float()
+    clara.encoder.gate_up_kernel = False
+    clara.compress_batch_size = 128
+    memory["batch128"] = clara.compress(docs[:128])[:64].float()
+    clara.compress_batch_size = 64
+    clara.encoder.gate_up_kernel = True
+    results["gate_up_kernel_memory"] = {
+        "kernel_vs_torch": differences(memory[True], memory[False]),
+        "torch_batch128_vs_batch64": differences(memory["batch128"], memory[False])}
 
     # the daemon's first questions after the warm-up: nothing may compile now
     memory = clara.compress(docs[:64])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections import defaultdict
@@ -52,10 +53,12 @@ def kernel_profile(fn, calls: int = 1) -> dict:
     by_kind: dict[str, float] = defaultdict(float)
     by_name: dict[str, float] = defaultdict(float)
     count = 0
+    spans = []  # (start, end, name) of each kernel, microseconds
     for event in prof.events():
         if event.device_type != torch.autograd.DeviceType.CUDA:
             continue
         count += 1
+        spans.append((event.time_range.start, event.time_range.end, event.name[:60]))
         ms = event.device_time / 1000 / calls
         name = event.name.lower()
         kind = next((k for k, keys in KINDS if any(key in name for key in keys)), "other")
@@ -64,4 +67,16 @@ def kernel_profile(fn, calls: int = 1) -> dict:
     top = sorted(by_name.items(), key=lambda kv: -kv[1])[:15]
     return {"total_ms": sum(by_kind.values()), "wall_ms": wall * 1000 / calls,
             "kernels_per_call": count / calls, "by_kind_ms": dict(by_kind),
-            "top_kernels_ms": dict(top)}
+            "top_kernels_ms": dict(top), "idle": idle(sorted(spans), wall * 1e6, calls)}
+
+
+def idle(spans: list[tuple[float, float, str]], wall_us: float, calls: int) -> dict:
+    """Where the GPU waited, per call: between its first and last kernel (the five longest
+    waits, after which kernel), and outside them (the host before its first launch and
+    after the last kernel, up to the synchronisation)."""
+    waits = [(b[0] - a[1], a[2]) for a, b in itertools.pairwise(spans)]
+    longest = sorted(waits, reverse=True)[:5]
+    span_us = spans[-1][1] - spans[0][0]
+    return {"between_kernels_ms": sum(max(0.0, w) for w, _ in waits) / 1000 / calls,
+            "outside_kernels_ms": (wall_us - span_us) / 1000 / calls,
+            "longest_waits_ms": [(round(w / 1000, 3), name) for w, name in longest]}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +30,20 @@ DOCS = [
     "apache server started and is listening on port 80",
 ]
 QUESTIONS = ["what error happened on node 7 ?", "who did login as root ?"]
+
+
+def run_interpreted(test_file: str, passed: int) -> None:
+    """A file of kernel tests (tests/*_interpreted.py) in a pytest of its own, with
+    TRITON_INTERPRET=1 set before triton is imported, as the interpreter needs; all `passed`
+    of its tests must pass."""
+    pytest.importorskip("triton")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(Path(__file__).with_name(test_file))],
+        env=os.environ | {"TRITON_INTERPRET": "1"}, capture_output=True, text=True,
+        timeout=600)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert f"{passed} passed" in run.stdout, run.stdout[-2000:]
 
 
 @pytest.fixture(scope="session")

@@ -142,8 +142,7 @@ class TestAdapters:
     def test_each_adapter_changes_the_states(self, e2e, e2e_dir, base_dir):
         """Every adapter changes what the model computes, and the merged decoder adapter
         computes what PEFT's unmerged one does."""
-        rows, _ = e2e.passage_tokenizer.encoder_ids(DOCS[:2])
-        states = {name: e2e._memory_states(rows, name)
+        states = {name: e2e._memory_states(DOCS[:2], name)[0]
                   for name in (ENCODER, DECODER, QUERY_REASONER)}
         ref = ReferenceClara(e2e_dir, base_dir)
         torch.testing.assert_close(states[DECODER], ref.states(DOCS[:2], DECODER),

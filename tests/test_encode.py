@@ -36,6 +36,28 @@ def test_adapter_in_the_weights_equals_adapter_on_the_outputs(pair, monkeypatch)
     assert merged  # the other path really ran
 
 
+def test_each_batch_is_tokenized_as_the_first_layer_reaches_it(pair, monkeypatch):
+    """The host tokenizes a batch after the GPU has the batch before it, not all first; the
+    truncation counts still come back in the caller's order."""
+    fast, plain = pair
+    monkeypatch.setattr(fast, "compress_batch_size", 2)
+    events = []
+    tokenizer, encoder = fast.passage_tokenizer, fast.encoder
+    real_ids, real_layer = tokenizer.encoder_ids, encoder._run_layer
+    monkeypatch.setattr(tokenizer, "encoder_ids",
+                        lambda texts: events.append(("tokenize", len(texts)))
+                        or real_ids(texts))
+    monkeypatch.setattr(encoder, "_run_layer", lambda layer, *a: events.append(
+        ("layer", encoder.layers.index(layer))) or real_layer(layer, *a))
+    long = "disk " * 300  # over doc_max_length
+    texts = [*MIXED[:4], long]
+    memory, dropped = fast.compress(texts, return_dropped=True)
+    assert events[:4] == [("tokenize", 2), ("layer", 0), ("tokenize", 2), ("layer", 0)]
+    assert events.count(("tokenize", 2)) + events.count(("tokenize", 1)) == 3
+    assert dropped == [0, 0, 0, 0, 300 + 3 - (256 + 3)]
+    torch.testing.assert_close(memory, plain.compress(texts), atol=1e-5, rtol=1e-5)
+
+
 def test_last_layer_runs_its_mlp_at_memory_tokens_only(pair, monkeypatch):
     fast, _ = pair
     shapes = []

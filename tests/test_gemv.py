@@ -3,26 +3,15 @@ fallback when it cannot compile, and the kernel itself under Triton's interprete
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import run_interpreted
 
 from kbd.model import gemv, kernels
 
 
 def test_the_kernel_under_tritons_interpreter():
-    pytest.importorskip("triton")
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(Path(__file__).with_name("gemv_interpreted.py"))],
-        env=os.environ | {"TRITON_INTERPRET": "1"}, capture_output=True, text=True,
-        timeout=600)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "13 passed" in run.stdout, run.stdout[-2000:]
+    run_interpreted("gemv_interpreted.py", passed=13)
 
 
 def test_more_rows_go_through_torch(monkeypatch):

@@ -40,7 +40,7 @@ from kbd.model.checkpoint import (
     resolve_base,
 )
 from kbd.model.decode import StaticDecoder, fuse_layers, supports
-from kbd.model.encode import MERGE_ROWS, Encoder
+from kbd.model.encode import MERGE_ROWS, Encoder, to_device
 from kbd.model.index import MemoryIndex
 from kbd.model.tokens import PassageTokenizer
 
@@ -285,44 +285,61 @@ class Clara:
         return ids, mask
 
     @torch.inference_mode()
-    def _memory_states(self, rows: list[list[int]], adapter: str) -> torch.Tensor:
-        """Final hidden states at the memory positions: [n, m, d]. Runs the transformer body
-        only (no vocabulary logits) and batches rows of similar length (little padding)."""
+    def _memory_states(self, texts: Sequence[str], adapter: str) -> tuple[torch.Tensor, list[int]]:
+        """Final hidden states at the memory positions, [n, m, d], and the tokens each text
+        lost to doc_max_length. Runs the transformer body only (no vocabulary logits) on
+        batches of texts of similar length (little padding), in characters: that is known
+        before tokenizing, so each batch can be tokenized while the GPU computes the last."""
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        size = self.compress_batch_size
+        batches = [[texts[i] for i in order[start:start + size]]
+                   for start in range(0, len(order), size)]
+        cut: list[int] = []  # in the order tokenized, that of `order`
+
+        def tokenize(batch: Sequence[str]) -> list[list[int]]:
+            rows, dropped = self.passage_tokenizer.encoder_ids(batch)
+            cut.extend(dropped)
+            return rows
+
         if self.encoder is not None and adapter in self.encoder.groups:
-            return self.encoder.memory_states(rows, self.n_mem, adapter, self.compress_batch_size)
-        out = torch.empty(len(rows), self.n_mem, self.hidden, dtype=self.dtype,
-                          device=self.device)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        body = self.model.base_model
-        with self._adapter(adapter):
-            for start in range(0, len(order), self.compress_batch_size):
-                idx = order[start:start + self.compress_batch_size]
-                ids, mask = self._left_pad([rows[i] for i in idx])
-                # positions count real tokens only; RoPE is relative, so this equals the
-                # reference's absolute positions over its fixed-width padding
-                positions = (mask.cumsum(-1) - 1).clamp(min=0)
-                hidden = body(input_ids=ids, attention_mask=mask, position_ids=positions,
-                              use_cache=False).last_hidden_state  # [batch, T, d]
-                out[torch.tensor(idx, device=self.device)] = hidden[:, -self.n_mem:]
-        return out
+            states = self.encoder.memory_states(batches, tokenize,
+                                                self.passage_tokenizer.longest_row,
+                                                self.n_mem, adapter)
+        else:
+            states = []
+            with self._adapter(adapter):
+                for batch in batches:
+                    ids, mask = self._left_pad(tokenize(batch))
+                    # positions count real tokens only; RoPE is relative, so this equals the
+                    # reference's absolute positions over its fixed-width padding
+                    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+                    hidden = self.model.base_model(
+                        input_ids=ids, attention_mask=mask, position_ids=positions,
+                        use_cache=False).last_hidden_state  # [batch, T, d]
+                    states.append(hidden[:, -self.n_mem:])
+        by_length = torch.cat(states)
+        memory = torch.empty_like(by_length).index_copy_(
+            0, to_device(torch.tensor(order), self.device), by_length)
+        dropped = [0] * len(texts)
+        for i, n in zip(order, cut, strict=True):
+            dropped[i] = n
+        return memory, dropped
 
     def compress(self, passages: Sequence[str], return_dropped: bool = False):
         """Memory for each passage: [n, m, d]. With return_dropped, also the number of tokens
         each passage lost to the doc_max_length limit (0 when it fit)."""
         _check_texts(passages, "passage")
-        rows, dropped = self.passage_tokenizer.encoder_ids(passages)
+        memory, dropped = self._memory_states(passages, ENCODER)
         if any(dropped):
             log.warning("%d of %d passages exceed doc_max_length=%d and were truncated",
                         sum(1 for d in dropped if d), len(passages), self.config.doc_max_length)
-        memory = self._memory_states(rows, ENCODER)
         return (memory, dropped) if return_dropped else memory
 
     def encode_queries(self, questions: Sequence[str]) -> torch.Tensor:
         """Query vectors from the query reasoner: [b, m * d]."""
         self._require(QUERY_REASONER, "encode questions for ranking")
         _check_texts(questions, "question")
-        rows, _ = self.passage_tokenizer.encoder_ids(questions)
-        return self._memory_states(rows, QUERY_REASONER).flatten(1)
+        return self._memory_states(questions, QUERY_REASONER)[0].flatten(1)
 
     @staticmethod
     @torch.inference_mode()

@@ -1,4 +1,4 @@
-"""Compression and query encoding: final hidden states at the memory tokens of token rows.
+"""Compression and query encoding: final hidden states at the memory tokens of texts.
 
 One pass of the transformer body, for the Llama-shaped decoders StaticDecoder runs, that leaves
 out what a full forward through transformers spends on results nobody reads:
@@ -6,21 +6,26 @@ out what a full forward through transformers spends on results nobody reads:
   padding: no mask, and attention runs the fused flash kernel;
 - the last layer's output projection and MLP run at the memory tokens only, the one place its
   states are read; no vocabulary logits at all;
-- q/k/v and gate/up are one matrix product each, on the decoder's fused weights;
+- q/k/v and gate/up are one matrix product each, on the decoder's fused weights, and on a
+  Hopper GPU SiLU(gate)·up is computed in the gate/up product's own kernel (kbd/model/swiglu.py);
 - an adapter is added to the output (x Aᵀ Bᵀ) for a small batch, such as questions, and to a
   copy of the weight for a large one, compression, where that moves less memory
   (kbd/model/merge.py);
 - a call of several batches runs layer by layer: each layer's weights get the adapter once
   for all of its batches (up to WAVE_BYTES of their states), not once a batch;
-- token ids reach the GPU through pinned memory without a wait, so the host is a batch ahead.
+- each batch is tokenized, and its ids sent through pinned memory without a wait, while the
+  GPU computes the batch before it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kbd.model import merge
+from kbd.model import merge, swiglu
 from kbd.model.decode import Dims, Fused, compiled, rotate, static, unwrapped
 
 # rows (tokens) of a call from which an adapter is added to the weights rather than the
@@ -83,10 +88,11 @@ class Encoder:
         self.scale = scale  # of every adapter: lora_alpha / r
         self.pad = pad_id
         self.device = model.get_input_embeddings().weight.device
-        self.pin = self.device.type == "cuda"
         config = model.config
         self.dims = Dims.of(config)
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
+        # SiLU(gate)·up in the gate/up product's kernel, where the adapter is in the weights
+        self.gate_up_kernel = swiglu.available(self.device)
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
@@ -124,8 +130,12 @@ class Encoder:
             h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
         h = h + project(out, o, self.scale)
         x = layer.post_attention_layernorm(h)
-        gate, up = project(x, gate_up, self.scale).split([d.ffn, d.ffn], dim=-1)
-        return h, project(layer.mlp.act_fn(gate) * up, down, self.scale)
+        if self.gate_up_kernel and gate_up[2] is None:  # no adapter outputs to add after it
+            act = swiglu.swiglu(x, gate_up[0])
+        else:
+            gate, up = project(x, gate_up, self.scale).split([d.ffn, d.ffn], dim=-1)
+            act = layer.mlp.act_fn(gate) * up
+        return h, project(act, down, self.scale)
 
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
@@ -133,31 +143,27 @@ class Encoder:
         self._run_layer = self._layer
         return was
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        return t.pin_memory().to(self.device, non_blocking=True) if self.pin else t
-
     @torch.inference_mode()
-    def memory_states(self, rows: list[list[int]], n_mem: int, adapter: str,
-                      batch_size: int) -> torch.Tensor:
-        """Final hidden states at the last n_mem tokens of every row: [n, n_mem, d]. Rows of
-        similar length share a batch, so padding stays small."""
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        batches = [[rows[i] for i in order[start:start + batch_size]]
-                   for start in range(0, len(order), batch_size)]
+    def memory_states(self, batches: list[Sequence[str]],
+                      tokenize: Callable[[Sequence[str]], list[list[int]]], longest: int,
+                      n_mem: int, adapter: str) -> list[torch.Tensor]:
+        """Final hidden states at the last n_mem tokens of every text: [b, n_mem, d] for each
+        batch. tokenize(batch) gives its token rows, none longer than `longest`; it runs as
+        the first layer reaches the batch, so the host tokenizes one batch while the GPU
+        computes the one before."""
         states = []
-        for wave in self._waves(batches):
-            states += self._run_wave(wave, n_mem, adapter)
-        by_length = torch.cat(states)
-        return torch.empty_like(by_length).index_copy_(
-            0, self._to_device(torch.tensor(order)), by_length)
+        for wave in self._waves(batches, longest):
+            states += self._run_wave(wave, tokenize, n_mem, adapter)
+        return states
 
-    def _waves(self, batches: list[list[list[int]]]) -> list[list[list[list[int]]]]:
-        """Consecutive batches whose states fit in WAVE_BYTES together (at least one)."""
+    def _waves(self, batches: list[Sequence[str]], longest: int) -> list[list[Sequence[str]]]:
+        """Consecutive batches whose states fit in WAVE_BYTES together (at least one), at
+        their longest possible rows, since they are not tokenized yet."""
         hidden = self.model.config.hidden_size
         element = self.model.get_input_embeddings().weight.element_size()
         waves, size = [], 0
         for batch in batches:
-            need = 2 * len(batch) * len(batch[-1]) * hidden * element
+            need = 2 * len(batch) * longest * hidden * element
             if not waves or size + need > WAVE_BYTES:
                 waves.append([])
                 size = 0
@@ -165,33 +171,46 @@ class Encoder:
             size += need
         return waves
 
-    def _run_wave(self, wave: list[list[list[int]]], n_mem: int,
+    def _run_wave(self, wave: list[Sequence[str]], tokenize, n_mem: int,
                   adapter: str) -> list[torch.Tensor]:
         """The batches of a wave through every layer, layer by layer: [b, n_mem, d] each."""
-        inputs = [self._inputs(batch, n_mem) for batch in wave]
-        merge_adapter = sum(h.shape[0] * h.shape[1] for h, _, _, _ in inputs) >= MERGE_ROWS
-        streams = [(h, torch.zeros_like(h)) for h, _, _, _ in inputs]
+        first = tokenize(wave[0])
+        # the first batch holds the shortest texts: a wave has at least its tokens a batch
+        merge_adapter = len(wave) * sum(map(len, first)) >= MERGE_ROWS
+        inputs, streams = [], []
         for i, layer in enumerate(self.layers):
             groups = self.groups[adapter][i]
             if merge_adapter:
                 groups = tuple(merged(group, self.scale) for group in groups)
             last = i == len(self.layers) - 1
-            for j, (_, cos, sin, keep) in enumerate(inputs):
+            for j, batch in enumerate(wave):
+                if i == 0:  # made here, so the host makes them while the GPU computes the last
+                    inputs.append(self._inputs(first if j == 0 else tokenize(batch), n_mem))
+                    streams.append((inputs[j][0], torch.zeros_like(inputs[j][0])))
+                _, cos, sin, keep = inputs[j]
                 streams[j] = self._run_layer(layer, groups, *streams[j], cos, sin,
                                              keep if last else None)
         return [self.body.norm(h + update)[:len(batch)]
                 for (h, update), batch in zip(streams, wave, strict=True)]
 
-    def _inputs(self, batch: list[list[int]], n_mem: int) -> tuple[torch.Tensor, ...]:
-        """Embeddings, rotary cos and sin, and the memory positions of a batch."""
-        if len(batch) == 1 and self._run_layer != self._layer:
+    def _inputs(self, rows: list[list[int]], n_mem: int) -> tuple[torch.Tensor, ...]:
+        """Embeddings, rotary cos and sin, and the memory positions of a batch's rows,
+        padded on the right."""
+        if len(rows) == 1 and self._run_layer != self._layer:
             # torch.compile fixes a size of 1 into the code: a lone row runs as two, so one
             # compiled layer serves every batch (and the warm-up compiles half as much)
-            batch = batch * 2
-        width = len(batch[-1])
-        ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in batch])
-        keep = torch.tensor([len(r) for r in batch])[:, None] - n_mem + torch.arange(n_mem)
-        ids, keep = self._to_device(ids), self._to_device(keep)
+            rows = rows * 2
+        width = max(map(len, rows))
+        ids = np.full((len(rows), width), self.pad, dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = row
+        keep = torch.tensor([len(r) for r in rows])[:, None] - n_mem + torch.arange(n_mem)
+        ids, keep = to_device(torch.from_numpy(ids), self.device), to_device(keep, self.device)
         h = self.body.embed_tokens(ids)
         cos, sin = self.body.rotary_emb(h, torch.arange(width, device=self.device)[None])
         return h, cos, sin, keep
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t on the device, through pinned memory without a wait where that is a GPU."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t

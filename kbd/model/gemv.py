@@ -17,6 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from kbd.model import swiglu
 from kbd.model.kernels import give_up, tl, triton, usable
 
 # weight rows a program reads per load, and how long a stretch of each: measured best for
@@ -37,8 +38,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None = Non
 def _torch(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None,
            gated: bool) -> torch.Tensor:
     if gated:
-        gate, up = F.linear(x, weight).chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return swiglu.reference(x, weight)
     if add is None or add.dim() == 1:
         return F.linear(x, weight, add)
     # the residual added by the product's own epilogue, not by a kernel after it

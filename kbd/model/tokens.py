@@ -60,6 +60,11 @@ class PassageTokenizer:
         """Passage tokens as the encoder sees them (the wrapping tokens not counted)."""
         return [len(ids) - ENCODER_WRAP_TOKENS for ids in self._wrapped_ids(texts)]
 
+    @property
+    def longest_row(self) -> int:
+        """Tokens of the longest row encoder_ids() gives."""
+        return self.max_tokens + ENCODER_WRAP_TOKENS + len(self.mem_ids)
+
     def encoder_ids(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids for compression or query encoding, and how many were cut off each.
 
