@@ -14,6 +14,7 @@ torch does the same sum.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,10 +22,22 @@ import torch.nn.functional as F
 from kbd.model import kernels
 from kbd.model.kernels import give_up, tl, triton
 
-# a tile of the output (rows, columns of each half) and the depth of a load; group: rows of
-# tiles visited together so the weight columns they share stay in L2; measured best on an
-# H100 among seven (bench/results/gate_up_probe.json)
-ROWS, COLUMNS, DEPTH, GROUP, STAGES, WARPS = 128, 128, 64, 8, 3, 8
+
+@dataclass(frozen=True)
+class Tiles:
+    """How the kernel cuts the work: a tile of the output (rows, and columns of each half),
+    the depth of a load, loads in flight (stages), warps a program; group: rows of tiles
+    visited together, so the weight columns they share stay in L2."""
+
+    rows: int = 128
+    columns: int = 128
+    depth: int = 64
+    group: int = 8
+    stages: int = 3
+    warps: int = 8
+
+
+TILES = Tiles()  # the fastest measured on an H100 (bench/results/gate_up_probe.json)
 failed: list[str] = []  # why the kernel could not run here, once it could not
 
 
@@ -73,20 +86,22 @@ def _(x, weight):
     return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
 
 
-def launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
+def launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
+           tiles: Tiles = TILES) -> None:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     (m, k), n = x.shape, out.shape[1]
-    tiles = triton.cdiv(m, ROWS) * triton.cdiv(n, COLUMNS)
-    programs = tiles if kernels.INTERPRETED else min(
-        tiles, torch.cuda.get_device_properties(x.device).multi_processor_count)
+    t = tiles
+    count = triton.cdiv(m, t.rows) * triton.cdiv(n, t.columns)
+    programs = count if kernels.INTERPRETED else min(
+        count, torch.cuda.get_device_properties(x.device).multi_processor_count)
     kernel()[(programs,)](
-        TensorDescriptor.from_tensor(x, [ROWS, DEPTH]),
-        TensorDescriptor.from_tensor(weight[:n], [COLUMNS, DEPTH]),
-        TensorDescriptor.from_tensor(weight[n:], [COLUMNS, DEPTH]),
-        TensorDescriptor.from_tensor(out, [ROWS, COLUMNS]), m, n, k, programs,
-        OUT=DTYPES[out.dtype], ROWS=ROWS, COLUMNS=COLUMNS, DEPTH=DEPTH, GROUP=GROUP,
-        STAGES=STAGES, num_warps=WARPS)
+        TensorDescriptor.from_tensor(x, [t.rows, t.depth]),
+        TensorDescriptor.from_tensor(weight[:n], [t.columns, t.depth]),
+        TensorDescriptor.from_tensor(weight[n:], [t.columns, t.depth]),
+        TensorDescriptor.from_tensor(out, [t.rows, t.columns]), m, n, k, programs,
+        OUT=DTYPES[out.dtype], ROWS=t.rows, COLUMNS=t.columns, DEPTH=t.depth, GROUP=t.group,
+        STAGES=t.stages, num_warps=t.warps)
 
 
 DTYPES = {} if tl is None else {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
