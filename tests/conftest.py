@@ -32,6 +32,27 @@ DOCS = [
 QUESTIONS = ["what error happened on node 7 ?", "who did login as root ?"]
 
 
+def counted(monkeypatch, module, name: str) -> list[tuple]:
+    """The arguments of every call of module.name from now on (it still runs)."""
+    calls: list[tuple] = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: calls.append(a) or real(*a))
+    return calls
+
+
+def kernel_cannot_compile(monkeypatch, module) -> None:
+    """module's Triton kernel raises as on a GPU Triton has no compiler for, with the CPU
+    counting as a GPU."""
+    from kbd.model import kernels
+
+    def broken():
+        raise RuntimeError("no compiler for this GPU")
+
+    monkeypatch.setattr(kernels, "INTERPRETED", True)
+    monkeypatch.setattr(module, "kernel", broken)
+    monkeypatch.setattr(module, "failed", [])
+
+
 def run_interpreted(test_file: str, passed: int) -> None:
     """A file of kernel tests (tests/*_interpreted.py) in a pytest of its own, with
     TRITON_INTERPRET=1 set before triton is imported, as the interpreter needs; all `passed`

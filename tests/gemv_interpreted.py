@@ -10,7 +10,7 @@ import os
 
 import pytest
 import torch
-from conftest import DOCS, QUESTIONS
+from conftest import DOCS, QUESTIONS, counted
 
 from kbd.model import gemv
 
@@ -19,10 +19,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run by tests/test_gemv.py"
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    calls = []
-    real = gemv.one_row
-    monkeypatch.setattr(gemv, "one_row", lambda *a: calls.append(a) or real(*a))
-    yield calls
+    yield counted(monkeypatch, gemv, "one_row")
     assert not gemv.failed, gemv.failed
 
 

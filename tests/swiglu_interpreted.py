@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from conftest import DOCS
+from conftest import DOCS, counted
 
 from kbd.model import encode, swiglu
 
@@ -18,10 +18,7 @@ assert os.environ.get("TRITON_INTERPRET") == "1", "run by tests/test_swiglu.py"
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    calls = []
-    real = swiglu.gate_up
-    monkeypatch.setattr(swiglu, "gate_up", lambda *a: calls.append(a) or real(*a))
-    yield calls
+    yield counted(monkeypatch, swiglu, "gate_up")
     assert not swiglu.failed, swiglu.failed
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_interpreted
+from conftest import counted, kernel_cannot_compile, run_interpreted
 
-from kbd.model import gemv, kernels
+from kbd.model import gemv
 
 
 def test_the_kernel_under_tritons_interpreter():
@@ -22,16 +22,8 @@ def test_more_rows_go_through_torch(monkeypatch):
 
 def test_a_kernel_that_cannot_compile_falls_back_to_torch(monkeypatch):
     pytest.importorskip("triton")
-
-    def broken():
-        raise RuntimeError("no compiler for this GPU")
-
-    monkeypatch.setattr(kernels, "INTERPRETED", True)  # the CPU counts as a GPU here
-    monkeypatch.setattr(gemv, "kernel", broken)
-    monkeypatch.setattr(gemv, "failed", [])
-    calls = []
-    real = gemv.one_row
-    monkeypatch.setattr(gemv, "one_row", lambda *a: calls.append(a) or real(*a))
+    kernel_cannot_compile(monkeypatch, gemv)
+    calls = counted(monkeypatch, gemv, "one_row")
     weight, x = torch.randn(8, 4), torch.randn(1, 4)
     torch.testing.assert_close(gemv.linear(x, weight), x @ weight.T)
     assert gemv.failed and "no compiler" in gemv.failed[0]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import run_interpreted
+from conftest import kernel_cannot_compile, run_interpreted
 
-from kbd.model import kernels, swiglu
+from kbd.model import swiglu
 
 
 def test_the_kernel_under_tritons_interpreter():
@@ -22,13 +22,7 @@ def test_not_on_the_cpu(pair):
 
 def test_a_kernel_that_cannot_compile_falls_back_to_torch(monkeypatch):
     pytest.importorskip("triton")
-
-    def broken():
-        raise RuntimeError("no compiler for this GPU")
-
-    monkeypatch.setattr(kernels, "INTERPRETED", True)  # the CPU counts as a GPU here
-    monkeypatch.setattr(swiglu, "kernel", broken)
-    monkeypatch.setattr(swiglu, "failed", [])
+    kernel_cannot_compile(monkeypatch, swiglu)
     assert swiglu.available(torch.device("cpu"))
     weight, x = torch.randn(16, 8), torch.randn(5, 8)
     torch.testing.assert_close(swiglu.swiglu(x, weight), swiglu.reference(x, weight))
