@@ -34,7 +34,7 @@ def interpreted(monkeypatch):
 def test_kernel_equals_addmm(interpreted, rows, columns, rank):
     torch.manual_seed(rows + columns + rank)
     w, b, a = torch.randn(rows, columns), torch.randn(rows, rank), torch.randn(rank, columns)
-    assert kernels.usable(w, interpreted.failed)
+    assert kernels.usable(w.device, interpreted.failed)
     got = interpreted.add_product(w, b, a, 2.0)
     torch.testing.assert_close(got, torch.addmm(w, b, a, alpha=2.0), atol=1e-5, rtol=1e-5)
     assert got.data_ptr() != w.data_ptr()  # a copy: the weight itself is left as it was
@@ -85,4 +85,4 @@ def test_a_kernel_that_cannot_run_falls_back_to_addmm(interpreted, monkeypatch):
     torch.testing.assert_close(interpreted.add_product(w, b, a, 2.0),
                                torch.addmm(w, b, a, alpha=2.0))
     assert "no ptxas" in interpreted.failed[0]
-    assert not kernels.usable(w, interpreted.failed)
+    assert not kernels.usable(w.device, interpreted.failed)

@@ -28,3 +28,6 @@ def test_a_kernel_that_cannot_compile_falls_back_to_torch(monkeypatch):
     torch.testing.assert_close(swiglu.swiglu(x, weight), swiglu.reference(x, weight))
     assert swiglu.failed and "no compiler" in swiglu.failed[0]
     assert not swiglu.available(torch.device("cpu"))  # torch from now on
+    # compiled code goes on calling the operator: it tries the kernel no more
+    torch.testing.assert_close(swiglu.gate_up(x, weight), swiglu.reference(x, weight))
+    assert len(swiglu.failed) == 1

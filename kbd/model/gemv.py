@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from kbd.model import swiglu
-from kbd.model.kernels import give_up, tl, triton, usable
+from kbd.model.kernels import launched, tl, triton, usable
 
 # weight rows a program reads per load, and how long a stretch of each: measured best for
 # every product of a Mistral-7B step (bench/results/gemv_probe.json)
@@ -30,7 +30,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None = Non
            gated: bool = False) -> torch.Tensor:
     """x Wᵀ + add (a bias, or the residual stream); gated (and no add): SiLU of the first
     half of the outputs times the second half."""
-    if x.numel() == x.shape[-1] and usable(x, failed):
+    if x.numel() == x.shape[-1] and usable(x.device, failed):
         return one_row(x, weight, add, gated)
     return _torch(x, weight, add, gated)
 
@@ -54,17 +54,17 @@ def one_row(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None,
     add = None if add is None else add.contiguous()
     k = x.shape[-1]
     rows = weight.shape[0] // 2 if gated else weight.shape[0]
-    out = x.new_empty(*x.shape[:-1], rows)
     per_program = ROWS_READ // 2 if gated else ROWS_READ
-    try:
+
+    def launch() -> torch.Tensor:
+        out = x.new_empty(*x.shape[:-1], rows)
         kernel()[(triton.cdiv(rows, per_program),)](
             x, weight, out if add is None else add, out, rows, k, GATED=gated,
             ADD=add is not None, ROWS=per_program, COLUMNS=COLUMNS, num_warps=WARPS,
             num_stages=STAGES)
-    except Exception as e:  # no compiler for this GPU: torch from now on, said once
-        give_up(failed, "the one-row kernel", e)
-        return _torch(x, weight, add, gated)
-    return out
+        return out
+
+    return launched(failed, "the one-row kernel", launch, lambda: _torch(x, weight, add, gated))
 
 
 @one_row.register_fake

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -21,12 +22,21 @@ except ImportError:  # CPU-only installs: torch alone
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def usable(t: torch.Tensor, failed: list[str]) -> bool:
-    """Whether a kernel that has not failed here may run on tensor t."""
-    return triton is not None and not failed and (t.is_cuda or INTERPRETED)
+def usable(device: torch.device, failed: list[str]) -> bool:
+    """Whether a kernel that has not failed here may run on this device."""
+    return triton is not None and not failed and (device.type == "cuda" or INTERPRETED)
 
 
-def give_up(failed: list[str], kernel: str, error: Exception) -> None:
-    """Torch from now on for this kernel (no compiler for this GPU, say), and why."""
-    failed.append(repr(error))
-    log.warning("%s cannot run here, using torch: %s", kernel, error)
+def launched(failed: list[str], kernel: str, launch: Callable[[], torch.Tensor],
+             fallback: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """launch()'s result by the kernel, or fallback()'s by torch once the kernel has failed
+    here (no compiler for this GPU, say): torch for good from its first failure, and why,
+    said once. Checked here, not only by the caller, because compiled code keeps calling a
+    kernel's operator after the failure."""
+    if not failed:
+        try:
+            return launch()
+        except Exception as e:
+            failed.append(repr(e))
+            log.warning("%s cannot run here, using torch: %s", kernel, e)
+    return fallback()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kbd.model.kernels import give_up, tl, triton, usable
+from kbd.model.kernels import launched, tl, triton, usable
 
 ROWS, COLUMNS = 64, 256  # a tile of the weight per program
 failed: list[str] = []  # why the kernel could not run here, once it could not
@@ -23,20 +23,21 @@ failed: list[str] = []  # why the kernel could not run here, once it could not
 def add_product(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor,
                 scale: float) -> torch.Tensor:
     """weight + scale · b @ a as a new tensor; weight [m, n], b [m, r], a [r, n]."""
-    if not usable(weight, failed):
+    if not usable(weight.device, failed):
         return torch.addmm(weight, b, a, alpha=scale)
     weight, b, a = weight.contiguous(), b.contiguous(), a.contiguous()
     m, n = weight.shape
     rank = b.shape[1]
-    out = torch.empty_like(weight)
-    grid = (triton.cdiv(m, ROWS), triton.cdiv(n, COLUMNS))
-    try:
-        _add_product[grid](weight, b, a, out, m, n, rank, scale, ROWS=ROWS, COLUMNS=COLUMNS,
-                           RANK=max(16, triton.next_power_of_2(rank)), num_warps=8)
-    except Exception as e:  # no compiler for this GPU: addmm from now on, said once
-        give_up(failed, "the adapter-merging kernel", e)
-        return torch.addmm(weight, b, a, alpha=scale)
-    return out
+
+    def launch() -> torch.Tensor:
+        out = torch.empty_like(weight)
+        _add_product[(triton.cdiv(m, ROWS), triton.cdiv(n, COLUMNS))](
+            weight, b, a, out, m, n, rank, scale, ROWS=ROWS, COLUMNS=COLUMNS,
+            RANK=max(16, triton.next_power_of_2(rank)), num_warps=8)
+        return out
+
+    return launched(failed, "the adapter-merging kernel", launch,
+                    lambda: torch.addmm(weight, b, a, alpha=scale))
 
 
 if triton is not None:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kbd.model import kernels
-from kbd.model.kernels import give_up, tl, triton
+from kbd.model.kernels import launched, tl, triton, usable
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,8 @@ failed: list[str] = []  # why the kernel could not run here, once it could not
 def available(device: torch.device) -> bool:
     """Whether the kernel may run on this device: TMA loads need a Hopper GPU or later (or
     Triton's interpreter, on the CPU, for the tests)."""
-    if triton is None or failed:
-        return False
-    if kernels.INTERPRETED:
-        return True
-    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    return usable(device, failed) and (
+        kernels.INTERPRETED or torch.cuda.get_device_capability(device)[0] >= 9)
 
 
 def swiglu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -72,13 +69,13 @@ def gate_up(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     weight = weight.contiguous()
     half = weight.shape[0] // 2
-    out = rows.new_empty(rows.shape[0], half)
-    try:
+
+    def by_kernel() -> torch.Tensor:
+        out = rows.new_empty(rows.shape[0], half)
         launch(rows, weight, out)
-    except Exception as e:  # no compiler for this GPU: torch from now on, said once
-        give_up(failed, "the gate/up kernel", e)
-        return reference(x, weight)
-    return out.view(*x.shape[:-1], half)
+        return out.view(*x.shape[:-1], half)
+
+    return launched(failed, "the gate/up kernel", by_kernel, lambda: reference(x, weight))
 
 
 @gate_up.register_fake
