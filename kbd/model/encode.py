@@ -64,6 +64,27 @@ def project(x: torch.Tensor, group: Group, scale: float) -> torch.Tensor:
     return F.linear(x, weight, bias) + F.linear(F.linear(x, a) * scale, b)
 
 
+def add_projection(h: torch.Tensor, x: torch.Tensor, group: Group, scale: float) -> None:
+    """h += x through a projection group and its adapter, if not merged, each product adding
+    into h in its own epilogue."""
+    weight, bias, a_parts, b_parts = group
+    add_product(h, x, weight)
+    if a_parts is not None:
+        a, b = stacked(a_parts, b_parts)
+        add_product(h, F.linear(x, a) * scale, b)
+    if bias is not None:
+        h.add_(bias)
+
+
+@torch.library.custom_op("kbd::add_product", mutates_args=("h",))
+def add_product(h: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """h += x Wᵀ in place, by the product's epilogue. Added by a kernel after the product, as
+    torch.compile would have it, the output is written, read back and h read and written
+    again: 0.3 GB a product of a 64-passage batch. (An operator of its own, so compiled
+    code calls it as it is and updates h where it lies.)"""
+    h.view(-1, h.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]), weight.t())
+
+
 def stacked(a_parts: Parts, b_parts: Parts) -> tuple[torch.Tensor, torch.Tensor]:
     if len(a_parts) == 1:
         return a_parts[0], b_parts[0]
@@ -93,6 +114,7 @@ class Encoder:
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
         # SiLU(gate)·up in the gate/up product's kernel, where the adapter is in the weights
         self.gate_up_kernel = swiglu.available(self.device)
+        self.epilogue = True  # EXPERIMENT
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
@@ -107,15 +129,15 @@ class Encoder:
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
     def _layer(self, layer, groups: tuple[Group, ...], h, update, cos, sin,
-               keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder layer over the residual stream h + update, [b, t, d]. It returns its own
-        MLP output unadded, (h, update), so that the next layer adds it in the kernel of its
-        first norm rather than in one of its own. With keep ([b, m] positions), only those rows
-        come out of it, [b, m, d]."""
+               keep: torch.Tensor | None):
+        """One decoder layer over the residual stream h, [b, t, d], which its output and MLP
+        products add into as they write (h is updated in place, and returned). With keep
+        ([b, m] positions), only those rows come out of it, [b, m, d]."""
         qkv, o, gate_up, down = groups
         b, t, _ = h.shape
         d = self.dims
-        h = h + update
+        if update is not None:
+            h = h + update
         x = layer.input_layernorm(h)
         q, k, v = project(x, qkv, self.scale).split(d.qkv_split, dim=-1)
         q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
@@ -128,14 +150,20 @@ class Encoder:
             rows = keep[..., None]
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
             h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
-        h = h + project(out, o, self.scale)
+        if self.epilogue:
+            add_projection(h, out, o, self.scale)
+        else:
+            h = h + project(out, o, self.scale)
         x = layer.post_attention_layernorm(h)
         if self.gate_up_kernel and gate_up[2] is None:  # no adapter outputs to add after it
             act = swiglu.swiglu(x, gate_up[0])
         else:
             gate, up = project(x, gate_up, self.scale).split([d.ffn, d.ffn], dim=-1)
             act = layer.mlp.act_fn(gate) * up
-        return h, project(act, down, self.scale)
+        if not self.epilogue:
+            return h, project(act, down, self.scale)
+        add_projection(h, act, down, self.scale)
+        return h, None
 
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
@@ -186,12 +214,13 @@ class Encoder:
             for j, batch in enumerate(wave):
                 if i == 0:  # made here, so the host makes them while the GPU computes the last
                     inputs.append(self._inputs(first if j == 0 else tokenize(batch), n_mem))
-                    streams.append((inputs[j][0], torch.zeros_like(inputs[j][0])))
+                    h = inputs[j][0]
+                    streams.append((h, None if self.epilogue else torch.zeros_like(h)))
                 _, cos, sin, keep = inputs[j]
                 streams[j] = self._run_layer(layer, groups, *streams[j], cos, sin,
                                              keep if last else None)
-        return [self.body.norm(h + update)[:len(batch)]
-                for (h, update), batch in zip(streams, wave, strict=True)]
+        return [self.body.norm(h if u is None else h + u)[:len(batch)]
+                for (h, u), batch in zip(streams, wave, strict=True)]
 
     def _inputs(self, rows: list[list[int]], n_mem: int) -> tuple[torch.Tensor, ...]:
         """Embeddings, rotary cos and sin, and the memory positions of a batch's rows,
