@@ -4,11 +4,14 @@ recompiling for lengths and batch sizes met after the warm-up."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import DOCS, QUESTIONS
 
 from kbd.model import encode
+from kbd.model.checkpoint import ENCODER
 from kbd.model.clara import Clara
 from kbd.model.decode import StaticDecoder, fuse_layers
 
@@ -142,4 +145,33 @@ def test_no_recompiling_after_warm_up(e2e_dir, base_dir, monkeypatch):
     for questions in (QUESTIONS[:1], QUESTIONS * 2):
         clara.answer_from_memory(questions, memory, top_k=5, max_new_tokens=150)
     assert len(graphs) == compiled
+    torch._dynamo.reset()
+
+
+def test_projections_add_into_the_residual_stream_where_it_lies(e2e_dir, base_dir):
+    """Compiled, the output and down projections still add into the layer's input in place:
+    torch.compile would otherwise copy the stream to add into it, or add in a pass of its
+    own, and each costs a read and a write of the stream on the GPU."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    clara = Clara.load(e2e_dir, base_dir, device="cpu")
+    encoder = encode.Encoder(clara.model, fuse_layers(clara.model), list(clara.encoder.groups),
+                             clara.encoder.scale, clara.tokenizer.pad_token_id,
+                             compile_layers=True)
+    rows, _ = clara.passage_tokenizer.encoder_ids(DOCS[:2])
+    h, cos, sin, _ = encoder._inputs(rows, clara.n_mem)
+    stream = h.clone()
+    groups = encoder.groups[ENCODER][0]
+    with torch.inference_mode():
+        expected = encoder._layer(encoder.layers[0], groups, h.clone(), cos, sin, None)
+        out, (code,) = run_and_get_code(encoder._run_layer, encoder.layers[0], groups, stream,
+                                        cos, sin, None)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-3)  # fused norms round apart
+    assert out.data_ptr() == stream.data_ptr()
+    # o and down, each with its adapter beside it, into the stream as it came in, and no copy
+    calls = re.findall(r"torch\.ops\.kbd\.add_product\.default\((\w+)", code)
+    assert len(calls) == 4 and len(set(calls)) == 1, code
+    assert re.fullmatch(r"arg\d+_1", calls[0]) and f"return ({calls[0]}, )" in code, code
+    assert "copy_" not in code, code
     torch._dynamo.reset()

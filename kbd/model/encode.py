@@ -8,6 +8,7 @@ out what a full forward through transformers spends on results nobody reads:
   states are read; no vocabulary logits at all;
 - q/k/v and gate/up are one matrix product each, on the decoder's fused weights, and on a
   Hopper GPU SiLU(gate)·up is computed in the gate/up product's own kernel (kbd/model/swiglu.py);
+- the output and down projections add into the residual stream in their own epilogue;
 - an adapter is added to the output (x Aᵀ Bᵀ) for a small batch, such as questions, and to a
   copy of the weight for a large one, compression, where that moves less memory
   (kbd/model/merge.py);
@@ -114,7 +115,6 @@ class Encoder:
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
         # SiLU(gate)·up in the gate/up product's kernel, where the adapter is in the weights
         self.gate_up_kernel = swiglu.available(self.device)
-        self.epilogue = True  # EXPERIMENT
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
@@ -128,16 +128,14 @@ class Encoder:
                 self.groups[adapter].append(tuple(
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
-    def _layer(self, layer, groups: tuple[Group, ...], h, update, cos, sin,
-               keep: torch.Tensor | None):
+    def _layer(self, layer, groups: tuple[Group, ...], h, cos, sin,
+               keep: torch.Tensor | None) -> torch.Tensor:
         """One decoder layer over the residual stream h, [b, t, d], which its output and MLP
         products add into as they write (h is updated in place, and returned). With keep
         ([b, m] positions), only those rows come out of it, [b, m, d]."""
         qkv, o, gate_up, down = groups
         b, t, _ = h.shape
         d = self.dims
-        if update is not None:
-            h = h + update
         x = layer.input_layernorm(h)
         q, k, v = project(x, qkv, self.scale).split(d.qkv_split, dim=-1)
         q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
@@ -150,20 +148,15 @@ class Encoder:
             rows = keep[..., None]
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
             h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
-        if self.epilogue:
-            add_projection(h, out, o, self.scale)
-        else:
-            h = h + project(out, o, self.scale)
+        add_projection(h, out, o, self.scale)
         x = layer.post_attention_layernorm(h)
         if self.gate_up_kernel and gate_up[2] is None:  # no adapter outputs to add after it
             act = swiglu.swiglu(x, gate_up[0])
         else:
             gate, up = project(x, gate_up, self.scale).split([d.ffn, d.ffn], dim=-1)
             act = layer.mlp.act_fn(gate) * up
-        if not self.epilogue:
-            return h, project(act, down, self.scale)
         add_projection(h, act, down, self.scale)
-        return h, None
+        return h
 
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
@@ -214,13 +207,11 @@ class Encoder:
             for j, batch in enumerate(wave):
                 if i == 0:  # made here, so the host makes them while the GPU computes the last
                     inputs.append(self._inputs(first if j == 0 else tokenize(batch), n_mem))
-                    h = inputs[j][0]
-                    streams.append((h, None if self.epilogue else torch.zeros_like(h)))
+                    streams.append(inputs[j][0])
                 _, cos, sin, keep = inputs[j]
-                streams[j] = self._run_layer(layer, groups, *streams[j], cos, sin,
+                streams[j] = self._run_layer(layer, groups, streams[j], cos, sin,
                                              keep if last else None)
-        return [self.body.norm(h if u is None else h + u)[:len(batch)]
-                for (h, u), batch in zip(streams, wave, strict=True)]
+        return [self.body.norm(h)[:len(batch)] for h, batch in zip(streams, wave, strict=True)]
 
     def _inputs(self, rows: list[list[int]], n_mem: int) -> tuple[torch.Tensor, ...]:
         """Embeddings, rotary cos and sin, and the memory positions of a batch's rows,
