@@ -304,7 +304,8 @@ class Clara:
         if self.encoder is not None and adapter in self.encoder.groups:
             states = self.encoder.memory_states(batches, tokenize,
                                                 self.passage_tokenizer.longest_row,
-                                                self.n_mem, adapter)
+                                                self.n_mem, adapter,
+                                                self.passage_tokenizer.prefix)
         else:
             states = []
             with self._adapter(adapter):

@@ -115,6 +115,7 @@ class Encoder:
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
         # SiLU(gate)·up in the gate/up product's kernel, where the adapter is in the weights
         self.gate_up_kernel = swiglu.available(self.device)
+        self.prefix_qkv: dict[tuple[str, tuple[int, ...]], list[torch.Tensor]] = {}
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
@@ -128,22 +129,28 @@ class Encoder:
                 self.groups[adapter].append(tuple(
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
-    def _layer(self, layer, groups: tuple[Group, ...], h, cos, sin,
-               keep: torch.Tensor | None) -> torch.Tensor:
+    def _layer(self, layer, groups: tuple[Group, ...], h, shared, cos, sin,
+               keep: torch.Tensor | None, record: list | None = None) -> torch.Tensor:
         """One decoder layer over the residual stream h, [b, t, d], which its output and MLP
-        products add into as they write (h is updated in place, and returned). With keep
-        ([b, m] positions), only those rows come out of it, [b, m, d]."""
+        products add into as they write (h is updated in place, and returned). h holds the
+        rows past the p positions every row starts with; their q/k/v at this layer, the same
+        for every row, come in as `shared` [p, q/k/v width], computed once (record collects
+        a lone row's own). With keep ([b, m] positions), only those rows come out, [b, m, d]."""
         qkv, o, gate_up, down = groups
         b, t, _ = h.shape
-        d = self.dims
+        p, d = shared.shape[0], self.dims
         x = layer.input_layernorm(h)
-        q, k, v = project(x, qkv, self.scale).split(d.qkv_split, dim=-1)
-        q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
-        k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
+        mixed = project(x, qkv, self.scale)
+        if record is not None:
+            record.append(mixed[0])
+        mixed = torch.cat((shared[None].expand(b, -1, -1), mixed), dim=1)
+        q, k, v = mixed.split(d.qkv_split, dim=-1)
+        q = rotate(q.view(b, p + t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
+        k = rotate(k.view(b, p + t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, p + t, d.kv_heads, d.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
                                              scale=layer.self_attn.scaling)
-        out = out.transpose(1, 2).reshape(b, t, -1)
+        out = out.transpose(1, 2)[:, p:].reshape(b, t, -1)
         if keep is not None:
             rows = keep[..., None]
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
@@ -158,6 +165,21 @@ class Encoder:
         add_projection(h, act, down, self.scale)
         return h
 
+    def _shared(self, adapter: str, prefix: tuple[int, ...]) -> list[torch.Tensor]:
+        """q/k/v of the prefix every row starts with, per layer ([p, q/k/v width]): the
+        states of those positions do not depend on what follows them, so they are computed
+        once, as a lone row, and kept."""
+        key = (adapter, prefix)
+        if key not in self.prefix_qkv:
+            h = self.body.embed_tokens(torch.tensor([prefix], device=self.device))
+            cos, sin = self.body.rotary_emb(h, torch.arange(len(prefix), device=self.device)[None])
+            qkv: list[torch.Tensor] = []
+            for layer, groups in zip(self.layers, self.groups[adapter], strict=True):
+                none = h.new_empty(0, groups[0][0].shape[0])
+                h = self._layer(layer, groups, h, none, cos, sin, None, record=qkv)
+            self.prefix_qkv[key] = qkv
+        return self.prefix_qkv[key]
+
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
         was = self._run_layer != self._layer
@@ -167,14 +189,15 @@ class Encoder:
     @torch.inference_mode()
     def memory_states(self, batches: list[Sequence[str]],
                       tokenize: Callable[[Sequence[str]], list[list[int]]], longest: int,
-                      n_mem: int, adapter: str) -> list[torch.Tensor]:
+                      n_mem: int, adapter: str, prefix: Sequence[int]) -> list[torch.Tensor]:
         """Final hidden states at the last n_mem tokens of every text: [b, n_mem, d] for each
-        batch. tokenize(batch) gives its token rows, none longer than `longest`; it runs as
-        the first layer reaches the batch, so the host tokenizes one batch while the GPU
-        computes the one before."""
+        batch. tokenize(batch) gives its token rows, none longer than `longest`, each starting
+        with the ids of `prefix` (the wrapping before the text); it runs as the first layer
+        reaches the batch, so the host tokenizes one batch while the GPU computes the one
+        before."""
         states = []
         for wave in self._waves(batches, longest):
-            states += self._run_wave(wave, tokenize, n_mem, adapter)
+            states += self._run_wave(wave, tokenize, n_mem, adapter, tuple(prefix))
         return states
 
     def _waves(self, batches: list[Sequence[str]], longest: int) -> list[list[Sequence[str]]]:
@@ -192,9 +215,10 @@ class Encoder:
             size += need
         return waves
 
-    def _run_wave(self, wave: list[Sequence[str]], tokenize, n_mem: int,
-                  adapter: str) -> list[torch.Tensor]:
+    def _run_wave(self, wave: list[Sequence[str]], tokenize, n_mem: int, adapter: str,
+                  prefix: tuple[int, ...]) -> list[torch.Tensor]:
         """The batches of a wave through every layer, layer by layer: [b, n_mem, d] each."""
+        shared = self._shared(adapter, prefix)
         first = tokenize(wave[0])
         # the first batch holds the shortest texts: a wave has at least its tokens a batch
         merge_adapter = len(wave) * sum(map(len, first)) >= MERGE_ROWS
@@ -206,16 +230,22 @@ class Encoder:
             last = i == len(self.layers) - 1
             for j, batch in enumerate(wave):
                 if i == 0:  # made here, so the host makes them while the GPU computes the last
-                    inputs.append(self._inputs(first if j == 0 else tokenize(batch), n_mem))
+                    rows = first if j == 0 else tokenize(batch)
+                    inputs.append(self._inputs(rows, n_mem, prefix))
                     streams.append(inputs[j][0])
-                _, cos, sin, keep = inputs[j]
-                streams[j] = self._run_layer(layer, groups, streams[j], cos, sin,
+                _, cos, sin, keep, p = inputs[j]
+                streams[j] = self._run_layer(layer, groups, streams[j], shared[i][:p], cos, sin,
                                              keep if last else None)
         return [self.body.norm(h)[:len(batch)] for h, batch in zip(streams, wave, strict=True)]
 
-    def _inputs(self, rows: list[list[int]], n_mem: int) -> tuple[torch.Tensor, ...]:
-        """Embeddings, rotary cos and sin, and the memory positions of a batch's rows,
-        padded on the right."""
+    def _inputs(self, rows: list[list[int]], n_mem: int,
+                 prefix: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                   torch.Tensor, int]:
+        """Embeddings past the prefix, rotary cos and sin of every position, the memory
+        positions of a batch's rows, padded on the right, and the prefix's length (0 where
+        a row does not start with it)."""
+        p = len(prefix) if all(tuple(r[:len(prefix)]) == prefix for r in rows) else 0
+        rows = [r[p:] for r in rows]
         if len(rows) == 1 and self._run_layer != self._layer:
             # torch.compile fixes a size of 1 into the code: a lone row runs as two, so one
             # compiled layer serves every batch (and the warm-up compiles half as much)
@@ -227,8 +257,8 @@ class Encoder:
         keep = torch.tensor([len(r) for r in rows])[:, None] - n_mem + torch.arange(n_mem)
         ids, keep = to_device(torch.from_numpy(ids), self.device), to_device(keep, self.device)
         h = self.body.embed_tokens(ids)
-        cos, sin = self.body.rotary_emb(h, torch.arange(width, device=self.device)[None])
-        return h, cos, sin, keep
+        cos, sin = self.body.rotary_emb(h, torch.arange(p + width, device=self.device)[None])
+        return h, cos, sin, keep, p
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
