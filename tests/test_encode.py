@@ -73,9 +73,13 @@ def test_last_layer_runs_its_mlp_at_memory_tokens_only(pair, monkeypatch):
 
 def test_the_prefix_every_row_starts_with_runs_once(pair, monkeypatch):
     """<ENC> and bos open every row, and their states do not depend on what follows them:
-    they go through the layers once, as a row of their own, not once a passage."""
+    they go through the layers once, as a row of their own, not once a passage. (Questions,
+    a few short rows, run whole.)"""
     fast, plain = pair
     fast.encoder.prefix_qkv.clear()
+    fast.encode_queries(QUESTIONS)
+    assert not any(prefix for _, prefix in fast.encoder.prefix_qkv)
+    monkeypatch.setattr(encode, "MERGE_ROWS", 1)  # as in compression
     norm = fast.model.model.layers[0].input_layernorm
     shapes = []
     real = norm.forward
@@ -88,8 +92,9 @@ def test_the_prefix_every_row_starts_with_runs_once(pair, monkeypatch):
     torch.testing.assert_close(again, first)
 
 
-def test_rows_that_do_not_start_with_the_prefix_run_whole(pair):
+def test_rows_that_do_not_start_with_the_prefix_run_whole(pair, monkeypatch):
     fast, plain = pair
+    monkeypatch.setattr(encode, "MERGE_ROWS", 1)
     tokenizer = fast.passage_tokenizer
     with torch.inference_mode():
         (states,) = fast.encoder.memory_states([DOCS[:3]], lambda b: tokenizer.encoder_ids(b)[0],
@@ -176,9 +181,10 @@ def test_no_recompiling_after_warm_up(e2e_dir, base_dir, monkeypatch):
 
 
 def test_projections_add_into_the_residual_stream_where_it_lies(e2e_dir, base_dir):
-    """Compiled, the output and down projections still add into the layer's input in place:
-    torch.compile would otherwise copy the stream to add into it, or add in a pass of its
-    own, and each costs a read and a write of the stream on the GPU."""
+    """Compiled, with the adapter merged (compression), the output and down projections still
+    add into the layer's input in place: torch.compile would otherwise copy the stream to add
+    into it, or add in a pass of its own, and each costs a read and a write of the stream on
+    the GPU."""
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
@@ -190,17 +196,17 @@ def test_projections_add_into_the_residual_stream_where_it_lies(e2e_dir, base_di
     prefix = tuple(clara.passage_tokenizer.prefix)
     h, cos, sin, _, p = encoder._inputs(rows, clara.n_mem, prefix)
     stream = h.clone()
-    groups = encoder.groups[ENCODER][0]
     with torch.inference_mode():
+        groups = tuple(encode.merged(g, encoder.scale) for g in encoder.groups[ENCODER][0])
         shared = encoder._shared(ENCODER, prefix)[0][:p]
         expected = encoder._layer(encoder.layers[0], groups, h.clone(), shared, cos, sin, None)
         out, (code,) = run_and_get_code(encoder._run_layer, encoder.layers[0], groups, stream,
                                         shared, cos, sin, None)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-3)  # fused norms round apart
     assert out.data_ptr() == stream.data_ptr()
-    # o and down, each with its adapter beside it, into the stream as it came in, and no copy
+    # o and down, into the stream as it came in, and no copy
     calls = re.findall(r"torch\.ops\.kbd\.add_product\.default\((\w+)", code)
-    assert len(calls) == 4 and len(set(calls)) == 1, code
+    assert len(calls) == 2 and len(set(calls)) == 1, code
     assert re.fullmatch(r"arg\d+_1", calls[0]) and f"return ({calls[0]}, )" in code, code
     assert "copy_" not in code, code
     torch._dynamo.reset()

@@ -65,16 +65,17 @@ def project(x: torch.Tensor, group: Group, scale: float) -> torch.Tensor:
     return F.linear(x, weight, bias) + F.linear(F.linear(x, a) * scale, b)
 
 
-def add_projection(h: torch.Tensor, x: torch.Tensor, group: Group, scale: float) -> None:
-    """h += x through a projection group and its adapter, if not merged, each product adding
-    into h in its own epilogue."""
-    weight, bias, a_parts, b_parts = group
-    add_product(h, x, weight)
+def add_projection(h: torch.Tensor, x: torch.Tensor, group: Group,
+                   scale: float) -> torch.Tensor:
+    """h + x through a projection group. With the adapter in the weights (compression), the
+    product adds into h in its own epilogue, in place; with the adapter beside them (a small
+    batch, questions), out of place, where the add joins the next kernel: there the products
+    are short and the host's calls, not memory, set the time."""
+    weight, bias, a_parts, _ = group
     if a_parts is not None:
-        a, b = stacked(a_parts, b_parts)
-        add_product(h, F.linear(x, a) * scale, b)
-    if bias is not None:
-        h.add_(bias)
+        return h + project(x, group, scale)
+    add_product(h, x, weight)
+    return h if bias is None else h.add_(bias)
 
 
 @torch.library.custom_op("kbd::add_product", mutates_args=("h",))
@@ -132,7 +133,7 @@ class Encoder:
     def _layer(self, layer, groups: tuple[Group, ...], h, shared, cos, sin,
                keep: torch.Tensor | None, record: list | None = None) -> torch.Tensor:
         """One decoder layer over the residual stream h, [b, t, d], which its output and MLP
-        products add into as they write (h is updated in place, and returned). h holds the
+        products add into (in place where the adapter is merged: add_projection). h holds the
         rows past the p positions every row starts with; their q/k/v at this layer, the same
         for every row, come in as `shared` [p, q/k/v width], computed once (record collects
         a lone row's own). With keep ([b, m] positions), only those rows come out, [b, m, d]."""
@@ -155,15 +156,14 @@ class Encoder:
             rows = keep[..., None]
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
             h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
-        add_projection(h, out, o, self.scale)
+        h = add_projection(h, out, o, self.scale)
         x = layer.post_attention_layernorm(h)
         if self.gate_up_kernel and gate_up[2] is None:  # no adapter outputs to add after it
             act = swiglu.swiglu(x, gate_up[0])
         else:
             gate, up = project(x, gate_up, self.scale).split([d.ffn, d.ffn], dim=-1)
             act = layer.mlp.act_fn(gate) * up
-        add_projection(h, act, down, self.scale)
-        return h
+        return add_projection(h, act, down, self.scale)
 
     def _shared(self, adapter: str, prefix: tuple[int, ...]) -> list[torch.Tensor]:
         """q/k/v of the prefix every row starts with, per layer ([p, q/k/v width]): the
@@ -171,14 +171,18 @@ class Encoder:
         once, as a lone row, and kept."""
         key = (adapter, prefix)
         if key not in self.prefix_qkv:
-            h = self.body.embed_tokens(torch.tensor([prefix], device=self.device))
-            cos, sin = self.body.rotary_emb(h, torch.arange(len(prefix), device=self.device)[None])
-            qkv: list[torch.Tensor] = []
-            for layer, groups in zip(self.layers, self.groups[adapter], strict=True):
-                none = h.new_empty(0, groups[0][0].shape[0])
-                h = self._layer(layer, groups, h, none, cos, sin, None, record=qkv)
-            self.prefix_qkv[key] = qkv
+            none = [g[0].new_empty(0, g[0].shape[0]) for g, *_ in self.groups[adapter]]
+            self.prefix_qkv[key] = self._prefix_qkv(adapter, prefix, none) if prefix else none
         return self.prefix_qkv[key]
+
+    def _prefix_qkv(self, adapter: str, prefix: tuple[int, ...],
+                    none: list[torch.Tensor]) -> list[torch.Tensor]:
+        h = self.body.embed_tokens(torch.tensor([prefix], device=self.device))
+        cos, sin = self.body.rotary_emb(h, torch.arange(len(prefix), device=self.device)[None])
+        qkv: list[torch.Tensor] = []
+        for layer, groups, empty in zip(self.layers, self.groups[adapter], none, strict=True):
+            h = self._layer(layer, groups, h, empty, cos, sin, None, record=qkv)
+        return qkv
 
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
@@ -218,10 +222,12 @@ class Encoder:
     def _run_wave(self, wave: list[Sequence[str]], tokenize, n_mem: int, adapter: str,
                   prefix: tuple[int, ...]) -> list[torch.Tensor]:
         """The batches of a wave through every layer, layer by layer: [b, n_mem, d] each."""
-        shared = self._shared(adapter, prefix)
         first = tokenize(wave[0])
         # the first batch holds the shortest texts: a wave has at least its tokens a batch
         merge_adapter = len(wave) * sum(map(len, first)) >= MERGE_ROWS
+        if not merge_adapter:
+            prefix = ()  # a few short rows (questions): the host's calls set the time, not FLOPs
+        shared = self._shared(adapter, prefix)
         inputs, streams = [], []
         for i, layer in enumerate(self.layers):
             groups = self.groups[adapter][i]
