@@ -5,8 +5,7 @@ per-layer cost is what moves) and compresses 256 passages of 250 tokens with kbd
 (kbd/model/encode.py) at batch 64 and 128, with a kernel profile of one batch of each. Then
 it asks questions the way the daemon does (top-5, up to 128 new tokens), timing the first
 ones after the warm-up. SiLU(gate)·up in the gate/up product's kernel is alternated with
-cuBLAS's product and a SiLU kernel after it, and the prefix every row starts with computed
-once with computed in every row. Earlier runs compared transformers' layers,
+cuBLAS's product and a SiLU kernel after it. Earlier runs compared transformers' layers,
 compiled, the adapter on the outputs or in the weights, cuDNN's attention kernel or flash's,
 and cuBLAS or cuBLASLt (bench/NOTES.md).
 
@@ -100,16 +99,6 @@ def main() -> None:
             len(docs) / timed(lambda: clara.compress(docs), 2))
         print("gate/up kernel", kernel, by_gate_up, flush=True)
     results["passages_per_s_by_gate_up"] = by_gate_up
-    # <ENC> and bos once for all rows (kbd/model/encode.py), or in every row as before
-    by_prefix = {"shared": [], "in_every_row": []}
-    prefix = clara.passage_tokenizer.prefix
-    for shared in (True, False) * 4:
-        clara.passage_tokenizer.prefix = prefix if shared else []
-        by_prefix["shared" if shared else "in_every_row"].append(
-            len(docs) / timed(lambda: clara.compress(docs), 2))
-        print("prefix shared", shared, by_prefix, flush=True)
-    clara.passage_tokenizer.prefix = prefix
-    results["passages_per_s_by_prefix"] = by_prefix
     # how far the kernel moves the memory vectors, beside how far cuBLAS alone moves them
     # when the same passages are compressed in a batch of another size (bf16 rounding)
     memory = {}

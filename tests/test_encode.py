@@ -71,38 +71,6 @@ def test_last_layer_runs_its_mlp_at_memory_tokens_only(pair, monkeypatch):
     assert shapes == [(3, fast.n_mem, fast.model.config.intermediate_size)]
 
 
-def test_the_prefix_every_row_starts_with_runs_once(pair, monkeypatch):
-    """<ENC> and bos open every row, and their states do not depend on what follows them:
-    they go through the layers once, as a row of their own, not once a passage. (Questions,
-    a few short rows, run whole.)"""
-    fast, plain = pair
-    fast.encoder.prefix_qkv.clear()
-    fast.encode_queries(QUESTIONS)
-    assert not any(prefix for _, prefix in fast.encoder.prefix_qkv)
-    monkeypatch.setattr(encode, "MERGE_ROWS", 1)  # as in compression
-    norm = fast.model.model.layers[0].input_layernorm
-    shapes = []
-    real = norm.forward
-    monkeypatch.setattr(norm, "forward", lambda x: shapes.append(tuple(x.shape[:2])) or real(x))
-    rows, _ = fast.passage_tokenizer.encoder_ids(DOCS[:3])
-    width, p = max(map(len, rows)), len(fast.passage_tokenizer.prefix)
-    first, again = fast.compress(DOCS[:3]), fast.compress(DOCS[:3])
-    assert p == 2 and shapes == [(1, p), (3, width - p), (3, width - p)]
-    torch.testing.assert_close(first, plain.compress(DOCS[:3]), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(again, first)
-
-
-def test_rows_that_do_not_start_with_the_prefix_run_whole(pair, monkeypatch):
-    fast, plain = pair
-    monkeypatch.setattr(encode, "MERGE_ROWS", 1)
-    tokenizer = fast.passage_tokenizer
-    with torch.inference_mode():
-        (states,) = fast.encoder.memory_states([DOCS[:3]], lambda b: tokenizer.encoder_ids(b)[0],
-                                               tokenizer.longest_row, fast.n_mem, ENCODER,
-                                               prefix=[tokenizer.prefix[0], 7])
-    torch.testing.assert_close(states, plain.compress(DOCS[:3]), atol=1e-5, rtol=1e-5)
-
-
 class Graphs(list):
     """A torch.compile backend that keeps every graph it is given and runs it as it is."""
 
@@ -193,15 +161,13 @@ def test_projections_add_into_the_residual_stream_where_it_lies(e2e_dir, base_di
                              clara.encoder.scale, clara.tokenizer.pad_token_id,
                              compile_layers=True)
     rows, _ = clara.passage_tokenizer.encoder_ids(DOCS[:2])
-    prefix = tuple(clara.passage_tokenizer.prefix)
-    h, cos, sin, _, p = encoder._inputs(rows, clara.n_mem, prefix)
+    h, cos, sin, _ = encoder._inputs(rows, clara.n_mem)
     stream = h.clone()
     with torch.inference_mode():
         groups = tuple(encode.merged(g, encoder.scale) for g in encoder.groups[ENCODER][0])
-        shared = encoder._shared(ENCODER, prefix)[0][:p]
-        expected = encoder._layer(encoder.layers[0], groups, h.clone(), shared, cos, sin, None)
+        expected = encoder._layer(encoder.layers[0], groups, h.clone(), cos, sin, None)
         out, (code,) = run_and_get_code(encoder._run_layer, encoder.layers[0], groups, stream,
-                                        shared, cos, sin, None)
+                                        cos, sin, None)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-3)  # fused norms round apart
     assert out.data_ptr() == stream.data_ptr()
     # o and down, into the stream as it came in, and no copy

@@ -304,8 +304,7 @@ class Clara:
         if self.encoder is not None and adapter in self.encoder.groups:
             states = self.encoder.memory_states(batches, tokenize,
                                                 self.passage_tokenizer.longest_row,
-                                                self.n_mem, adapter,
-                                                self.passage_tokenizer.prefix)
+                                                self.n_mem, adapter)
         else:
             states = []
             with self._adapter(adapter):

@@ -8,7 +8,8 @@ out what a full forward through transformers spends on results nobody reads:
   states are read; no vocabulary logits at all;
 - q/k/v and gate/up are one matrix product each, on the decoder's fused weights, and on a
   Hopper GPU SiLU(gate)·up is computed in the gate/up product's own kernel (kbd/model/swiglu.py);
-- the output and down projections add into the residual stream in their own epilogue;
+- where the adapter is in the weights, the output and down projections add into the
+  residual stream in their own epilogue;
 - an adapter is added to the output (x Aᵀ Bᵀ) for a small batch, such as questions, and to a
   copy of the weight for a large one, compression, where that moves less memory
   (kbd/model/merge.py);
@@ -32,7 +33,8 @@ from kbd.model.decode import Dims, Fused, compiled, rotate, static, unwrapped
 # rows (tokens) of a call from which an adapter is added to the weights rather than the
 # outputs: per layer that costs a pass over its weights against ~250 KB of outputs a row
 MERGE_ROWS = 4096
-# states (residual stream and update) of the batches that go through a layer together
+# states of the batches that go through a layer together: their residual streams, and as much
+# again for what a layer makes on the way
 WAVE_BYTES = 2 * 1024**3
 
 Parts = tuple[torch.Tensor, ...]
@@ -116,7 +118,6 @@ class Encoder:
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
         # SiLU(gate)·up in the gate/up product's kernel, where the adapter is in the weights
         self.gate_up_kernel = swiglu.available(self.device)
-        self.prefix_qkv: dict[tuple[str, tuple[int, ...]], list[torch.Tensor]] = {}
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
@@ -130,28 +131,22 @@ class Encoder:
                 self.groups[adapter].append(tuple(
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
-    def _layer(self, layer, groups: tuple[Group, ...], h, shared, cos, sin,
-               keep: torch.Tensor | None, record: list | None = None) -> torch.Tensor:
+    def _layer(self, layer, groups: tuple[Group, ...], h, cos, sin,
+               keep: torch.Tensor | None) -> torch.Tensor:
         """One decoder layer over the residual stream h, [b, t, d], which its output and MLP
-        products add into (in place where the adapter is merged: add_projection). h holds the
-        rows past the p positions every row starts with; their q/k/v at this layer, the same
-        for every row, come in as `shared` [p, q/k/v width], computed once (record collects
-        a lone row's own). With keep ([b, m] positions), only those rows come out, [b, m, d]."""
+        products add into (in place where the adapter is merged: add_projection). With keep
+        ([b, m] positions), only those rows come out of it, [b, m, d]."""
         qkv, o, gate_up, down = groups
         b, t, _ = h.shape
-        p, d = shared.shape[0], self.dims
+        d = self.dims
         x = layer.input_layernorm(h)
-        mixed = project(x, qkv, self.scale)
-        if record is not None:
-            record.append(mixed[0])
-        mixed = torch.cat((shared[None].expand(b, -1, -1), mixed), dim=1)
-        q, k, v = mixed.split(d.qkv_split, dim=-1)
-        q = rotate(q.view(b, p + t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
-        k = rotate(k.view(b, p + t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
-        v = v.view(b, p + t, d.kv_heads, d.head_dim).transpose(1, 2)
+        q, k, v = project(x, qkv, self.scale).split(d.qkv_split, dim=-1)
+        q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
+        k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
                                              scale=layer.self_attn.scaling)
-        out = out.transpose(1, 2)[:, p:].reshape(b, t, -1)
+        out = out.transpose(1, 2).reshape(b, t, -1)
         if keep is not None:
             rows = keep[..., None]
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
@@ -165,25 +160,6 @@ class Encoder:
             act = layer.mlp.act_fn(gate) * up
         return add_projection(h, act, down, self.scale)
 
-    def _shared(self, adapter: str, prefix: tuple[int, ...]) -> list[torch.Tensor]:
-        """q/k/v of the prefix every row starts with, per layer ([p, q/k/v width]): the
-        states of those positions do not depend on what follows them, so they are computed
-        once, as a lone row, and kept."""
-        key = (adapter, prefix)
-        if key not in self.prefix_qkv:
-            none = [g[0].new_empty(0, g[0].shape[0]) for g, *_ in self.groups[adapter]]
-            self.prefix_qkv[key] = self._prefix_qkv(adapter, prefix, none) if prefix else none
-        return self.prefix_qkv[key]
-
-    def _prefix_qkv(self, adapter: str, prefix: tuple[int, ...],
-                    none: list[torch.Tensor]) -> list[torch.Tensor]:
-        h = self.body.embed_tokens(torch.tensor([prefix], device=self.device))
-        cos, sin = self.body.rotary_emb(h, torch.arange(len(prefix), device=self.device)[None])
-        qkv: list[torch.Tensor] = []
-        for layer, groups, empty in zip(self.layers, self.groups[adapter], none, strict=True):
-            h = self._layer(layer, groups, h, empty, cos, sin, None, record=qkv)
-        return qkv
-
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
         was = self._run_layer != self._layer
@@ -193,15 +169,14 @@ class Encoder:
     @torch.inference_mode()
     def memory_states(self, batches: list[Sequence[str]],
                       tokenize: Callable[[Sequence[str]], list[list[int]]], longest: int,
-                      n_mem: int, adapter: str, prefix: Sequence[int]) -> list[torch.Tensor]:
+                      n_mem: int, adapter: str) -> list[torch.Tensor]:
         """Final hidden states at the last n_mem tokens of every text: [b, n_mem, d] for each
-        batch. tokenize(batch) gives its token rows, none longer than `longest`, each starting
-        with the ids of `prefix` (the wrapping before the text); it runs as the first layer
-        reaches the batch, so the host tokenizes one batch while the GPU computes the one
-        before."""
+        batch. tokenize(batch) gives its token rows, none longer than `longest`; it runs as
+        the first layer reaches the batch, so the host tokenizes one batch while the GPU
+        computes the one before."""
         states = []
         for wave in self._waves(batches, longest):
-            states += self._run_wave(wave, tokenize, n_mem, adapter, tuple(prefix))
+            states += self._run_wave(wave, tokenize, n_mem, adapter)
         return states
 
     def _waves(self, batches: list[Sequence[str]], longest: int) -> list[list[Sequence[str]]]:
@@ -219,15 +194,12 @@ class Encoder:
             size += need
         return waves
 
-    def _run_wave(self, wave: list[Sequence[str]], tokenize, n_mem: int, adapter: str,
-                  prefix: tuple[int, ...]) -> list[torch.Tensor]:
+    def _run_wave(self, wave: list[Sequence[str]], tokenize, n_mem: int,
+                  adapter: str) -> list[torch.Tensor]:
         """The batches of a wave through every layer, layer by layer: [b, n_mem, d] each."""
         first = tokenize(wave[0])
         # the first batch holds the shortest texts: a wave has at least its tokens a batch
         merge_adapter = len(wave) * sum(map(len, first)) >= MERGE_ROWS
-        if not merge_adapter:
-            prefix = ()  # a few short rows (questions): the host's calls set the time, not FLOPs
-        shared = self._shared(adapter, prefix)
         inputs, streams = [], []
         for i, layer in enumerate(self.layers):
             groups = self.groups[adapter][i]
@@ -236,22 +208,16 @@ class Encoder:
             last = i == len(self.layers) - 1
             for j, batch in enumerate(wave):
                 if i == 0:  # made here, so the host makes them while the GPU computes the last
-                    rows = first if j == 0 else tokenize(batch)
-                    inputs.append(self._inputs(rows, n_mem, prefix))
+                    inputs.append(self._inputs(first if j == 0 else tokenize(batch), n_mem))
                     streams.append(inputs[j][0])
-                _, cos, sin, keep, p = inputs[j]
-                streams[j] = self._run_layer(layer, groups, streams[j], shared[i][:p], cos, sin,
+                _, cos, sin, keep = inputs[j]
+                streams[j] = self._run_layer(layer, groups, streams[j], cos, sin,
                                              keep if last else None)
         return [self.body.norm(h)[:len(batch)] for h, batch in zip(streams, wave, strict=True)]
 
-    def _inputs(self, rows: list[list[int]], n_mem: int,
-                 prefix: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                   torch.Tensor, int]:
-        """Embeddings past the prefix, rotary cos and sin of every position, the memory
-        positions of a batch's rows, padded on the right, and the prefix's length (0 where
-        a row does not start with it)."""
-        p = len(prefix) if all(tuple(r[:len(prefix)]) == prefix for r in rows) else 0
-        rows = [r[p:] for r in rows]
+    def _inputs(self, rows: list[list[int]], n_mem: int) -> tuple[torch.Tensor, ...]:
+        """Embeddings, rotary cos and sin, and the memory positions of a batch's rows,
+        padded on the right."""
         if len(rows) == 1 and self._run_layer != self._layer:
             # torch.compile fixes a size of 1 into the code: a lone row runs as two, so one
             # compiled layer serves every batch (and the warm-up compiles half as much)
@@ -263,8 +229,8 @@ class Encoder:
         keep = torch.tensor([len(r) for r in rows])[:, None] - n_mem + torch.arange(n_mem)
         ids, keep = to_device(torch.from_numpy(ids), self.device), to_device(keep, self.device)
         h = self.body.embed_tokens(ids)
-        cos, sin = self.body.rotary_emb(h, torch.arange(p + width, device=self.device)[None])
-        return h, cos, sin, keep, p
+        cos, sin = self.body.rotary_emb(h, torch.arange(width, device=self.device)[None])
+        return h, cos, sin, keep
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -30,9 +30,6 @@ class PassageTokenizer:
         self.config = config
         self.max_tokens = config.doc_max_length
         self.mem_ids: list[int] = tokenizer.convert_tokens_to_ids(config.mem_tokens)
-        # what every row of encoder_ids() starts with
-        self.prefix: list[int] = tokenizer(f"<ENC>{tokenizer.bos_token}",
-                                           add_special_tokens=False)["input_ids"]
         self.identity = vocabulary_identity(tokenizer, self.max_tokens)
 
     @classmethod
