@@ -71,6 +71,15 @@ def test_last_layer_runs_its_mlp_at_memory_tokens_only(pair, monkeypatch):
     assert shapes == [(3, fast.n_mem, fast.model.config.intermediate_size)]
 
 
+def test_a_merged_projection_adds_into_the_stream_with_its_bias():
+    h, x = torch.randn(2, 3, 4), torch.randn(2, 3, 5)
+    weight, bias = torch.randn(4, 5), torch.randn(4)
+    expected = h + x @ weight.T + bias
+    out = encode.add_projection(h, x, (weight, bias, None, None), 2.0)
+    torch.testing.assert_close(out, expected)
+    assert out.data_ptr() == h.data_ptr()
+
+
 class Graphs(list):
     """A torch.compile backend that keeps every graph it is given and runs it as it is."""
 
