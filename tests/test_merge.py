@@ -9,7 +9,7 @@ import importlib
 
 import pytest
 import torch
-from conftest import DOCS
+from conftest import DOCS, counted
 
 from kbd.model import encode, kernels, merge
 from kbd.model.testing import WORDS
@@ -43,9 +43,7 @@ def test_kernel_equals_addmm(interpreted, rows, columns, rank):
 def test_compression_through_the_kernel(pair, interpreted, monkeypatch):
     fast, plain = pair
     monkeypatch.setattr(encode, "MERGE_ROWS", 1)
-    calls = []
-    real = interpreted.add_product
-    monkeypatch.setattr(interpreted, "add_product", lambda *a: calls.append(1) or real(*a))
+    calls = counted(monkeypatch, interpreted, "add_product")
     torch.testing.assert_close(fast.compress(MIXED), plain.compress(MIXED), atol=1e-4,
                                rtol=1e-4)
     assert calls
@@ -58,13 +56,11 @@ def test_one_merge_per_layer_for_a_wave_of_batches(pair, monkeypatch):
     passages = [" ".join(WORDS[i:i + 30]) for i in range(8)]
     monkeypatch.setattr(fast, "compress_batch_size", 2)
     monkeypatch.setattr(encode, "MERGE_ROWS", 1)
-    # h and update of two rows of the longest possible length (passages are not tokenized
-    # when the waves are made), float32
+    # the states _waves() counts for two rows of the longest possible length (passages are
+    # not tokenized when the waves are made): twice the residual stream, float32
     per_batch = 2 * 2 * fast.passage_tokenizer.longest_row * fast.model.config.hidden_size * 4
     monkeypatch.setattr(encode, "WAVE_BYTES", 2 * per_batch)
-    calls = []
-    real = merge.add_product
-    monkeypatch.setattr(merge, "add_product", lambda *a: calls.append(1) or real(*a))
+    calls = counted(monkeypatch, merge, "add_product")
     torch.testing.assert_close(fast.compress(passages), plain.compress(passages), atol=1e-4,
                                rtol=1e-4)
     assert len(calls) == 2 * 4 * len(fast.model.model.layers)
