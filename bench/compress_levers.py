@@ -4,11 +4,10 @@ Builds the same-shape random 7B CLaRa as bench/clara_gpu.py (fewer layers with -
 per-layer cost is what moves) and compresses 256 passages of 250 tokens with kbd's encoder
 (kbd/model/encode.py) at batch 64 and 128, with a kernel profile of one batch of each. Then
 it asks questions the way the daemon does (top-5, up to 128 new tokens), timing the first
-ones after the warm-up. One of kbd's kernels (--lever) is alternated with torch's way: the
-attention kernel (kbd/model/attention.py) with rotary, layout and cuDNN's attention, or
-SiLU(gate)·up in the gate/up product's kernel with cuBLAS's product and a SiLU kernel.
-Earlier runs compared transformers' layers, compiled, the adapter on the outputs or in the
-weights, cuDNN's attention kernel or flash's, and cuBLAS or cuBLASLt (bench/NOTES.md).
+ones after the warm-up. SiLU(gate)·up in the gate/up product's kernel is alternated with
+cuBLAS's product and a SiLU kernel after it. Earlier runs compared transformers' layers,
+compiled, the adapter on the outputs or in the weights, cuDNN's attention kernel or flash's,
+and cuBLAS or cuBLASLt (bench/NOTES.md).
 
     python bench/compress_levers.py --out bench/results/compress_levers.json
 """
@@ -62,8 +61,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/compress_levers.json"))
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--lever", default="attention_kernel",
-                        choices=["attention_kernel", "gate_up_kernel"])
     args = parser.parse_args()
     rng = random.Random(0)
     clara = random_7b_clara(args.layers)
@@ -93,31 +90,27 @@ def main() -> None:
               args.repeat)
     results["calls_of_64_passages_per_s"] = len(docs) / s
     results["merge"] = merge_check(clara)
-    # a kernel of kbd's or torch's way (--lever: the encoder's switch for it), alternated so
-    # that both meet the same heat (the first of each compiles)
-    by_lever = {"kernel": [], "torch": []}
+    # SiLU(gate)·up in the gate/up product's kernel (kbd/model/swiglu.py) or after cuBLAS's
+    # product, alternated so that both meet the same heat (the first of each compiles)
+    by_gate_up = {"kernel": [], "torch": []}
     for kernel in (True, False) * 4:
-        setattr(clara.encoder, args.lever, kernel)
-        by_lever["kernel" if kernel else "torch"].append(
+        clara.encoder.gate_up_kernel = kernel
+        by_gate_up["kernel" if kernel else "torch"].append(
             len(docs) / timed(lambda: clara.compress(docs), 2))
-        print(args.lever, kernel, by_lever, flush=True)
-    results[f"passages_per_s_by_{args.lever}"] = by_lever
-    for kernel in (True, False):
-        setattr(clara.encoder, args.lever, kernel)
-        results[f"whole_256_batch64_{args.lever}_{kernel}"] = kernel_profile(
-            lambda: clara.compress(docs))
-    # how far the kernel moves the memory vectors, beside how far torch's way alone moves them
+        print("gate/up kernel", kernel, by_gate_up, flush=True)
+    results["passages_per_s_by_gate_up"] = by_gate_up
+    # how far the kernel moves the memory vectors, beside how far cuBLAS alone moves them
     # when the same passages are compressed in a batch of another size (bf16 rounding)
     memory = {}
     for kernel in (False, True):
-        setattr(clara.encoder, args.lever, kernel)
+        clara.encoder.gate_up_kernel = kernel
         memory[kernel] = clara.compress(docs[:64]).float()
-    setattr(clara.encoder, args.lever, False)
+    clara.encoder.gate_up_kernel = False
     clara.compress_batch_size = 128
     memory["batch128"] = clara.compress(docs[:128])[:64].float()
     clara.compress_batch_size = 64
-    setattr(clara.encoder, args.lever, True)
-    results[f"{args.lever}_memory"] = {
+    clara.encoder.gate_up_kernel = True
+    results["gate_up_kernel_memory"] = {
         "kernel_vs_torch": differences(memory[True], memory[False]),
         "torch_batch128_vs_batch64": differences(memory["batch128"], memory[False])}
 

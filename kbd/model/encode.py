@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kbd.model import attention, merge, swiglu
-from kbd.model.decode import Dims, Fused, compiled, static, unwrapped
+from kbd.model import merge, swiglu
+from kbd.model.decode import Dims, Fused, compiled, rotate, static, unwrapped
 
 # rows (tokens) of a call from which an adapter is added to the weights rather than the
 # outputs: per layer that costs a pass over its weights against ~250 KB of outputs a row
@@ -118,7 +118,6 @@ class Encoder:
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
         # SiLU(gate)·up in the gate/up product's kernel, where the adapter is in the weights
         self.gate_up_kernel = swiglu.available(self.device)
-        self.attention_kernel = attention.available(self.device, self.dims.head_dim)
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
@@ -138,11 +137,16 @@ class Encoder:
         products add into (in place where the adapter is merged: add_projection). With keep
         ([b, m] positions), only those rows come out of it, [b, m, d]."""
         qkv, o, gate_up, down = groups
+        b, t, _ = h.shape
         d = self.dims
         x = layer.input_layernorm(h)
-        by = attention.causal_attention if self.attention_kernel else attention.reference
-        out = by(project(x, qkv, self.scale), cos, sin, d.heads, d.kv_heads,
-                 layer.self_attn.scaling)
+        q, k, v = project(x, qkv, self.scale).split(d.qkv_split, dim=-1)
+        q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
+        k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
+        v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
+                                             scale=layer.self_attn.scaling)
+        out = out.transpose(1, 2).reshape(b, t, -1)
         if keep is not None:
             rows = keep[..., None]
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
