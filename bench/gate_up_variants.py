@@ -44,46 +44,32 @@ def _tile(tile, tiles_m, tiles_n, GROUP: tl.constexpr, ROWS: tl.constexpr,
 
 
 @triton.jit
-def _silu_product(gate, up, OUT: tl.constexpr):
-    gate = gate.to(OUT).to(tl.float32)
-    up = up.to(OUT).to(tl.float32)
-    return (gate * tl.sigmoid(gate) * up).to(OUT)
-
-
-@triton.jit
-def two_dots(x_desc, gate_desc, up_desc, out_desc, m, n, k, programs, OUT: tl.constexpr,
-             ROWS: tl.constexpr, COLUMNS: tl.constexpr, DEPTH: tl.constexpr,
-             GROUP: tl.constexpr, FLATTEN: tl.constexpr, OUTER: tl.constexpr,
-             INNER: tl.constexpr, SPECIALIZE: tl.constexpr):
-    tiles_m, tiles_n = tl.cdiv(m, ROWS), tl.cdiv(n, COLUMNS)
-    for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, programs, flatten=FLATTEN,
-                         num_stages=OUTER, warp_specialize=SPECIALIZE):
-        row, column = _tile(tile, tiles_m, tiles_n, GROUP, ROWS, COLUMNS)
-        gate = tl.zeros([ROWS, COLUMNS], dtype=tl.float32)
-        up = tl.zeros([ROWS, COLUMNS], dtype=tl.float32)
-        for depth in tl.range(0, k, DEPTH, num_stages=INNER):
-            x = x_desc.load([row, depth])
-            gate = tl.dot(x, gate_desc.load([column, depth]).T, gate)
-            up = tl.dot(x, up_desc.load([column, depth]).T, up)
-        out_desc.store([row, column], _silu_product(gate, up, OUT))
-
-
-@triton.jit
-def one_dot(x_desc, w_desc, out_desc, m, n, k, programs, OUT: tl.constexpr,
+def variant(x_desc, w_desc, up_desc, out_desc, m, n, k, programs, OUT: tl.constexpr,
             ROWS: tl.constexpr, COLUMNS: tl.constexpr, DEPTH: tl.constexpr,
-            GROUP: tl.constexpr, FLATTEN: tl.constexpr, OUTER: tl.constexpr,
-            INNER: tl.constexpr, SPECIALIZE: tl.constexpr):
+            GROUP: tl.constexpr, ONE_DOT: tl.constexpr, FLATTEN: tl.constexpr,
+            OUTER: tl.constexpr, INNER: tl.constexpr, SPECIALIZE: tl.constexpr):
+    """ONE_DOT: w_desc is the 3-D box of a gate tile and its up tile (up_desc unused);
+    otherwise w_desc is the gate half's and up_desc the up half's."""
     tiles_m, tiles_n = tl.cdiv(m, ROWS), tl.cdiv(n, COLUMNS)
     for tile in tl.range(tl.program_id(0), tiles_m * tiles_n, programs, flatten=FLATTEN,
                          num_stages=OUTER, warp_specialize=SPECIALIZE):
         row, column = _tile(tile, tiles_m, tiles_n, GROUP, ROWS, COLUMNS)
-        acc = tl.zeros([ROWS, 2 * COLUMNS], dtype=tl.float32)
-        for depth in tl.range(0, k, DEPTH, num_stages=INNER):
-            x = x_desc.load([row, depth])
-            w = w_desc.load([0, column, depth]).reshape(2 * COLUMNS, DEPTH)
-            acc = tl.dot(x, w.T, acc)
-        gate, up = acc.reshape(ROWS, 2, COLUMNS).permute(0, 2, 1).split()
-        out_desc.store([row, column], _silu_product(gate, up, OUT))
+        if ONE_DOT:
+            acc = tl.zeros([ROWS, 2 * COLUMNS], dtype=tl.float32)
+            for depth in tl.range(0, k, DEPTH, num_stages=INNER):
+                w = w_desc.load([0, column, depth]).reshape(2 * COLUMNS, DEPTH)
+                acc = tl.dot(x_desc.load([row, depth]), w.T, acc)
+            gate, up = acc.reshape(ROWS, 2, COLUMNS).permute(0, 2, 1).split()
+        else:
+            gate = tl.zeros([ROWS, COLUMNS], dtype=tl.float32)
+            up = tl.zeros([ROWS, COLUMNS], dtype=tl.float32)
+            for depth in tl.range(0, k, DEPTH, num_stages=INNER):
+                x = x_desc.load([row, depth])
+                gate = tl.dot(x, w_desc.load([column, depth]).T, gate)
+                up = tl.dot(x, up_desc.load([column, depth]).T, up)
+        gate = gate.to(OUT).to(tl.float32)
+        up = up.to(OUT).to(tl.float32)
+        out_desc.store([row, column], (gate * tl.sigmoid(gate) * up).to(OUT))
 
 
 def launcher(x, w, out, kind: str, group: int, flatten: bool, stages: int, per_loop: bool,
@@ -97,17 +83,18 @@ def launcher(x, w, out, kind: str, group: int, flatten: bool, stages: int, per_l
     x_desc = TensorDescriptor.from_tensor(x, [TILE_ROWS, DEPTH])
     out_desc = TensorDescriptor.from_tensor(out, [TILE_ROWS, TILE_COLUMNS])
     if kind == "one_dot":
-        w_desc = TensorDescriptor.from_tensor(w.view(2, n, k), [2, TILE_COLUMNS, DEPTH])
-        descs, kernel = (x_desc, w_desc, out_desc), one_dot
+        w_desc = up_desc = TensorDescriptor.from_tensor(w.view(2, n, k),
+                                                        [2, TILE_COLUMNS, DEPTH])
     else:
-        descs = (x_desc, TensorDescriptor.from_tensor(w[:n], [TILE_COLUMNS, DEPTH]),
-                 TensorDescriptor.from_tensor(w[n:], [TILE_COLUMNS, DEPTH]), out_desc)
-        kernel = two_dots
+        w_desc = TensorDescriptor.from_tensor(w[:n], [TILE_COLUMNS, DEPTH])
+        up_desc = TensorDescriptor.from_tensor(w[n:], [TILE_COLUMNS, DEPTH])
     consts = dict(OUT=tl.bfloat16, ROWS=TILE_ROWS, COLUMNS=TILE_COLUMNS, DEPTH=DEPTH,
-                  GROUP=group, FLATTEN=flatten, OUTER=1 if per_loop else None,
-                  INNER=stages if per_loop else None, SPECIALIZE=specialize,
+                  GROUP=group, ONE_DOT=kind == "one_dot", FLATTEN=flatten,
+                  OUTER=1 if per_loop else None, INNER=stages if per_loop else None,
+                  SPECIALIZE=specialize,
                   num_stages=stages, num_warps=8)
-    return lambda: kernel[(programs,)](*descs, m, n, k, programs, **consts)
+    return lambda: variant[(programs,)](x_desc, w_desc, up_desc, out_desc, m, n, k, programs,
+                                        **consts)
 
 
 # (kind, group, flatten, stages, per_loop, specialize). The first run (all kinds, groups 8 / 16 /

@@ -40,7 +40,7 @@ class Tiles:
     warps: int = 8
 
 
-TILES = Tiles()  # the fastest measured on an H100 (bench/results/gate_up_probe.json)
+TILES = Tiles()  # the fastest measured on an H100 (bench/results/gate_up_variants.json)
 failed: list[str] = []  # why the kernel could not run here, once it could not
 
 
