@@ -4,10 +4,10 @@ Builds the same-shape random 7B CLaRa as bench/clara_gpu.py (fewer layers with -
 per-layer cost is what moves) and compresses 256 passages of 250 tokens with kbd's encoder
 (kbd/model/encode.py) at batch 64 and 128, with a kernel profile of one batch of each. Then
 it asks questions the way the daemon does (top-5, up to 128 new tokens), timing the first
-ones after the warm-up. SiLU(gate)·up in the gate/up product's kernel is alternated with
-cuBLAS's product and a SiLU kernel after it. Earlier runs compared transformers' layers,
-compiled, the adapter on the outputs or in the weights, cuDNN's attention kernel or flash's,
-and cuBLAS or cuBLASLt (bench/NOTES.md).
+ones after the warm-up. One lever (--lever) is alternated on and off: the q/k/v product with
+the rotary embedding in its kernel's epilogue, or SiLU(gate)·up in the gate/up product's.
+Earlier runs compared transformers' layers, compiled, the adapter on the outputs or in the
+weights, cuDNN's attention kernel or flash's, and cuBLAS or cuBLASLt (bench/NOTES.md).
 
     python bench/compress_levers.py --out bench/results/compress_levers.json
 """
@@ -61,6 +61,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/compress_levers.json"))
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--lever", default="qkv_kernel", choices=("qkv_kernel", "gate_up_kernel"),
+                        help="the encoder's switch alternated on and off")
     args = parser.parse_args()
     rng = random.Random(0)
     clara = random_7b_clara(args.layers)
@@ -90,29 +92,28 @@ def main() -> None:
               args.repeat)
     results["calls_of_64_passages_per_s"] = len(docs) / s
     results["merge"] = merge_check(clara)
-    # SiLU(gate)·up in the gate/up product's kernel (kbd/model/swiglu.py) or after cuBLAS's
-    # product, alternated so that both meet the same heat (the first of each compiles)
-    by_gate_up = {"kernel": [], "torch": []}
-    for kernel in (True, False) * 4:
-        clara.encoder.gate_up_kernel = kernel
-        by_gate_up["kernel" if kernel else "torch"].append(
-            len(docs) / timed(lambda: clara.compress(docs), 2))
-        print("gate/up kernel", kernel, by_gate_up, flush=True)
-    results["passages_per_s_by_gate_up"] = by_gate_up
-    # how far the kernel moves the memory vectors, beside how far cuBLAS alone moves them
-    # when the same passages are compressed in a batch of another size (bf16 rounding)
+    # the lever on and off, alternated so that both meet the same heat (the first of each
+    # compiles)
+    by_lever = {"on": [], "off": []}
+    for on in (True, False) * 4:
+        setattr(clara.encoder, args.lever, on)
+        by_lever["on" if on else "off"].append(len(docs) / timed(lambda: clara.compress(docs), 2))
+        print(args.lever, on, by_lever, flush=True)
+    results[f"passages_per_s_by_{args.lever}"] = by_lever
+    # how far the lever moves the memory vectors, beside how far cuBLAS alone moves them when
+    # the same passages are compressed in a batch of another size (bf16 rounding)
     memory = {}
-    for kernel in (False, True):
-        clara.encoder.gate_up_kernel = kernel
-        memory[kernel] = clara.compress(docs[:64]).float()
-    clara.encoder.gate_up_kernel = False
+    for on in (False, True):
+        setattr(clara.encoder, args.lever, on)
+        memory[on] = clara.compress(docs[:64]).float()
+    setattr(clara.encoder, args.lever, False)
     clara.compress_batch_size = 128
     memory["batch128"] = clara.compress(docs[:128])[:64].float()
     clara.compress_batch_size = 64
-    clara.encoder.gate_up_kernel = True
-    results["gate_up_kernel_memory"] = {
-        "kernel_vs_torch": differences(memory[True], memory[False]),
-        "torch_batch128_vs_batch64": differences(memory["batch128"], memory[False])}
+    setattr(clara.encoder, args.lever, True)
+    results[f"{args.lever}_memory"] = {
+        "on_vs_off": differences(memory[True], memory[False]),
+        "off_batch128_vs_batch64": differences(memory["batch128"], memory[False])}
 
     # the daemon's first questions after the warm-up: nothing may compile now
     memory = clara.compress(docs[:64])

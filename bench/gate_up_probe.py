@@ -1,4 +1,4 @@
-"""Probe: kbd's gate/up kernel (kbd/model/swiglu.py: SiLU(gate)·up in the product's epilogue,
+"""Probe: kbd's gate/up kernel (kbd/model/products.py: SiLU(gate)·up in the product's epilogue,
 TMA loads) under several ways of cutting the work, against cuBLAS's product followed by the
 fused SiLU kernel torch.compile makes, at a 64-passage batch (17,216 rows). The best is then
 alternated with cuBLAS for a while, so both meet the same heat and power cap. Prints TFLOP/s
@@ -16,8 +16,8 @@ import sys
 import torch
 from profiling import back_to_back
 
-from kbd.model import swiglu
-from kbd.model.swiglu import Tiles
+from kbd.model import products
+from kbd.model.products import Tiles
 
 ROWS, HIDDEN, FFN = 64 * 269, 4096, 14336
 # (the results file also holds two runs with Triton's warp specialization, an option the
@@ -32,16 +32,16 @@ def main() -> None:
     w = torch.randn(2 * FFN, HIDDEN, device="cuda", dtype=torch.bfloat16) * 0.02
     out = torch.empty(ROWS, FFN, device="cuda", dtype=torch.bfloat16)
     flops = 2 * ROWS * 2 * FFN * HIDDEN
-    reference = torch.compile(swiglu.reference)  # cuBLAS, then one fused SiLU·up kernel
+    reference = torch.compile(products.swiglu_reference)  # cuBLAS, then one fused SiLU·up kernel
     want = reference(x, w)
     results: dict = {"gpu": torch.cuda.get_device_name(), "rows": ROWS, "configs": {}}
     usable = []
     for tiles in CONFIGS:
         key = json.dumps(dataclasses.asdict(tiles))
         try:
-            swiglu.launch(x, w, out, tiles)
+            products.launch_swiglu(x, w, out, tiles)
             diff = ((out.float() - want.float()).abs().max() / want.float().abs().max()).item()
-            ms = back_to_back(lambda t=tiles: swiglu.launch(x, w, out, t), 10) * 1000
+            ms = back_to_back(lambda t=tiles: products.launch_swiglu(x, w, out, t), 10) * 1000
         except Exception as e:  # a config this GPU or Triton cannot build
             results["configs"][key] = {"error": repr(e)[:300]}
             print(key, "error", repr(e)[:300], flush=True)
@@ -59,8 +59,10 @@ def main() -> None:
         for _ in range(6):  # alternated, ~2.5 s each, so both meet the same heat
             rounds.append({
                 "cublas_then_silu_ms": back_to_back(lambda: reference(x, w), 400) * 1000,
-                "kernel_ms": back_to_back(lambda: swiglu.launch(x, w, out, best), 400) * 1000,
-                "default_kernel_ms": back_to_back(lambda: swiglu.launch(x, w, out), 400) * 1000})
+                "kernel_ms": back_to_back(
+                    lambda: products.launch_swiglu(x, w, out, best), 400) * 1000,
+                "default_kernel_ms": back_to_back(
+                    lambda: products.launch_swiglu(x, w, out), 400) * 1000})
             print(rounds[-1], flush=True)
         results["alternated"] = {"best": dataclasses.asdict(best), "rounds": rounds}
     with open(sys.argv[1], "w") as f:

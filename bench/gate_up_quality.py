@@ -1,4 +1,4 @@
-"""How far the gate/up kernel (kbd/model/swiglu.py) moves compression's memory, against float32.
+"""How far the gate/up kernel (kbd/model/products.py) moves compression's memory, against float32.
 
 The same-shape random 7B CLaRa of bench/clara_gpu.py compresses 64 passages of 250 tokens in
 bf16 twice, SiLU(gate)·up in the gate/up product's kernel and after cuBLAS's product; then the

@@ -1,4 +1,4 @@
-"""Probe: ways of cutting the energy of kbd's gate/up kernel (kbd/model/swiglu.py), the half of
+"""Probe: ways of cutting the energy of kbd's gate/up kernel (kbd/model/products.py), the half of
 compression's time that runs at the H100's 700 W cap, where time follows energy.
 
 - one_dot: gate and up tiles loaded by one 3-D TMA box, [2, 128, 64] over the weight seen as
@@ -26,7 +26,7 @@ import triton.language as tl
 from profiling import back_to_back
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kbd.model import swiglu
+from kbd.model import products
 
 ROWS, HIDDEN, FFN = 64 * 269, 4096, 14336
 TILE_ROWS, TILE_COLUMNS, DEPTH = 128, 128, 64
@@ -116,8 +116,8 @@ def main() -> None:
     want = torch.empty(ROWS, FFN, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(want)
     flops = 2 * ROWS * 2 * FFN * HIDDEN
-    swiglu.launch(x, w, want)
-    kbd_kernel = lambda: swiglu.launch(x, w, out)  # noqa: E731
+    products.launch_swiglu(x, w, want)
+    kbd_kernel = lambda: products.launch_swiglu(x, w, out)  # noqa: E731
     results: dict = {"gpu": torch.cuda.get_device_name(), "rows": ROWS, "cool": {}}
     ms = back_to_back(kbd_kernel, 20) * 1000
     results["cool"]["kbd"] = {"ms": ms, "tflops": flops / ms / 1e9}

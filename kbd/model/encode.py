@@ -6,8 +6,9 @@ out what a full forward through transformers spends on results nobody reads:
   padding: no mask, and attention runs the fused flash kernel;
 - the last layer's output projection and MLP run at the memory tokens only, the one place its
   states are read; no vocabulary logits at all;
-- q/k/v and gate/up are one matrix product each, on the decoder's fused weights, and on a
-  Hopper GPU SiLU(gate)·up is computed in the gate/up product's own kernel (kbd/model/swiglu.py);
+- q/k/v and gate/up are one matrix product each, on the decoder's fused weights; on a Hopper
+  GPU, where the adapter is in the weights, one kernel computes each and finishes its work in
+  the epilogue (kbd/model/products.py): the rotary embedding of q and k, SiLU(gate)·up;
 - where the adapter is in the weights, the output and down projections add into the
   residual stream in their own epilogue;
 - an adapter is added to the output (x Aᵀ Bᵀ) for a small batch, such as questions, and to a
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kbd.model import merge, swiglu
+from kbd.model import merge, products
 from kbd.model.decode import Dims, Fused, compiled, rotate, static, unwrapped
 
 # rows (tokens) of a call from which an adapter is added to the weights rather than the
@@ -116,8 +117,14 @@ class Encoder:
         config = model.config
         self.dims = Dims.of(config)
         self._run_layer = compiled(self._layer) if compile_layers else self._layer
-        # SiLU(gate)·up in the gate/up product's kernel, where the adapter is in the weights
-        self.gate_up_kernel = swiglu.available(self.device)
+        # SiLU(gate)·up and the rotary embedding in their products' kernel, where the adapter
+        # is in the weights
+        self.gate_up_kernel = products.available(self.device)
+        d = self.dims
+        self.rotated = (d.heads + d.kv_heads) * d.head_dim  # q and k, the columns it turns
+        self.qkv_kernel = self.gate_up_kernel and products.rotary_fits(
+            model.get_input_embeddings().weight.dtype, config.hidden_size, sum(d.qkv_split),
+            self.rotated, d.head_dim)
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
@@ -140,9 +147,15 @@ class Encoder:
         b, t, _ = h.shape
         d = self.dims
         x = layer.input_layernorm(h)
-        q, k, v = project(x, qkv, self.scale).split(d.qkv_split, dim=-1)
-        q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
-        k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
+        if self.qkv_kernel and qkv[1] is None and qkv[2] is None:  # no bias, no adapter outputs
+            q, k, v = products.qkv_rotary(x, qkv[0], cos, sin, self.rotated,
+                                          d.head_dim).split(d.qkv_split, dim=-1)
+            q = q.view(b, t, d.heads, d.head_dim).transpose(1, 2)
+            k = k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
+        else:
+            q, k, v = project(x, qkv, self.scale).split(d.qkv_split, dim=-1)
+            q = rotate(q.view(b, t, d.heads, d.head_dim).transpose(1, 2), cos, sin)
+            k = rotate(k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True,
                                              scale=layer.self_attn.scaling)
@@ -154,7 +167,7 @@ class Encoder:
         h = add_projection(h, out, o, self.scale)
         x = layer.post_attention_layernorm(h)
         if self.gate_up_kernel and gate_up[2] is None:  # no adapter outputs to add after it
-            act = swiglu.swiglu(x, gate_up[0])
+            act = products.swiglu(x, gate_up[0])
         else:
             gate, up = project(x, gate_up, self.scale).split([d.ffn, d.ffn], dim=-1)
             act = layer.mlp.act_fn(gate) * up

@@ -17,7 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from kbd.model import swiglu
+from kbd.model import products
 from kbd.model.kernels import launched, tl, triton, usable
 
 # weight rows a program reads per load, and how long a stretch of each: measured best for
@@ -38,7 +38,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None = Non
 def _torch(x: torch.Tensor, weight: torch.Tensor, add: torch.Tensor | None,
            gated: bool) -> torch.Tensor:
     if gated:
-        return swiglu.reference(x, weight)
+        return products.swiglu_reference(x, weight)
     if add is None or add.dim() == 1:
         return F.linear(x, weight, add)
     # the residual added by the product's own epilogue, not by a kernel after it

@@ -1,4 +1,4 @@
-"""What kbd's Triton kernels (merge.py, gemv.py, swiglu.py) share: Triton where it is installed,
+"""What kbd's Triton kernels (merge.py, gemv.py, products.py) share: Triton where it is installed,
 where a kernel may run, and falling back to torch for good, said once, when one cannot compile."""
 
 from __future__ import annotations

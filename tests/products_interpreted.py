@@ -1,0 +1,106 @@
+"""The products' kernel (kbd/model/products.py) on the CPU, by Triton's interpreter: the same
+numbers as torch's steps at sizes off its tiles, for SiLU(gate)·up and for the rotary
+embedding, and compression through it the same memory as transformers' forward. Run by
+tests/test_products.py with TRITON_INTERPRET=1 set before triton is imported."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import DOCS, counted
+
+from kbd.model import encode, products
+from kbd.model.decode import rotate
+
+assert os.environ.get("TRITON_INTERPRET") == "1", "run by tests/test_products.py"
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    yield counted(monkeypatch, products, "gate_up")
+    assert not products.failed, products.failed
+
+
+@pytest.fixture
+def rotary_calls(monkeypatch):
+    yield counted(monkeypatch, products, "qkv_rotary")
+    assert not products.failed, products.failed
+
+
+# rows, depth and outputs off the 128 x 128 x 64 tiles (masked by TMA), and over several
+@pytest.mark.parametrize(("rows", "depth", "half"), [(37, 72, 40), (300, 64, 136),
+                                                     (1, 8, 8), (129, 200, 264)])
+def test_kernel_equals_torch(kernel_calls, rows, depth, half):
+    torch.manual_seed(rows + depth + half)
+    weight = torch.randn(2 * half, depth) / depth**0.5
+    x = torch.randn(1, rows, depth)
+    got = products.swiglu(x, weight)
+    assert kernel_calls, "the kernel did not run"
+    assert got.shape == (1, rows, half)
+    torch.testing.assert_close(got, products.swiglu_reference(x, weight), atol=1e-5, rtol=1e-5)
+
+
+def test_sizes_tma_cannot_describe_go_through_torch(kernel_calls):
+    weight, x = torch.randn(2 * 12, 10), torch.randn(3, 10)  # rows of 20 and 24 bytes
+    torch.testing.assert_close(products.swiglu(x, weight), products.swiglu_reference(x, weight))
+    assert not kernel_calls
+
+
+# rows off the 128-row tiles and positions wrapping mid-tile; heads of 32, 64 and 128 columns
+# (8, 4 and 2 to a 256-column tile); tiles of q/k before one of v
+@pytest.mark.parametrize(("rows", "width", "depth", "head", "heads", "kv_heads"), [
+    (300, 7, 72, 32, 6, 2), (37, 37, 64, 64, 2, 2), (130, 65, 16, 128, 2, 2),
+    (1, 1, 8, 32, 4, 4)])
+def test_rotary_kernel_equals_torch(rotary_calls, rows, width, depth, head, heads, kv_heads):
+    torch.manual_seed(rows + depth + head)
+    rotated = (heads + kv_heads) * head
+    assert products.rotary_fits(torch.float32, depth, rotated + kv_heads * head, rotated, head)
+    weight = torch.randn(rotated + kv_heads * head, depth) / depth**0.5
+    x = torch.randn(rows, width, depth)  # rows of `width` positions each
+    angles = torch.rand(1, width, head // 2) * 6
+    angles = torch.cat((angles, angles), dim=-1)
+    got = products.qkv_rotary(x, weight, angles.cos(), angles.sin(), rotated, head)
+    assert rotary_calls, "the kernel did not run"
+    y = x @ weight.T
+    q_k = y[..., :rotated].reshape(rows, width, -1, head).transpose(1, 2)
+    want = rotate(q_k, angles.cos(), angles.sin()).transpose(1, 2).reshape(rows, width, -1)
+    torch.testing.assert_close(got[..., :rotated], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[..., rotated:], y[..., rotated:], atol=1e-5, rtol=1e-5)
+
+
+def test_heads_across_tiles_or_v_in_a_q_k_tile_do_not_fit():
+    assert not products.rotary_fits(torch.float32, 64, 384, 320, 32)  # v from column 320
+    assert not products.rotary_fits(torch.float32, 64, 1536, 1024, 512)  # a head over 2 tiles
+    assert not products.rotary_fits(torch.float32, 64, 288, 192, 48)
+    assert not products.rotary_fits(torch.float32, 60, 384, 256, 32)  # 120-byte rows
+
+
+def test_compression_through_the_kernel(pair, kernel_calls, rotary_calls, monkeypatch):
+    """Adapters merged into the weights (as for a batch of passages on a GPU), so q/k/v and
+    the MLP take the kernel (at tiles small enough for the tiny model's 6 heads of 16): the
+    memory of transformers' forward with the adapter beside it."""
+    fast, plain = pair
+    assert fast.encoder.gate_up_kernel
+    assert not fast.encoder.qkv_kernel, "96 q/k columns are not whole 256-column tiles"
+    monkeypatch.setattr(products, "TILES", products.Tiles(rows=32, columns=16, depth=16))
+    d = fast.encoder.dims
+    assert products.rotary_fits(torch.float32, fast.model.config.hidden_size,
+                                sum(d.qkv_split), fast.encoder.rotated, d.head_dim)
+    monkeypatch.setattr(fast.encoder, "qkv_kernel", True)
+    monkeypatch.setattr(encode, "MERGE_ROWS", 1)
+    torch.testing.assert_close(fast.compress(DOCS), plain.compress(DOCS), atol=1e-4,
+                               rtol=1e-4)
+    layers = len(fast.model.model.layers)
+    assert len(kernel_calls) == len(rotary_calls) == layers, "one call each a layer"
+
+
+def test_questions_keep_the_adapter_beside_the_product(pair, kernel_calls, rotary_calls,
+                                                       monkeypatch):
+    """A few short questions are not worth merging the adapter: no kernel, same vectors."""
+    fast, plain = pair
+    monkeypatch.setattr(fast.encoder, "qkv_kernel", True)
+    torch.testing.assert_close(fast.encode_queries(DOCS[:2]), plain.encode_queries(DOCS[:2]),
+                               atol=1e-4, rtol=1e-4)
+    assert not kernel_calls and not rotary_calls
