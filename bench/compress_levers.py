@@ -4,8 +4,9 @@ Builds the same-shape random 7B CLaRa as bench/clara_gpu.py (fewer layers with -
 per-layer cost is what moves) and compresses 256 passages of 250 tokens with kbd's encoder
 (kbd/model/encode.py) at batch 64 and 128, with a kernel profile of one batch of each. Then
 it asks questions the way the daemon does (top-5, up to 128 new tokens), timing the first
-ones after the warm-up. One lever (--lever) is alternated on and off: the q/k/v product with
-the rotary embedding in its kernel's epilogue, or SiLU(gate)·up in the gate/up product's.
+ones after the warm-up. One lever (--lever) is alternated on and off: the norms folded into
+the products, the q/k/v product with the rotary embedding in its kernel's epilogue, or
+SiLU(gate)·up in the gate/up product's.
 Earlier runs compared transformers' layers, compiled, the adapter on the outputs or in the
 weights, cuDNN's attention kernel or flash's, and cuBLAS or cuBLASLt (bench/NOTES.md).
 
@@ -61,7 +62,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/compress_levers.json"))
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--lever", default="qkv_kernel", choices=("qkv_kernel", "gate_up_kernel"),
+    parser.add_argument("--lever", default="fold_norms",
+                        choices=("fold_norms", "qkv_kernel", "gate_up_kernel"),
                         help="the encoder's switch alternated on and off")
     args = parser.parse_args()
     rng = random.Random(0)

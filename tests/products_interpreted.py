@@ -24,6 +24,24 @@ def kernel_calls(monkeypatch):
 
 
 @pytest.fixture
+def uneven_norms(pair):
+    """Norm weights other than the random model's ones (which folding would not move), the
+    same in both models of the pair; put back after."""
+    norms = [norm.weight for clara in pair for layer in clara.model.model.layers
+             for norm in (layer.input_layernorm, layer.post_attention_layernorm)]
+    kept = [weight.detach().clone() for weight in norms]
+    per_model = len(norms) // 2
+    with torch.no_grad():
+        for i, weight in enumerate(norms):  # norm i of each model from seed i
+            seeded = torch.Generator().manual_seed(i % per_model)
+            weight.copy_(1 + 0.5 * torch.randn(weight.shape, generator=seeded))
+    yield
+    with torch.no_grad():
+        for weight, old in zip(norms, kept, strict=True):
+            weight.copy_(old)
+
+
+@pytest.fixture
 def rotary_calls(monkeypatch):
     yield counted(monkeypatch, products, "qkv_rotary")
     assert not products.failed, products.failed
@@ -77,23 +95,29 @@ def test_heads_across_tiles_or_v_in_a_q_k_tile_do_not_fit():
     assert not products.rotary_fits(torch.float32, 60, 384, 256, 32)  # 120-byte rows
 
 
-def test_compression_through_the_kernel(pair, kernel_calls, rotary_calls, monkeypatch):
+@pytest.mark.parametrize("fold", [True, False])
+def test_compression_through_the_kernel(pair, uneven_norms, kernel_calls, rotary_calls,
+                                        monkeypatch, fold):
     """Adapters merged into the weights (as for a batch of passages on a GPU), so q/k/v and
-    the MLP take the kernel (at tiles small enough for the tiny model's 6 heads of 16): the
-    memory of transformers' forward with the adapter beside it."""
+    the MLP take the kernel (at tiles small enough for the tiny model's 6 heads of 16), with
+    the norms folded into them or not: the memory of transformers' forward with the adapter
+    beside it."""
     fast, plain = pair
-    assert fast.encoder.gate_up_kernel
+    assert fast.encoder.gate_up_kernel and fast.encoder.fold_norms
     assert not fast.encoder.qkv_kernel, "96 q/k columns are not whole 256-column tiles"
     monkeypatch.setattr(products, "TILES", products.Tiles(rows=32, columns=16, depth=16))
     d = fast.encoder.dims
     assert products.rotary_fits(torch.float32, fast.model.config.hidden_size,
                                 sum(d.qkv_split), fast.encoder.rotated, d.head_dim)
     monkeypatch.setattr(fast.encoder, "qkv_kernel", True)
+    monkeypatch.setattr(fast.encoder, "fold_norms", fold)
     monkeypatch.setattr(encode, "MERGE_ROWS", 1)
     torch.testing.assert_close(fast.compress(DOCS), plain.compress(DOCS), atol=1e-4,
                                rtol=1e-4)
     layers = len(fast.model.model.layers)
     assert len(kernel_calls) == len(rotary_calls) == layers, "one call each a layer"
+    # folded, each call gets the rows' scales, and the residual stream itself, not normed
+    assert all((call[-1] is not None) == fold for call in kernel_calls + rotary_calls)
 
 
 def test_questions_keep_the_adapter_beside_the_product(pair, kernel_calls, rotary_calls,

@@ -174,9 +174,9 @@ def test_projections_add_into_the_residual_stream_where_it_lies(e2e_dir, base_di
     stream = h.clone()
     with torch.inference_mode():
         groups = tuple(encode.merged(g, encoder.scale) for g in encoder.groups[ENCODER][0])
-        expected = encoder._layer(encoder.layers[0], groups, h.clone(), cos, sin, None)
+        expected = encoder._layer(encoder.layers[0], groups, h.clone(), cos, sin, None, False)
         out, (code,) = run_and_get_code(encoder._run_layer, encoder.layers[0], groups, stream,
-                                        cos, sin, None)
+                                        cos, sin, None, False)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-3)  # fused norms round apart
     assert out.data_ptr() == stream.data_ptr()
     # o and down, into the stream as it came in, and no copy
@@ -185,3 +185,26 @@ def test_projections_add_into_the_residual_stream_where_it_lies(e2e_dir, base_di
     assert re.fullmatch(r"arg\d+_1", calls[0]) and f"return ({calls[0]}, )" in code, code
     assert "copy_" not in code, code
     torch._dynamo.reset()
+
+
+class OnePlusWeightNorm(torch.nn.Module):
+    """An RMS norm that scales by 1 + weight (Gemma's form), attributes named as Llama's."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(size))
+        self.variance_epsilon = 1e-6
+
+    def forward(self, x):
+        return (1 + self.weight) * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def test_only_plain_rms_norms_are_folded(pair):
+    """Folding a norm into the products (on a GPU) needs weight · x / √(mean(x²) + ε)."""
+    fast, _ = pair
+    layer = fast.model.model.layers[0]
+    assert encode.rms_epsilon(layer.input_layernorm) == fast.model.config.rms_norm_eps
+    assert fast.encoder.epsilon == fast.model.config.rms_norm_eps
+    assert fast.encoder.fold_norms
+    assert encode.rms_epsilon(OnePlusWeightNorm(64)) is None
+    assert encode.rms_epsilon(torch.nn.LayerNorm(64)) is None

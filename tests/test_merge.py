@@ -31,12 +31,17 @@ def interpreted(monkeypatch):
 
 @pytest.mark.parametrize(("rows", "columns", "rank"), [(70, 300, 5), (128, 256, 32),
                                                        (96, 520, 96), (1, 17, 1)])
-def test_kernel_equals_addmm(interpreted, rows, columns, rank):
+@pytest.mark.parametrize("scaled", [False, True])
+def test_kernel_equals_addmm(interpreted, rows, columns, rank, scaled):
+    """Columns scaled too where a norm's weight is folded in: (W + s·B A)·diag(g)."""
     torch.manual_seed(rows + columns + rank)
     w, b, a = torch.randn(rows, columns), torch.randn(rows, rank), torch.randn(rank, columns)
+    g = torch.rand(columns) + 0.5 if scaled else None
     assert kernels.usable(w.device, interpreted.failed)
-    got = interpreted.add_product(w, b, a, 2.0)
-    torch.testing.assert_close(got, torch.addmm(w, b, a, alpha=2.0), atol=1e-5, rtol=1e-5)
+    got = interpreted.add_product(w, b, a, 2.0, g)
+    want = torch.addmm(w, b, a, alpha=2.0) * (1 if g is None else g)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(merge.by_torch(w, b, a, 2.0, g), want, atol=1e-5, rtol=1e-5)
     assert got.data_ptr() != w.data_ptr()  # a copy: the weight itself is left as it was
 
 

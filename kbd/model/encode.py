@@ -9,6 +9,9 @@ out what a full forward through transformers spends on results nobody reads:
 - q/k/v and gate/up are one matrix product each, on the decoder's fused weights; on a Hopper
   GPU, where the adapter is in the weights, one kernel computes each and finishes its work in
   the epilogue (kbd/model/products.py): the rotary embedding of q and k, SiLU(gate)·up;
+- there the norm before each is folded into it: the norm's weight into the weight's copy, and
+  each row's 1/RMS into the epilogue, so the products read the residual stream itself and no
+  normed copy of it is written (a 64-passage batch's stream is 141 MB);
 - where the adapter is in the weights, the output and down projections add into the
   residual stream in their own epilogue;
 - an adapter is added to the output (x Aᵀ Bᵀ) for a small batch, such as questions, and to a
@@ -96,13 +99,31 @@ def stacked(a_parts: Parts, b_parts: Parts) -> tuple[torch.Tensor, torch.Tensor]
     return torch.cat(a_parts), torch.block_diag(*b_parts)
 
 
-def merged(group: Group, scale: float) -> Group:
-    """The group with its adapter added to a copy of the weight."""
+def merged(group: Group, scale: float, columns: torch.Tensor | None = None) -> Group:
+    """The group with its adapter added to a copy of the weight, and that copy's columns
+    scaled by `columns` where given (a norm's weight folded in)."""
     weight, bias, a_parts, b_parts = group
     if a_parts is None:
-        return group
+        if columns is None:
+            return group
+        return (weight.float() * columns.float()).to(weight.dtype), bias, None, None
     a, b = stacked(a_parts, b_parts)
-    return merge.add_product(weight, b, a, scale), bias, None, None
+    return merge.add_product(weight, b, a, scale, columns), bias, None, None
+
+
+def rms_epsilon(norm) -> float | None:
+    """The epsilon of a norm that computes weight · x / √(mean(x²) + ε), as Llama's RMSNorm and
+    its copies do, else None. Checked on a probe row, not by class: Gemma's, say, scales by
+    1 + weight."""
+    eps, weight = getattr(norm, "variance_epsilon", None), getattr(norm, "weight", None)
+    if eps is None or weight is None or weight.dim() != 1:
+        return None
+    probe = torch.linspace(-2.0, 3.0, weight.shape[0], device=weight.device)
+    with torch.no_grad():
+        got = norm(probe.to(weight.dtype)[None])[0].float()
+    normed = (probe * torch.rsqrt(probe.pow(2).mean() + eps)).to(weight.dtype).float()
+    return float(eps) if torch.allclose(got, weight.float() * normed, rtol=1e-2,
+                                        atol=1e-3) else None
 
 
 class Encoder:
@@ -125,6 +146,12 @@ class Encoder:
         self.qkv_kernel = self.gate_up_kernel and products.rotary_fits(
             model.get_input_embeddings().weight.dtype, config.hidden_size, sum(d.qkv_split),
             self.rotated, d.head_dim)
+        # the norms' weights folded into the products' (where both take the kernel): needs
+        # plain RMS norms, one epsilon, and no q/k/v bias to add after the row scales
+        epsilons = {rms_epsilon(norm) for layer in self.layers
+                    for norm in (layer.input_layernorm, layer.post_attention_layernorm)}
+        self.epsilon = epsilons.pop() if len(epsilons) == 1 else None
+        self.fold_norms = (self.epsilon is not None and all(f.qkv_bias is None for f in fused))
         # per adapter, per layer: (q/k/v, o, gate/up, down), each (weight, bias, As, Bs)
         self.groups: dict[str, list[tuple[Group, ...]]] = {}
         for adapter in adapters:
@@ -139,17 +166,18 @@ class Encoder:
                     (*base, *adapter_parts(projs, adapter)) for base, projs in sets))
 
     def _layer(self, layer, groups: tuple[Group, ...], h, cos, sin,
-               keep: torch.Tensor | None) -> torch.Tensor:
+               keep: torch.Tensor | None, folded: bool) -> torch.Tensor:
         """One decoder layer over the residual stream h, [b, t, d], which its output and MLP
         products add into (in place where the adapter is merged: add_projection). With keep
-        ([b, m] positions), only those rows come out of it, [b, m, d]."""
+        ([b, m] positions), only those rows come out of it, [b, m, d]. folded: the norms'
+        weights are in the q/k/v and gate/up weights (_merged), which both take the kernel."""
         qkv, o, gate_up, down = groups
         b, t, _ = h.shape
         d = self.dims
-        x = layer.input_layernorm(h)
+        x, row_scale = self._normed(layer.input_layernorm, h, folded)
         if self.qkv_kernel and qkv[1] is None and qkv[2] is None:  # no bias, no adapter outputs
-            q, k, v = products.qkv_rotary(x, qkv[0], cos, sin, self.rotated,
-                                          d.head_dim).split(d.qkv_split, dim=-1)
+            q, k, v = products.qkv_rotary(x, qkv[0], cos, sin, self.rotated, d.head_dim,
+                                          row_scale).split(d.qkv_split, dim=-1)
             q = q.view(b, t, d.heads, d.head_dim).transpose(1, 2)
             k = k.view(b, t, d.kv_heads, d.head_dim).transpose(1, 2)
         else:
@@ -165,13 +193,29 @@ class Encoder:
             out = out.gather(1, rows.expand(-1, -1, out.shape[-1]))
             h = h.gather(1, rows.expand(-1, -1, h.shape[-1]))
         h = add_projection(h, out, o, self.scale)
-        x = layer.post_attention_layernorm(h)
+        x, row_scale = self._normed(layer.post_attention_layernorm, h, folded)
         if self.gate_up_kernel and gate_up[2] is None:  # no adapter outputs to add after it
-            act = products.swiglu(x, gate_up[0])
+            act = products.swiglu(x, gate_up[0], row_scale)
         else:
             gate, up = project(x, gate_up, self.scale).split([d.ffn, d.ffn], dim=-1)
             act = layer.mlp.act_fn(gate) * up
         return add_projection(h, act, down, self.scale)
+
+    def _normed(self, norm, h: torch.Tensor,
+                folded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the products after a norm read: its output; or, with its weight folded into
+        theirs, h itself and each row's 1/RMS, which their kernel multiplies in."""
+        if folded:
+            return h, torch.rsqrt(h.float().pow(2).mean(-1) + self.epsilon)
+        return norm(h), None
+
+    def _merged(self, layer, groups: tuple[Group, ...], fold: bool) -> tuple[Group, ...]:
+        """A layer's groups with the adapter in copies of their weights, and with fold the
+        norms' weights in the q/k/v and gate/up copies."""
+        norms = ((layer.input_layernorm.weight, None, layer.post_attention_layernorm.weight,
+                  None) if fold else (None,) * 4)
+        return tuple(merged(group, self.scale, norm)
+                     for group, norm in zip(groups, norms, strict=True))
 
     def uncompile(self) -> bool:
         """Run the layers as they are from now on; False if they already were."""
@@ -213,11 +257,12 @@ class Encoder:
         first = tokenize(wave[0])
         # the first batch holds the shortest texts: a wave has at least its tokens a batch
         merge_adapter = len(wave) * sum(map(len, first)) >= MERGE_ROWS
+        fold = merge_adapter and self.fold_norms and self.qkv_kernel and self.gate_up_kernel
         inputs, streams = [], []
         for i, layer in enumerate(self.layers):
             groups = self.groups[adapter][i]
             if merge_adapter:
-                groups = tuple(merged(group, self.scale) for group in groups)
+                groups = self._merged(layer, groups, fold)
             last = i == len(self.layers) - 1
             for j, batch in enumerate(wave):
                 if i == 0:  # made here, so the host makes them while the GPU computes the last
@@ -225,7 +270,7 @@ class Encoder:
                     streams.append(inputs[j][0])
                 _, cos, sin, keep = inputs[j]
                 streams[j] = self._run_layer(layer, groups, streams[j], cos, sin,
-                                             keep if last else None)
+                                             keep if last else None, fold)
         return [self.body.norm(h)[:len(batch)] for h, batch in zip(streams, wave, strict=True)]
 
     def _inputs(self, rows: list[list[int]], n_mem: int) -> tuple[torch.Tensor, ...]:

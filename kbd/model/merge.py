@@ -1,4 +1,5 @@
-"""An adapter added to a copy of a weight, W + s·B A, in one pass over the weight.
+"""An adapter added to a copy of a weight, W + s·B A, in one pass over the weight; its columns
+scaled as well, (W + s·B A)·diag(g), where a norm's weight is folded into it.
 
 Compression adds the encoder's adapter to each layer's weights before its matrix products
 (kbd/model/encode.py). torch.addmm does that in two passes: it copies W to the result, then
@@ -20,11 +21,12 @@ ROWS, COLUMNS = 64, 256  # a tile of the weight per program
 failed: list[str] = []  # why the kernel could not run here, once it could not
 
 
-def add_product(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor,
-                scale: float) -> torch.Tensor:
-    """weight + scale · b @ a as a new tensor; weight [m, n], b [m, r], a [r, n]."""
+def add_product(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scale: float,
+                columns: torch.Tensor | None = None) -> torch.Tensor:
+    """weight + scale · b @ a as a new tensor, times `columns` [n] column by column where
+    given; weight [m, n], b [m, r], a [r, n]."""
     if not usable(weight.device, failed):
-        return torch.addmm(weight, b, a, alpha=scale)
+        return by_torch(weight, b, a, scale, columns)
     weight, b, a = weight.contiguous(), b.contiguous(), a.contiguous()
     m, n = weight.shape
     rank = b.shape[1]
@@ -32,19 +34,29 @@ def add_product(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor,
     def launch() -> torch.Tensor:
         out = torch.empty_like(weight)
         _add_product[(triton.cdiv(m, ROWS), triton.cdiv(n, COLUMNS))](
-            weight, b, a, out, m, n, rank, scale, ROWS=ROWS, COLUMNS=COLUMNS,
-            RANK=max(16, triton.next_power_of_2(rank)), num_warps=8)
+            weight, b, a, weight if columns is None else columns.contiguous(), out, m, n, rank,
+            scale, ROWS=ROWS, COLUMNS=COLUMNS, RANK=max(16, triton.next_power_of_2(rank)),
+            SCALED=columns is not None, num_warps=8)
         return out
 
     return launched(failed, "the adapter-merging kernel", launch,
-                    lambda: torch.addmm(weight, b, a, alpha=scale))
+                    lambda: by_torch(weight, b, a, scale, columns))
+
+
+def by_torch(weight: torch.Tensor, b: torch.Tensor, a: torch.Tensor, scale: float,
+             columns: torch.Tensor | None) -> torch.Tensor:
+    if columns is None:
+        return torch.addmm(weight, b, a, alpha=scale)
+    return (torch.addmm(weight.float(), b.float(), a.float(), alpha=scale)
+            * columns.float()).to(weight.dtype)
 
 
 if triton is not None:
 
     @triton.jit
-    def _add_product(w_ptr, b_ptr, a_ptr, out_ptr, m, n, rank, scale, ROWS: tl.constexpr,
-                     COLUMNS: tl.constexpr, RANK: tl.constexpr):
+    def _add_product(w_ptr, b_ptr, a_ptr, columns_ptr, out_ptr, m, n, rank, scale,
+                     ROWS: tl.constexpr, COLUMNS: tl.constexpr, RANK: tl.constexpr,
+                     SCALED: tl.constexpr):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         columns = tl.program_id(1) * COLUMNS + tl.arange(0, COLUMNS)
         ranks = tl.arange(0, RANK)  # the rank rounded up to a power of two; the rest masked
@@ -57,4 +69,7 @@ if triton is not None:
         inside = in_rows[:, None] & in_columns[None, :]
         w = tl.load(w_ptr + tile, mask=inside, other=0.0)
         total = w.to(tl.float32) + scale * tl.dot(b, a, input_precision="ieee")
+        if SCALED:
+            total *= tl.load(columns_ptr + columns, mask=in_columns, other=0.0).to(
+                tl.float32)[None, :]
         tl.store(out_ptr + tile, total.to(w.dtype), mask=inside)

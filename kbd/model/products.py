@@ -15,6 +15,9 @@ Compression multiplies ~17,000 token rows (a 64-passage batch) by each layer's w
   epilogue, rounded as torch's compiled rotary kernel rounds them, which otherwise reads
   them back and writes them again, 0.35 GB a layer (bench/results/qkv_rotary_probe.json,
   bench/results/compress_levers_qkv_kernel.json).
+Where a norm's weight is folded into the weight (kbd/model/encode.py), each output row is
+multiplied by its row's norm scale in the epilogue, so the products read the residual stream
+itself and no normed copy of it is written.
 Where that cannot run (no Triton, a GPU before Hopper, float32, sizes TMA or the tiles
 cannot describe) torch does the same sums.
 """
@@ -63,21 +66,32 @@ def described(dtype: torch.dtype, *sizes: int) -> bool:
             and (dtype in (torch.bfloat16, torch.float16) or kernels.INTERPRETED))
 
 
-def swiglu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def swiglu(x: torch.Tensor, weight: torch.Tensor,
+           row_scale: torch.Tensor | None = None) -> torch.Tensor:
     """SiLU of the first half of x Wᵀ times its second half, by the kernel where it fits
-    (call only where available() said so)."""
+    (call only where available() said so); with row_scale (x's shape less its last size),
+    each row of the product multiplied by its scale first."""
     if described(x.dtype, *weight.shape):
-        return gate_up(x, weight)
-    return swiglu_reference(x, weight)
+        return gate_up(x, weight, row_scale)
+    return swiglu_reference(x, weight, row_scale)
 
 
-def swiglu_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    gate, up = F.linear(x, weight).chunk(2, dim=-1)
+def swiglu_reference(x: torch.Tensor, weight: torch.Tensor,
+                     row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    gate, up = scaled(F.linear(x, weight), row_scale).chunk(2, dim=-1)
     return F.silu(gate) * up
 
 
+def scaled(y: torch.Tensor, row_scale: torch.Tensor | None) -> torch.Tensor:
+    """y with each row times its scale, in float32, rounded once, as the kernel rounds."""
+    if row_scale is None:
+        return y
+    return (y.float() * row_scale[..., None]).to(y.dtype)
+
+
 @torch.library.custom_op("kbd::gate_up", mutates_args=())
-def gate_up(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def gate_up(x: torch.Tensor, weight: torch.Tensor,
+            row_scale: torch.Tensor | None = None) -> torch.Tensor:
     """swiglu() by the kernel (an operator of its own, so compiled code calls it as it is)."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     weight = weight.contiguous()
@@ -85,14 +99,15 @@ def gate_up(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
     def by_kernel() -> torch.Tensor:
         out = rows.new_empty(rows.shape[0], half)
-        launch_swiglu(rows, weight, out)
+        launch_swiglu(rows, weight, out, row_scale=row_scale)
         return out.view(*x.shape[:-1], half)
 
-    return launched(failed, "the gate/up kernel", by_kernel, lambda: swiglu_reference(x, weight))
+    return launched(failed, "the gate/up kernel", by_kernel,
+                    lambda: swiglu_reference(x, weight, row_scale))
 
 
 @gate_up.register_fake
-def _(x, weight):
+def _(x, weight, row_scale=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
 
 
@@ -106,10 +121,11 @@ def rotary_fits(dtype: torch.dtype, hidden: int, columns: int, rotated: int,
 
 
 def rotary_reference(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
-                     sin: torch.Tensor, rotated: int, head: int) -> torch.Tensor:
+                     sin: torch.Tensor, rotated: int, head: int,
+                     row_scale: torch.Tensor | None = None) -> torch.Tensor:
     from kbd.model.decode import rotate
 
-    y = F.linear(x, weight)
+    y = scaled(F.linear(x, weight), row_scale)
     b, t, _ = y.shape
     turned = rotate(y[..., :rotated].reshape(b, t, -1, head).transpose(1, 2), cos, sin)
     return torch.cat((turned.transpose(1, 2).reshape(b, t, rotated), y[..., rotated:]), -1)
@@ -117,30 +133,31 @@ def rotary_reference(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
 
 @torch.library.custom_op("kbd::qkv_rotary", mutates_args=())
 def qkv_rotary(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               rotated: int, head: int) -> torch.Tensor:
+               rotated: int, head: int, row_scale: torch.Tensor | None = None) -> torch.Tensor:
     """x Wᵀ for x [b, t, d], its first `rotated` columns (q and k) turned by the rotary
     embedding, cos and sin [1, t, head] (halves alike, as Llama-shaped models make them), by
-    the kernel (call only where available() and rotary_fits() said so)."""
+    the kernel (call only where available() and rotary_fits() said so); with row_scale
+    [b, t], each row of the product multiplied by its scale first."""
     rows = x.reshape(-1, x.shape[-1]).contiguous()
     weight = weight.contiguous()
 
     def by_kernel() -> torch.Tensor:
         out = rows.new_empty(rows.shape[0], weight.shape[0])
         launch_rotary(rows, weight, out, cos[0].contiguous(), sin[0].contiguous(), x.shape[1],
-                      rotated, head)
+                      rotated, head, row_scale=row_scale)
         return out.view(*x.shape[:-1], weight.shape[0])
 
     return launched(failed, "the q/k/v kernel", by_kernel,
-                    lambda: rotary_reference(x, weight, cos, sin, rotated, head))
+                    lambda: rotary_reference(x, weight, cos, sin, rotated, head, row_scale))
 
 
 @qkv_rotary.register_fake
-def _(x, weight, cos, sin, rotated, head):
+def _(x, weight, cos, sin, rotated, head, row_scale=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def launch_swiglu(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
-                  tiles: Tiles | None = None) -> None:
+                  tiles: Tiles | None = None, row_scale: torch.Tensor | None = None) -> None:
     """out = SiLU(gate)·up of x Wᵀ, gate and up its halves."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -150,12 +167,12 @@ def launch_swiglu(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
         # the weight as [2, f, d]: a box holds a gate tile and, after it, the same up tile
         TensorDescriptor.from_tensor(weight.view(2, n, k), [2, t.columns, t.depth]),
         TensorDescriptor.from_tensor(out, [t.rows, t.columns]), out,
-        triton.cdiv(m, t.rows) * triton.cdiv(n, t.columns), swiglu=True)
+        triton.cdiv(m, t.rows) * triton.cdiv(n, t.columns), swiglu=True, row_scale=row_scale)
 
 
 def launch_rotary(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, width: int, rotated: int, head: int,
-                  tiles: Tiles | None = None) -> None:
+                  tiles: Tiles | None = None, row_scale: torch.Tensor | None = None) -> None:
     """out = x Wᵀ, its first `rotated` columns turned by the rotary embedding (cos, sin
     [width, head]; the rows of x are at positions 0 .. width - 1 in turn)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -166,20 +183,22 @@ def launch_rotary(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, cos:
         TensorDescriptor.from_tensor(weight, [2 * t.columns, t.depth]),
         TensorDescriptor.from_tensor(out, [t.rows, 2 * t.columns]), out,
         triton.cdiv(m, t.rows) * triton.cdiv(n, 2 * t.columns), swiglu=False, cos=cos,
-        sin=sin, width=width, rotated=rotated, head=head)
+        sin=sin, width=width, rotated=rotated, head=head, row_scale=row_scale)
 
 
 def run(t: Tiles, x_desc, w_desc, out_desc, out: torch.Tensor, count: int, swiglu: bool,
         cos: torch.Tensor | None = None, sin: torch.Tensor | None = None, width: int = 1,
-        rotated: int = 0, head: int = 2) -> None:
-    """The kernel over `count` output tiles, one program an SM, each walking its share."""
+        rotated: int = 0, head: int = 2, row_scale: torch.Tensor | None = None) -> None:
+    """The kernel over `count` output tiles, one program an SM, each walking its share
+    (tensors it does not read are given as `out`, for a pointer)."""
     programs = count if kernels.INTERPRETED else min(
         count, torch.cuda.get_device_properties(out.device).multi_processor_count)
     (m, k), n = x_desc.shape, w_desc.shape[-2]
     kernel()[(programs,)](
         x_desc, w_desc, out_desc, out if cos is None else cos, out if sin is None else sin,
-        m, n, k, width, rotated, programs, OUT=DTYPES[out.dtype], ROWS=t.rows,
-        COLUMNS=t.columns, DEPTH=t.depth, GROUP=t.group, SWIGLU=swiglu, HEAD=head,
+        out if row_scale is None else row_scale.reshape(-1).float(), m, n, k, width, rotated,
+        programs, OUT=DTYPES[out.dtype], ROWS=t.rows, COLUMNS=t.columns, DEPTH=t.depth,
+        GROUP=t.group, SWIGLU=swiglu, HEAD=head, SCALED=row_scale is not None,
         num_stages=t.stages, num_warps=t.warps)
 
 
@@ -193,13 +212,14 @@ def kernel():
     TRITON_INTERPRET=1 is set by then (the tests set it). SWIGLU: SiLU(gate)·up of each
     gate tile and its up tile; otherwise the product's columns in tiles of 2 * COLUMNS, those
     before `rotated` (q and k) turned by the rotary embedding of their row's position (the row
-    modulo `width`), HEAD columns a head."""
+    modulo `width`), HEAD columns a head. SCALED: each row of the product times its scale
+    first."""
 
     @triton.jit
-    def product(x_desc, w_desc, out_desc, cos_ptr, sin_ptr, m, n, k, width, rotated,
-                programs, OUT: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr,
+    def product(x_desc, w_desc, out_desc, cos_ptr, sin_ptr, scale_ptr, m, n, k, width,
+                rotated, programs, OUT: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr,
                 DEPTH: tl.constexpr, GROUP: tl.constexpr, SWIGLU: tl.constexpr,
-                HEAD: tl.constexpr):
+                HEAD: tl.constexpr, SCALED: tl.constexpr):
         # persistent: each program walks the output tiles a grid's width apart, the two loops
         # pipelined as one, so a tile's first loads overlap the tile before's epilogue
         tiles_m = tl.cdiv(m, ROWS)
@@ -217,6 +237,9 @@ def kernel():
                 else:
                     w = w_desc.load([column, depth])
                 acc = tl.dot(x_desc.load([row, depth]), w.T, acc)
+            rows = row + tl.arange(0, ROWS)
+            if SCALED:
+                acc *= tl.load(scale_ptr + rows, mask=rows < m, other=0.0)[:, None]
             if SWIGLU:
                 gate, up = acc.reshape(ROWS, 2, COLUMNS).permute(0, 2, 1).split()
                 gate = gate.to(OUT).to(tl.float32)
@@ -225,7 +248,6 @@ def kernel():
             else:
                 y = acc.to(OUT)
                 if column < rotated:
-                    rows = row + tl.arange(0, ROWS)
                     at = (rows % width)[:, None] * HEAD + tl.arange(0, HEAD // 2)[None, :]
                     inside = (rows < m)[:, None]
                     cos = tl.load(cos_ptr + at, mask=inside, other=0.0).to(tl.float32)
