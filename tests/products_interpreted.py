@@ -88,6 +88,15 @@ def test_rotary_kernel_equals_torch(rotary_calls, rows, width, depth, head, head
     torch.testing.assert_close(got[..., rotated:], y[..., rotated:], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("rows", "width"), [(37, 72), (1, 8), (9, 1500)])
+def test_row_scales_equal_torch(rows, width):
+    """Rows off a program's 4 and widths off its 1,024-column loads, masked."""
+    h = torch.randn(rows, width) * 3 + 1
+    torch.testing.assert_close(products.row_scales(h, 1e-5),
+                               torch.rsqrt(h.pow(2).mean(-1) + 1e-5))
+    assert not products.failed, products.failed
+
+
 def test_heads_across_tiles_or_v_in_a_q_k_tile_do_not_fit():
     assert not products.rotary_fits(torch.float32, 64, 384, 320, 32)  # v from column 320
     assert not products.rotary_fits(torch.float32, 64, 1536, 1024, 512)  # a head over 2 tiles
@@ -103,6 +112,7 @@ def test_compression_through_the_kernel(pair, uneven_norms, kernel_calls, rotary
     the norms folded into them or not: the memory of transformers' forward with the adapter
     beside it."""
     fast, plain = pair
+    scale_calls = counted(monkeypatch, products, "row_scales")
     assert fast.encoder.gate_up_kernel and fast.encoder.fold_norms
     assert not fast.encoder.qkv_kernel, "96 q/k columns are not whole 256-column tiles"
     monkeypatch.setattr(products, "TILES", products.Tiles(rows=32, columns=16, depth=16))
@@ -118,6 +128,7 @@ def test_compression_through_the_kernel(pair, uneven_norms, kernel_calls, rotary
     assert len(kernel_calls) == len(rotary_calls) == layers, "one call each a layer"
     # folded, each call gets the rows' scales, and the residual stream itself, not normed
     assert all((call[-1] is not None) == fold for call in kernel_calls + rotary_calls)
+    assert len(scale_calls) == (2 * layers if fold else 0)
 
 
 def test_questions_keep_the_adapter_beside_the_product(pair, kernel_calls, rotary_calls,

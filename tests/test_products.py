@@ -11,7 +11,7 @@ from kbd.model import products
 
 
 def test_the_kernel_under_tritons_interpreter():
-    run_interpreted("products_interpreted.py", passed=13)
+    run_interpreted("products_interpreted.py", passed=16)
 
 
 def test_not_on_the_cpu(pair):
@@ -35,4 +35,6 @@ def test_a_kernel_that_cannot_compile_falls_back_to_torch(monkeypatch):
     angles = torch.rand(1, 5, 8)
     args = (x[None], torch.randn(48, 8), angles.cos(), angles.sin(), 32, 8)
     torch.testing.assert_close(products.qkv_rotary(*args), products.rotary_reference(*args))
+    torch.testing.assert_close(products.row_scales(x, 1e-5),
+                               products.row_scales_reference(x, 1e-5))
     assert len(products.failed) == 1

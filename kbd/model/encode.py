@@ -206,7 +206,7 @@ class Encoder:
         """What the products after a norm read: its output; or, with its weight folded into
         theirs, h itself and each row's 1/RMS, which their kernel multiplies in."""
         if folded:
-            return h, torch.rsqrt(h.float().pow(2).mean(-1) + self.epsilon)
+            return h, products.row_scales(h, self.epsilon)
         return norm(h), None
 
     def _merged(self, layer, groups: tuple[Group, ...], fold: bool) -> tuple[Group, ...]:

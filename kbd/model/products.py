@@ -16,8 +16,8 @@ Compression multiplies ~17,000 token rows (a 64-passage batch) by each layer's w
   them back and writes them again, 0.35 GB a layer (bench/results/qkv_rotary_probe.json,
   bench/results/compress_levers_qkv_kernel.json).
 Where a norm's weight is folded into the weight (kbd/model/encode.py), each output row is
-multiplied by its row's norm scale in the epilogue, so the products read the residual stream
-itself and no normed copy of it is written.
+multiplied by its row's norm scale (row_scales(), a kernel of its own) in the epilogue, so the
+products read the residual stream itself and no normed copy of it is written.
 Where that cannot run (no Triton, a GPU before Hopper, float32, sizes TMA or the tiles
 cannot describe) torch does the same sums.
 """
@@ -154,6 +154,59 @@ def qkv_rotary(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: to
 @qkv_rotary.register_fake
 def _(x, weight, cos, sin, rotated, head, row_scale=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+def row_scales_reference(h: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.rsqrt(h.float().pow(2).mean(-1) + eps)
+
+
+@torch.library.custom_op("kbd::row_scales", mutates_args=())
+def row_scales(h: torch.Tensor, eps: float) -> torch.Tensor:
+    """1/√(mean(h²) + eps) of each row of h, in float32, [h's shape less its last size]: what
+    the products multiply in where a norm is folded into them. A kernel of its own, since
+    torch's compiled reduction reads the stream at 1.7 TB/s, this one at 2.7
+    (bench/results/fold_probe.json)."""
+    rows = h.reshape(-1, h.shape[-1]).contiguous()
+
+    def by_kernel() -> torch.Tensor:
+        out = torch.empty(rows.shape[0], device=h.device, dtype=torch.float32)
+        launch_row_scales(rows, out, eps)
+        return out.view(h.shape[:-1])
+
+    return launched(failed, "the row-scale kernel", by_kernel,
+                    lambda: row_scales_reference(h, eps))
+
+
+@row_scales.register_fake
+def _(h, eps):
+    return h.new_empty(h.shape[:-1], dtype=torch.float32)
+
+
+def launch_row_scales(rows: torch.Tensor, out: torch.Tensor, eps: float, per_program: int = 4,
+                      chunk: int = 1024, warps: int = 8) -> None:
+    """out = row_scales() of rows [m, d]: `per_program` rows a program, read `chunk` columns
+    at a time."""
+    m, width = rows.shape
+    row_scale_kernel()[(triton.cdiv(m, per_program),)](
+        rows, out, m, width, eps, ROWS=per_program,
+        CHUNK=min(chunk, triton.next_power_of_2(width)), num_warps=warps)
+
+
+@functools.cache
+def row_scale_kernel():
+    @triton.jit
+    def row_scale(h_ptr, out_ptr, m, width, eps, ROWS: tl.constexpr, CHUNK: tl.constexpr):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        total = tl.zeros([ROWS, CHUNK], dtype=tl.float32)
+        for start in tl.range(0, width, CHUNK):
+            columns = start + tl.arange(0, CHUNK)
+            x = tl.load(h_ptr + rows[:, None].to(tl.int64) * width + columns[None, :],
+                        mask=(rows < m)[:, None] & (columns < width)[None, :], other=0.0)
+            x = x.to(tl.float32)
+            total += x * x
+        tl.store(out_ptr + rows, tl.rsqrt(tl.sum(total, 1) / width + eps), mask=rows < m)
+
+    return row_scale
 
 
 def launch_swiglu(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor,
