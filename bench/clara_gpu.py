@@ -21,6 +21,7 @@ import json
 import platform
 import random
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
@@ -123,6 +124,17 @@ def simulated_index(n: int, shape: tuple[int, int]) -> MemoryIndex:
     return index
 
 
+def gpu_serial() -> str | None:
+    """The GPU's serial number, so runs on one GPU can be told from runs on another (H100s
+    differ by a few percent at the power cap)."""
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=serial", "--format=csv,noheader",
+                               "-i", str(torch.cuda.current_device())], capture_output=True,
+                              text=True, timeout=30).stdout.strip() or None
+    except OSError:
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results/clara_gpu.json"))
@@ -135,7 +147,8 @@ def main() -> None:
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
     rng = random.Random(0)
     results: dict = {"reference": REFERENCE, "setting": {
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(), "gpu_serial": gpu_serial(),
+        "torch": torch.__version__,
         "transformers": transformers.__version__, "python": platform.python_version(),
         "attention": attention_implementation("cuda"), "layers": args.layers,
         "repeat": args.repeat, "passage_tokens": 250, "new_tokens": 64, "top_k": 5,
