@@ -194,7 +194,7 @@ def launch_row_scales(rows: torch.Tensor, out: torch.Tensor, eps: float, per_pro
 
 @functools.cache
 def row_scale_kernel():
-    @triton.jit
+    @triton.jit(do_not_specialize=["m"])  # the rows, left general: see kernel()
     def row_scale(h_ptr, out_ptr, m, width, eps, ROWS: tl.constexpr, CHUNK: tl.constexpr):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         total = tl.zeros([ROWS, CHUNK], dtype=tl.float32)
@@ -266,9 +266,13 @@ def kernel():
     gate tile and its up tile; otherwise the product's columns in tiles of 2 * COLUMNS, those
     before `rotated` (q and k) turned by the rotary embedding of their row's position (the row
     modulo `width`), HEAD columns a head. SCALED: each row of the product times its scale
-    first."""
+    first.
+    Triton compiles a kernel for each pattern of its integers' divisibility by 16: the sizes
+    that change from batch to batch (rows, a row's positions, programs) are left general, so
+    the kernels compiled at warm-up serve every batch, none compiled while a batch waits (1-2
+    s each time: bench/results/kernel_variants.json, kernel_variants_specialized.json)."""
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["m", "width", "programs"])
     def product(x_desc, w_desc, out_desc, cos_ptr, sin_ptr, scale_ptr, m, n, k, width,
                 rotated, programs, OUT: tl.constexpr, ROWS: tl.constexpr, COLUMNS: tl.constexpr,
                 DEPTH: tl.constexpr, GROUP: tl.constexpr, SWIGLU: tl.constexpr,
