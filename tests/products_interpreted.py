@@ -60,8 +60,10 @@ def test_kernel_equals_torch(kernel_calls, rows, depth, half):
     torch.testing.assert_close(got, products.swiglu_reference(x, weight), atol=1e-5, rtol=1e-5)
 
 
-def test_sizes_tma_cannot_describe_go_through_torch(kernel_calls):
-    weight, x = torch.randn(2 * 12, 10), torch.randn(3, 10)  # rows of 20 and 24 bytes
+@pytest.mark.parametrize(("half", "depth"), [(12, 10), (12, 16), (16, 10)])
+def test_sizes_tma_cannot_describe_go_through_torch(kernel_calls, half, depth):
+    """Rows of a 16-bit x, weight or output that are not whole 16-byte steps."""
+    weight, x = torch.randn(2 * half, depth), torch.randn(3, depth)
     torch.testing.assert_close(products.swiglu(x, weight), products.swiglu_reference(x, weight))
     assert not kernel_calls
 

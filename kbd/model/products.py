@@ -71,7 +71,7 @@ def swiglu(x: torch.Tensor, weight: torch.Tensor,
     """SiLU of the first half of x Wᵀ times its second half, by the kernel where it fits
     (call only where available() said so); with row_scale (x's shape less its last size),
     each row of the product multiplied by its scale first."""
-    if described(x.dtype, *weight.shape):
+    if described(x.dtype, weight.shape[0] // 2, weight.shape[1]):  # the output's rows: half
         return gate_up(x, weight, row_scale)
     return swiglu_reference(x, weight, row_scale)
 
