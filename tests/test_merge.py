@@ -45,6 +45,19 @@ def test_kernel_equals_addmm(interpreted, rows, columns, rank, scaled):
     assert got.data_ptr() != w.data_ptr()  # a copy: the weight itself is left as it was
 
 
+def test_a_norm_folded_where_there_is_no_adapter(interpreted, monkeypatch):
+    """A group the adapter leaves out still gets the norm's weight in its columns, by the same
+    kernel, and the weight itself is left as it was."""
+    w, g = torch.randn(70, 300), torch.rand(300) + 0.5
+    kept = w.clone()
+    calls = counted(monkeypatch, interpreted, "add_product")
+    got, bias, a_parts, b_parts = encode.merged((w, None, None, None), 2.0, g)
+    torch.testing.assert_close(got, w * g)
+    assert calls and bias is None and a_parts is None and b_parts is None
+    assert torch.equal(w, kept)
+    assert encode.merged((w, None, None, None), 2.0) == (w, None, None, None)
+
+
 def test_compression_through_the_kernel(pair, interpreted, monkeypatch):
     fast, plain = pair
     monkeypatch.setattr(encode, "MERGE_ROWS", 1)

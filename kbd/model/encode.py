@@ -106,7 +106,10 @@ def merged(group: Group, scale: float, columns: torch.Tensor | None = None) -> G
     if a_parts is None:
         if columns is None:
             return group
-        return (weight.float() * columns.float()).to(weight.dtype), bias, None, None
+        # no adapter here, the norm's weight alone: a zero adapter of rank 1 (not 0: an empty
+        # tensor has no address to give the kernel), so the copy takes the same single pass
+        a_parts, b_parts = (weight.new_zeros(1, weight.shape[1]),), (weight.new_zeros(
+            weight.shape[0], 1),)
     a, b = stacked(a_parts, b_parts)
     return merge.add_product(weight, b, a, scale, columns), bias, None, None
 
