@@ -236,7 +236,9 @@ def read(ing: Ingester, job: IngestJob) -> None:
     try:
         with open(job.path, "rb") as f:
             f.seek(job.start_byte)
-            job.data = f.read(ing.limits.max_file_bytes + 1)
+            # what the stat saw and no more, so the size stored matches the bytes read: what
+            # was written since comes with its own event, as new lines to append
+            job.data = f.read(max(0, job.stat.st_size - job.start_byte))
     except OSError as e:
         raise IngestFailure("read", "unreadable", f"{job.path}: {e.strerror}") from e
     if not job.head:
@@ -380,9 +382,11 @@ RESCAN = Path("\0rescan")  # a queue item, not a path: reconcile everything with
 
 class IngestWorker:
     """One thread that ingests queued paths in order. A path already waiting is not queued
-    twice, so a burst of events for one file costs one ingest. When the store cannot be
-    written (disk full, locked, read-only), the path goes back in the queue and the worker
-    waits, longer each time up to STORE_RETRY_S[1], so nothing is dropped while it lasts."""
+    twice, so a burst of events for one file costs one ingest; a path being ingested is queued
+    again by an event, since the ingest may have read the file before what the event reports.
+    When the store cannot be written (disk full, locked, read-only), the path goes back in the
+    queue and the worker waits, longer each time up to STORE_RETRY_S[1], so nothing is dropped
+    while it lasts."""
 
     def __init__(self, ingester: Ingester, folders: Sequence[WatchedFolder],
                  on_done: Callable[[Path, str], None] | None = None):
@@ -391,6 +395,7 @@ class IngestWorker:
         self.on_done = on_done
         self._queue: queue.Queue[Path] = queue.Queue()
         self._queued: set[Path] = set()
+        self._current: Path | None = None  # the path being ingested
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._retry_s = STORE_RETRY_S[0]
@@ -416,7 +421,7 @@ class IngestWorker:
 
     def idle(self) -> bool:
         with self._lock:
-            return not self._queued
+            return not self._queued and self._current is None
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -424,19 +429,22 @@ class IngestWorker:
                 path = self._queue.get(timeout=0.1)
             except queue.Empty:
                 continue
+            with self._lock:
+                self._queued.discard(path)
+                self._current = path
             try:
                 self._handle(path)
                 self._retry_s = STORE_RETRY_S[0]
             except StoreError as e:  # the store's fault, not the file's: try it again later
                 log.warning("%s waits: %s; next try in %.0f s", path, e.message, self._retry_s)
-                self._queue.put(path)  # still in _queued: events meanwhile add nothing
+                self.submit([path])
                 self._stop.wait(self._retry_s)
                 self._retry_s = min(STORE_RETRY_S[1], 2 * self._retry_s)
-                continue
             except Exception:  # one bad path must never stop the worker
                 log.exception("ingest of %s failed unexpectedly", path)
-            with self._lock:
-                self._queued.discard(path)
+            finally:
+                with self._lock:
+                    self._current = None
 
     def _handle(self, path: Path) -> None:
         if path == RESCAN:

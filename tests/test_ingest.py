@@ -13,6 +13,7 @@ import pytest
 from harness import lines_of, nonblank_lines
 from sqlalchemy import select
 
+from kbd import ingest as ingest_module
 from kbd.ingest import Ingester, Limits
 from kbd.memory import Compressor, compress_backlog, memory_id, open_matrix
 from kbd.model.tokens import PassageTokenizer
@@ -92,6 +93,24 @@ class TestLogs:
         rows = live(ingester.store, path)
         assert rows[-1].text.endswith("half a line now complete")
         assert lines_of(rows) == list(range(1, 12))
+
+    def test_lines_written_between_stat_and_read_wait_for_the_next_ingest(
+            self, ingester, tmp_path, monkeypatch):
+        """The ingest stores what its stat saw, so the size it records matches the bytes it
+        read; the lines written meanwhile come with the next ingest, as an append."""
+        path = tmp_path / "race.log"
+        write_log(path, 0, 3)
+        stages = list(ingest_module.STAGES)
+        stages.insert(stages.index(ingest_module.read), lambda ing, job: write_log(path, 3, 2))
+        monkeypatch.setattr(ingest_module, "STAGES", stages)
+        assert ingester.ingest(path) == "added"
+        assert lines_of(live(ingester.store, path)) == [1, 2, 3]
+        with ingester.store.read() as conn:
+            doc = q.live_document(conn, str(path))
+        assert doc.size == doc.offset < path.stat().st_size
+        monkeypatch.undo()
+        assert ingester.ingest(path) == "appended"
+        assert lines_of(live(ingester.store, path)) == nonblank_lines(path) == [1, 2, 3, 4, 5]
 
     def test_truncated_and_refilled_past_offset(self, ingester, tmp_path):
         path = tmp_path / "app.log"

@@ -11,6 +11,7 @@ import pytest
 from harness import wait_for
 from sqlalchemy import func, select
 
+from kbd import ingest as ingest_module
 from kbd.ingest import Ingester, IngestWorker
 from kbd.model.tokens import PassageTokenizer
 from kbd.store import Store
@@ -71,6 +72,41 @@ def test_burst_all_ingested_once(running):
     with store.read() as conn:  # none twice: no extra document, no passage ever retired
         assert conn.execute(select(func.count()).select_from(documents)).scalar() == 10_000
         assert conn.execute(select(func.count()).select_from(passages)).scalar() == 10_000
+
+
+def test_an_event_during_the_ingest_of_its_path_is_not_lost(tmp_path, e2e_dir, monkeypatch):
+    """Lines written while their file is being ingested, after it was read: their event
+    queues the path again rather than being taken for the ingest already under way."""
+    folder = tmp_path / "busy"
+    folder.mkdir()
+    path = folder / "a.log"
+    path.write_text("2026-11-23 10:00:00 first\n")
+    store = Store.open(f"sqlite:///{tmp_path / 'kbd.sqlite3'}", tmp_path / "memory")
+    worker = IngestWorker(Ingester(store, PassageTokenizer.load(e2e_dir)),
+                          [WatchedFolder(folder)])
+    written = []
+
+    def write_and_report(ing, job):  # after the read: the ingest cannot see these lines
+        if not written:
+            with path.open("a") as f:
+                f.write("2026-11-23 10:00:01 second\n")
+            written.append(1)
+            worker.submit([path])  # what the watcher does for the write
+
+    stages = list(ingest_module.STAGES)
+    stages.insert(stages.index(ingest_module.read) + 1, write_and_report)
+    monkeypatch.setattr(ingest_module, "STAGES", stages)
+    worker.start()
+    try:
+        worker.submit([path])
+        wait_for(lambda: written and worker.idle())
+        with store.read() as conn:
+            doc = q.live_document(conn, str(path))
+            texts = [p.text for p in q.live_passages(conn, doc.id)]
+        assert "second" in "\n".join(texts), texts
+    finally:
+        worker.stop()
+        store.close()
 
 
 def test_rescan_finds_what_no_event_reported(tmp_path, e2e_dir):
