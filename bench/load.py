@@ -34,6 +34,7 @@ from faults.test_filesystem import chaos  # noqa: E402
 from faults.test_hostile import fuzz_parsers, hostile_files, hostile_socket  # noqa: E402
 from faults.test_injection import injection  # noqa: E402
 from faults.test_load import load  # noqa: E402
+from faults.test_privacy import privacy  # noqa: E402
 from faults.test_storage import (  # noqa: E402
     LOCK_SHOWN_AFTER_S,
     db_locked,
@@ -70,6 +71,7 @@ SCENARIOS: dict[str, tuple[Callable[..., Outcome], dict]] = {
     "hostile files": (hostile_files, {"long_line_mb": 50}),
     "hostile requests": (hostile_socket, {"slow_clients": 100, "rounds": 5}),
     "prompt injection": (injection, {"asks": 5}),
+    "private store": (privacy, {"files": 200}),
 }
 
 
@@ -92,7 +94,7 @@ def run(name: str, sizes: dict, model: TinyModel) -> dict:
         except Unavailable as e:
             return {"skipped": str(e)}
         except Exception as e:  # a scenario that blows up broke its promises: one failure
-            return {"runs": 0, "failures": 1, "data_lost": 0,
+            return {"runs": 0, "failures": 1, "data_lost": 0, "leaked": 0,
                     "failed_promises": [f"{type(e).__name__}: {e}"[:500]]}
 
 
@@ -106,17 +108,18 @@ def needs(scenario: Callable, work: Path) -> str | None:
 
 
 def table(results: dict) -> str:
-    rows = ["| scenario | runs | failures | data lost | figures |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = ["| scenario | runs | failures | data lost | leaked | figures |",
+            "| --- | --- | --- | --- | --- | --- |"]
     for name, result in results.items():
         if "skipped" in result:
-            rows.append(f"| {name} | skipped | | | {result['skipped']} |")
+            rows.append(f"| {name} | skipped | | | | {result['skipped']} |")
             continue
         figures = {k: v for k, v in result.items()
-                   if k not in ("runs", "failures", "data_lost", "failed_promises", "sizes")}
+                   if k not in ("runs", "failures", "data_lost", "leaked", "failed_promises",
+                                "sizes")}
         shown = ", ".join(f"{k} {v}" for k, v in figures.items() if not isinstance(v, dict))
         rows.append(f"| {name} | {result['runs']} | {result['failures']} | "
-                    f"{result['data_lost']} | {shown} |")
+                    f"{result['data_lost']} | {result.get('leaked', 0)} | {shown} |")
     return "\n".join(rows)
 
 
@@ -154,7 +157,8 @@ def main() -> int:
                               for name in SCENARIOS if name in results or name in kept}},
                 indent=2, default=str) + "\n")
     print(table(results))
-    return int(any(r.get("failures") or r.get("data_lost") for r in results.values()))
+    return int(any(r.get("failures") or r.get("data_lost") or r.get("leaked")
+                   for r in results.values()))
 
 
 if __name__ == "__main__":

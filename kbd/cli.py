@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from kbd.errors import KbdError
+from kbd.private import UMASK
 
 EXIT_NOT_RUNNING = 3
 
@@ -72,8 +73,10 @@ def get_config():
 
 
 def open_store(config):
+    from kbd.private import private_home
     from kbd.store import Store
 
+    private_home(config.home)
     return Store.open(config.database_url, config.memory_dir)
 
 
@@ -96,6 +99,7 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
 
     config = get_config()
     store = open_store(config)
+    store.claim(f"kbd ingest --once pid {os.getpid()}")  # as a daemon does: one writer
     store.write(lambda conn: q.sync_sources(conn, config.folders))
     from kbd.model.tokens import PassageTokenizer
 
@@ -614,6 +618,11 @@ from kbd import cli_setup  # noqa: E402,F401  registers init, watch, model pull
 
 
 def main() -> None:
+    from kbd.config import drop_unusable_xdg_variables
+
+    # everything kbd and the libraries it drives create is its user's alone (kbd.private)
+    os.umask(UMASK)
+    drop_unusable_xdg_variables()
     cli(prog_name="kbd")
 
 

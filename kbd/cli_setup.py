@@ -8,7 +8,6 @@ registers the commands on its group.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -23,6 +22,7 @@ from kbd import configfile
 from kbd.cli import cli, human_errors, model, print_json
 from kbd.config import Config, default_config_path, default_home, load_config
 from kbd.errors import KbdError
+from kbd.private import private_folder, write_private
 from kbd.watch import WatchedFolder
 
 DEFAULT_REPO = "apple/CLaRa-7B-E2E"
@@ -84,20 +84,20 @@ def init(home: Path | None, force: bool, as_json: bool) -> None:
 
 def backup_config(path: Path) -> Path:
     backup = path.with_name(path.name + ".bak")
-    shutil.copy2(path, backup)
+    write_private(backup, path.read_text())
     return backup
 
 
 def make_dir(folder: Path) -> bool:
-    """Create `folder` (and its parents); True when it was not there before."""
-    if folder.is_dir():
-        return False
+    """Create `folder` (and its parents) 0700; True when it was not there before. One that
+    an older kbd left open to other users is tightened."""
+    existed = folder.is_dir()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
     except OSError as e:
         raise KbdError(f"cannot create {folder}: {e.strerror}",
                        hint="pick another folder with --home or $KBD_HOME") from e
-    return True
+    return not existed
 
 
 # -- kbd watch --------------------------------------------------------------------------------

@@ -83,14 +83,33 @@ class Config:
     def socket_path(self) -> Path:
         if self.server.socket is not None:
             return self.server.socket
-        runtime = os.environ.get("XDG_RUNTIME_DIR")
-        return Path(runtime) / "kbd" / "kbd.sock" if runtime else self.home / "run" / "kbd.sock"
+        runtime = xdg_folder("XDG_RUNTIME_DIR")
+        return runtime / "kbd" / "kbd.sock" if runtime else self.home / "run" / "kbd.sock"
+
+
+XDG_VARIABLES = ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME",
+                 "XDG_RUNTIME_DIR")
+
+
+def xdg_folder(variable: str) -> Path | None:
+    """An XDG base folder from its variable; None when unset, empty or relative, which the
+    XDG spec says to treat alike (an empty one is not the current folder)."""
+    value = os.environ.get(variable, "")
+    return Path(value) if os.path.isabs(value) else None
+
+
+def drop_unusable_xdg_variables() -> None:
+    """Unset the XDG variables that xdg_folder ignores, so that libraries (the model hub's
+    cache under XDG_CACHE_HOME) ignore them as well instead of writing to the current folder."""
+    for variable in XDG_VARIABLES:
+        if variable in os.environ and xdg_folder(variable) is None:
+            del os.environ[variable]
 
 
 def default_home() -> Path:
     if "KBD_HOME" in os.environ:
         return Path(os.environ["KBD_HOME"]) / "data"
-    return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "kbd"
+    return (xdg_folder("XDG_DATA_HOME") or Path.home() / ".local/share") / "kbd"
 
 
 def default_config_path() -> Path:
@@ -98,7 +117,7 @@ def default_config_path() -> Path:
         return Path(os.environ["KBD_CONFIG"])
     if "KBD_HOME" in os.environ:
         return Path(os.environ["KBD_HOME"]) / "config.toml"
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "kbd/config.toml"
+    return (xdg_folder("XDG_CONFIG_HOME") or Path.home() / ".config") / "kbd/config.toml"
 
 
 def _build(cls, raw: dict, where: str, **fixed):

@@ -2,7 +2,7 @@
 
 Every edit is loaded with `load_config` before it replaces the file, and replaces it atomically
 (temp file in the same folder, then rename), so a bad edit never leaves a broken config behind.
-Edits hold a lock beside the file, so two `kbd watch add` at once both land.
+Edits hold a lock on the file's folder, so two `kbd watch add` at once both land.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.toml_document import TOMLDocument
 
 from kbd.config import ConfigError, load_config
+from kbd.private import FILE_MODE, make_folders
 from kbd.watch import WatchedFolder
 
 KINDS = ("log", "report", "auto")
@@ -138,7 +139,7 @@ def edit(path: Path, change: Callable[[TOMLDocument, tuple[WatchedFolder, ...]],
 def _replace_validated(path: Path, text: str) -> None:
     """Write `text` to a temp file beside `path`, load it as a config, then rename it over
     `path`; on any failure the temp file goes and `path` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
@@ -160,23 +161,17 @@ def _replace_validated(path: Path, text: str) -> None:
 
 def _copy_mode_and_owner(original: Path, tmp: Path) -> None:
     """The new file keeps the old one's mode and owner (root editing kbd's file must not
-    take it away from kbd); a new file gets the mode open() would give it."""
+    take it away from kbd); a new file is its owner's alone, whatever the umask."""
     try:
         st = original.stat()
     except FileNotFoundError:
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, FILE_MODE)
         return
     os.chmod(tmp, st.st_mode & 0o7777)
     if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
         # not root: the file becomes ours, as any editor's save would make it
         with suppress(PermissionError):
             os.chown(tmp, st.st_uid, st.st_gid)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @contextmanager
@@ -191,11 +186,10 @@ def _os_errors(path: Path) -> Iterator[None]:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive flock on .<name>.lock beside the config (the config itself is replaced
-    by rename, so a lock on it would be on the old inode)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # read-only and 0644: whoever creates it, root or kbd, the other can still lock it
-    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+    """An exclusive flock on the config's folder (the config itself is replaced by rename,
+    so a lock on it would be on the old inode). A folder, not a lock file: whoever reads it,
+    root or kbd, can lock it, and no file appears whose mode would matter."""
+    fd = os.open(make_folders(path.parent), os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

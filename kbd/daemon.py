@@ -27,6 +27,7 @@ from kbd.api import serve
 from kbd.config import Config, load_config
 from kbd.errors import KbdError
 from kbd.ingest import Ingester, IngestWorker, Limits
+from kbd.private import private_fd, private_home, write_private
 from kbd.scheduler import Scheduler
 from kbd.store import Store
 from kbd.store import queries as q
@@ -57,9 +58,9 @@ class InstanceLock:
     """An exclusive flock on <home>/kbd.lock, with our pid in <home>/kbd.pid."""
 
     def __init__(self, home: Path):
-        home.mkdir(parents=True, exist_ok=True)
+        private_home(home)
         self.pid_file = home / "kbd.pid"
-        self._fd = os.open(home / "kbd.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = private_fd(home / "kbd.lock", os.O_RDWR)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
@@ -67,7 +68,7 @@ class InstanceLock:
             other = self.pid_file.read_text().strip() if self.pid_file.exists() else "unknown"
             raise AlreadyRunning(f"another kbd daemon (pid {other}) is using {home}",
                                  hint="stop it first, or give this one another KBD_HOME") from e
-        self.pid_file.write_text(f"{os.getpid()}\n")
+        write_private(self.pid_file, f"{os.getpid()}\n")
 
     def release(self) -> None:
         self.pid_file.unlink(missing_ok=True)
@@ -227,9 +228,9 @@ class Daemon:
         if getattr(self, "server", None) is not None:
             self.server.server_close()
             self.config.socket_path.unlink(missing_ok=True)
-        if getattr(self, "store", None) is not None:
+        if getattr(self, "store", None) is not None:  # else it never started: nothing to say
             self.store.close()
-        log.info("kbd daemon stopped")
+            log.info("kbd daemon stopped")
 
 
 def digest_trigger(config: Config):

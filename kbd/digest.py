@@ -12,11 +12,13 @@ fenced code and escapes the characters that would start HTML, links or images el
 from __future__ import annotations
 
 import html
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from kbd.private import private_fd, private_folder
 from kbd.questions import format_duration
 from kbd.store import Store
 from kbd.store import digests as sd
@@ -438,7 +440,7 @@ def _claim(reports_dir: Path, stem: str, formats: tuple[str, ...]) -> list[Path]
         made = []
         try:
             for p in paths:
-                p.open("x").close()
+                os.close(private_fd(p, os.O_WRONLY | os.O_EXCL))
                 made.append(p)
             return paths
         except FileExistsError:
@@ -457,7 +459,7 @@ def write_digest(store: Store, reports_dir: Path, since: datetime, now: datetime
         raise ValueError(f"formats must be some of {', '.join(FORMATS)}, got {formats!r}")
     d = gather(store, since, now, model, backlog)
     texts = [RENDER[fmt](d) for fmt in formats]
-    reports_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(reports_dir)
     paths = _claim(reports_dir, f"digest-{now.astimezone():%Y-%m-%d-%H%M}", formats)
     for path, text in zip(paths, texts, strict=True):
         path.write_text(text, encoding="utf-8")

@@ -88,7 +88,7 @@ class Kbd:
     for permission faults."""
 
     def __init__(self, root: Path, model: TinyModel | None, *, ingest: dict | None = None,
-                 extra: str = "", unprivileged: bool = False):
+                 extra: str = "", unprivileged: bool = False, umask: int = -1):
         self.home = root / "home"
         self.watched = root / "watched"
         self.home.mkdir(parents=True)
@@ -96,6 +96,7 @@ class Kbd:
         self.config = self.home / "config.toml"
         self.socket = self.home / "run" / "kbd.sock"
         self.unprivileged = unprivileged
+        self.umask = umask  # the daemon's and the CLI's; -1: this process's
         settings = {"debounce_s": 0.3} | (ingest or {})
         self.config.write_text(
             f'home = "{self.home / "data"}"\n{model.toml() if model else ""}\n[ingest]\n'
@@ -121,7 +122,8 @@ class Kbd:
         # setpriv execs the interpreter, so the pid stays the daemon's (kill -9 hits it)
         prefix = UNPRIVILEGED if self.unprivileged and os.geteuid() == 0 else []
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "kbd", "daemon"],
-                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+                                     env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     umask=self.umask)
         wait_for(self._answering, timeout=120, what="the daemon's socket", tolerate=(KbdError,))
         return self.proc
 
@@ -145,7 +147,7 @@ class Kbd:
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "kbd", *args], env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, umask=self.umask)
 
     def log_text(self) -> str:
         return (self.home / "daemon.log").read_text(errors="replace")
@@ -509,6 +511,7 @@ class Outcome:
     runs: int = 0
     failures: list[str] = field(default_factory=list)
     data_lost: int = 0
+    leaked: int = 0  # stored things another local user could read
     figures: dict = field(default_factory=dict)
 
     def expect(self, ok: object, promise: str) -> bool:
@@ -522,7 +525,7 @@ class Outcome:
 
     def as_json(self) -> dict:
         return {"runs": self.runs, "failures": len(self.failures), "data_lost": self.data_lost,
-                "failed_promises": self.failures[:20], **self.figures}
+                "leaked": self.leaked, "failed_promises": self.failures[:20], **self.figures}
 
 
 # -- what the environment offers -----------------------------------------------------------
@@ -608,6 +611,33 @@ def nobody_can_run_python() -> bool:
     probe = subprocess.run(["runuser", "-u", "nobody", "--", sys.executable, "-c", "import kbd"],
                            capture_output=True, timeout=60)
     return probe.returncode == 0
+
+
+def python_for(user: str) -> str | None:
+    """An interpreter `user` can run (this one, or the system's), for probes as that user:
+    sqlite3 and the standard library are all they need. None when there is none, or we are
+    not root and cannot switch users."""
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        return None
+    for python in (sys.executable, "/usr/bin/python3"):
+        probe = subprocess.run(["runuser", "-u", user, "--", python, "-c", "import sqlite3"],
+                               capture_output=True, timeout=60)
+        if probe.returncode == 0:
+            return python
+    return None
+
+
+def tried_as(user: str, python: str, attempts: dict[str, str]) -> dict[str, str]:
+    """Run each attempt (Python statements) as `user`: what each got, "ok" or the error's
+    name (PermissionError, sqlite3.OperationalError...)."""
+    script = "import json, os, sqlite3\nresults = {}\n" + "".join(
+        f"try:\n    {code}\n    results[{name!r}] = 'ok'\n"
+        f"except Exception as e:\n    results[{name!r}] = type(e).__name__ + ': ' + str(e)\n"
+        for name, code in attempts.items()) + "print(json.dumps(results))\n"
+    done = subprocess.run(["runuser", "-u", user, "--", python, "-c", script],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 @contextmanager

@@ -99,6 +99,8 @@ def test_system_unit_is_hardened():
         "ProtectHome": "read-only", "ReadWritePaths": "/var/lib/kbd", "StateDirectory": "kbd",
         "RuntimeDirectory": "kbd", "PrivateTmp": "yes", "ProtectKernelTunables": "yes",
         "ProtectControlGroups": "yes", "RestrictSUIDSGID": "yes", "LockPersonality": "yes",
+        # nothing kbd stores is readable by other users (issue 20, item 2)
+        "UMask": "0077", "StateDirectoryMode": "0700", "RuntimeDirectoryMode": "0700",
     }
     assert {k: found.get(f"Service.{k}") for k in expected} == {
         k: [v] for k, v in expected.items()}

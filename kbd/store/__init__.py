@@ -26,10 +26,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import OperationalError
 
 from kbd.errors import KbdError
+from kbd.private import private_fd, private_folder
 
 log = logging.getLogger("kbd.store")
 
@@ -43,6 +45,14 @@ class StoreError(KbdError):
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for other databases and in-memory ones."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _make_engine(url: str) -> Engine:
@@ -108,9 +118,12 @@ class Store:
     @classmethod
     def open(cls, url: str, memory_dir: Path) -> Store:
         """Connect and bring the schema up to date (a database made by an older kbd upgrades)."""
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        memory_dir.mkdir(parents=True, exist_ok=True)
+        database = sqlite_file(url)
+        if database is not None:
+            private_folder(database.parent)
+            # SQLite gives its -wal and -shm the database file's mode: 0600 keeps them private
+            os.close(private_fd(database, os.O_RDONLY))
+        private_folder(memory_dir)
         store = cls(url, memory_dir)
         store.migrate()
         return store
@@ -120,10 +133,25 @@ class Store:
         config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         try:
             with self.engine.begin() as conn:
+                self._refuse_newer(conn, ScriptDirectory.from_config(config))
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
         except OperationalError as e:
             raise self._error(e, "cannot open or upgrade") from e
+
+    def _refuse_newer(self, conn: Connection, scripts: ScriptDirectory) -> None:
+        """A schema revision this kbd has no migration for was written by a newer kbd: this
+        one cannot know its tables, so it stops before touching them, in one line (the
+        revision is read directly: alembic's own context would log two lines first)."""
+        if not inspect(conn).has_table("alembic_version"):
+            return
+        known = {script.revision for script in scripts.walk_revisions()}
+        for revision in conn.execute(text("SELECT version_num FROM alembic_version")).scalars():
+            if revision not in known:
+                raise StoreError(
+                    f"{self.where} was written by a newer kbd (schema revision {revision}, "
+                    f"this kbd knows up to {scripts.get_current_head()}): upgrade kbd, or "
+                    "give this one another store", code="newer-store")
 
     @property
     def safe_url(self) -> str:
@@ -185,15 +213,16 @@ class Store:
         raise AssertionError("unreachable")
 
     def claim(self, owner: str) -> None:
-        """Hold the store for one daemon until close(): an exclusive flock on a file beside a
-        SQLite database (which names the owner), a session advisory lock on PostgreSQL (the
-        session's application_name names it). Another claim raises StoreError
-        "already-running" naming the holder, so two daemons never run the same jobs."""
+        """Hold the store for one daemon or `kbd ingest --once` until close(): an exclusive
+        flock on a file beside a SQLite database (which names the owner), a session advisory
+        lock on PostgreSQL (the session's application_name names it). Another claim raises
+        StoreError "already-running" naming the holder, so two processes never ingest the
+        same files or run the same jobs at once."""
         if self.dialect == "sqlite":
             if not self.engine.url.database:
                 return  # in memory: no other process can open it
             lock_path = f"{self.where}.lock"
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = private_fd(Path(lock_path), os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -219,9 +248,10 @@ class Store:
         self._claim = conn
 
     def _claimed(self, holder: str) -> StoreError:
-        return StoreError(f"another kbd daemon ({holder}) is using the store {self.where}",
-                          hint="stop it first: two daemons on one store would run every "
-                               "job twice", code="already-running")
+        return StoreError(f"the store {self.where} is in use by {holder}",
+                          hint="wait for it to end, or stop it: two kbd processes on one store "
+                               "would ingest every file and run every job twice",
+                          code="already-running")
 
     def close(self) -> None:
         if isinstance(self._claim, int):

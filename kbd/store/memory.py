@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kbd.errors import KbdError
+from kbd.private import private_fd, write_private
 
 
 class MemoryFileError(KbdError):
@@ -35,7 +36,7 @@ class MemoryMatrix:
             if found != meta:
                 raise MemoryFileError(f"{meta_path}: holds {found}, the model gives {meta}")
         else:
-            meta_path.write_text(json.dumps(meta))
+            write_private(meta_path, json.dumps(meta))
 
     def rows(self) -> int:
         return self.path.stat().st_size // self.row_bytes if self.path.exists() else 0
@@ -47,7 +48,7 @@ class MemoryMatrix:
                 raise MemoryFileError(f"{self.path}: a row is {self.row_bytes} bytes, got "
                                       f"{len(blob)}")
         try:
-            with open(self.path, "ab") as f:
+            with os.fdopen(private_fd(self.path, os.O_WRONLY | os.O_APPEND), "ab") as f:
                 end = f.seek(0, os.SEEK_END)
                 if end % self.row_bytes:  # a crash or a full disk cut the last row short
                     f.truncate(end - end % self.row_bytes)
