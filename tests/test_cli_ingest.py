@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from harness import nobody_can_run_python, shared_dir
+from harness import Kbd, make_logs, nobody_can_run_python, shared_dir, wait_for
 
 
 def kbd(env: dict, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
@@ -90,3 +92,60 @@ def test_unreadable_file_as_another_user():
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout)["outcomes"] == {"added": 1, "failed:unreadable": 1,
                                                       "recut": 0}
+
+
+# -- errors people met as tracebacks (issue 20, item 8) ---------------------------------------
+
+def test_a_store_from_a_newer_kbd_is_one_line_for_status_and_daemon(tmp_path):
+    folder = tmp_path / "logs"
+    make_logs(folder, 1)
+    env = home_with(tmp_path / "home", folder, '[model]\nengine = "clara"\n')
+    assert kbd(env, "ingest", "--once").returncode == 0
+    database = tmp_path / "home" / "data" / "kbd.sqlite3"
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0999_from_the_future'")
+    for command in ("status", "daemon"):
+        refused = kbd(env, command)
+        said = refused.stderr.strip().splitlines()
+        assert refused.returncode == 1, (command, refused.stderr)
+        assert len(said) == 1, (command, refused.stderr[-2000:])
+        assert "written by a newer kbd" in said[0] and "0999_from_the_future" in said[0]
+        assert str(database) in said[0]
+    with sqlite3.connect(database) as conn:  # untouched
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            ("0999_from_the_future",)]
+
+
+def test_a_second_ingest_once_is_refused_naming_the_first(tmp_path):
+    folder = tmp_path / "logs"
+    make_logs(folder, 300)
+    env = home_with(tmp_path / "home", folder, '[model]\nengine = "clara"\n')
+    lock = tmp_path / "home" / "data" / "kbd.sqlite3.lock"
+    first = subprocess.Popen([sys.executable, "-m", "kbd", "ingest", "--once", "--json"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: lock.exists() and f"pid {first.pid}" in lock.read_text(), timeout=60,
+                 what="the first ingest to claim the store")
+        first.send_signal(signal.SIGSTOP)  # held mid-ingest, however fast this machine is
+        assert first.poll() is None, "the first ingest ended before the second could start"
+        second = kbd(env, "ingest", "--once")
+    finally:
+        first.send_signal(signal.SIGCONT)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert json.loads(out)["outcomes"]["added"] == 300
+    assert second.returncode == 1, second.stderr
+    assert f"in use by kbd ingest --once pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr and "IntegrityError" not in second.stderr
+
+
+def test_ingest_once_beside_a_running_daemon_is_refused(tmp_path):
+    with Kbd(tmp_path, None, extra='[model]\nengine = "clara"\n') as daemon:
+        daemon.start()
+        make_logs(daemon.watched, 20)
+        refused = daemon.cli("ingest", "--once")
+        assert refused.returncode == 1, refused.stderr
+        assert f"in use by kbd daemon pid {daemon.proc.pid}" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        wait_for(lambda: daemon.live_documents() == 20, what="the daemon's own ingest")
+        assert daemon.stop() == 0

@@ -24,7 +24,7 @@ import kbd.cli_setup  # noqa: F401  registers the commands (cli.py imports it at
 from kbd import configfile
 from kbd.cli import cli
 from kbd.cli_setup import ModelFolders, point_config_at
-from kbd.config import ConfigError, load_config
+from kbd.config import XDG_VARIABLES, Config, ConfigError, drop_unusable_xdg_variables, load_config
 
 ROOT = Path(__file__).parent.parent
 # The real entry point plus this module, so the tests pass before and after cli.py imports it.
@@ -80,6 +80,58 @@ def test_init_refuses_to_overwrite_and_force_replaces(home):
     assert "# mine" not in config.read_text()
     assert (home / "config.toml.bak").read_text().endswith("# mine\n")
     assert "exists  " in forced.output  # the folders were there already
+
+
+def user_env(user_home: Path, **variables: str) -> dict:
+    """The environment of a person whose home is `user_home`, without kbd's or XDG's
+    variables unless given."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(("KBD_", "XDG_"))}
+    return kept | {"HOME": str(user_home)} | variables
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_init_leaves_nothing_other_users_may_read(tmp_path, umask):
+    """Issue 20, item 2: the config and data folders init makes are 0700 (their missing
+    parents too), config.toml and its backup 0600, whatever the umask."""
+    user_home = tmp_path / "user"
+    user_home.mkdir()
+    for args in (["init"], ["init", "--force"]):
+        done = subprocess.run([*KBD, *args], env=user_env(user_home), capture_output=True,
+                              text=True, timeout=120, umask=umask)
+        assert done.returncode == 0, done.stderr
+    made = [".config", ".config/kbd", ".config/kbd/config.toml", ".config/kbd/config.toml.bak",
+            ".local", ".local/share", ".local/share/kbd", ".local/share/kbd/reports",
+            ".local/share/kbd/models"]
+    modes = {name: oct((user_home / name).stat().st_mode & 0o777) for name in made}
+    assert modes == {name: oct(0o600 if ".toml" in name else 0o700) for name in made}
+
+
+def test_empty_xdg_variables_mean_unset(tmp_path):
+    """Issue 20, item 8: XDG_CONFIG_HOME= is not the current folder (the XDG spec)."""
+    user_home, here = tmp_path / "user", tmp_path / "here"
+    user_home.mkdir()
+    here.mkdir()
+    empty = dict.fromkeys(XDG_VARIABLES, "")
+    done = subprocess.run([*KBD, "init", "--json"], env=user_env(user_home, **empty), cwd=here,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["config"] == str(user_home / ".config/kbd/config.toml")
+    assert shown["data"] == str(user_home / ".local/share/kbd")
+    assert list(here.iterdir()) == []
+
+
+def test_unusable_xdg_variables_are_unset_for_libraries(monkeypatch, tmp_path):
+    """Libraries read XDG_CACHE_HOME themselves (the model hub's cache): the CLI unsets an
+    empty or relative one, which the XDG spec says to ignore, and keeps an absolute one."""
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    monkeypatch.setenv("XDG_STATE_HOME", "relative/state")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "")
+    drop_unusable_xdg_variables()
+    assert "XDG_CACHE_HOME" not in os.environ and "XDG_STATE_HOME" not in os.environ
+    assert os.environ["XDG_DATA_HOME"] == str(tmp_path)
+    assert Config(home=tmp_path).socket_path == tmp_path / "run" / "kbd.sock"
 
 
 def test_init_writes_where_config_points(home, tmp_path):
@@ -189,7 +241,7 @@ def test_a_bad_edit_leaves_the_file_as_it_was(home):
     with pytest.raises(ConfigError, match=r"left as it was: ingest\.debounce: unknown key"):
         configfile.edit(config, misspell)
     assert config.read_bytes() == before
-    assert sorted(p.name for p in home.iterdir()) == [".config.toml.lock", "config.toml", "data"]
+    assert sorted(p.name for p in home.iterdir()) == ["config.toml", "data"]
 
 
 def test_edits_keep_the_file_mode(home, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from types import SimpleNamespace
 
@@ -12,7 +13,7 @@ from alembic.migration import MigrationContext
 from harness import database_at
 from sqlalchemy import select, text
 
-from kbd.store import Store
+from kbd.store import Store, sqlite_url
 from kbd.store import queries as q
 from kbd.store.memory import MemoryFileError, MemoryMatrix
 from kbd.store.schema import include_object, metadata, passages
@@ -183,3 +184,28 @@ class TestBacklogAndMemory:
         assert matrix.rows() == 4
         with pytest.raises(MemoryFileError, match="holds"):
             MemoryMatrix(tmp_path, "fp.float32", (2, 4), "float32")
+
+
+def test_what_the_store_writes_is_private_under_umask_000(tmp_path):
+    """Issue 20, item 2, for kbd used as a library (the CLI sets its own umask): the
+    database and its -wal and -shm, memory matrices and digests are 0600 in 0700 folders
+    even when the process's umask would leave them open to everyone."""
+    from datetime import UTC, datetime, timedelta
+
+    from kbd.digest import write_digest
+
+    data = tmp_path / "data"
+    before = os.umask(0)
+    try:
+        store = Store.open(sqlite_url(data / "kbd.sqlite3"), data / "memory")
+        store.claim("a test")
+        MemoryMatrix(store.memory_dir, "fp", (2, 3), "float32").append([bytes(24)])
+        now = datetime.now(UTC)
+        write_digest(store, data / "reports", now - timedelta(days=1), now, None, 0)
+        found = {str(p.relative_to(data)): p.stat().st_mode & 0o777
+                 for p in [data, *data.rglob("*")]}
+        store.close()
+    finally:
+        os.umask(before)
+    assert {"kbd.sqlite3-wal", "kbd.sqlite3-shm", "memory/fp.bin", "reports"} <= set(found)
+    assert {name: oct(mode) for name, mode in found.items() if mode & 0o077} == {}
