@@ -12,7 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import Kbd, make_logs, nobody_can_run_python, shared_dir, wait_for
+from harness import (
+    Kbd,
+    make_logs,
+    nobody_can_run_python,
+    pdf_bytes,
+    pdf_page,
+    shared_dir,
+    wait_for,
+)
 
 
 def kbd(env: dict, *args: str, user: str | None = None) -> subprocess.CompletedProcess:
@@ -149,3 +157,40 @@ def test_ingest_once_beside_a_running_daemon_is_refused(tmp_path):
         assert "Traceback" not in refused.stderr
         wait_for(lambda: daemon.live_documents() == 20, what="the daemon's own ingest")
         assert daemon.stop() == 0
+
+
+def pdf_with_cff_font(lines: list[str]) -> bytes:
+    """A one-page PDF whose font embeds a CFF program (FontFile3, Type1C) and has no
+    ToUnicode map: pypdf reads its encoding with fontTools, and without it warns, quoting the
+    whole font dictionary, for every page that uses the font (issue 20, item 10)."""
+    stream = "BT /F1 12 Tf 14 TL 72 720 Td " + " ".join(f"({x}) Tj T*" for x in lines) + " ET"
+    program = bytes(range(256)) * 4  # not a font fontTools can read: pypdf then goes on
+    return pdf_bytes({
+        1: "<< /Type /Catalog /Pages 2 0 R >>",
+        2: "<< /Type /Pages /Kids [4 0 R] /Count 1 >>",
+        3: "<< /Type /Font /Subtype /Type1 /BaseFont /ABCDEF+Report /FontDescriptor 6 0 R >>",
+        4: pdf_page(5),
+        5: f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream",
+        6: "<< /Type /FontDescriptor /FontName /ABCDEF+Report /Flags 32 /ItalicAngle 0 "
+           "/FontBBox [0 -200 1000 800] /Ascent 800 /Descent -200 /CapHeight 700 /StemV 80 "
+           "/FontFile3 7 0 R >>",
+        7: f"<< /Subtype /Type1C /Length {len(program)} >>\nstream\n"
+           + program.decode("latin-1") + "\nendstream",
+    })
+
+
+def test_a_pdf_font_needing_fonttools_is_read_without_noise(tmp_path, e2e_dir, base_dir):
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    (folder / "incident.pdf").write_bytes(pdf_with_cff_font(
+        ["Incident 42: disk full on node 7", "The replica was restored at 10:32"]))
+    model = f'[model]\ncheckpoint = "{e2e_dir}"\nbase = "{base_dir}"\ndevice = "cpu"\n'
+    env = home_with(tmp_path / "home", folder, model)  # its tokenizer cuts passages
+    done = kbd(env, "ingest", "--once", "--no-compress", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["outcomes"]["added"] == 1
+    assert "font dictionary" not in done.stderr and "/FontDescriptor" not in done.stderr, \
+        done.stderr[:2000]
+    with sqlite3.connect(tmp_path / "home" / "data" / "kbd.sqlite3") as conn:
+        stored = " ".join(text for (text,) in conn.execute("SELECT text FROM passages"))
+    assert "disk full on node 7" in stored and "restored at 10:32" in stored
