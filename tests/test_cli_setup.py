@@ -24,7 +24,7 @@ import kbd.cli_setup  # noqa: F401  registers the commands (cli.py imports it at
 from kbd import configfile
 from kbd.cli import cli
 from kbd.cli_setup import ModelFolders, point_config_at
-from kbd.config import XDG_VARIABLES, Config, ConfigError, drop_unusable_xdg_variables, load_config
+from kbd.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).parent.parent
 # The real entry point plus this module, so the tests pass before and after cli.py imports it.
@@ -111,7 +111,8 @@ def test_empty_xdg_variables_mean_unset(tmp_path):
     user_home, here = tmp_path / "user", tmp_path / "here"
     user_home.mkdir()
     here.mkdir()
-    empty = dict.fromkeys(XDG_VARIABLES, "")
+    empty = dict.fromkeys(["XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME",
+                           "XDG_CACHE_HOME", "XDG_RUNTIME_DIR"], "")
     done = subprocess.run([*KBD, "init", "--json"], env=user_env(user_home, **empty), cwd=here,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -124,6 +125,8 @@ def test_empty_xdg_variables_mean_unset(tmp_path):
 def test_unusable_xdg_variables_are_unset_for_libraries(monkeypatch, tmp_path):
     """Libraries read XDG_CACHE_HOME themselves (the model hub's cache): the CLI unsets an
     empty or relative one, which the XDG spec says to ignore, and keeps an absolute one."""
+    from kbd.config import drop_unusable_xdg_variables
+
     monkeypatch.setenv("XDG_CACHE_HOME", "")
     monkeypatch.setenv("XDG_STATE_HOME", "relative/state")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
