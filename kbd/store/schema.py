@@ -10,6 +10,8 @@ from (answer_sources); deleting a standing question keeps its answers.
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -23,9 +25,42 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
+
+_STORED_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def stored_path(path: str) -> str:
+    """A file path as text the database can hold: a byte of the name that is not UTF-8 (which
+    Python carries as a lone surrogate, PEP 383) is written \\xNN, and a backslash is doubled,
+    so every path, valid UTF-8 or not, comes back byte for byte. UTF-8 names without a
+    backslash are stored as they are."""
+    escaped = path.replace("\\", "\\\\").encode("utf-8", "surrogateescape")
+    return escaped.decode("utf-8", "backslashreplace")
+
+
+def loaded_path(stored: str) -> str:
+    """The path stored_path() wrote, as os.fsdecode gives it (surrogates for bytes not UTF-8)."""
+    return _STORED_ESCAPE.sub(
+        lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), stored)
+
+
+class FsPath(TypeDecorator):
+    """A text column of file paths, through stored_path() and loaded_path(): SQLite and
+    PostgreSQL refuse text with lone surrogates, and Linux file names need not be UTF-8."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:
+        return None if value is None else stored_path(value)
+
+    def process_result_value(self, value: str | None, dialect) -> str | None:
+        return None if value is None else loaded_path(value)
+
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -37,7 +72,7 @@ metadata = MetaData(naming_convention={
 sources = Table(
     "sources", metadata,  # the watched folders, as the config last named them
     Column("id", Integer, primary_key=True),
-    Column("path", Text, nullable=False, unique=True),
+    Column("path", FsPath, nullable=False, unique=True),
     Column("kind", String(16), nullable=False),
     Column("include", Text, nullable=False),  # JSON list of globs
     Column("exclude", Text, nullable=False),
@@ -49,8 +84,8 @@ sources = Table(
 documents = Table(
     "documents", metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", Text, nullable=False),
-    Column("folder", Text),  # the watched folder it came through
+    Column("path", FsPath, nullable=False),
+    Column("folder", FsPath),  # the watched folder it came through
     Column("kind", String(16), nullable=False),  # log | report
     Column("device", BigInteger),
     Column("inode", BigInteger),
@@ -110,7 +145,7 @@ memories = Table(
 failures = Table(
     "failures", metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", Text, nullable=False, unique=True),
+    Column("path", FsPath, nullable=False, unique=True),
     Column("stage", String(16), nullable=False),
     Column("code", String(32), nullable=False),
     Column("message", Text, nullable=False),
