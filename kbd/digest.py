@@ -460,7 +460,7 @@ def write_digest(store: Store, reports_dir: Path, since: datetime, now: datetime
     reports_dir.mkdir(parents=True, exist_ok=True)
     paths = _claim(reports_dir, f"digest-{now.astimezone():%Y-%m-%d-%H%M}", formats)
     for path, text in zip(paths, texts, strict=True):
-        # a file name that is not UTF-8 is written as \\udcNN
+        # a file name that is not UTF-8 is written as \udcNN
         path.write_text(text, encoding="utf-8", errors="backslashreplace")
     names = [str(p) for p in paths]
     store.write(lambda conn: sd.record_digest(conn, d.generated_at, d.since, names))

@@ -235,6 +235,11 @@ class Watcher:
         self._observers: dict[float | None, BaseObserver] = {}  # poll interval (None: inotify)
         self._watches: dict[tuple[Path, float | None], _Watch] = {}
         self._retry_at: dict[tuple[Path, float | None], float] = {}  # roots we failed to watch
+        # directories kbd could not read, so watchdog watches nothing under them, and those
+        # readable again, whose roots are watched anew; filled from watchdog's threads
+        self._locked: set[Path] = set()
+        self._reopened: set[Path] = set()
+        self._dirs_lock = threading.Lock()
         self._rescan_due = True  # the start-up rescan
         self._lock = threading.Lock()  # the timer thread and update() both change the watches
         self._stopping = threading.Event()
@@ -314,12 +319,15 @@ class Watcher:
         for folder in self._folders:
             interval = folder.poll_interval_s if folder.polling else None
             wanted[(folder.path, interval)] = _dir_id(folder.path)
+        with self._dirs_lock:
+            reopened, self._reopened = self._reopened, set()
         for key, watch in list(self._watches.items()):
-            if key in wanted and wanted[key] == watch.root_id and _is_alive(watch):
+            lost = key not in wanted or wanted[key] != watch.root_id or not _is_alive(watch)
+            if not lost and not any(d.is_relative_to(key[0]) for d in reopened):
                 continue
             del self._watches[key]
             watch.observer.unschedule(watch.watch)
-            if key in wanted:
+            if key in wanted and lost:
                 log.info("lost the watch on %s; watching it again once it exists", key[0])
                 self.tracker.note(key[0])
         # forget failures of folders that are no longer configured
@@ -348,6 +356,9 @@ class Watcher:
                 continue
             self._retry_at.pop(key, None)
             self._watches[key] = _Watch(observer, watch, root_id, handler)
+            unreadable = _unreadable_dirs(path)
+            with self._dirs_lock:
+                self._locked |= unreadable
             self._rescan_due = True  # files may have arrived while it was not watched
             log.info("watching %s%s", path, f" (polling every {interval} s)" if interval else "")
 
@@ -382,6 +393,8 @@ class Watcher:
             if gone and _owner(folders, src) is not None:
                 # the directory's old path stands for everything that was under it
                 self.tracker.note(src)
+            if event.event_type == EVENT_TYPE_ATTRIB and not self._readable_now(src):
+                return
             if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED, EVENT_TYPE_ATTRIB):
                 # a directory moved in arrives whole, and one made readable again shows what
                 # it held all along; no emitter reports their files one by one
@@ -390,6 +403,20 @@ class Watcher:
                         self.tracker.note(path)
         except Exception:  # an exception would end the observer's thread, and all watching with it
             log.exception("cannot handle %s", event)
+
+
+    def _readable_now(self, directory: Path) -> bool:
+        """Track a directory whose mode changed: one kbd cannot read is remembered; one that
+        was so and is readable again has its root watched anew (watchdog could not watch
+        under it) and rescanned for what changed meanwhile."""
+        readable = os.access(directory, os.R_OK | os.X_OK)
+        with self._dirs_lock:
+            if not readable:
+                self._locked.add(directory)
+            elif directory in self._locked:
+                self._locked.discard(directory)
+                self._reopened.add(directory)
+        return readable
 
 
 class _OverflowAlarm(logging.Handler):
@@ -448,6 +475,14 @@ def _walk(root: Path) -> Iterator[Path]:
             path = os.path.join(directory, name)
             if os.path.isfile(path):  # not fifos, sockets or broken links
                 yield Path(path)
+
+
+def _unreadable_dirs(root: Path) -> set[Path]:
+    """The directories under root that cannot be listed now."""
+    found: set[Path] = set()
+    for _ in os.walk(root, onerror=lambda error: found.add(Path(error.filename))):
+        pass
+    return found
 
 
 def _stat(path: Path) -> _Stat | None:

@@ -48,9 +48,10 @@ def loaded_path(stored: str) -> str:
         lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), stored)
 
 
-class FsPath(TypeDecorator):
-    """A text column of file paths, through stored_path() and loaded_path(): SQLite and
-    PostgreSQL refuse text with lone surrogates, and Linux file names need not be UTF-8."""
+class FsText(TypeDecorator):
+    """A text column of file paths, or of messages that name them, through stored_path() and
+    loaded_path(): SQLite and PostgreSQL refuse text with lone surrogates, and Linux file
+    names need not be UTF-8."""
 
     impl = Text
     cache_ok = True
@@ -72,7 +73,7 @@ metadata = MetaData(naming_convention={
 sources = Table(
     "sources", metadata,  # the watched folders, as the config last named them
     Column("id", Integer, primary_key=True),
-    Column("path", FsPath, nullable=False, unique=True),
+    Column("path", FsText, nullable=False, unique=True),
     Column("kind", String(16), nullable=False),
     Column("include", Text, nullable=False),  # JSON list of globs
     Column("exclude", Text, nullable=False),
@@ -84,8 +85,8 @@ sources = Table(
 documents = Table(
     "documents", metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", FsPath, nullable=False),
-    Column("folder", FsPath),  # the watched folder it came through
+    Column("path", FsText, nullable=False),
+    Column("folder", FsText),  # the watched folder it came through
     Column("kind", String(16), nullable=False),  # log | report
     Column("device", BigInteger),
     Column("inode", BigInteger),
@@ -97,7 +98,7 @@ documents = Table(
     Column("offset", BigInteger, nullable=False, server_default="0"),  # bytes ingested
     Column("tokenizer", String(32)),  # passages were cut for this tokenizer (null: not cut)
     Column("status", String(16), nullable=False),  # ready | unchunked | error | deleted
-    Column("error", Text),
+    Column("error", FsText),
     Column("rotations", Integer, nullable=False, server_default="0"),
     Column("first_seen", DateTime(timezone=True), nullable=False),
     Column("last_seen", DateTime(timezone=True), nullable=False),
@@ -145,10 +146,10 @@ memories = Table(
 failures = Table(
     "failures", metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", FsPath, nullable=False, unique=True),
+    Column("path", FsText, nullable=False, unique=True),
     Column("stage", String(16), nullable=False),
     Column("code", String(32), nullable=False),
-    Column("message", Text, nullable=False),
+    Column("message", FsText, nullable=False),
     Column("size", BigInteger),
     Column("mtime_ns", BigInteger),
     Column("at", DateTime(timezone=True), nullable=False),

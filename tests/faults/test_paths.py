@@ -162,11 +162,15 @@ def test_symlinked_root_gets_live_events(tmp_path: Path, tiny_model: TinyModel):
 
 
 def test_folder_readable_again_is_retried(tmp_path: Path, tiny_model: TinyModel):
+    """`locked` is read, then locked while its files change; `sealed` is locked from the
+    start, so nothing under it can be watched. Both are opened at once."""
     if why := unprivileged_unavailable():
         pytest.skip(why)
     with Kbd(tmp_path, tiny_model, ingest=NO_RESCAN, unprivileged=True) as kbd:
-        locked = kbd.watched / "locked"
+        locked, sealed = kbd.watched / "locked", kbd.watched / "sealed"
         made = make_logs(locked, 20, lines=2)
+        make_logs(sealed, 10, lines=2, name="sealed")
+        sealed.chmod(0)
         kbd.start()
         kbd.settled(20)
         locked.chmod(0)
@@ -176,7 +180,13 @@ def test_folder_readable_again_is_retried(tmp_path: Path, tiny_model: TinyModel)
         wait_for(lambda: all(failures(kbd).get(str(p)) == "unreadable" for p in made),
                  timeout=60, what="the locked folder's files listed unreadable")
         locked.chmod(0o755)
-        took = seconds_until(
-            lambda: not failures(kbd) and kbd.consistency().clean, timeout=30,
-            what="the files of the folder made readable again stored")
+        sealed.chmod(0o755)
+        took = seconds_until(lambda: not failures(kbd) and kbd.consistency().clean,
+                             timeout=30, what="the files of the folders opened stored")
         print(f"folder readable again: chmod to stored in {took:.2f} s")
+        # both are watched now: what changes under them is seen without a rescan
+        make_logs(locked, 1, lines=2, first=100)
+        make_logs(sealed, 1, lines=2, first=100, name="sealed")
+        took = seconds_until(lambda: kbd.consistency().clean and kbd.live_documents() == 32,
+                             timeout=30, what="files written in the opened folders stored")
+        print(f"folder readable again: later write to stored in {took:.2f} s")
