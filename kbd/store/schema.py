@@ -33,34 +33,34 @@ from sqlalchemy import (
 _STORED_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 
 
-def stored_path(path: str) -> str:
-    """A file path as text the database can hold: a byte of the name that is not UTF-8 (which
-    Python carries as a lone surrogate, PEP 383) is written \\xNN, and a backslash is doubled,
-    so every path, valid UTF-8 or not, comes back byte for byte. UTF-8 names without a
-    backslash are stored as they are."""
-    escaped = path.replace("\\", "\\\\").encode("utf-8", "surrogateescape")
+def stored_text(value: str) -> str:
+    """A file path, or text that names one, as the database can hold it: a byte of a name that
+    is not UTF-8 (which Python carries as a lone surrogate, PEP 383) is written \\xNN, and a
+    backslash is doubled, so every path comes back byte for byte. Text that is UTF-8 and has
+    no backslash is stored as it is."""
+    escaped = value.replace("\\", "\\\\").encode("utf-8", "surrogateescape")
     return escaped.decode("utf-8", "backslashreplace")
 
 
-def loaded_path(stored: str) -> str:
-    """The path stored_path() wrote, as os.fsdecode gives it (surrogates for bytes not UTF-8)."""
+def loaded_text(stored: str) -> str:
+    """The text stored_text() wrote, its paths as os.fsdecode gives them."""
     return _STORED_ESCAPE.sub(
         lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), stored)
 
 
 class FsText(TypeDecorator):
-    """A text column of file paths, or of messages that name them, through stored_path() and
-    loaded_path(): SQLite and PostgreSQL refuse text with lone surrogates, and Linux file
+    """A text column of file paths, or of messages that name them, through stored_text() and
+    loaded_text(): SQLite and PostgreSQL refuse text with lone surrogates, and Linux file
     names need not be UTF-8."""
 
     impl = Text
     cache_ok = True
 
     def process_bind_param(self, value: str | None, dialect) -> str | None:
-        return None if value is None else stored_path(value)
+        return None if value is None else stored_text(value)
 
     def process_result_value(self, value: str | None, dialect) -> str | None:
-        return None if value is None else loaded_path(value)
+        return None if value is None else loaded_text(value)
 
 
 metadata = MetaData(naming_convention={

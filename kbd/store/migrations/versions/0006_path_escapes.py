@@ -1,4 +1,4 @@
-"""Paths, and the messages that name them, are stored escaped (kbd.store.schema.stored_path):
+"""Paths, and the messages that name them, are stored escaped (kbd.store.schema.stored_text):
 a file name's bytes that are not UTF-8 as \\xNN and a backslash doubled. No text with such
 bytes could be stored before, so doubling the backslashes already stored is all there is.
 
