@@ -89,7 +89,8 @@ class RequestHandler(BaseHTTPRequestHandler):
             self._check_peer()
             url = urlsplit(self.path)
             handler, groups = self.router.find(method, url.path.rstrip("/") or "/")
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            # a path's bytes that are not UTF-8 come back as os.fsdecode gives them
+            query = {k: v[-1] for k, v in parse_qs(url.query, errors="surrogateescape").items()}
             if any("\0" in v for v in query.values()):  # no path or text holds one
                 raise ApiError(400, "a query parameter holds a NUL character")
             status, reply = 200, handler(groups, query, self._body())
@@ -144,7 +145,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         return body
 
     def _send(self, status: int, reply: object) -> None:
-        data = json.dumps(reply, ensure_ascii=False, default=str).encode()
+        data = json_bytes(reply)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -162,7 +163,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for event in events:
-                data = json.dumps(event, ensure_ascii=False, default=str).encode() + b"\n"
+                data = json_bytes(event) + b"\n"
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
@@ -181,6 +182,13 @@ class RequestHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's name
         log.debug("request: " + format, *args)
+
+
+def json_bytes(value: object) -> bytes:
+    """UTF-8 JSON; a lone surrogate (a file name's byte that is not UTF-8, as os.fsdecode
+    carries it) is written as its JSON escape, which json.loads turns back into the same
+    surrogate, so the client gets the exact path."""
+    return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "backslashreplace")
 
 
 def envelope(error: KbdError) -> dict:

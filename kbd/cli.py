@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -59,6 +60,10 @@ def print_json(data) -> None:
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """kbd: a local knowledge base that answers questions about your logs and reports."""
+    # a file name that is not UTF-8 is printed with Python's escape (\udcff), as log lines
+    # show it; in JSON that is the escape json.loads turns back into the exact name
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars from weight loading
@@ -104,9 +109,10 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
     from kbd.model.tokens import PassageTokenizer
 
     ingester = Ingester(store, PassageTokenizer.configured(config.model),
-                        Limits.configured(config.ingest))
+                        Limits.configured(config.ingest), config.folders)
     if paths:
         folders = [WatchedFolder(p) for p in paths if p.is_dir()]
+        ingester.folders += tuple(folders)
         files = [(p, str(f.path), f.kind) for f, p in scan(folders)]
         files += [(p, None, "auto") for p in paths if not p.is_dir()]
         with progress(files, "ingesting") as shown:
@@ -421,7 +427,7 @@ def digest(since, fmt, output, list_, as_json) -> None:
     if output is not None:
         fmt = fmt or ("html" if output.suffix.lower() in (".html", ".htm") else "md")
         d = digests.gather(store, since_at, now, status["model"], status["backlog"])
-        output.write_text(digests.RENDER[fmt](d), encoding="utf-8")
+        output.write_text(digests.RENDER[fmt](d), encoding="utf-8", errors="backslashreplace")
         result = {"paths": [str(output)], "since": since_at, "generated_at": now}
     else:
         result = digests.write_digest(store, config.reports_dir, since_at, now,
@@ -467,7 +473,7 @@ def docs_show(path: Path, as_json: bool) -> None:
     from urllib.parse import quote
 
     reply = client(get_config()).request(
-        "GET", f"/documents/show?path={quote(os.path.abspath(path))}")
+        "GET", f"/documents/show?path={quote(os.path.abspath(path), errors='surrogateescape')}")
     if as_json:
         print_json(reply)
         return

@@ -185,7 +185,7 @@ def watch_rm(path: Path, as_json: bool) -> None:
 def folder_json(folder: WatchedFolder) -> dict:
     return {"path": str(folder.path), "kind": folder.kind, "include": list(folder.include),
             "exclude": list(folder.exclude), "polling": folder.polling,
-            "poll_interval_s": folder.poll_interval_s}
+            "poll_interval_s": folder.poll_interval_s, "follow_symlinks": folder.follow_symlinks}
 
 
 def describe(folder: WatchedFolder) -> str:
@@ -196,6 +196,8 @@ def describe(folder: WatchedFolder) -> str:
         extras.append("exclude " + " ".join(folder.exclude))
     if folder.polling:
         extras.append(f"polling every {folder.poll_interval_s:g} s")
+    if folder.follow_symlinks:
+        extras.append("follows symlinks out of the watched folders")
     return f"{folder.path} ({', '.join(extras)})"
 
 

@@ -54,6 +54,12 @@ def add_folder(path: Path, folder: Path, kind: str = "auto", include: Iterable[s
         raise ConfigError(f"{kind!r} is not a folder kind", hint="log, report or auto")
     new = WatchedFolder(Path(folder).expanduser(), kind, tuple(include) or WatchedFolder.include,
                         tuple(exclude), polling)
+    try:
+        str(new.path).encode()
+    except UnicodeEncodeError:
+        raise ConfigError(f"{os.fsencode(new.path)!r}: config.toml is UTF-8 text and cannot "
+                          "name a folder whose path is not", hint="watch a folder above it "
+                          "(the files under it may have any name)") from None
 
     def change(doc: TOMLDocument, current: tuple[WatchedFolder, ...]) -> None:
         if any(f.path == new.path for f in current):

@@ -462,7 +462,8 @@ def write_digest(store: Store, reports_dir: Path, since: datetime, now: datetime
     private_folder(reports_dir)
     paths = _claim(reports_dir, f"digest-{now.astimezone():%Y-%m-%d-%H%M}", formats)
     for path, text in zip(paths, texts, strict=True):
-        path.write_text(text, encoding="utf-8")
+        # a file name that is not UTF-8 is written as \udcNN
+        path.write_text(text, encoding="utf-8", errors="backslashreplace")
     names = [str(p) for p in paths]
     store.write(lambda conn: sd.record_digest(conn, d.generated_at, d.since, names))
     return {"paths": names, "since": d.since, "generated_at": d.generated_at,

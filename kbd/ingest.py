@@ -34,15 +34,16 @@ from kbd.errors import KbdError
 from kbd.parsers import PDF_TIMEOUT_S, Parsed, ParseError, parse
 from kbd.store import Store, StoreError
 from kbd.store import queries as q
-from kbd.watch import WatchedFolder, folder_for, scan
+from kbd.watch import WatchedFolder, folder_for, scan, spelled_inside
 
 log = logging.getLogger("kbd.ingest")
 
 HEAD_BYTES = 4096  # a rewritten or truncated-and-refilled log shows in its first bytes
 STORE_RETRY_S = (1.0, 30.0)  # first and longest wait before a path waits its turn again
-# failures that can pass without the file changing (a permission flipped back): retried on
-# every event and rescan, where other failures wait for the file's size or mtime to change
-TRANSIENT_FAILURES = frozenset({"unreadable"})
+# failures that can pass without the file changing (a permission flipped back, a folder's
+# follow_symlinks turned on): retried on every event and rescan, where other failures wait for
+# the file's size or mtime to change
+TRANSIENT_FAILURES = frozenset({"unreadable", "symlink-outside"})
 
 
 class IngestFailure(KbdError):
@@ -92,12 +93,15 @@ class IngestJob:
 
 class Ingester:
     """Turns paths into documents and passages. `tokenizer` (a PassageTokenizer) may be None:
-    documents are then stored uncut and cut later by `recut`."""
+    documents are then stored uncut and cut later by `recut`. `folders` are the watched
+    folders, whose `follow_symlinks` says which symlinks may be read."""
 
-    def __init__(self, store: Store, tokenizer=None, limits: Limits = Limits()):
+    def __init__(self, store: Store, tokenizer=None, limits: Limits = Limits(),
+                 folders: Sequence[WatchedFolder] = ()):
         self.store = store
         self.tokenizer = tokenizer
         self.limits = limits
+        self.folders = tuple(folders)
 
     # -- entry points --------------------------------------------------------------------
 
@@ -116,6 +120,11 @@ class Ingester:
             self._fail(job, e)
         except ParseError as e:
             self._fail(job, IngestFailure("parse", e.code, str(e)))
+        except StoreError:
+            raise  # the store's fault, not the file's: the caller tries the path again later
+        except Exception as e:  # a bug met by one path must not stop the scan it is part of
+            log.exception("[%s] %s: ingest failed unexpectedly", job.id, job.path)
+            self._fail(job, IngestFailure("ingest", "unexpected", f"{job.path}: {e!r}"))
         log.debug("[%s] %s: %s", job.id, job.path, job.outcome)
         return job.outcome
 
@@ -175,6 +184,10 @@ def preflight(ing: Ingester, job: IngestJob) -> None:
     except OSError as e:
         code = "symlink-loop" if e.errno == errno.ELOOP else "unreadable"
         raise IngestFailure("preflight", code, f"{job.path}: {e.strerror}") from e
+    if job.path.is_symlink():
+        check_symlink(ing, job)
+        if job.done:
+            return
     mode = job.stat.st_mode
     if stat_module.S_ISDIR(mode):
         job.outcome = "directory"
@@ -187,6 +200,36 @@ def preflight(ing: Ingester, job: IngestJob) -> None:
                             f"{ing.limits.max_file_bytes}")
     elif not os.access(job.path, os.R_OK):
         raise IngestFailure("preflight", "unreadable", f"{job.path}: permission denied")
+
+
+def check_symlink(ing: Ingester, job: IngestJob) -> None:
+    """A symlink in a watched folder is read, under its own path, when it leads into a
+    watched folder or its folder says follow_symlinks; one that leads to a file kbd ingests
+    anyway is left to that file, so the text is stored once. Links named by hand outside the
+    watched folders (kbd ingest --once LINK) are read: the user chose them."""
+    folder = folder_for(ing.folders, job.path)
+    if folder is None:
+        return
+    target = Path(os.path.realpath(job.path))
+    inside = spelled_inside(ing.folders, target)
+    if inside is None and not folder.follow_symlinks:
+        retire_at(ing, job.path)  # read before, when following was allowed
+        raise IngestFailure("preflight", "symlink-outside",
+                            f"{job.path}: a symlink to {target}, outside the watched folders "
+                            f"(follow_symlinks = true on folder {folder.path} reads it)")
+    if inside is not None and folder_for(ing.folders, inside) is not None:
+        retire_at(ing, job.path)
+        job.outcome = "linked"
+
+
+def retire_at(ing: Ingester, path: Path) -> None:
+    """Retire the live document at `path`, if any."""
+    def retire(conn) -> None:
+        doc = q.live_document(conn, str(path))
+        if doc is not None:
+            q.retire_document(conn, doc.id)
+
+    ing.store.write(retire)
 
 
 def decide(ing: Ingester, job: IngestJob) -> None:
@@ -391,7 +434,7 @@ class IngestWorker:
     def __init__(self, ingester: Ingester, folders: Sequence[WatchedFolder],
                  on_done: Callable[[Path, str], None] | None = None):
         self.ingester = ingester
-        self.folders = tuple(folders)
+        self.folders = folders
         self.on_done = on_done
         self._queue: queue.Queue[Path] = queue.Queue()
         self._queued: set[Path] = set()
@@ -400,6 +443,15 @@ class IngestWorker:
         self._stop = threading.Event()
         self._retry_s = STORE_RETRY_S[0]
         self._thread = threading.Thread(target=self._run, name="kbd-ingest", daemon=True)
+
+    @property
+    def folders(self) -> tuple[WatchedFolder, ...]:
+        """The watched folders; they are the ingester's, whose symlink rule needs them."""
+        return self.ingester.folders
+
+    @folders.setter
+    def folders(self, folders: Sequence[WatchedFolder]) -> None:
+        self.ingester.folders = tuple(folders)
 
     def submit(self, paths: Iterable[Path]) -> None:
         with self._lock:

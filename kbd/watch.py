@@ -27,6 +27,7 @@ from watchdog.events import (
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
     EVENT_TYPE_MOVED,
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirMovedEvent,
@@ -49,12 +50,13 @@ log = logging.getLogger("kbd.watch")
 TEMP_GLOBS = (".#*", "*.swp", "*~", "*.tmp", ".*.part")
 
 # Only events that mean the content may have changed, or whether kbd may read it (attrib: a
-# permission flipped back makes an unreadable file readable without changing it): ingest opens
-# and reads every file, and "opened"/"closed_no_write" events would queue it again forever.
-# Directory "modified" events say nothing about which file changed.
+# permission flipped back makes an unreadable file, or every file under a directory, readable
+# without changing it): ingest opens and reads every file, and "opened"/"closed_no_write"
+# events would queue it again forever. Directory "modified" events say nothing about which
+# file changed.
 _EVENT_FILTER: list[type[FileSystemEvent]] = [
     FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent,
-    FileAttribEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent,
+    FileAttribEvent, DirCreatedEvent, DirMovedEvent, DirDeletedEvent, DirAttribEvent,
 ]
 _CHANGES = {
     EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_CLOSED, EVENT_TYPE_MOVED,
@@ -74,10 +76,12 @@ class WatchedFolder:
     exclude: tuple[str, ...] = ()  # wins over include; TEMP_GLOBS are always excluded
     polling: bool = False  # network/container mounts, where inotify sees nothing
     poll_interval_s: float = 2.0
+    follow_symlinks: bool = False  # read symlinks that lead outside every watched folder
 
     def __post_init__(self) -> None:
-        # Event paths are built from the path we schedule, so keep one spelling: absolute and
-        # normalised, symlinks kept (resolving them would rename every file under a linked root).
+        # Files are stored under this spelling: absolute and normalised, symlinks kept
+        # (resolving them would rename every file under a linked root). The watch is on the
+        # resolved folder, and its events are spelled back under this path.
         object.__setattr__(self, "path", _abspath(self.path))
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
@@ -100,6 +104,16 @@ def folder_for(folders: Iterable[WatchedFolder], path: str | os.PathLike) -> Wat
     if matches(TEMP_GLOBS) or matches(folder.exclude) or not matches(folder.include):
         return None
     return folder
+
+
+def spelled_inside(folders: Iterable[WatchedFolder], target: Path) -> Path | None:
+    """`target`, a path with no symlinks in it (os.path.realpath), spelled under the watched
+    folder whose resolved root holds it, or None when it is outside them all."""
+    for folder in folders:
+        real_root = Path(os.path.realpath(folder.path))
+        if target.is_relative_to(real_root):
+            return folder.path / target.relative_to(real_root)
+    return None
 
 
 def scan(folders: Iterable[WatchedFolder]) -> Iterator[tuple[WatchedFolder, Path]]:
@@ -186,6 +200,7 @@ class _Watch(NamedTuple):
     observer: BaseObserver
     watch: ObservedWatch
     root_id: tuple[int, int]  # (st_dev, st_ino) of the root when scheduled
+    handler: _Dispatch
 
 
 class Watcher:
@@ -217,10 +232,14 @@ class Watcher:
         self.rescan_interval_s = rescan_interval_s
         self._folders = tuple(folders)
         self._tick_s = max(quiet_s / 4, 0.02)
-        self._handler = _Dispatch(self._on_event)
         self._observers: dict[float | None, BaseObserver] = {}  # poll interval (None: inotify)
         self._watches: dict[tuple[Path, float | None], _Watch] = {}
         self._retry_at: dict[tuple[Path, float | None], float] = {}  # roots we failed to watch
+        # directories kbd could not read, so watchdog watches nothing under them, and those
+        # readable again, whose roots are watched anew; filled from watchdog's threads
+        self._locked: set[Path] = set()
+        self._reopened: set[Path] = set()
+        self._dirs_lock = threading.Lock()
         self._rescan_due = True  # the start-up rescan
         self._lock = threading.Lock()  # the timer thread and update() both change the watches
         self._stopping = threading.Event()
@@ -300,12 +319,15 @@ class Watcher:
         for folder in self._folders:
             interval = folder.poll_interval_s if folder.polling else None
             wanted[(folder.path, interval)] = _dir_id(folder.path)
+        with self._dirs_lock:
+            reopened, self._reopened = self._reopened, set()
         for key, watch in list(self._watches.items()):
-            if key in wanted and wanted[key] == watch.root_id and _is_alive(watch):
+            lost = key not in wanted or wanted[key] != watch.root_id or not _is_alive(watch)
+            if not lost and not any(d.is_relative_to(key[0]) for d in reopened):
                 continue
             del self._watches[key]
             watch.observer.unschedule(watch.watch)
-            if key in wanted:
+            if key in wanted and lost:
                 log.info("lost the watch on %s; watching it again once it exists", key[0])
                 self.tracker.note(key[0])
         # forget failures of folders that are no longer configured
@@ -315,10 +337,12 @@ class Watcher:
             if root_id is None or key in self._watches or self._retry_at.get(key, 0.0) > now:
                 continue
             path, interval = key
+            # inotify does not follow a root that is a symlink: watch where it leads
+            handler = _Dispatch(self._on_event, Path(os.path.realpath(path)), path)
             try:
                 observer = self._observer(interval)
                 watch = observer.schedule(
-                    self._handler, str(path), recursive=True, event_filter=_EVENT_FILTER
+                    handler, str(handler.real_root), recursive=True, event_filter=_EVENT_FILTER
                 )
             except OSError as e:
                 if key not in self._retry_at:  # one warning per outage, not one per retry
@@ -331,7 +355,10 @@ class Watcher:
                 self._retry_at[key] = now + _RETRY_S
                 continue
             self._retry_at.pop(key, None)
-            self._watches[key] = _Watch(observer, watch, root_id)
+            self._watches[key] = _Watch(observer, watch, root_id, handler)
+            unreadable = _unreadable_dirs(path)
+            with self._dirs_lock:
+                self._locked |= unreadable
             self._rescan_due = True  # files may have arrived while it was not watched
             log.info("watching %s%s", path, f" (polling every {interval} s)" if interval else "")
 
@@ -350,14 +377,13 @@ class Watcher:
 
     # --- observer threads
 
-    def _on_event(self, event: FileSystemEvent) -> None:
-        """Note what changed, nothing more: this runs on an observer thread."""
+    def _on_event(self, event: FileSystemEvent, src: Path, dest: Path | None) -> None:
+        """Note what changed, nothing more: this runs on an observer thread. `src` and `dest`
+        are the event's paths spelled under the configured root."""
         try:
             if event.event_type not in _CHANGES:
                 return
             folders = self._folders
-            src = Path(os.fsdecode(event.src_path))
-            dest = Path(os.fsdecode(event.dest_path)) if event.dest_path else None
             if not event.is_directory:
                 for path in (src, dest):
                     if path is not None and folder_for(folders, path) is not None:
@@ -367,13 +393,30 @@ class Watcher:
             if gone and _owner(folders, src) is not None:
                 # the directory's old path stands for everything that was under it
                 self.tracker.note(src)
-            if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED):
-                # a directory moved in arrives whole; not every emitter reports its files
+            if event.event_type == EVENT_TYPE_ATTRIB and not self._readable_now(src):
+                return
+            if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED, EVENT_TYPE_ATTRIB):
+                # a directory moved in arrives whole, and one made readable again shows what
+                # it held all along; no emitter reports their files one by one
                 for path in _walk(dest or src):
                     if folder_for(folders, path) is not None:
                         self.tracker.note(path)
         except Exception:  # an exception would end the observer's thread, and all watching with it
             log.exception("cannot handle %s", event)
+
+
+    def _readable_now(self, directory: Path) -> bool:
+        """Track a directory whose mode changed: one kbd cannot read is remembered; one that
+        was so and is readable again has its root watched anew (watchdog could not watch
+        under it) and rescanned for what changed meanwhile."""
+        readable = os.access(directory, os.R_OK | os.X_OK)
+        with self._dirs_lock:
+            if not readable:
+                self._locked.add(directory)
+            elif directory in self._locked:
+                self._locked.discard(directory)
+                self._reopened.add(directory)
+        return readable
 
 
 class _OverflowAlarm(logging.Handler):
@@ -389,11 +432,24 @@ class _OverflowAlarm(logging.Handler):
 
 
 class _Dispatch(FileSystemEventHandler):
-    def __init__(self, on_event: Callable[[FileSystemEvent], None]):
+    """Hands the events of the watch on `real_root` on, their paths spelled under `root`."""
+
+    def __init__(self, on_event: Callable[[FileSystemEvent, Path, Path | None], None],
+                 real_root: Path, root: Path):
         self.on_event = on_event
+        self.real_root = real_root
+        self.root = root
 
     def dispatch(self, event: FileSystemEvent) -> None:
-        self.on_event(event)
+        src = self.spelled(event.src_path)
+        self.on_event(event, src, self.spelled(event.dest_path) if event.dest_path else None)
+
+    def spelled(self, path: str | bytes) -> Path:
+        real = Path(os.fsdecode(path))
+        # a move out of the watched tree has a destination outside it: keep that as it is
+        if real.is_relative_to(self.real_root):
+            return self.root / real.relative_to(self.real_root)
+        return real
 
 
 def _abspath(path: str | os.PathLike) -> Path:
@@ -419,6 +475,14 @@ def _walk(root: Path) -> Iterator[Path]:
             path = os.path.join(directory, name)
             if os.path.isfile(path):  # not fifos, sockets or broken links
                 yield Path(path)
+
+
+def _unreadable_dirs(root: Path) -> set[Path]:
+    """The directories under root that cannot be listed now."""
+    found: set[Path] = set()
+    for _ in os.walk(root, onerror=lambda error: found.add(Path(error.filename))):
+        pass
+    return found
 
 
 def _stat(path: Path) -> _Stat | None:

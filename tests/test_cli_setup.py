@@ -212,6 +212,15 @@ def test_watch_add_duplicate_fails_naming_the_folder(home, tmp_path, monkeypatch
     assert (home / "config.toml").read_text() == before
 
 
+def test_watch_add_of_a_folder_named_not_utf8_is_refused(home, tmp_path):
+    assert kbd("init").exit_code == 0
+    before = (home / "config.toml").read_text()
+    result = kbd("watch", "add", os.fsdecode(os.fsencode(tmp_path) + b"/logs\xff"))
+    assert result.exit_code == 1
+    assert "config.toml is UTF-8 text and cannot name a folder" in result.output
+    assert (home / "config.toml").read_text() == before
+
+
 def test_watch_rm_of_a_folder_not_watched_fails(home, tmp_path):
     assert kbd("init").exit_code == 0
     result = kbd("watch", "rm", str(tmp_path / "nowhere"))

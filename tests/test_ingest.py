@@ -261,6 +261,20 @@ class TestBadFiles:
         with store.read() as conn:
             assert q.failure_for(conn, str(junk)) is None
 
+    def test_names_not_utf8_are_stored_and_fail_alike(self, ingester, tmp_path):
+        """os.fsdecode carries a name's bytes that are not UTF-8 as lone surrogates: the path,
+        and a failure's message that names it, go in and come back byte for byte."""
+        good = Path(os.fsdecode(os.fsencode(tmp_path) + b"/good\xff.log"))
+        write_log(good, 0, 3)
+        junk = Path(os.fsdecode(os.fsencode(tmp_path) + b"/junk\xfe.log"))
+        junk.write_bytes(bytes(range(256)) * 20)
+        assert [ingester.ingest(p) for p in (good, junk)] == ["added", "failed:binary"]
+        assert lines_of(live(ingester.store, good)) == [1, 2, 3]
+        with ingester.store.read() as conn:
+            (failure,) = q.all_failures(conn)
+        assert failure.path == str(junk) and str(junk) in failure.message
+        assert [ingester.ingest(p) for p in (good, junk)] == ["unchanged", "failed-unchanged"]
+
     @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
     def test_unreadable(self, ingester, tmp_path):
         path = tmp_path / "secret.log"

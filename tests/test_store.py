@@ -45,7 +45,7 @@ class TestSchema:
         with store.engine.connect() as conn:
             assert compare_metadata(autogenerate_context(conn), metadata) == []
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0005"
+                == "0006"
 
     def test_older_database_upgrades_on_open(self, store_url, tmp_path):
         """A database left by a kbd at revision 0001, with data, is upgraded in place."""
@@ -61,6 +61,38 @@ class TestSchema:
             assert q.live_document(conn, "/old.log").kind == "log"
             assert q.active_sources(conn) == []
         store.close()
+
+    def test_stored_backslashes_survive_the_path_escapes(self, store_url, tmp_path):
+        """Before 0006 paths were stored as they are; a backslash in one stays one."""
+        with database_at(store_url, "0005") as conn:
+            conn.execute(text("INSERT INTO documents (path, kind, size, mtime_ns, status, "
+                              "\"offset\", rotations, first_seen, last_seen, changed_at) VALUES "
+                              "('/w/a\\xff.log', 'log', 1, 1, 'ready', 0, 0, CURRENT_TIMESTAMP, "
+                              "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        store = Store.open(store_url, tmp_path / "memory")
+        with store.read() as conn:
+            assert [d.path for d in q.live_documents(conn)] == ["/w/a\\xff.log"]
+        store.close()
+
+    def test_paths_round_trip_whatever_their_bytes(self, store):
+        """A Linux file name need not be UTF-8: os.fsdecode carries such bytes as lone
+        surrogates, which neither database takes as text. Backslashes and LIKE's wildcards in
+        names stay literal."""
+        folder = os.fsdecode(b"/w/d\xe9j\xe0%")  # a Latin-1 name, and a wildcard
+        names = [folder + os.fsdecode(n) for n in
+                 (b"/m\xff.log", b"/b\\xff.log", b"/\\\\_x.log", "/\u00fc.log".encode())]
+        for name in [*names, "/w/d\u00e9j\u00e0/x.log", "/w/dxjx%/y.log"]:
+            add_document(store, name, ["text"])
+        store.write(lambda conn: q.record_failure(conn, names[0], "read", "unreadable",
+                                                  f"{names[0]}: denied", None, None))
+        with store.read() as conn:
+            assert {d.path for d in q.live_documents(conn, under=folder)} == set(names)
+            assert [q.live_document(conn, n).path for n in names] == names
+            failure = q.failure_for(conn, names[0])
+            assert (failure.path, failure.message) == (names[0], f"{names[0]}: denied")
+            assert [f["path"] for f in q.status(conn, None)["failed_files"]] == [names[0]]
+            stored = conn.execute(text("SELECT path FROM documents WHERE path LIKE '%m%'"))
+            assert stored.scalar_one() == "/w/d\\xe9j\\xe0%/m\\xff.log"
 
     def test_sources_follow_the_config(self, store, tmp_path):
         from kbd.watch import WatchedFolder

@@ -235,6 +235,27 @@ class TestWatcher:
         assert rec.count(path) == 3
         assert not set(ignored) & set(rec.paths())
 
+    def test_root_that_is_a_symlink(self, watch, tmp_path: Path):
+        """inotify does not follow a linked root: its events come from where it leads, and
+        are spelled under the link, as files are stored."""
+        real = tmp_path / "real"
+        real.mkdir()
+        link = tmp_path / "link"
+        link.symlink_to(real)
+        _, rec = watch([WatchedFolder(link)])
+        write(real / "a.log")
+        write(real / "sub" / "b.log")
+        assert wait_for(lambda: rec.count(link / "a.log") == 1
+                        and rec.count(link / "sub" / "b.log") == 1)
+        assert not [p for p in rec.paths() if p.is_relative_to(real)]
+
+    def test_directory_made_readable_retries_its_files(self, watch, root: Path):
+        """A chmod changes no file under the directory, yet makes them all readable."""
+        inner = [write(root / "dir" / "a.log"), write(root / "dir" / "deep" / "b.log")]
+        _, rec = watch([WatchedFolder(root)])
+        (root / "dir").chmod(0o700)
+        assert wait_for(lambda: all(rec.count(p) == 1 for p in inner))
+
     def test_rename_and_atomic_save(self, watch, root: Path):
         _, rec = watch([WatchedFolder(root)])
         old = write(root / "old.md")

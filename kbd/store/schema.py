@@ -10,6 +10,8 @@ from (answer_sources); deleting a standing question keeps its answers.
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -23,9 +25,43 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     text,
 )
+
+_STORED_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def stored_text(value: str) -> str:
+    """A file path, or text that names one, as the database can hold it: a byte of a name that
+    is not UTF-8 (which Python carries as a lone surrogate, PEP 383) is written \\xNN, and a
+    backslash is doubled, so every path comes back byte for byte. Text that is UTF-8 and has
+    no backslash is stored as it is."""
+    escaped = value.replace("\\", "\\\\").encode("utf-8", "surrogateescape")
+    return escaped.decode("utf-8", "backslashreplace")
+
+
+def loaded_text(stored: str) -> str:
+    """The text stored_text() wrote, its paths as os.fsdecode gives them."""
+    return _STORED_ESCAPE.sub(
+        lambda m: "\\" if m[1] == "\\" else chr(0xDC00 + int(m[1][1:], 16)), stored)
+
+
+class FsText(TypeDecorator):
+    """A text column of file paths, or of messages that name them, through stored_text() and
+    loaded_text(): SQLite and PostgreSQL refuse text with lone surrogates, and Linux file
+    names need not be UTF-8."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect) -> str | None:
+        return None if value is None else stored_text(value)
+
+    def process_result_value(self, value: str | None, dialect) -> str | None:
+        return None if value is None else loaded_text(value)
+
 
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -37,7 +73,7 @@ metadata = MetaData(naming_convention={
 sources = Table(
     "sources", metadata,  # the watched folders, as the config last named them
     Column("id", Integer, primary_key=True),
-    Column("path", Text, nullable=False, unique=True),
+    Column("path", FsText, nullable=False, unique=True),
     Column("kind", String(16), nullable=False),
     Column("include", Text, nullable=False),  # JSON list of globs
     Column("exclude", Text, nullable=False),
@@ -49,8 +85,8 @@ sources = Table(
 documents = Table(
     "documents", metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", Text, nullable=False),
-    Column("folder", Text),  # the watched folder it came through
+    Column("path", FsText, nullable=False),
+    Column("folder", FsText),  # the watched folder it came through
     Column("kind", String(16), nullable=False),  # log | report
     Column("device", BigInteger),
     Column("inode", BigInteger),
@@ -62,7 +98,7 @@ documents = Table(
     Column("offset", BigInteger, nullable=False, server_default="0"),  # bytes ingested
     Column("tokenizer", String(32)),  # passages were cut for this tokenizer (null: not cut)
     Column("status", String(16), nullable=False),  # ready | unchunked | error | deleted
-    Column("error", Text),
+    Column("error", FsText),
     Column("rotations", Integer, nullable=False, server_default="0"),
     Column("first_seen", DateTime(timezone=True), nullable=False),
     Column("last_seen", DateTime(timezone=True), nullable=False),
@@ -110,10 +146,10 @@ memories = Table(
 failures = Table(
     "failures", metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", Text, nullable=False, unique=True),
+    Column("path", FsText, nullable=False, unique=True),
     Column("stage", String(16), nullable=False),
     Column("code", String(32), nullable=False),
-    Column("message", Text, nullable=False),
+    Column("message", FsText, nullable=False),
     Column("size", BigInteger),
     Column("mtime_ns", BigInteger),
     Column("at", DateTime(timezone=True), nullable=False),
