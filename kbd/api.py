@@ -48,7 +48,7 @@ HANDLER_THREADS = 64  # handlers that block (the store, a streamed answer) run h
 SHUTDOWN_GRACE_S = 3.0  # replies under way at SIGTERM get this long to finish
 
 # the start of a well-formed request line: its method is unknown (501), not malformed (400)
-REQUEST_LINE = re.compile(rb"\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+ \S+ HTTP/\d\.\d\r?\n")
+REQUEST_LINE = re.compile(rb"\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+) \S+ HTTP/\d\.\d\r?\n")
 
 
 class ApiError(KbdError):
@@ -251,9 +251,11 @@ class KbdProtocol(HttpToolsProtocol):
             else:  # uvicorn's callbacks refuse what they cannot read (a path not ASCII)
                 self.refuse(400, f"malformed request: {refused}")
         except httptools.HttpParserInvalidMethodError:
-            unknown = REQUEST_LINE.match(data)  # the line is at the start unless pipelined
-            self.refuse(501 if unknown else 400, "unknown method" if unknown else
-                        "malformed request line")
+            line = REQUEST_LINE.match(data)  # at the start of data unless pipelined
+            if line:
+                self.refuse(501, f"method {line[1].decode()} is not supported")
+            else:
+                self.refuse(400, "malformed request line")
         except httptools.HttpParserError as e:
             self.refuse(400, f"malformed request: {e}")
         except httptools.HttpParserUpgrade:
@@ -334,8 +336,8 @@ class ApiServer:
         self.socket_path, self.app = socket_path, app
         self.server = uvicorn.Server(uvicorn.Config(
             app, http=KbdProtocol, loop="asyncio", ws="none", lifespan="off", log_config=None,
-            access_log=False, proxy_headers=False, server_header=False, date_header=False,
-            timeout_keep_alive=int(REQUEST_DEADLINE_S),
+            log_level="warning", access_log=False, proxy_headers=False, server_header=False,
+            date_header=False, timeout_keep_alive=int(REQUEST_DEADLINE_S),
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE_S)))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
                                        name="kbd-api", daemon=True)
