@@ -160,7 +160,7 @@ class App:
 
 
 async def read_body(scope: dict, receive: Callable) -> bytes:
-    headers = dict(scope["headers"])  # names lower-cased; the parser refused duplicates
+    headers = dict(scope["headers"])  # names lower-cased; the parser refused a second Content-Length
     if b"transfer-encoding" in headers:
         raise ApiError(411, "send a Content-Length, not a chunked body")
     size = int(headers.get(b"content-length") or 0)  # the parser checked it is a number
