@@ -160,7 +160,7 @@ class App:
 
 
 async def read_body(scope: dict, receive: Callable) -> bytes:
-    headers = dict(scope["headers"])  # names lower-cased; the parser refused a second Content-Length
+    headers = dict(scope["headers"])  # lower-cased; the parser refused a second Content-Length
     if b"transfer-encoding" in headers:
         raise ApiError(411, "send a Content-Length, not a chunked body")
     size = int(headers.get(b"content-length") or 0)  # the parser checked it is a number
@@ -300,22 +300,28 @@ class KbdProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
-            self._arm()
+            self._disarm()
+            self._arm()  # the next request gets the whole deadline
 
     # the whole-request deadline
 
     def _arm(self) -> None:
-        if self._deadline is None:
-            self._deadline = self.loop.call_later(REQUEST_DEADLINE_S, self._deadline_passed)
+        self._deadline = self.loop.call_later(REQUEST_DEADLINE_S, self._deadline_passed)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
+    def _replying(self) -> bool:
+        """A request was read whole and its reply is under way, or queued behind another."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.more_body
+                                       and not self.cycle.response_complete)
+
     def _deadline_passed(self) -> None:
+        # a pipelined request waits for the reply before it: its time starts after that reply
         self._deadline = None
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self._replying():
             log.info("closed a connection that sent no whole request in %.0f s",
                      REQUEST_DEADLINE_S)
             self.transport.close()
