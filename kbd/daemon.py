@@ -131,7 +131,7 @@ class Daemon:
         self.scheduler = Scheduler(self.store, self.model.submit,
                                    misfire_grace_s=config.scheduler.misfire_grace_s)
         self.server = serve(config.socket_path, build_router(self))
-        threading.Thread(target=self.server.serve_forever, name="kbd-api", daemon=True).start()
+        self.server.start()
         self.model.start()
         self.scheduler.start()
         if config.scheduler.digest_cron:
@@ -222,12 +222,9 @@ class Daemon:
             if part is None:
                 continue
             try:
-                part.shutdown() if name == "server" else part.stop()
+                part.stop()
             except Exception:
                 log.exception("stopping %s failed", name)
-        if getattr(self, "server", None) is not None:
-            self.server.server_close()
-            self.config.socket_path.unlink(missing_ok=True)
         if getattr(self, "store", None) is not None:  # else it never started: nothing to say
             self.store.close()
             log.info("kbd daemon stopped")

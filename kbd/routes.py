@@ -11,10 +11,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import time
 from collections.abc import Iterator
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future
 
 from kbd.api import ApiError, Router
 from kbd.errors import InputError
@@ -86,7 +87,7 @@ def scope_from(body: dict) -> Scope:
                  since_s=duration_field(body, "since"))
 
 
-def ask(daemon, body: dict) -> dict:
+def ask(daemon, body: dict):
     from kbd.model.worker import AskRequest
 
     question = field(body, "question", str)
@@ -100,11 +101,15 @@ def ask(daemon, body: dict) -> dict:
                          max_new_tokens=field(body, "max_new_tokens", int, 128, 1, 2048),
                          tokens=queue.Queue() if stream else None)
     future = daemon.model.submit(request)
-    if stream:
-        return stream_answer(request)
-    try:
-        return future.result(timeout=ASK_TIMEOUT_S)
-    except FutureTimeout as e:
+    return stream_answer(request) if stream else answer_of(future)
+
+
+async def answer_of(future: Future) -> dict:
+    """The model's answer, awaited on the API's event loop: a waiting ask holds no thread."""
+    try:  # shielded: a timeout here must not cancel the request the model worker holds
+        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                      ASK_TIMEOUT_S)
+    except TimeoutError as e:
         raise ApiError(504, f"no answer within {ASK_TIMEOUT_S:.0f} s") from e
 
 

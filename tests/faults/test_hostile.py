@@ -11,7 +11,10 @@ kbd promises:
 - a hostile request gets a 4xx naming the problem, never a 5xx; no request reads a file
   outside the store; slow and stalled clients hold only their own connection; a user other
   than the daemon's cannot connect (socket permissions), nor talk if the socket is opened
-  to all (peer credentials).
+  to all (peer credentials);
+- framing holds: the body of a refused request is never read as the next request, ambiguous
+  lengths are refused and the connection closed, and a request that does not arrive whole
+  within the deadline loses its connection however it trickles in.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import pwd
 import random
+import re
 import socket
 import threading
 import time
@@ -30,22 +34,26 @@ import tracemalloc
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from harness import (
     Kbd,
     Outcome,
     TinyModel,
+    make_logs,
     make_pdf,
     pdf_bytes,
     pdf_page,
     poll,
     raw_request,
     shared_dir,
+    wait_for,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kbd.errors import KbdError
 from kbd.parsers import ParseError, parse
 from kbd.parsers.html import read_html
 from kbd.parsers.markdown import read_markdown
@@ -276,7 +284,8 @@ BAD_REQUESTS: dict[str, tuple[bytes, int]] = {  # what, (request, status)
     "too many headers": (b"GET /status HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
     "length not a number": (post("/ask", b"{}").replace(b"Length: 2", b"Length: 2x"), 400),
     "negative length": (post("/ask", b"").replace(b"Length: 0", b"Length: -5"), 400),
-    "chunked body": (post("/ask", b"", "Transfer-Encoding: chunked\r\n"), 411),
+    "chunked body": (b"POST /ask HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                     b"Connection: close\r\n\r\n0\r\n\r\n", 411),
     "huge body": (post("/ask", b" " * (2 << 20)), 413),
     "invalid json": (post("/ask", b'{"question": '), 400),
     "not utf-8": (post("/ask", b'{"question": "\xff\xfe"}'), 400),
@@ -347,7 +356,9 @@ def slow_clients_hold_their_own(kbd: Kbd, clients: int, out: Outcome) -> None:
     stop = threading.Event()
 
     def drip() -> None:
-        with socket.socket(socket.AF_UNIX) as s:
+        # the request deadline may close them first: that is their only way to end early
+        with socket.socket(socket.AF_UNIX) as s, contextlib.suppress(BrokenPipeError,
+                                                                    ConnectionResetError):
             s.connect(str(kbd.socket))
             s.sendall(b"POST /ask HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")
             while not stop.wait(2):
@@ -371,17 +382,17 @@ def slow_clients_hold_their_own(kbd: Kbd, clients: int, out: Outcome) -> None:
 
 
 def stalled_client_is_dropped(kbd: Kbd, out: Outcome) -> None:
-    from kbd.api import READ_TIMEOUT_S
+    from kbd.api import REQUEST_DEADLINE_S
 
     with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(READ_TIMEOUT_S + 20)
+        s.settimeout(REQUEST_DEADLINE_S + 20)
         s.connect(str(kbd.socket))
         s.sendall(b"GET /status HTTP/1.1\r\nHost: kbd\r\n")  # and never the blank line
         began = time.monotonic()
         closed = s.recv(100) == b""
         took = time.monotonic() - began
     out.runs += 1
-    out.expect(closed and took < READ_TIMEOUT_S + 5,
+    out.expect(closed and took < REQUEST_DEADLINE_S + 5,
                f"a stalled client held its connection {took:.0f} s")
 
 
@@ -433,3 +444,79 @@ def test_hostile_requests(tiny_model):
     with shared_dir() as work:  # `nobody` must reach the socket's own folder to be refused there
         out = hostile_socket(work, tiny_model)
     assert out.failures == [] and out.data_lost == 0
+
+
+# -- framing ------------------------------------------------------------------------------------
+
+def replies(data: bytes) -> list[tuple[int, dict]]:
+    """Each (status, JSON body) in what one connection sent back, framed by Content-Length."""
+    found = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+        found.append((int(head.split(b" ")[1]), json.loads(rest[:length])))
+        data = rest[length:]
+    return found
+
+
+def seconds_held_by_a_trickle(socket_path: Path, every_s: float, for_s: float) -> float:
+    """A request line, then one header line every `every_s` and never the blank line: how
+    long until the daemon closes the connection (`for_s` if it has not by then)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(socket_path))
+        began = time.monotonic()
+        s.sendall(b"GET /status HTTP/1.1\r\n")
+        s.settimeout(every_s)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for line in range(int(for_s / every_s)):
+                try:
+                    if s.recv(100) == b"":
+                        break
+                except TimeoutError:
+                    s.sendall(b"X-Line-%d: still coming\r\n" % line)
+        return time.monotonic() - began
+
+
+def test_framing_holds(tmp_path):
+    """Each case on the real daemon's socket, as raw bytes: the smuggled request, were it
+    read as one, would reply with a stored document."""
+    from kbd.api import REQUEST_DEADLINE_S
+
+    with Kbd(tmp_path, None, extra='[model]\nengine = "clara"\n') as kbd:
+        kbd.start()
+        log = make_logs(kbd.watched, 1)[0]
+        wait_for(lambda: kbd.live_documents() == 1, what="the log stored", tolerate=(KbdError,))
+        smuggled = f"GET /documents/show?path={quote(str(log))} HTTP/1.1\r\n\r\n".encode()
+        follow_up = b"GET /status HTTP/1.1\r\nConnection: close\r\n\r\n"
+        assert replies(raw_request(kbd.socket, smuggled + follow_up))[0][1]["path"] == str(log)
+
+        def body_of(start: str) -> bytes:
+            return f"{start}Content-Length: {len(smuggled)}\r\n\r\n".encode() + smuggled
+
+        refused_unread = {  # refused before their body is read: the next request is answered
+            "POST /nope HTTP/1.1\r\n": 404,
+            "POST /status HTTP/1.1\r\n": 405,
+            "GET /documents/show?path=%00 HTTP/1.1\r\n": 400,
+        }
+        for start, status in refused_unread.items():
+            got = replies(raw_request(kbd.socket, body_of(start) + follow_up))
+            assert [s for s, _ in got] == [status, 200], (start, got)
+            assert got[1][1]["pid"] == kbd.proc.pid, (start, got)
+
+        refused_and_closed = {  # ambiguous or unread bodies: one error, and the connection ends
+            "chunked": (b"POST /ask HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        + smuggled, (400, 411)),
+            "length and chunked": (body_of("POST /ask HTTP/1.1\r\nTransfer-Encoding: "
+                                           "chunked\r\n"), (400,)),
+            "two lengths": (body_of("POST /ask HTTP/1.1\r\nContent-Length: 2\r\n"), (400,)),
+        }
+        for what, (request, statuses) in refused_and_closed.items():
+            asked = time.monotonic()
+            got = replies(raw_request(kbd.socket, request + follow_up, timeout=30))
+            took = time.monotonic() - asked
+            assert len(got) == 1 and got[0][0] in statuses and "error" in got[0][1], (what, got)
+            assert took < REQUEST_DEADLINE_S / 2, f"{what}: the connection stayed {took:.1f} s"
+
+        held = seconds_held_by_a_trickle(kbd.socket, every_s=5, for_s=REQUEST_DEADLINE_S + 15)
+        assert held < REQUEST_DEADLINE_S + 3, f"a trickled request held its connection {held} s"
+        assert kbd.status()["pid"] == kbd.proc.pid and "Traceback" not in kbd.log_text()
