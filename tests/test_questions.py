@@ -381,6 +381,22 @@ class TestQuestionStore:
 
 
 class TestAnswerStore:
+    def test_snapshot_edge_stops_before_passages_waiting_for_memory(self, store):
+        """A run's covered_through: under a model, every live passage up to it has memory;
+        with none (the text engine), every passage stored."""
+        doc, (p1, p2, p3) = store.write(lambda conn: add_document(conn, "/a.log",
+                                                                  ["a", "b", "c"]))
+        with store.read() as conn:
+            hashes = {p.id: p.text_hash for p in q.live_passages(conn, doc)}
+        store.write(lambda conn: q.add_memories(conn, "fp", [(hashes[p1], 0), (hashes[p3], 1)]))
+        with store.read() as conn:
+            assert q.candidates_through(conn, "fp") == p1  # p2 still waits for memory
+            assert q.candidates_through(conn, None) == p3
+        store.write(lambda conn: q.add_memories(conn, "fp", [(hashes[p2], 2)]))
+        with store.read() as conn:
+            assert q.candidates_through(conn, "fp") == p3
+            assert q.candidates_through(conn, "other") == p1 - 1
+
     def test_covered_through(self, store):
         """The highest passage id a question's runs have covered; failed and skipped runs,
         and other questions, move it not."""
