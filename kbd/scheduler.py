@@ -81,6 +81,7 @@ class Scheduler:
         self._aps.add_listener(self._on_skip, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
             logging.getLogger(name).addFilter(QUIET_SKIPS)
+        self._stopping = threading.Event()
         self._running: set[int] = set()
         self._skipped: dict[int, Skipped] = {}
         self._warned: set[int] = set()  # questions whose skips were logged
@@ -94,6 +95,7 @@ class Scheduler:
             self.sync(question_id, catch_up=True)
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._aps.running:
             self._aps.shutdown(wait=False)
 
@@ -137,7 +139,11 @@ class Scheduler:
             self._aps.remove_job(job_id(question_id))
 
     def run(self, question_id: int) -> dict | None:
-        """Run one question now; None if it is already running (or gone)."""
+        """Run one question now; None if it is already running (or gone, or kbd stops)."""
+        if self._stopping.is_set():
+            # a firing still queued in APScheduler's thread pool: submitted to the stopped
+            # model worker, it would wait an hour and keep the process from exiting
+            return None
         with self._lock:
             running = question_id in self._running
             self._running.add(question_id)
