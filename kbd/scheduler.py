@@ -200,8 +200,9 @@ class Scheduler:
 
         try:
             self.store.write(record)
-        except KbdError as e:  # the store says why in `kbd status`; the skips stay counted
-            log.warning("question %d: recording skipped firings failed: %s", question_id, e)
+        except KbdError as e:  # a store fault shows in `kbd status`; the skips, here
+            log.warning("question %d: %s; recording them failed: %s", question_id,
+                        skipped.reason(), e)
 
     def _run(self, question_id: int) -> dict | None:
         from kbd.model.worker import AskRequest  # torch stays out of the scheduler's import
