@@ -367,7 +367,11 @@ def print_answer(reply: dict, as_json: bool) -> None:
     if as_json:
         print_json({k: v for k, v in reply.items() if k != "sources"} | {"sources": sources})
         return
-    click.echo(reply["answer"] if reply["answer"] is not None else f"({reply['status']})")
+    if reply["answer"] is not None:
+        click.echo(reply["answer"])
+    else:  # failed or skipped: say why
+        click.echo(f"({reply['status']}" + (f": {reply['error']})" if reply.get("error")
+                                             else ")"))
     for s in sources:
         click.echo(f"[{s['rank']}] {place(s)} ({s['score']:.3f})")
 

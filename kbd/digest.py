@@ -55,7 +55,7 @@ class Run:
     """One answer to a standing question."""
 
     id: int
-    status: str  # ok | nothing-new | failed
+    status: str  # ok | nothing-new | failed | skipped
     change: str | None  # first | unchanged | changed | new-sources (ok answers only)
     text: str | None
     error: str | None
@@ -179,15 +179,21 @@ def _badge(q: QuestionReport) -> str:
         return f"FAILED: {_one_line(q.latest.error) or 'no error recorded'}"
     if q.latest.status == "nothing-new":
         return "nothing new"
+    if q.latest.status == "skipped":
+        return f"skipped: {_one_line(q.latest.error)}"
     return BADGES.get(q.latest.change or "", q.latest.change or "answered")
 
 
 def _runs_line(q: QuestionReport) -> str:
-    total = sum(q.runs.values())
+    ran = {status: n for status, n in q.runs.items() if status != "skipped"}
+    total, skipped = sum(ran.values()), q.runs.get("skipped", 0)
     parts = [q.schedule] + ([] if q.enabled else ["disabled"])
     if total:
-        detail = ", ".join(f"{n} {s}" for s, n in sorted(q.runs.items()))
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(ran.items()))
         parts.append(f"{total} run{'s' * (total != 1)} in this period ({detail})")
+    if skipped:
+        parts.append(f"firings skipped {skipped} time{'s' * (skipped != 1)} while a run was "
+                     "still going")
     return "; ".join(parts)
 
 
@@ -323,6 +329,7 @@ section { border-top: 1px solid #ddd; }
 .badge { display: inline-block; padding: 0 0.5rem; border-radius: 0.3rem; background: #eee; }
 .badge.changed, .badge.first, .badge.new-sources { background: #fde68a; font-weight: bold; }
 .badge.failed { background: #fecaca; font-weight: bold; }
+.badge.skipped { background: #fed7aa; }
 .answer { white-space: pre-wrap; }
 .where { font-family: ui-monospace, monospace; }
 blockquote { margin: 0.3rem 0 0.8rem; padding-left: 0.8rem; border-left: 3px solid #ccc; }

@@ -38,6 +38,9 @@ class Scope:
     paths: tuple[str, ...] = ()  # folders, files or globs over document paths; empty: all
     kinds: tuple[str, ...] = ()  # log / report; empty: both
     since_s: float | None = None  # only passages ingested in the last since_s seconds
+    # only passages stored after this one (ids only grow): a since-last-run window, fixed
+    # however long the question then waits for the model
+    after_passage: int | None = None
 
     def matches_path(self, path: str) -> bool:
         if not self.paths:
@@ -47,7 +50,8 @@ class Scope:
 
 
 class Candidates:
-    def __init__(self, rows: list):
+    def __init__(self, rows: list, through: int = 0):
+        self.through = through  # every live passage with an id up to this one is here
         self.passage_ids = np.array([r.id for r in rows], dtype=np.int64)
         self.memory_rows = np.array([r.row for r in rows], dtype=np.int64)
         self.paths = [r.path for r in rows]
@@ -67,6 +71,8 @@ class Candidates:
             keep &= np.isin(self.kinds, list(scope.kinds))
         if scope.since_s is not None:
             keep &= self.ingested >= (now or time.time()) - scope.since_s
+        if scope.after_passage is not None:
+            keep &= self.passage_ids > scope.after_passage
         return np.flatnonzero(keep)
 
 
@@ -83,7 +89,10 @@ class Retriever:
     def candidates(self, generation: int) -> Candidates:
         if generation != self._generation:
             with self.store.read() as conn:
-                self._candidates = Candidates(q.candidate_rows(conn, self.model))
+                # the edge first: a passage stored between the two reads (PostgreSQL reads
+                # each statement afresh) is then a candidate past it, never one left out
+                through = q.candidates_through(conn, self.model)
+                self._candidates = Candidates(q.candidate_rows(conn, self.model), through)
             self._generation = generation
         return self._candidates
 

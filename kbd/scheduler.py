@@ -6,6 +6,12 @@ worker as a scheduled request (questions due together are answered as one batch 
 the worker records the answer with its sources. One question never runs twice at once. Runs
 missed while the daemon was down run once at start, coalesced, if they are within the
 misfire grace time.
+
+A schedule shorter than a run is raised at run time, not refused: a firing that falls due
+while the question's previous run is still going (or that waited past the misfire grace
+time) is skipped, so the question runs as often as its runs allow. The first skip of a
+question is logged once; each stretch of skipped firings is recorded as one `skipped`
+answer when the run that caused it ends.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -33,6 +41,32 @@ log = logging.getLogger("kbd.scheduler")
 
 RUN_TIMEOUT_S = 3600.0
 MAX_MISSED_STEPS = 100_000  # fire times walked to find the latest missed one
+# APScheduler's warnings for each skipped or missed firing (thousands a minute with many
+# short intervals): the scheduler records skips itself and warns once per question
+APS_SKIP_WARNINGS = ('Execution of job "%s" skipped', 'Run time of job "%s" was missed')
+
+
+class QuietSkips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(APS_SKIP_WARNINGS)
+
+
+QUIET_SKIPS = QuietSkips()
+
+
+@dataclass
+class Skipped:
+    """Firings of one question skipped since its last recorded stretch."""
+
+    first: datetime
+    last: datetime
+    count: int = 0
+
+    def reason(self) -> str:
+        span = f"at {self.first:%H:%M:%S}" if self.count == 1 else \
+            f"from {self.first:%H:%M:%S} to {self.last:%H:%M:%S}"
+        return (f"{self.count} firing{'s' * (self.count != 1)} skipped {span} UTC: the "
+                "question's previous run was still going")
 
 
 class Scheduler:
@@ -44,7 +78,13 @@ class Scheduler:
         self.misfire_grace_s = misfire_grace_s
         self._aps = BackgroundScheduler(timezone=UTC, job_defaults={
             "coalesce": True, "max_instances": 1, "misfire_grace_time": misfire_grace_s})
+        self._aps.add_listener(self._on_skip, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        for name in ("apscheduler.scheduler", "apscheduler.executors.default"):
+            logging.getLogger(name).addFilter(QUIET_SKIPS)
+        self._stopping = threading.Event()
         self._running: set[int] = set()
+        self._skipped: dict[int, Skipped] = {}
+        self._warned: set[int] = set()  # questions whose skips were logged
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -55,6 +95,7 @@ class Scheduler:
             self.sync(question_id, catch_up=True)
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._aps.running:
             self._aps.shutdown(wait=False)
 
@@ -65,6 +106,7 @@ class Scheduler:
     def sync(self, question_id: int, catch_up: bool = False) -> None:
         """Make the question's job match the database (added, changed, paused or deleted)."""
         self.remove(question_id)
+        self._warned.discard(question_id)  # a changed schedule may fit its runs now
         with self.store.read() as conn:
             question = qs.get_question(conn, question_id)
         if question is None or not question["enabled"]:
@@ -97,35 +139,90 @@ class Scheduler:
             self._aps.remove_job(job_id(question_id))
 
     def run(self, question_id: int) -> dict | None:
-        """Run one question now; None if it is already running (or gone)."""
+        """Run one question now; None if it is already running (or gone, or kbd stops)."""
+        if self._stopping.is_set():
+            # a firing still queued in APScheduler's thread pool: submitted to the stopped
+            # model worker, it would wait an hour and keep the process from exiting
+            return None
         with self._lock:
-            if question_id in self._running:
-                log.info("question %d is still running: this run is skipped", question_id)
-                return None
+            running = question_id in self._running
             self._running.add(question_id)
+        if running:
+            self._note_skip(question_id, [self.now()])
+            return None
         try:
             return self._run(question_id)
         finally:
             with self._lock:
                 self._running.discard(question_id)
+            self._record_skips(question_id)
+
+    def _on_skip(self, event: JobEvent) -> None:
+        """APScheduler did not start a firing: the question's job was still running (or
+        waited past the misfire grace time, when no run of it follows to record it)."""
+        question_id = question_of(event.job_id)
+        if question_id is None:
+            return
+        if event.code == EVENT_JOB_MISSED:
+            self._note_skip(question_id, [event.scheduled_run_time])
+            self._record_skips(question_id)
+        else:
+            self._note_skip(question_id, event.scheduled_run_times)
+
+    def _note_skip(self, question_id: int, times: list[datetime]) -> None:
+        times = [t.astimezone(UTC) for t in times]  # triggers fire in the question's zone
+        with self._lock:
+            skipped = self._skipped.setdefault(question_id, Skipped(min(times), max(times)))
+            skipped.first, skipped.last = min(skipped.first, *times), max(skipped.last, *times)
+            skipped.count += len(times)
+            first_skip = question_id not in self._warned
+            self._warned.add(question_id)
+        if first_skip:
+            log.warning("question %d fell due while its previous run was still going: its "
+                        "runs take longer than its schedule allows, so it runs when the "
+                        "previous run ends and skipped firings are recorded as `skipped` "
+                        "answers (logged once for this question)", question_id)
+
+    def _record_skips(self, question_id: int) -> None:
+        """One `skipped` answer for the firings skipped since the last one."""
+        with self._lock:
+            skipped = self._skipped.pop(question_id, None)
+        if skipped is None:
+            return
+
+        def record(conn) -> None:
+            question = qs.get_question(conn, question_id)
+            if question is not None:
+                qs.record_answer(conn, question_id=question_id, question=question["text"],
+                                 started_at=skipped.first, finished_at=skipped.last,
+                                 model=None, engine="scheduler", status="skipped",
+                                 error=skipped.reason(), text=None, candidates=0, sources=[])
+
+        try:
+            self.store.write(record)
+        except KbdError as e:  # a store fault shows in `kbd status`; the skips, here
+            log.warning("question %d: %s; recording them failed: %s", question_id,
+                        skipped.reason(), e)
 
     def _run(self, question_id: int) -> dict | None:
         from kbd.model.worker import AskRequest  # torch stays out of the scheduler's import
 
         with self.store.read() as conn:
             question = qs.get_question(conn, question_id)
+            covered = qs.covered_through(conn, question_id)
         if question is None:
             self.remove(question_id)
             return None
         spec, started = spec_of(question), self.now()
-        since_s = spec.since_s
-        if spec.since_last_run and question["last_run_at"] is not None:
-            since_s = (started - question["last_run_at"]).total_seconds()
+        # an absolute edge, fixed now: however long the request waits for the model, it
+        # reads every passage stored after what the previous run read
+        after = covered if spec.since_last_run else None
         request = AskRequest(question=spec.text, top_k=spec.top_k,
                              max_new_tokens=spec.max_new_tokens, question_id=question_id,
                              scheduled=True, scope=Scope(paths=tuple(spec.scope),
                                                          kinds=tuple(spec.kinds),
-                                                         since_s=since_s))
+                                                         since_s=spec.since_s,
+                                                         after_passage=after))
         result = None
         try:
             result = self.submit(request).result(timeout=RUN_TIMEOUT_S)
@@ -151,3 +248,10 @@ class Scheduler:
 
 def job_id(question_id: int) -> str:
     return f"question-{question_id}"
+
+
+def question_of(job: str) -> int | None:
+    """The question a job runs (its own job or its catch-up run); None for other jobs."""
+    kind, _, rest = job.partition("-")
+    number = rest.partition("-")[0]
+    return int(number) if kind == "question" and number.isdigit() else None

@@ -173,6 +173,10 @@ class Kbd:
         return self.client.request("GET", f"/answers?question_id={question_id}&limit=1000")[
             "answers"]
 
+    def runs(self, question_id: int) -> list[dict]:
+        """The question's answers that are runs: not the records of skipped firings."""
+        return [a for a in self.answers(question_id) if a["status"] != "skipped"]
+
     # -- what it stored ----------------------------------------------------------------------
 
     def loaded_config(self) -> Config:
@@ -495,7 +499,8 @@ def _check_runs(conn, found: Consistency) -> None:
     for q in conn.execute(select(questions_table.c.id, questions_table.c.last_run_at)
                           .where(questions_table.c.last_run_at.is_not(None))):
         latest = conn.execute(select(func.max(answers.c.started_at))
-                              .where(answers.c.question_id == q.id)).scalar()
+                              .where(answers.c.question_id == q.id,
+                                     answers.c.status != "skipped")).scalar()
         if latest is None or as_utc(latest) < as_utc(q.last_run_at):
             found.problems.append(f"question {q.id}: the run of {q.last_run_at} has no answer")
 

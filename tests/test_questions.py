@@ -260,12 +260,13 @@ def create(store, **request) -> int:
 
 
 def record(store, question_id, text="disk full on node 7", status="ok", sources=(),
-           started_at=T0, question="what failed?") -> int:
+           started_at=T0, question="what failed?", covered_through=None) -> int | None:
     return store.write(lambda conn: sq.record_answer(
         conn, question_id=question_id, question=question, started_at=started_at,
         finished_at=started_at + timedelta(seconds=2), model="clara-e2e@abc", engine="clara",
         status=status, error="boom" if status == "failed" else None,
-        text=text if status == "ok" else None, candidates=12, sources=list(sources)))
+        text=text if status == "ok" else None, candidates=12, sources=list(sources),
+        covered_through=covered_through))
 
 
 class TestQuestionStore:
@@ -349,7 +350,69 @@ class TestQuestionStore:
         assert rows[1]["text"] == "disk full on node 7"
 
 
+    def test_ids_are_never_reused(self, store, store_url, tmp_path):
+        """An old answer's question id never names a newer question, even after the highest
+        question is deleted, and after the store is opened again."""
+        from kbd.store import Store
+
+        create(store)
+        highest = create(store, text="who logged in?")
+        store.write(lambda conn: sq.delete_question(conn, highest))
+        after_delete = create(store, text="what restarted?")
+        assert after_delete > highest
+        store.write(lambda conn: sq.delete_question(conn, after_delete))
+        reopened = Store.open(store_url, tmp_path / "memory")
+        try:
+            assert create(reopened, text="which disk?") > after_delete
+        finally:
+            reopened.close()
+
+    def test_answer_of_a_question_deleted_while_it_ran_is_dropped(self, store, caplog):
+        """No foreign key error: the run's answer is dropped with one log line."""
+        qid, kept = create(store), create(store, text="who logged in?")
+        store.write(lambda conn: sq.delete_question(conn, qid))
+        with caplog.at_level("INFO", logger="kbd.scheduler"):
+            assert record(store, qid) is None
+            assert record(store, qid, status="skipped") is None
+        assert caplog.text.count("was deleted while it ran") == 2
+        assert record(store, kept, question="who logged in?") is not None
+        with store.read() as conn:
+            assert [a["question_id"] for a in sq.answers(conn)] == [kept]
+
+
 class TestAnswerStore:
+    def test_snapshot_edge_stops_before_passages_waiting_for_memory(self, store):
+        """A run's covered_through: under a model, every live passage up to it has memory;
+        with none (the text engine), every passage stored."""
+        doc, (p1, p2, p3) = store.write(lambda conn: add_document(conn, "/a.log",
+                                                                  ["a", "b", "c"]))
+        with store.read() as conn:
+            hashes = {p.id: p.text_hash for p in q.live_passages(conn, doc)}
+        store.write(lambda conn: q.add_memories(conn, "fp", [(hashes[p1], 0), (hashes[p3], 1)]))
+        with store.read() as conn:
+            assert q.candidates_through(conn, "fp") == p1  # p2 still waits for memory
+            assert q.candidates_through(conn, None) == p3
+        store.write(lambda conn: q.add_memories(conn, "fp", [(hashes[p2], 2)]))
+        with store.read() as conn:
+            assert q.candidates_through(conn, "fp") == p3
+            assert q.candidates_through(conn, "other") == p1 - 1
+
+    def test_covered_through(self, store):
+        """The highest passage id a question's runs have covered; failed and skipped runs,
+        and other questions, move it not."""
+        qid, other = create(store), create(store, text="other")
+        with store.read() as conn:
+            assert sq.covered_through(conn, qid) is None
+        record(store, qid, covered_through=5, started_at=T0)
+        record(store, qid, status="nothing-new", covered_through=9,
+               started_at=T0 + timedelta(minutes=1))
+        record(store, qid, status="failed", started_at=T0 + timedelta(minutes=2))
+        record(store, qid, status="skipped", started_at=T0 + timedelta(minutes=3))
+        record(store, other, covered_through=40, question="other")
+        with store.read() as conn:
+            assert sq.covered_through(conn, qid) == 9
+            assert sq.covered_through(conn, other) == 40
+
     def test_change(self, store):
         _, (p1, p2, p3) = store.write(lambda conn: add_document(conn, "/a.log", ["a", "b", "c"]))
         qid, other = create(store), create(store, text="other")

@@ -45,7 +45,7 @@ class TestSchema:
         with store.engine.connect() as conn:
             assert compare_metadata(autogenerate_context(conn), metadata) == []
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0006"
+                == "0008"
 
     def test_older_database_upgrades_on_open(self, store_url, tmp_path):
         """A database left by a kbd at revision 0001, with data, is upgraded in place."""
@@ -93,6 +93,48 @@ class TestSchema:
             assert [f["path"] for f in q.status(conn, None)["failed_files"]] == [names[0]]
             stored = conn.execute(text("SELECT path FROM documents WHERE path LIKE '%m%'"))
             assert stored.scalar_one() == "/w/d\\xe9j\\xe0%/m\\xff.log"
+
+    def test_upgrade_keeps_questions_their_answers_and_coverage(self, store_url, tmp_path):
+        """A store of revision 0005 with questions and answers: the questions keep their
+        ids and answers their links (SQLite rebuilds the table for AUTOINCREMENT), answers
+        get the passage coverage they had, and a deleted question's id is not given again."""
+        from datetime import UTC, datetime
+
+        from sqlalchemy import insert
+
+        from kbd.store import questions as sq
+        from kbd.store.schema import answers, questions
+
+        future = datetime(2999, 1, 1, tzinfo=UTC)
+        past = datetime(2000, 1, 1, tzinfo=UTC)
+        with database_at(store_url, "0005") as conn:
+            doc = q.insert_document(conn, path="/old.log", kind="log", size=1, mtime_ns=1,
+                                    status="ready", tokenizer="tok")
+            q.insert_passages(conn, doc, [passage(0, "one"), passage(1, "two")], "tok")
+            first, last = (conn.execute(insert(questions).values(
+                text=name, schedule_kind="interval", interval_s=60, created_at=past,
+                updated_at=past)).inserted_primary_key[0] for name in ("q1", "q2"))
+            for qid, at, status in ((first, future, "ok"), (last, future, "failed"),
+                                    (last, past, "ok")):
+                conn.execute(insert(answers).values(
+                    question_id=qid, question="q", started_at=at, finished_at=at,
+                    engine="clara", status=status, text="a", candidates=1))
+            newest = conn.execute(text("SELECT max(id) FROM passages")).scalar()
+        store = Store.open(store_url, tmp_path / "memory")
+        try:
+            with store.read() as conn:
+                assert [x["text"] for x in sq.list_questions(conn)] == ["q1", "q2"]
+                rows = conn.execute(select(answers.c.question_id, answers.c.status,
+                                           answers.c.covered_through)
+                                    .order_by(answers.c.id)).all()
+            assert [tuple(r) for r in rows] == [(first, "ok", newest), (last, "failed", None),
+                                                (last, "ok", None)]
+            store.write(lambda conn: sq.delete_question(conn, last))
+            again = store.write(lambda conn: sq.create_question(
+                conn, text="q3", schedule_kind="interval", interval_s=60))
+            assert again > last
+        finally:
+            store.close()
 
     def test_sources_follow_the_config(self, store, tmp_path):
         from kbd.watch import WatchedFolder

@@ -38,6 +38,7 @@ class Engine(Protocol):
     tokenizer: Any  # decodes streamed tokens
     device: torch.device
     clara: Clara | None  # the CLaRa model whose ingest backlog the worker compresses
+    retriever: Retriever  # its candidates: their snapshot is recorded with each answer
 
     def pools(self, generation: int, scopes: Sequence[Scope]) -> list[Sized]:
         """Per question, the passages it may be answered from (empty: none in its scope)."""

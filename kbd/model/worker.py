@@ -226,11 +226,13 @@ class ModelWorker:
         started = datetime.now(UTC)
         engine = self.engine
         try:
-            pools = engine.pools(self.generation(), [request.scope for request in batch])
+            generation = self.generation()
+            pools = engine.pools(generation, [request.scope for request in batch])
+            through = engine.retriever.candidates(generation).through  # the pools' snapshot
             groups: dict[tuple, list] = {}
             for request, pool in zip(batch, pools, strict=True):
                 if len(pool) == 0:
-                    self._finish(request, started, "nothing-new", 0, None, [], None)
+                    self._finish(request, started, "nothing-new", 0, None, [], None, through)
                     continue
                 key = (request.top_k or engine.top_k, request.max_new_tokens)
                 groups.setdefault(key, []).append((request, pool))
@@ -240,7 +242,8 @@ class ModelWorker:
                     [r.question for r, _ in items], [pool for _, pool in items], top_k,
                     max_new_tokens, QueueStreamer(engine.tokenizer, stream) if stream else None)
                 for (request, pool), (text, sources) in zip(items, replies, strict=True):
-                    self._finish(request, started, "ok", len(pool), text, sources, None)
+                    self._finish(request, started, "ok", len(pool), text, sources, None,
+                                 through)
         except Exception as e:  # a failed batch fails its questions, never the worker
             log.exception("answering %d questions failed", len(batch))
             for request in batch:
@@ -248,8 +251,10 @@ class ModelWorker:
                     self._finish(request, started, "failed", 0, None, [], e)
 
     def _finish(self, request: AskRequest, started: datetime, status: str, candidates: int,
-                text: str | None, sources: list, error: Exception | None) -> None:
-        """Record the answer and hand it to whoever asked."""
+                text: str | None, sources: list, error: Exception | None,
+                through: int | None = None) -> None:
+        """Record the answer (with the snapshot it was given: through) and hand it to
+        whoever asked."""
         engine, model = self.engine.name, self.engine.model
         if status == "nothing-new":
             text = "No stored passages match this question's scope and time window."
@@ -259,7 +264,7 @@ class ModelWorker:
                 conn, question_id=request.question_id, question=request.question,
                 started_at=started, finished_at=datetime.now(UTC), model=model, engine=engine,
                 status=status, error=str(error) if error else None, text=text,
-                candidates=candidates, sources=sources)
+                candidates=candidates, sources=sources, covered_through=through)
             return answer_id, q.passage_places(conn, [p for _, p, _ in sources])
 
         try:

@@ -222,6 +222,17 @@ def candidate_rows(conn: Connection, model: str | None) -> list[Row]:
                        memories.c.fingerprint == model))))
 
 
+def candidates_through(conn: Connection, model: str | None) -> int:
+    """The highest passage id up to which every live passage is one of candidate_rows: the
+    newest passage, or under a model the one before the first still waiting for memory."""
+    newest = conn.execute(select(func.max(passages.c.id))).scalar() or 0
+    if model is None:
+        return newest
+    waiting = conn.execute(select(func.min(passages.c.id))
+                           .where(passages.c.live, _missing_memory(model))).scalar()
+    return newest if waiting is None else waiting - 1
+
+
 def search_passages(conn: Connection, terms: Sequence[str], limit: int) -> list[Row]:
     """Live passages holding any of the terms (each one matched as a phrase), best first by
     the database's BM25-style ranking: (id, text_hash, score), higher scores better."""

@@ -9,9 +9,10 @@ back as UTC). Times passed in must be timezone-aware.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
 
-from sqlalchemy import Connection, Row, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
 
 from kbd.store.queries import as_utc, to_utc, utcnow
 from kbd.store.schema import answer_sources, documents, passages, questions
@@ -21,10 +22,10 @@ SPEC_FIELDS = frozenset({"text", "schedule_kind", "cron", "interval_s", "timezon
                          "kinds", "since_s", "since_last_run", "top_k", "max_new_tokens",
                          "enabled"})
 RUN_FIELDS = frozenset({"last_run_at", "next_run_at"})  # the scheduler's; not an edit
-STATUSES = ("ok", "nothing-new", "failed")
+STATUSES = ("ok", "nothing-new", "failed", "skipped")
 NEWEST_FIRST = (answers_table.c.started_at.desc(), answers_table.c.id.desc())
 
-
+log = logging.getLogger("kbd.scheduler")
 
 
 def _question_values(fields: dict) -> dict:
@@ -106,21 +107,28 @@ def delete_question(conn: Connection, question_id: int) -> bool:
 def record_answer(conn: Connection, *, question_id: int | None, question: str,
                   started_at: datetime, finished_at: datetime, model: str | None, engine: str,
                   status: str, error: str | None, text: str | None, candidates: int,
-                  sources: list[tuple[int, int, float]]) -> int:
+                  sources: list[tuple[int, int, float]],
+                  covered_through: int | None = None) -> int | None:
     """Record an answer and the passages it came from, as (rank, passage_id, score) with rank
-    1-based. An ok answer to a standing question is compared with that question's previous ok
+    1-based; covered_through is the snapshot it was given (kbd.retrieve.Candidates.through).
+    An ok answer to a standing question is compared with that question's previous ok
     answer: change is "first" (none before), "unchanged" (same text, same set of passages),
     "new-sources" (same text, other passages) or "changed" (other text). Other answers, and
-    ad-hoc ones (question_id None), get change null."""
+    ad-hoc ones (question_id None), get change null. None, and nothing recorded, when the
+    standing question was deleted while it ran."""
     if status not in STATUSES:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
     if status == "ok" and text is None:
         raise ValueError("an ok answer needs its text")
+    if question_id is not None and not _hold_question(conn, question_id):
+        log.info("question %d was deleted while it ran: its %s answer is dropped",
+                 question_id, status)
+        return None
     answer_id = conn.execute(insert(answers_table).values(
         question_id=question_id, question=question,
         started_at=to_utc(started_at, "started_at"), finished_at=to_utc(finished_at, "finished_at"),
         model=model, engine=engine, status=status, error=error, text=text,
-        candidates=candidates)).inserted_primary_key[0]
+        candidates=candidates, covered_through=covered_through)).inserted_primary_key[0]
     if sources:
         conn.execute(insert(answer_sources), [
             {"answer_id": answer_id, "rank": rank, "passage_id": passage_id, "score": score}
@@ -131,6 +139,20 @@ def record_answer(conn: Connection, *, question_id: int | None, question: str,
         conn.execute(update(answers_table).where(answers_table.c.id == answer_id)
                      .values(change=change))
     return answer_id
+
+
+def _hold_question(conn: Connection, question_id: int) -> bool:
+    """Does the question exist? On PostgreSQL its row is then locked against a delete until
+    the transaction ends (SQLite's write transaction already excludes other writers)."""
+    return conn.execute(select(questions.c.id).where(questions.c.id == question_id)
+                        .with_for_update(read=True, key_share=True)).first() is not None
+
+
+def covered_through(conn: Connection, question_id: int) -> int | None:
+    """The highest passage id the question's runs have covered: its next since-last-run
+    window starts after it. None before its first answered run."""
+    return conn.execute(select(func.max(answers_table.c.covered_through))
+                        .where(answers_table.c.question_id == question_id)).scalar()
 
 
 def _change(before: dict | None, text: str, passage_ids: set[int]) -> str:

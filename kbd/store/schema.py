@@ -174,6 +174,7 @@ questions = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("last_run_at", DateTime(timezone=True)),
     Column("next_run_at", DateTime(timezone=True)),  # the scheduler fills it
+    sqlite_autoincrement=True,  # an id is never reused: old answers never name a new question
 )
 
 answers = Table(
@@ -185,11 +186,14 @@ answers = Table(
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("model", Text),  # the model / memory id the answer came from
     Column("engine", String(32), nullable=False),  # clara | text
-    Column("status", String(16), nullable=False),  # ok | nothing-new | failed
-    Column("error", Text),
+    Column("status", String(16), nullable=False),  # ok | nothing-new | failed | skipped
+    Column("error", Text),  # why it failed, or which firings were skipped
     Column("text", Text),
     Column("change", String(16)),  # first | unchanged | changed | new-sources; null: not ok
     Column("candidates", Integer, nullable=False),  # passages ranked
+    # every live passage with an id up to this one was a candidate: a since-last-run window
+    # starts after it (null: no snapshot, as for failed and skipped runs)
+    Column("covered_through", Integer),
     Index("ix_answers_question_id_started_at", "question_id", "started_at"),
 )
 

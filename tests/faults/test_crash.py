@@ -67,10 +67,10 @@ def kill_during_run(kbd: Kbd, question_id: int, when: str, out: Outcome) -> None
     kbd.start()
     restarted = datetime.now(UTC)
     out.absorb(kbd.consistency(), f"{when}, at the restart")
-    out.expect(poll(lambda: any(started(a) >= restarted for a in kbd.answers(question_id)), 30),
+    out.expect(poll(lambda: any(started(a) >= restarted for a in kbd.runs(question_id)), 30),
                f"{when}: no run recorded within 30 s of the restart")
     window = run_started - timedelta(seconds=1)
-    recorded = any(window <= started(a) <= killed for a in kbd.answers(question_id))
+    recorded = any(window <= started(a) <= killed for a in kbd.runs(question_id))
     out.expect(recorded or CATCH_UP in kbd.log_text()[log_mark:],
                f"{when}: the run started at {run_started} was neither recorded nor made up for")
 

@@ -41,7 +41,7 @@ def two_daemons(work: Path, model: TinyModel, *, attempts: int = 1,
                     f"(exit {attempt.returncode}: {attempt.stderr[-300:]})")
         out.expect(first.status()["pid"] == first.proc.pid, "the first daemon stopped answering")
         time.sleep(max(0.0, 3 * EVERY_S - (time.monotonic() - began)))  # runs to compare
-        runs = sorted(started(a) for a in first.answers(question["id"]))
+        runs = sorted(started(a) for a in first.runs(question["id"]))
         close = [(a, b) for a, b in zip(runs, runs[1:], strict=False)
                  if b - a < timedelta(seconds=EVERY_S / 2)]
         out.expect(not close, f"two runs of one firing: {close[:3]}")
