@@ -186,6 +186,7 @@ def test_folder_readable_again_is_retried(tmp_path: Path, tiny_model: TinyModel)
                 f.write("2026-11-23 11:00:00 written while the folder was locked\n")
         wait_for(lambda: all(failures(kbd).get(str(p)) == "unreadable" for p in made),
                  timeout=60, what="the locked folder's files listed unreadable")
+        assert kbd.live_documents() == 20  # nothing of `sealed` could be read
         locked.chmod(0o755)
         sealed.chmod(0o755)
         took = seconds_until(lambda: not failures(kbd) and kbd.consistency().clean,
