@@ -458,7 +458,8 @@ def docs_list(prefix, limit, as_json) -> None:
     """List live documents."""
     from urllib.parse import urlencode
 
-    query = urlencode({k: v for k, v in {"prefix": prefix, "limit": limit}.items() if v})
+    query = urlencode({k: v for k, v in {"prefix": prefix, "limit": limit}.items() if v},
+                      errors="surrogateescape")  # a folder whose name is not UTF-8
     reply = client(get_config()).request("GET", f"/documents?{query}")
     if as_json:
         print_json(reply)

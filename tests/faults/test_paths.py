@@ -28,9 +28,13 @@ from kbd.store.schema import documents, passages
 NO_RESCAN = {"rescan_interval_s": 3600.0}  # whatever gets in is seen through events
 
 
+def named(folder: Path, name: bytes) -> Path:
+    """folder/name for a name of any bytes, as Python spells it (os.fsdecode)."""
+    return Path(os.fsdecode(os.fsencode(folder) + b"/" + name))
+
+
 def write_name(folder: Path, name: bytes, text: str) -> Path:
-    """A file whose name is any bytes, as Python spells it (os.fsdecode)."""
-    path = Path(os.fsdecode(os.fsencode(folder) + b"/" + name))
+    path = named(folder, name)
     path.write_text(text)
     return path
 
@@ -66,19 +70,20 @@ def test_name_not_utf8_stops_nothing(tmp_path: Path, tiny_model: TinyModel):
         make_logs(folder, 100, lines=2, name="a")
         bad = write_name(folder, b"m\xff.log", "2026-11-23 10:00:00 the line of m-xff\n")
         make_logs(folder, 100, lines=2, name="z")
+        make_logs(named(folder, b"d\xfe"), 1, lines=2)
         return bad
 
     once = Kbd(tmp_path / "once", tiny_model)
     fill(once.watched)
     result = once.cli("ingest", "--once", "--no-compress")
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
-    assert result.stdout.startswith("201 files: 201 added"), result.stdout
+    assert result.stdout.startswith("202 files: 202 added"), result.stdout
     assert once.consistency().clean
 
     with Kbd(tmp_path / "daemon", tiny_model, ingest=NO_RESCAN) as kbd:
         bad = fill(kbd.watched)
         kbd.start()
-        kbd.settled(201)
+        kbd.settled(202)
         assert kbd.consistency().clean
         assert "the line of m-xff" in live_texts(kbd)[str(bad)]  # the name's bytes round-trip
 
@@ -87,7 +92,9 @@ def test_name_not_utf8_stops_nothing(tmp_path: Path, tiny_model: TinyModel):
         listed = kbd.cli("docs", "list", "--json", "--limit", "1000")
         assert listed.returncode == 0, listed.stderr
         paths = {os.fsencode(d["path"]) for d in json.loads(listed.stdout)["documents"]}
-        assert os.fsencode(bad) in paths and len(paths) == 201
+        assert os.fsencode(bad) in paths and len(paths) == 202
+        under = kbd.cli("docs", "list", "--prefix", str(named(kbd.watched, b"d\xfe")))
+        assert under.returncode == 0 and under.stdout.endswith("1 documents\n"), under.stderr
         shown = kbd.cli("docs", "show", str(bad))
         assert shown.returncode == 0 and "the line of m-xff" in shown.stdout, shown.stderr
 
@@ -96,7 +103,7 @@ def test_name_not_utf8_stops_nothing(tmp_path: Path, tiny_model: TinyModel):
         make_logs(added, 5, name="b")
         write_name(added, b"n\xfe\xfd.log", "2026-11-23 10:00:00 the line of n-xfe\n")
         assert kbd.cli("watch", "add", str(added)).returncode == 0
-        kbd.settled(207)
+        kbd.settled(208)
         assert kbd.consistency().clean
 
 
@@ -179,6 +186,7 @@ def test_folder_readable_again_is_retried(tmp_path: Path, tiny_model: TinyModel)
                 f.write("2026-11-23 11:00:00 written while the folder was locked\n")
         wait_for(lambda: all(failures(kbd).get(str(p)) == "unreadable" for p in made),
                  timeout=60, what="the locked folder's files listed unreadable")
+        assert kbd.live_documents() == 20  # nothing of `sealed` could be read
         locked.chmod(0o755)
         sealed.chmod(0o755)
         took = seconds_until(lambda: not failures(kbd) and kbd.consistency().clean,
