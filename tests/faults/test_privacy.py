@@ -62,10 +62,13 @@ def privacy(work: Path, model: TinyModel, *, files: int = 5) -> Outcome:
 def checked(kbd: Kbd, python: str, reports: list[str], out: Outcome, when: str) -> None:
     """Modes of everything kbd made, and what nobody reads of it."""
     data = kbd.loaded_config().home
-    for path in [data, *data.rglob("*"), kbd.socket.parent, *kbd.socket.parent.iterdir()]:
+    made = [data, *data.rglob("*"), kbd.socket.parent, *kbd.socket.parent.iterdir()]
+    for path in made:
         mode = stat.S_IMODE(path.stat().st_mode)
         out.expect(not mode & 0o077, f"{when}: {path} is mode {mode:04o}")
     read = tried_as("nobody", python, attempts(kbd, reports))
+    out.figures["modes checked"] = out.figures.get("modes checked", 0) + len(made)
+    out.figures["reads tried"] = out.figures.get("reads tried", 0) + len(read) - 1
     out.expect(read["watched folder"] == "ok",
                f"{when}: nobody cannot reach the test folders, so the check proves nothing")
     leaks = {what: got for what, got in read.items() if what != "watched folder" and got == "ok"}
