@@ -103,14 +103,24 @@ def unique_rows(candidates: Candidates, positions: Sequence[int]) -> tuple[np.nd
 def search_terms(question: str) -> list[str]:
     """The question's words for full-text search: whitespace-separated, outer punctuation
     stripped (inner punctuation stays, so an IP, `blk_-1608` or a path is one phrase),
-    distinct, and without stop words unless nothing else is left."""
+    distinct, and without stop words unless nothing else is left. A glued word is followed by
+    its parts (`7163Calories`: 7163, Calories), stop words or not: they were written as one."""
     words: dict[str, str] = {}
     for chunk in question.split():
         word = chunk.strip(string.punctuation)
         if re.search(r"\w", word):
             words.setdefault(word.lower(), word)
-    content = [w for key, w in words.items() if key not in STOP_WORDS]
-    return (content or list(words.values()))[:MAX_TERMS]
+    content = [w for key, w in words.items() if key not in STOP_WORDS] or list(words.values())
+    terms: dict[str, str] = {}
+    for word in content:
+        for term in (word, *split_glued(word)):
+            terms.setdefault(term.lower(), term)
+    return list(terms.values())[:MAX_TERMS]
+
+
+def split_glued(word: str) -> list[str]:
+    """The parts of the glued tokens inside a word."""
+    return [part for token in q.TOKEN.findall(word) for part in q.glued_parts(token)]
 
 
 def search(store: Store, question: str, allowed: set[int] | None,
