@@ -1,16 +1,26 @@
-"""Which stored passages a question may be answered from: scope, kinds and time window.
+"""Which stored passages a question may be answered from (scope, kinds and time window), and
+how they are ranked.
 
 The candidate list (live passages with memory under the loaded model, with their document
 path, kind and ingest time) is read from the store once and kept until the store changes, so
 a stream of questions costs no database reads; a filter is then a few array operations.
 
-The text engine ranks with the store's full-text search instead (`search`): the question's
-words, common English words left out, each matched as a phrase, any of them, BM25-ranked.
+Ranking fuses rankings by reciprocal rank (`fuse`), so that each finds what the other misses:
+- BM25 (`bm25`, the store's full-text search): the question's words, common English words
+  left out, each matched as a phrase, any of them. It finds exact ids, IPs and block numbers.
+- dense (`dense_ranking`): cosine between the question's vector and each passage's, from a
+  small sentence model (kbd.model.dense), so a paraphrase finds the line. Passage vectors are
+  computed once, in the background (`embed_backlog`), and stored like CLaRa's memory: rows of
+  a matrix file, mapped by (text hash, model id). Passages without one yet rank by BM25 only.
+- with CLaRa as the engine, its own ranking of the stored memory takes the dense one's place
+  (kbd.model.engines).
+The text engine's `search` is BM25 fused with dense; with no dense model installed, BM25.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import string
 import time
@@ -19,8 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kbd.model.dense import DIM, DenseModel, load_dense_model
 from kbd.store import Store
 from kbd.store import queries as q
+from kbd.store.memory import MemoryMatrix
 
 # Common English words: in an OR query they would match nearly every passage and drown out
 # the words that matter. Left out of full-text queries.
@@ -31,6 +43,11 @@ was we were what when where which while who whom why will with would you your
 """.split())
 MAX_TERMS = 32  # a question longer than this many distinct words is searched by its first ones
 SEARCH_FETCH = 4  # hits read per passage wanted; more are read while scopes filter them out
+FUSE_DEPTH = 50  # passages each ranking brings to the fusion
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009): a passage at rank r
+# counts 1 / (RRF_K + r), so one ranking's first places do not drown out the other ranking
+BM25_FLOOR = 0.1  # a BM25 hit under this share of the best one's score matched only words
+# that nearly every passage has ("block" in an HDFS log): it does not vote in a fusion
 
 
 @dataclass(frozen=True)
@@ -126,7 +143,26 @@ def split_glued(word: str) -> list[str]:
 def search(store: Store, question: str, allowed: set[int] | None,
            k: int) -> list[tuple[int, float]]:
     """The k best (passage id, score) for the question among the allowed passage ids (None:
-    every live passage), one passage per distinct text."""
+    every live passage), one passage per distinct text: BM25 fused with the dense ranking
+    (scores are then fusion scores), or BM25 alone when no dense model is installed."""
+    model = dense_model()
+    if model is None:
+        return bm25(store, question, allowed, k)
+    return fuse([lexical_ranking(store, question, allowed, max(k, FUSE_DEPTH)),
+                 dense_ranking(store, model, question, allowed, max(k, FUSE_DEPTH))], k)
+
+
+def lexical_ranking(store: Store, question: str, allowed: set[int] | None,
+                    k: int) -> list[tuple[int, float]]:
+    """BM25's vote in a fusion: its k best, less those that score next to nothing beside the
+    best (BM25_FLOOR)."""
+    hits = bm25(store, question, allowed, k)
+    return [hit for hit in hits if hit[1] >= BM25_FLOOR * hits[0][1]]
+
+
+def bm25(store: Store, question: str, allowed: set[int] | None,
+         k: int) -> list[tuple[int, float]]:
+    """The k best (passage id, BM25 score) by the store's full-text search, as `search`."""
     terms = search_terms(question)
     limit = SEARCH_FETCH * k
     while True:
@@ -141,3 +177,66 @@ def search(store: Store, question: str, allowed: set[int] | None,
         if len(hits) < limit:  # every match was read
             return list(picked.values())
         limit *= 8
+
+
+def fuse(rankings: Sequence[Sequence[tuple[int, float]]], k: int) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: the k passages with the highest sum of 1 / (RRF_K + rank) over
+    the rankings (best first each) that hold them, as (passage id, that sum); a tie goes to
+    the earlier ranking's order."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (passage_id, _) in enumerate(ranking, 1):
+            fused[passage_id] = fused.get(passage_id, 0.0) + 1 / (RRF_K + rank)
+    return sorted(fused.items(), key=lambda item: -item[1])[:k]
+
+
+# -- dense -----------------------------------------------------------------------------------
+
+@functools.cache
+def dense_model() -> DenseModel | None:
+    """The dense model, loaded once per process; None when it is not installed."""
+    return load_dense_model()
+
+
+def dense_matrix(store: Store, model: DenseModel) -> MemoryMatrix:
+    return MemoryMatrix(store.memory_dir, model.id, (1, DIM), "float32")
+
+
+def embed_backlog(store: Store, model: DenseModel, batch_size: int) -> int:
+    """Compute and store the vectors of up to batch_size live texts that have none yet;
+    returns how many (0: none waits). Rows reach the matrix file before the store maps them,
+    so a crash leaves at worst an unmapped row."""
+    with store.read() as conn:
+        items = q.backlog(conn, model.id, batch_size)
+    if not items:
+        return 0
+    vectors = model.embed([text for _, text in items])
+    rows = dense_matrix(store, model).append([v.tobytes() for v in vectors])
+    store.write(lambda conn: q.add_memories(
+        conn, model.id, zip([h for h, _ in items], rows, strict=True)))
+    return len(items)
+
+
+def dense_ranking(store: Store, model: DenseModel, question: str, allowed: set[int] | None,
+                  k: int) -> list[tuple[int, float]]:
+    """The k allowed passages (id, cosine) nearest the question, among those with a vector,
+    one per distinct text (its newest passage)."""
+    with store.read() as conn:
+        pairs = q.memory_rows(conn, model.id)  # (passage id, row), oldest passage first
+    passage_of = {row: pid for pid, row in pairs if allowed is None or pid in allowed}
+    if not passage_of:
+        return []
+    rows = np.fromiter(passage_of, dtype=np.int64, count=len(passage_of))
+    scores = dense_matrix(store, model).matrix()[rows, 0] @ model.embed([question])[0]
+    best = np.argsort(-scores, kind="stable")[:k]
+    return [(passage_of[int(rows[i])], float(scores[i])) for i in best]
+
+
+def dense_similarity(question: str, texts: list[str]) -> list[float] | None:
+    """Cosine between the question and each text by the dense model (texts are embedded now:
+    lines cost little, whole passages more); None when no dense model is installed."""
+    model = dense_model()
+    if model is None:
+        return None
+    vectors = model.embed([question, *texts])
+    return (vectors[1:] @ vectors[0]).tolist()
