@@ -21,6 +21,7 @@ passage embedding.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -34,10 +35,13 @@ from sqlalchemy import text as sql
 from kbd.ingest import Ingester
 from kbd.model.tokens import TextPassageTokenizer
 from kbd.retrieve import (
+    FUSE_DEPTH,
+    above_floor,
     bm25,
     dense_model,
     dense_ranking,
     embed_backlog,
+    fuse,
     search,
     search_terms,
 )
@@ -74,13 +78,26 @@ def today(store: Store, question: str) -> list[tuple[int, float]]:
     return list(picked.values())[:TOP_K]
 
 
-def rankings() -> dict[str, Ranking]:
+def rankings(variants: bool) -> dict[str, Ranking]:
+    """The rankings compared; with variants, fusions of other BM25 floors and dense weights
+    too (each question's two rankings read once, fused in every way)."""
     model = dense_model()
     found = {"today": today, "bm25": lambda store, question: bm25(store, question, None, TOP_K)}
-    if model is not None:
-        found["dense"] = lambda store, question: dense_ranking(store, model, question, None,
-                                                              TOP_K)
-        found["hybrid"] = lambda store, question: search(store, question, None, TOP_K)
+    if model is None:
+        return found
+    found["dense"] = lambda store, question: dense_ranking(store, model, question, None, TOP_K)
+    found["hybrid"] = lambda store, question: search(store, question, None, TOP_K)
+    if not variants:
+        return found
+    both = functools.cache(lambda store, question: (
+        bm25(store, question, None, FUSE_DEPTH),
+        dense_ranking(store, model, question, None, FUSE_DEPTH)))
+    for floor in (0.1, 0.5, 0.7):
+        for weight in (1.0, 0.1, 0.01):
+            def fused(store, question, floor=floor, weight=weight):
+                lexical, dense = both(store, question)
+                return fuse([above_floor(lexical, floor), dense], TOP_K, [1.0, weight])
+            found[f"floor={floor},dense={weight}"] = fused
     return found
 
 
@@ -177,6 +194,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/kbd-bench-retrieval"),
                         help="the store and its vectors, kept between runs")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "retrieval.json")
+    parser.add_argument("--variants", action="store_true",
+                        help="also score fusions with other BM25 floors and dense weights")
     args = parser.parse_args()
     question_files = [p for p in args.questions if p.is_file() and "heldout" not in p.name]
     files = data_files(question_files)
@@ -184,7 +203,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     store, corpus = build_store(args.work, files)
     results = {}
-    for name, ranking in rankings().items():
+    for name, ranking in rankings(args.variants).items():
         ranks = score(store, rows, files, ranking)
         by = {"all": metrics(ranks)}
         for key in ("source", "kind"):
@@ -200,7 +219,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for name, by in results.items():
-        print(f"{name:8s} " + "  ".join(
+        print(f"{name:24s} " + "  ".join(
             f"{key}: r@1 {m['recall@1']} r@5 {m['recall@5']} mrr {m['mrr@5']} (n={m['questions']})"
             for key, m in by.items() if key in ("all", "kind=literal", "kind=paraphrase")))
     store.close()

@@ -46,8 +46,13 @@ SEARCH_FETCH = 4  # hits read per passage wanted; more are read while scopes fil
 FUSE_DEPTH = 50  # passages each ranking brings to the fusion
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009): a passage at rank r
 # counts 1 / (RRF_K + r), so one ranking's first places do not drown out the other ranking
-BM25_FLOOR = 0.1  # a BM25 hit under this share of the best one's score matched only words
+BM25_FLOOR = 0.5  # a BM25 hit under this share of the best one's score matched only words
 # that nearly every passage has ("block" in an HDFS log): it does not vote in a fusion
+DENSE_WEIGHT = 0.01  # the dense ranking's weight beside BM25's 1 in the text engine's fusion.
+# Over log lines the small dense model mostly tells which log, not which line (recall@5 0.48
+# alone on the dev questions): weighed as much as BM25 it lifted look-alike lines over the
+# exact one (0.69 against BM25's 0.88). This small it orders what BM25 ties and fills the
+# places BM25 leaves empty, where paraphrases are found (bench/results/retrieval.json).
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,16 @@ def search_terms(question: str) -> list[str]:
     return list(terms.values())[:MAX_TERMS]
 
 
+def word_pairs(question: str) -> list[str]:
+    """Each two adjacent words of the question, neither a stop word, as one phrase: a passage
+    that has "variable 2" or "TID 1200" as the question words them ranks above one that only
+    has "variable" and some "2"."""
+    words = [chunk.strip(string.punctuation) for chunk in question.split()]
+    return [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)
+            if re.search(r"\w", a) and re.search(r"\w", b)
+            and a.lower() not in STOP_WORDS and b.lower() not in STOP_WORDS]
+
+
 def split_glued(word: str) -> list[str]:
     """The parts of the glued tokens inside a word."""
     return [part for token in q.TOKEN.findall(word) for part in q.glued_parts(token)]
@@ -149,21 +164,27 @@ def search(store: Store, question: str, allowed: set[int] | None,
     if model is None:
         return bm25(store, question, allowed, k)
     return fuse([lexical_ranking(store, question, allowed, max(k, FUSE_DEPTH)),
-                 dense_ranking(store, model, question, allowed, max(k, FUSE_DEPTH))], k)
+                 dense_ranking(store, model, question, allowed, max(k, FUSE_DEPTH))], k,
+                [1.0, DENSE_WEIGHT])
 
 
 def lexical_ranking(store: Store, question: str, allowed: set[int] | None,
                     k: int) -> list[tuple[int, float]]:
     """BM25's vote in a fusion: its k best, less those that score next to nothing beside the
     best (BM25_FLOOR)."""
-    hits = bm25(store, question, allowed, k)
-    return [hit for hit in hits if hit[1] >= BM25_FLOOR * hits[0][1]]
+    return above_floor(bm25(store, question, allowed, k), BM25_FLOOR)
+
+
+def above_floor(hits: list[tuple[int, float]], floor: float) -> list[tuple[int, float]]:
+    return [hit for hit in hits if hit[1] >= floor * hits[0][1]]
 
 
 def bm25(store: Store, question: str, allowed: set[int] | None,
          k: int) -> list[tuple[int, float]]:
-    """The k best (passage id, BM25 score) by the store's full-text search, as `search`."""
+    """The k best (passage id, BM25 score) by the store's full-text search, as `search`: any of
+    the question's terms or adjacent word pairs."""
     terms = search_terms(question)
+    terms += word_pairs(question)[:MAX_TERMS - len(terms)]
     limit = SEARCH_FETCH * k
     while True:
         with store.read() as conn:
@@ -179,14 +200,15 @@ def bm25(store: Store, question: str, allowed: set[int] | None,
         limit *= 8
 
 
-def fuse(rankings: Sequence[Sequence[tuple[int, float]]], k: int) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: the k passages with the highest sum of 1 / (RRF_K + rank) over
-    the rankings (best first each) that hold them, as (passage id, that sum); a tie goes to
-    the earlier ranking's order."""
+def fuse(rankings: Sequence[Sequence[tuple[int, float]]], k: int,
+         weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: the k passages with the highest sum of weight / (RRF_K + rank)
+    over the rankings (best first each) that hold them, as (passage id, that sum); weights
+    default to 1 each; a tie goes to the earlier ranking's order."""
     fused: dict[int, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, (passage_id, _) in enumerate(ranking, 1):
-            fused[passage_id] = fused.get(passage_id, 0.0) + 1 / (RRF_K + rank)
+            fused[passage_id] = fused.get(passage_id, 0.0) + weight / (RRF_K + rank)
     return sorted(fused.items(), key=lambda item: -item[1])[:k]
 
 
