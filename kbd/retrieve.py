@@ -32,7 +32,7 @@ import numpy as np
 from kbd.model.dense import DIM, DenseModel, load_dense_model
 from kbd.store import Store
 from kbd.store import queries as q
-from kbd.store.memory import MemoryMatrix
+from kbd.store.memory import MemoryFileError, MemoryMatrix
 
 # Common English words: in an OR query they would match nearly every passage and drown out
 # the words that matter. Left out of full-text queries.
@@ -233,7 +233,12 @@ def embed_backlog(store: Store, model: DenseModel, batch_size: int) -> int:
     if not items:
         return 0
     vectors = model.embed([text for _, text in items])
-    rows = dense_matrix(store, model).append([v.tobytes() for v in vectors])
+    try:
+        rows = dense_matrix(store, model).append([v.tobytes() for v in vectors])
+    except MemoryFileError as e:  # disk full: shown by `kbd status` until a write works
+        store.note_fault("dense vectors", e)
+        raise
+    store.note_fault("dense vectors", None)
     store.write(lambda conn: q.add_memories(
         conn, model.id, zip([h for h, _ in items], rows, strict=True)))
     return len(items)

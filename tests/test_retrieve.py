@@ -21,6 +21,7 @@ from kbd.model.worker import AskRequest, ModelWorker
 from kbd.retrieve import bm25, dense_similarity, embed_backlog, fuse, search
 from kbd.store import Store
 from kbd.store import queries as q
+from kbd.store.memory import MemoryFileError
 
 # one line a file, so that each is a passage of its own
 LINES = {
@@ -102,6 +103,20 @@ def test_vectors_are_computed_once_per_text(ingester, tmp_path):
     assert embed_all(ingester.store) == 0
     ingest_lines(ingester, tmp_path, {"new.log": "Jul 17 04:08:23 combo syslogd 1.4.1: restart."})
     assert embed_all(ingester.store) == 1
+
+
+def test_an_unwritable_vector_file_is_a_fault_and_loses_nothing(ingester, tmp_path):
+    ingest_lines(ingester, tmp_path, LINES)
+    store, model = ingester.store, retrieve.dense_model()
+    blocker = store.memory_dir / f"{model.id}.bin"
+    blocker.mkdir()  # where the matrix file goes: appending to it fails
+    with pytest.raises(MemoryFileError):
+        embed_backlog(store, model, 4)
+    assert store.faults["dense vectors"].code == "memory-file"
+    with store.read() as conn:
+        assert q.backlog_size(conn, model.id) == len(LINES)  # nothing mapped to a lost row
+    blocker.rmdir()
+    assert embed_all(store) == len(LINES) and "dense vectors" not in store.faults
 
 
 @pytest.mark.parametrize("question, name", [
