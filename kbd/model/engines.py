@@ -23,7 +23,7 @@ from kbd.config import ModelConfig
 from kbd.errors import InputError
 from kbd.memory import memory_id, open_matrix
 from kbd.model.clara import Clara
-from kbd.model.index import MemoryIndex
+from kbd.model.index import RESCORE, MemoryIndex
 from kbd.model.text import TextModel
 from kbd.retrieve import (
     FUSE_DEPTH,
@@ -104,14 +104,17 @@ class ClaraEngine:
                max_new_tokens: int, streamer) -> list[tuple[str, list[Source]]]:
         if top_k < 1:
             raise InputError(f"top-k must be at least 1, got {top_k}")
-        found = self.index.search(self.clara.encode_queries(questions), max(top_k, FUSE_DEPTH),
+        # CLaRa's vote: as deep as the index re-ranks exactly anyway (RESCORE = 4 x depth)
+        found = self.index.search(self.clara.encode_queries(questions),
+                                  max(top_k, RESCORE // 4),
                                   [torch.from_numpy(pool.rows) for pool in pools])
         memories, sources = [], []
         for question, pool, (rows, scores, _) in zip(questions, pools, found, strict=True):
-            row_of = {pid: row for row, pid in pool.passage_of.items()}
+            row_of = {pool.passage_of[row]: row for row in pool.rows.tolist()}
             ranked = [(pool.passage_of[row], score)
                       for row, score in zip(rows.tolist(), scores.tolist(), strict=True)]
-            fused = fuse([ranked, lexical_ranking(self.store, question, set(row_of), FUSE_DEPTH)],
+            # BM25 first: a tie goes to the passage that holds the question's words
+            fused = fuse([lexical_ranking(self.store, question, set(row_of), FUSE_DEPTH), ranked],
                          top_k)
             memories.append(self.index.exact(torch.tensor([row_of[pid] for pid, _ in fused])))
             sources.append([(rank, pid, score) for rank, (pid, score) in enumerate(fused, 1)])
