@@ -129,15 +129,6 @@ def test_hybrid_finds_a_paraphrase_bm25_misses(ingester, tmp_path, question, nam
     assert search(ingester.store, question, None, 3)[0][0] == ids[name]
 
 
-@pytest.fixture
-def sqlite_ingester(tmp_path, e2e_dir):
-    """On SQLite only: PostgreSQL's ts_rank_cd weighs no word by its rarity, so a common word
-    ("block") scores like a block id and the floor cannot take its vote away (README)."""
-    store = Store.open(f"sqlite:///{tmp_path / 'kbd.sqlite3'}", tmp_path / "memory")
-    yield Ingester(store, PassageTokenizer.load(e2e_dir))
-    store.close()
-
-
 def test_exact_ids_keep_their_place_in_the_fusion(sqlite_ingester, tmp_path):
     """Dense similarity cannot tell one block id from another; BM25 can, and the fusion
     keeps its hit first: the passages that share only "block" with the question get no vote."""

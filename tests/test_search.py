@@ -102,6 +102,18 @@ def test_camel_case_identifiers_answer_plain_words(ingester, tmp_path):
     assert texts(ingester.store, bm25(ingester.store, "simPin", None, 5)) == found[:1]
 
 
+def test_adjacent_question_words_rank_as_a_phrase(sqlite_ingester, tmp_path):
+    """"variable 2" as the question words it beats lines with "variable" and some other 2."""
+    ingester = sqlite_ingester
+    for i, took in ((2, 43), (12, 2), (20, 2)):
+        ingester.ingest(log(tmp_path / f"v{i}.log", [
+            f"17/06/09 20:11:{i:02d} INFO broadcast.TorrentBroadcast: Reading broadcast variable "
+            f"{i} took {took} ms"]))
+    found = texts(ingester.store, bm25(ingester.store, "How long did reading broadcast "
+                                                       "variable 2 take?", None, 3))
+    assert "variable 2 took" in found[0]
+
+
 def test_stop_words_do_not_dominate(ingester, tmp_path):
     ingester.ingest(log(tmp_path / "a.log", [
         f"2026-11-23 10:00:{i:02d} the job of the day is what it is and was" for i in range(30)]
