@@ -1,16 +1,26 @@
-"""Which stored passages a question may be answered from: scope, kinds and time window.
+"""Which stored passages a question may be answered from (scope, kinds and time window), and
+how they are ranked.
 
 The candidate list (live passages with memory under the loaded model, with their document
 path, kind and ingest time) is read from the store once and kept until the store changes, so
 a stream of questions costs no database reads; a filter is then a few array operations.
 
-The text engine ranks with the store's full-text search instead (`search`): the question's
-words, common English words left out, each matched as a phrase, any of them, BM25-ranked.
+Ranking fuses rankings by reciprocal rank (`fuse`), so that each finds what the other misses:
+- BM25 (`bm25`, the store's full-text search): the question's words, common English words
+  left out, each matched as a phrase, any of them. It finds exact ids, IPs and block numbers.
+- dense (`dense_ranking`): cosine between the question's vector and each passage's, from a
+  small sentence model (kbd.model.dense), so a paraphrase finds the line. Passage vectors are
+  computed once, in the background (`embed_backlog`), and stored like CLaRa's memory: rows of
+  a matrix file, mapped by (text hash, model id). Passages without one yet rank by BM25 only.
+- with CLaRa as the engine, its own ranking of the stored memory takes the dense one's place
+  (kbd.model.engines).
+The text engine's `search` is BM25 fused with dense; with no dense model installed, BM25.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import string
 import time
@@ -19,8 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kbd.model.dense import DIM, DenseModel, load_dense_model
 from kbd.store import Store
 from kbd.store import queries as q
+from kbd.store.memory import MemoryFileError, MemoryMatrix
 
 # Common English words: in an OR query they would match nearly every passage and drown out
 # the words that matter. Left out of full-text queries.
@@ -31,6 +43,16 @@ was we were what when where which while who whom why will with would you your
 """.split())
 MAX_TERMS = 32  # a question longer than this many distinct words is searched by its first ones
 SEARCH_FETCH = 4  # hits read per passage wanted; more are read while scopes filter them out
+FUSE_DEPTH = 50  # passages each ranking brings to the fusion
+RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009): a passage at rank r
+# counts 1 / (RRF_K + r), so one ranking's first places do not drown out the other ranking
+BM25_FLOOR = 0.5  # a BM25 hit under this share of the best one's score matched only words
+# that nearly every passage has ("block" in an HDFS log): it does not vote in a fusion
+DENSE_WEIGHT = 0.01  # the dense ranking's weight beside BM25's 1 in the text engine's fusion.
+# Over log lines the small dense model mostly tells which log, not which line (recall@5 0.48
+# alone on the dev questions): weighed as much as BM25 it lifted look-alike lines over the
+# exact one (0.69 against BM25's 0.88). This small it orders what BM25 ties and fills the
+# places BM25 leaves empty, where paraphrases are found (bench/results/retrieval.json).
 
 
 @dataclass(frozen=True)
@@ -112,21 +134,66 @@ def unique_rows(candidates: Candidates, positions: Sequence[int]) -> tuple[np.nd
 def search_terms(question: str) -> list[str]:
     """The question's words for full-text search: whitespace-separated, outer punctuation
     stripped (inner punctuation stays, so an IP, `blk_-1608` or a path is one phrase),
-    distinct, and without stop words unless nothing else is left."""
+    distinct, and without stop words unless nothing else is left. A glued word is followed by
+    its parts (`7163Calories`: 7163, Calories), stop words or not: they were written as one."""
     words: dict[str, str] = {}
     for chunk in question.split():
         word = chunk.strip(string.punctuation)
         if re.search(r"\w", word):
             words.setdefault(word.lower(), word)
-    content = [w for key, w in words.items() if key not in STOP_WORDS]
-    return (content or list(words.values()))[:MAX_TERMS]
+    content = [w for key, w in words.items() if key not in STOP_WORDS] or list(words.values())
+    terms: dict[str, str] = {}
+    for word in content:
+        for term in (word, *split_glued(word)):
+            terms.setdefault(term.lower(), term)
+    return list(terms.values())[:MAX_TERMS]
+
+
+def word_pairs(question: str) -> list[str]:
+    """Each two adjacent words of the question, neither a stop word, as one phrase: a passage
+    that has "variable 2" or "TID 1200" as the question words them ranks above one that only
+    has "variable" and some "2"."""
+    words = [chunk.strip(string.punctuation) for chunk in question.split()]
+    return [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)
+            if re.search(r"\w", a) and re.search(r"\w", b)
+            and a.lower() not in STOP_WORDS and b.lower() not in STOP_WORDS]
+
+
+def split_glued(word: str) -> list[str]:
+    """The parts of the glued tokens inside a word."""
+    return [part for token in q.TOKEN.findall(word) for part in q.glued_parts(token)]
 
 
 def search(store: Store, question: str, allowed: set[int] | None,
            k: int) -> list[tuple[int, float]]:
     """The k best (passage id, score) for the question among the allowed passage ids (None:
-    every live passage), one passage per distinct text."""
+    every live passage), one passage per distinct text: BM25 fused with the dense ranking
+    (scores are then fusion scores), or BM25 alone when no dense model is installed."""
+    model = dense_model()
+    if model is None:
+        return bm25(store, question, allowed, k)
+    return fuse([lexical_ranking(store, question, allowed, max(k, FUSE_DEPTH)),
+                 dense_ranking(store, model, question, allowed, max(k, FUSE_DEPTH))], k,
+                [1.0, DENSE_WEIGHT])
+
+
+def lexical_ranking(store: Store, question: str, allowed: set[int] | None,
+                    k: int) -> list[tuple[int, float]]:
+    """BM25's vote in a fusion: its k best, less those that score next to nothing beside the
+    best (BM25_FLOOR)."""
+    return above_floor(bm25(store, question, allowed, k), BM25_FLOOR)
+
+
+def above_floor(hits: list[tuple[int, float]], floor: float) -> list[tuple[int, float]]:
+    return [hit for hit in hits if hit[1] >= floor * hits[0][1]]
+
+
+def bm25(store: Store, question: str, allowed: set[int] | None,
+         k: int) -> list[tuple[int, float]]:
+    """The k best (passage id, BM25 score) by the store's full-text search, as `search`: any of
+    the question's terms or adjacent word pairs."""
     terms = search_terms(question)
+    terms += word_pairs(question)[:MAX_TERMS - len(terms)]
     limit = SEARCH_FETCH * k
     while True:
         with store.read() as conn:
@@ -140,3 +207,72 @@ def search(store: Store, question: str, allowed: set[int] | None,
         if len(hits) < limit:  # every match was read
             return list(picked.values())
         limit *= 8
+
+
+def fuse(rankings: Sequence[Sequence[tuple[int, float]]], k: int,
+         weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: the k passages with the highest sum of weight / (RRF_K + rank)
+    over the rankings (best first each) that hold them, as (passage id, that sum); weights
+    default to 1 each; a tie goes to the earlier ranking's order."""
+    fused: dict[int, float] = {}
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
+        for rank, (passage_id, _) in enumerate(ranking, 1):
+            fused[passage_id] = fused.get(passage_id, 0.0) + weight / (RRF_K + rank)
+    return sorted(fused.items(), key=lambda item: -item[1])[:k]
+
+
+# -- dense -----------------------------------------------------------------------------------
+
+@functools.cache
+def dense_model() -> DenseModel | None:
+    """The dense model, loaded once per process; None when it is not installed."""
+    return load_dense_model()
+
+
+def dense_matrix(store: Store, model: DenseModel) -> MemoryMatrix:
+    return MemoryMatrix(store.memory_dir, model.id, (1, DIM), "float32")
+
+
+def embed_backlog(store: Store, model: DenseModel, batch_size: int) -> int:
+    """Compute and store the vectors of up to batch_size live texts that have none yet;
+    returns how many (0: none waits). Rows reach the matrix file before the store maps them,
+    so a crash leaves at worst an unmapped row."""
+    with store.read() as conn:
+        items = q.backlog(conn, model.id, batch_size)
+    if not items:
+        return 0
+    vectors = model.embed([text for _, text in items])
+    try:
+        rows = dense_matrix(store, model).append([v.tobytes() for v in vectors])
+    except MemoryFileError as e:  # disk full: shown by `kbd status` until a write works
+        store.note_fault("dense vectors", e)
+        raise
+    store.note_fault("dense vectors", None)
+    store.write(lambda conn: q.add_memories(
+        conn, model.id, zip([h for h, _ in items], rows, strict=True)))
+    return len(items)
+
+
+def dense_ranking(store: Store, model: DenseModel, question: str, allowed: set[int] | None,
+                  k: int) -> list[tuple[int, float]]:
+    """The k allowed passages (id, cosine) nearest the question, among those with a vector,
+    one per distinct text (its newest passage)."""
+    with store.read() as conn:
+        pairs = q.memory_rows(conn, model.id)  # (passage id, row), oldest passage first
+    passage_of = {row: pid for pid, row in pairs if allowed is None or pid in allowed}
+    if not passage_of:
+        return []
+    rows = np.fromiter(passage_of, dtype=np.int64, count=len(passage_of))
+    scores = dense_matrix(store, model).matrix()[rows, 0] @ model.embed([question])[0]
+    best = np.argsort(-scores, kind="stable")[:k]
+    return [(passage_of[int(rows[i])], float(scores[i])) for i in best]
+
+
+def dense_similarity(question: str, texts: list[str]) -> list[float] | None:
+    """Cosine between the question and each text by the dense model (texts are embedded now:
+    lines cost little, whole passages more); None when no dense model is installed."""
+    model = dense_model()
+    if model is None:
+        return None
+    vectors = model.embed([question, *texts])
+    return (vectors[1:] @ vectors[0]).tolist()

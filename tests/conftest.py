@@ -145,3 +145,17 @@ def store(store_url, tmp_path):
     s = Store.open(store_url, tmp_path / "memory")
     yield s
     s.close()
+
+
+@pytest.fixture
+def sqlite_ingester(tmp_path, e2e_dir):
+    """An ingester into a SQLite store, for ranking that only SQLite's BM25 gets right:
+    PostgreSQL's ts_rank_cd weighs no word by its rarity, so a common word ("block") scores
+    like a block id, and a matched phrase adds little."""
+    from kbd.ingest import Ingester
+    from kbd.model.tokens import PassageTokenizer
+    from kbd.store import Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'kbd.sqlite3'}", tmp_path / "memory")
+    yield Ingester(store, PassageTokenizer.load(e2e_dir))
+    store.close()

@@ -113,8 +113,8 @@ def test_due_together_answered_as_one_batch(setup, monkeypatch):
     worker = scheduler.submit.__self__
     wait_for(lambda: worker.state == "ready")
     batches = []
-    original = worker.clara.answer_from_memory
-    monkeypatch.setattr(worker.clara, "answer_from_memory", lambda questions, *a, **k: (
+    original = worker.clara.generate
+    monkeypatch.setattr(worker.clara, "generate", lambda questions, *a, **k: (
         batches.append(len(questions)) or original(questions, *a, **k)))
     requests = [AskRequest(question=f"what failed {i} ?", scheduled=True) for i in range(4)]
     with worker._lock:  # all four fall due at the same moment

@@ -1,8 +1,10 @@
 """The two engines the model worker answers with, behind one small interface.
 
-CLaRa, the real engine, ranks the candidates' stored memory with its query reasoner and
-generates from the top-k memory. The text engine ranks the candidates with the store's
-full-text search (BM25) and has an instruct model read the top-k as plain text. Both take the
+CLaRa, the real engine, ranks the candidates' stored memory with its query reasoner, fuses
+that ranking with the store's full-text search (BM25) so that exact ids, IPs and block numbers
+are not lost to a dense-only ranking, and generates from the top-k memory. The text engine
+ranks the candidates with BM25 fused with a small dense model (kbd.retrieve.search) and has
+an instruct model read the top-k as plain text. Both take the
 same scopes and time windows and give answers with their sources, so queueing, batching,
 streaming and recording stay in the worker, shared.
 """
@@ -18,11 +20,21 @@ import numpy as np
 import torch
 
 from kbd.config import ModelConfig
+from kbd.errors import InputError
 from kbd.memory import memory_id, open_matrix
 from kbd.model.clara import Clara
-from kbd.model.index import MemoryIndex
+from kbd.model.index import RESCORE, MemoryIndex
 from kbd.model.text import TextModel
-from kbd.retrieve import Candidates, Retriever, Scope, search, unique_rows
+from kbd.retrieve import (
+    FUSE_DEPTH,
+    Candidates,
+    Retriever,
+    Scope,
+    fuse,
+    lexical_ranking,
+    search,
+    unique_rows,
+)
 from kbd.store import Store
 from kbd.store import queries as q
 
@@ -77,6 +89,7 @@ class ClaraEngine:
         self.tokenizer = clara.tokenizer
         self.device = clara.device
         self.index = MemoryIndex(open_matrix(store, clara), clara.device)
+        self.store = store
         self.retriever = Retriever(store, self.model)
 
     def pools(self, generation: int, scopes: Sequence[Scope]) -> list[ClaraPool]:
@@ -90,12 +103,24 @@ class ClaraEngine:
 
     def answer(self, questions: list[str], pools: list[ClaraPool], top_k: int,
                max_new_tokens: int, streamer) -> list[tuple[str, list[Source]]]:
-        answers = self.clara.answer_from_memory(
-            questions, self.index, top_k, max_new_tokens,
-            allowed=[torch.from_numpy(pool.rows) for pool in pools], streamer=streamer)
-        return [(answer.text, [(rank, pool.passage_of[row], score) for rank, (row, score)
-                               in enumerate(zip(answer.indices, answer.scores, strict=True), 1)])
-                for answer, pool in zip(answers, pools, strict=True)]
+        if top_k < 1:
+            raise InputError(f"top-k must be at least 1, got {top_k}")
+        # CLaRa's vote: as deep as the index re-ranks exactly anyway (RESCORE = 4 x depth)
+        found = self.index.search(self.clara.encode_queries(questions),
+                                  max(top_k, RESCORE // 4),
+                                  [torch.from_numpy(pool.rows) for pool in pools])
+        memories, sources = [], []
+        for question, pool, (rows, scores, _) in zip(questions, pools, found, strict=True):
+            row_of = {pool.passage_of[row]: row for row in pool.rows.tolist()}
+            ranked = [(pool.passage_of[row], score)
+                      for row, score in zip(rows.tolist(), scores.tolist(), strict=True)]
+            # BM25 first: a tie goes to the passage that holds the question's words
+            fused = fuse([lexical_ranking(self.store, question, set(row_of), FUSE_DEPTH), ranked],
+                         top_k)
+            memories.append(self.index.exact(torch.tensor([row_of[pid] for pid, _ in fused])))
+            sources.append([(rank, pid, score) for rank, (pid, score) in enumerate(fused, 1)])
+        texts = self.clara.generate(questions, memories, max_new_tokens, streamer=streamer)
+        return list(zip(texts, sources, strict=True))
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 One thread loads the configured engine's model (CLaRa, or the text engine's instruct model:
 kbd/model/engines.py) and then serves, in this order: questions asked now (`kbd ask`),
-scheduled questions, and, with CLaRa, compression of the ingest backlog, one batch at a
-time so that a question never waits behind more than one batch. Questions asked now never get
+scheduled questions, and, with CLaRa, compression of the ingest backlog, then the dense
+ranker's passage vectors (kbd.retrieve), one batch at a time so that a question never waits
+behind more than one batch. Questions asked now never get
 two batches in a row while scheduled ones wait, so a steady stream of `kbd ask` delays
 standing questions by one batch but cannot starve them. Questions waiting together are
 answered as one batch. Every answer is recorded in the store with its sources.
@@ -29,7 +30,7 @@ from kbd.errors import KbdError
 from kbd.memory import Compressor, memory_id
 from kbd.model.engines import Engine, load_engine
 from kbd.model.text import SMOLLM2_INSTALL
-from kbd.retrieve import Scope
+from kbd.retrieve import Scope, dense_model, embed_backlog
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.questions import record_answer
@@ -38,6 +39,7 @@ log = logging.getLogger("kbd.model")
 
 INTERACTIVE_BATCH = 8  # questions asked together are answered together, up to this many
 SCHEDULED_BATCH = 32
+EMBED_BATCH = 4  # passages embedded at a time for the dense ranker: under a second on 2 cores
 
 
 class ModelUnavailable(KbdError):
@@ -86,6 +88,7 @@ class ModelWorker:
         self.engine: Engine | None = None
         self.clara = None  # the CLaRa model, when it is the engine: it compresses the backlog
         self.compressor: Compressor | None = None
+        self.dense = None  # the dense ranker's model, whose passage vectors the worker computes
         self.batch_size = config.compress_batch_size
         self._interactive: deque[AskRequest] = deque()
         self._scheduled: deque[AskRequest] = deque()
@@ -155,7 +158,7 @@ class ModelWorker:
             batch = self._take()
             if batch:
                 self._answer(batch)
-            elif self.compressor is None or not self._compress_some():
+            elif not self._background_step():
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
         if self.compressor is not None:
@@ -175,6 +178,7 @@ class ModelWorker:
         self.engine, self.clara = engine, engine.clara
         if self.clara is not None:
             self.compressor = Compressor(self.store, self.clara)
+        self.dense = dense_model() if self.clara is None else None  # CLaRa ranks by itself
         self.state = "ready"
         log.info("%s engine: model %s ready on %s in %.1f s", engine.name, engine.model,
                  engine.device, time.monotonic() - start)
@@ -201,6 +205,22 @@ class ModelWorker:
                     source.remove(request)
                     batch.append(request)
             return batch
+
+    def _background_step(self) -> bool:
+        """Compress some of the backlog, else embed some for the dense ranker; False when
+        neither had anything to do."""
+        if self.compressor is not None and self._compress_some():
+            return True
+        return self.dense is not None and self._embed_some()
+
+    def _embed_some(self) -> bool:
+        try:
+            return embed_backlog(self.store, self.dense, EMBED_BATCH) > 0
+        except KbdError:  # disk full, database locked: logged and shown as a store fault
+            return False
+        except Exception:
+            log.exception("embedding passages for the dense ranker failed; retrying in a moment")
+            return False
 
     def _compress_some(self) -> bool:
         """One batch of the backlog started, the one before it stored; False when there was

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
@@ -37,6 +38,33 @@ def as_utc(at: datetime | None) -> datetime | None:
 
 def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- glued tokens ----------------------------------------------------------------------------
+
+# A token as the full-text tokenizers cut it (a run of letters and digits) and the parts of a
+# glued one: capitals before a capitalized word, a word, capitals, digits.
+TOKEN = re.compile(r"[^\W_]+")
+GLUED_PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+HEX = re.compile(r"(0x)?[0-9a-fA-F]+")
+
+
+def glued_parts(token: str) -> list[str]:
+    """The parts of a token glued at letter/digit or camelCase boundaries (`7163Calories`:
+    7163, Calories; `isSimPinSecure`: is, Sim, Pin, Secure), one-character parts left out;
+    [] when it is not glued. Hex numbers and non-ASCII words are not split: their parts would
+    be noise."""
+    if not token.isascii() or HEX.fullmatch(token):
+        return []
+    parts = GLUED_PART.findall(token)
+    return [p for p in parts if len(p) > 1] if len(parts) > 1 else []
+
+
+def search_extra(text: str) -> str:
+    """What the full-text index holds beside a passage's text: the distinct parts of its glued
+    tokens, so that "calories" finds `totalSteps=7163Calories:153367`."""
+    parts = dict.fromkeys(p for token in TOKEN.findall(text) for p in glued_parts(token))
+    return " ".join(parts)
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -137,7 +165,8 @@ def insert_passages(conn: Connection, document_id: int, cut: Sequence, tokenizer
     at = utcnow()
     conn.execute(insert(passages), [{
         "document_id": document_id, "ordinal": p.ordinal, "text": p.text,
-        "text_hash": text_hash(p.text), "token_count": p.token_count,
+        "text_hash": text_hash(p.text), "search_extra": search_extra(p.text),
+        "token_count": p.token_count,
         "first_line": p.first_line, "last_line": p.last_line, "page": p.page,
         "byte_start": p.byte_start, "byte_end": p.byte_end, "heading": p.heading,
         "split": p.split, "tokenizer": tokenizer, "live": True, "created_at": at,

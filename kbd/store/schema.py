@@ -117,6 +117,8 @@ passages = Table(
     Column("ordinal", Integer, nullable=False),
     Column("text", Text, nullable=False),
     Column("text_hash", String(64), nullable=False),
+    # the parts of its glued tokens, indexed beside the text (queries.search_extra)
+    Column("search_extra", Text),
     Column("token_count", Integer, nullable=False),
     Column("first_line", Integer),
     Column("last_line", Integer),
@@ -216,7 +218,7 @@ digests = Table(
     Column("paths", Text, nullable=False),  # JSON list of the files written
 )
 
-# Full-text search over live passages (migration 0005) is dialect-specific and has no table
+# Full-text search over live passages (migrations 0005, 0006) is dialect-specific and has no table
 # here: on SQLite the FTS5 table passages_fts, its shadow tables and triggers; on PostgreSQL
 # the generated column passages.search_vector and its GIN index. Queries name them in SQL.
 FULL_TEXT = ("passages_fts", "search_vector", "ix_passages_search_vector")
