@@ -19,7 +19,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.toml_document import TOMLDocument
 
-from kbd.config import ConfigError, load_config
+from kbd.config import ConfigError, check_watchable, load_config
 from kbd.watch import WatchedFolder
 
 KINDS = ("log", "report", "auto")
@@ -53,6 +53,7 @@ def add_folder(path: Path, folder: Path, kind: str = "auto", include: Iterable[s
         raise ConfigError(f"{kind!r} is not a folder kind", hint="log, report or auto")
     new = WatchedFolder(Path(folder).expanduser(), kind, tuple(include) or WatchedFolder.include,
                         tuple(exclude), polling)
+    check_watchable([new])
 
     def change(doc: TOMLDocument, current: tuple[WatchedFolder, ...]) -> None:
         if any(f.path == new.path for f in current):

@@ -21,10 +21,11 @@ import socket
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from kbd.api import serve
-from kbd.config import Config, load_config
+from kbd.config import Config, check_watchable, load_config
 from kbd.errors import KbdError
 from kbd.ingest import Ingester, IngestWorker, Limits
 from kbd.scheduler import Scheduler
@@ -94,6 +95,8 @@ class Daemon:
     def __init__(self, config_path: Path | None):
         self.config_path = config_path
         self.config: Config = load_config(config_path)
+        check_watchable(self.config.folders)
+        self.thread_faults: dict[str, KbdError] = {}  # threads that died, by thread name
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.generation = Generation()
@@ -101,13 +104,26 @@ class Daemon:
     def run(self) -> int:
         config = self.config
         lock = InstanceLock(config.home)
+        threading.excepthook = self._thread_died
         try:
             self._start(config)
             self._loop()
         finally:
             self._shutdown()
             lock.release()
+            threading.excepthook = threading.__excepthook__
         return 0
+
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        """Any thread of the daemon (kbd's, watchdog's, APScheduler's) that ends with an
+        exception puts a fault in `kbd status` and the log: a part of kbd that stopped
+        working must never look healthy."""
+        name = args.thread.name if args.thread is not None else "unnamed"
+        self.thread_faults[name] = KbdError(
+            f"thread {name} died: {args.exc_type.__name__}: {args.exc_value}",
+            hint="restart kbd; the log has the traceback", code="thread-died")
+        log.error("thread %s died", name,
+                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -126,7 +142,9 @@ class Daemon:
         self.watcher = Watcher(config.folders, self.ingest.submit,
                                quiet_s=config.ingest.debounce_s,
                                rescan_interval_s=config.ingest.rescan_interval_s,
-                               on_rescan=self.ingest.rescan)
+                               on_rescan=self.ingest.rescan,
+                               max_wait_s=config.ingest.max_wait_s,
+                               on_growing=partial(self.ingest.submit, growing=True))
         self.scheduler = Scheduler(self.store, self.model.submit,
                                    misfire_grace_s=config.scheduler.misfire_grace_s)
         self.server = serve(config.socket_path, build_router(self))
@@ -155,7 +173,7 @@ class Daemon:
             return None
 
     def _ingested(self, path: Path, outcome: str) -> None:
-        if outcome not in ("unchanged", "failed-unchanged", "missing", "directory"):
+        if outcome not in ("unchanged", "failed-unchanged", "missing", "directory", "growing"):
             self.generation.bump()
             self.model.wake()
 
@@ -178,6 +196,7 @@ class Daemon:
         """SIGHUP: re-read the config; watched folders change without a restart."""
         try:
             config = load_config(self.config_path)
+            check_watchable(config.folders)
         except KbdError as e:
             log.error("config not reloaded: %s", e)
             return
@@ -207,10 +226,12 @@ class Daemon:
     def status(self) -> dict:
         with self.store.read() as conn:
             stored = q.status(conn, self.model.backlog_model())
+        places = [*self.store.faults.items(),
+                  *((f"thread {name}", e) for name, e in list(self.thread_faults.items()))]
         faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
-                  for place, e in list(self.store.faults.items())]
+                  for place, e in places]
         return stored | {"engine": self.model.engine_name, "model": self.model.state,
-                         "store": self.store.safe_url,
+                         "store": self.store.safe_url, "healthy": not faults,
                          "pid": os.getpid(), "faults": faults,
                          "folders": [str(f.path) for f in self.config.folders]}
 

@@ -130,6 +130,7 @@ class _Stat(NamedTuple):
 class _Pending:
     last_event: float  # monotonic time of the latest note() or stat change
     stat: _Stat | None  # None: missing (or unreadable) when last looked at
+    since: float  # monotonic time its changes began, or it was last handed out as growing
 
 
 class StabilityTracker:
@@ -142,20 +143,39 @@ class StabilityTracker:
     - a path that cannot be stat()ed for another reason (permissions) is released like a vanished
       one, so the consumer records the failure instead of the tracker retrying it forever;
     - the stat taken in note() is the first of the two, so a file written once is released after
-      about quiet_s; one that keeps changing without events (polling mounts) waits until it stops.
-    Thread-safe: note() runs on observer threads, ready() on the timer thread.
+      about quiet_s;
+    - a path that keeps changing (a busy log) never goes quiet, so `growing()` hands it out
+      every max_wait_s while it changes, and it stays pending: the consumer reads what is there
+      so far, and the release once it goes quiet reads the rest.
+    Thread-safe: note() runs on observer threads, ready() and growing() on the timer thread.
     """
 
-    def __init__(self, quiet_s: float):
+    def __init__(self, quiet_s: float, max_wait_s: float = 5.0):
         self.quiet_s = quiet_s
+        self.max_wait_s = max_wait_s
         self._pending: dict[Path, _Pending] = {}
         self._lock = threading.Lock()
 
     def note(self, path: Path, now: float | None = None) -> None:
         """Something happened at `path`: (re)start its wait."""
-        entry = _Pending(monotonic() if now is None else now, _stat(path))
+        now = monotonic() if now is None else now
+        entry = _Pending(now, _stat(path), now)
         with self._lock:
+            if (before := self._pending.get(path)) is not None:
+                entry.since = before.since  # the changes go on: max_wait_s counts from the first
             self._pending[path] = entry
+
+    def growing(self, now: float | None = None) -> list[Path]:
+        """Paths that have kept changing for max_wait_s without going quiet; each is handed out
+        again max_wait_s later if it still has not, and stays pending for ready()."""
+        now = monotonic() if now is None else now
+        overdue = []
+        with self._lock:
+            for path, entry in self._pending.items():
+                if now - entry.since >= self.max_wait_s and now - entry.last_event < self.quiet_s:
+                    entry.since = now
+                    overdue.append(path)
+        return overdue
 
     def ready(self, now: float | None = None) -> list[Path]:
         """Paths that are stable (or gone) now; each is forgotten once returned."""
@@ -197,9 +217,12 @@ class Watcher:
     under the path *that no longer exists on disk*, checking rather than assuming, because the
     directory may have come back by then with new files that are reported separately.
 
+    `on_growing(paths)` gets the files that have kept changing for max_wait_s (busy logs), again
+    every max_wait_s while they do; each is still handed to `on_ready` once it goes quiet.
+
     `on_rescan()` asks the consumer to reconcile its store with `scan(folders)`: once at start-up,
     every rescan_interval_s (the safety net for dropped events), when a root (re)appears and after
-    `update()`. Both callbacks run on one thread, one at a time; an exception in either is logged
+    `update()`. The callbacks run on one thread, one at a time; an exception in any is logged
     and watching goes on (the next rescan picks up what an `on_ready` that failed missed).
     """
 
@@ -210,9 +233,12 @@ class Watcher:
         quiet_s: float = 2.0,
         rescan_interval_s: float = 300.0,
         on_rescan: Callable[[], None] | None = None,
+        max_wait_s: float = 5.0,
+        on_growing: Callable[[list[Path]], None] | None = None,
     ):
-        self.tracker = StabilityTracker(quiet_s)
+        self.tracker = StabilityTracker(quiet_s, max_wait_s)
         self.on_ready = on_ready
+        self.on_growing = on_growing
         self.on_rescan = on_rescan
         self.rescan_interval_s = rescan_interval_s
         self._folders = tuple(folders)
@@ -287,6 +313,11 @@ class Watcher:
             paths = [p for p in self.tracker.ready() if _owner(self._folders, p) is not None]
             if paths:
                 _call("on_ready", self.on_ready, paths)
+            if self.on_growing is not None:
+                growing = [p for p in self.tracker.growing()
+                           if _owner(self._folders, p) is not None]
+                if growing:
+                    _call("on_growing", self.on_growing, growing)
             self._stopping.wait(self._tick_s)
 
     def _sync(self) -> None:
