@@ -96,7 +96,6 @@ class Daemon:
         self.config_path = config_path
         self.config: Config = load_config(config_path)
         check_watchable(self.config.folders)
-        self.thread_faults: dict[str, KbdError] = {}  # threads that died, by thread name
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.generation = Generation()
@@ -117,13 +116,16 @@ class Daemon:
     def _thread_died(self, args: threading.ExceptHookArgs) -> None:
         """Any thread of the daemon (kbd's, watchdog's, APScheduler's) that ends with an
         exception puts a fault in `kbd status` and the log: a part of kbd that stopped
-        working must never look healthy."""
-        name = args.thread.name if args.thread is not None else "unnamed"
-        self.thread_faults[name] = KbdError(
-            f"thread {name} died: {args.exc_type.__name__}: {args.exc_value}",
-            hint="restart kbd; the log has the traceback", code="thread-died")
-        log.error("thread %s died", name,
-                  exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        working must never look healthy. A thread restarted and dying the same way again
+        (a watch) is logged once."""
+        place = f"thread {thread_label(args.thread)}"
+        error = KbdError(f"{args.exc_type.__name__}: {args.exc_value}", code="thread-died",
+                         hint="kbd goes on without it; restart kbd, and see the log's traceback")
+        before = self.store.faults.get(place)
+        if before is None or before.message != error.message:
+            log.error("%s died", place,
+                      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        self.store.note_fault(place, error)
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -226,10 +228,8 @@ class Daemon:
     def status(self) -> dict:
         with self.store.read() as conn:
             stored = q.status(conn, self.model.backlog_model())
-        places = [*self.store.faults.items(),
-                  *((f"thread {name}", e) for name, e in list(self.thread_faults.items()))]
         faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
-                  for place, e in places]
+                  for place, e in list(self.store.faults.items())]
         return stored | {"engine": self.model.engine_name, "model": self.model.state,
                          "store": self.store.safe_url, "healthy": not faults,
                          "pid": os.getpid(), "faults": faults,
@@ -251,6 +251,14 @@ class Daemon:
         if getattr(self, "store", None) is not None:
             self.store.close()
         log.info("kbd daemon stopped")
+
+
+def thread_label(thread: threading.Thread | None) -> str:
+    """kbd's threads have names (kbd-watch); a library's keep Python's "Thread-N", new for
+    each thread it starts again, so their class (PollingEmitter) names them instead."""
+    if thread is None:
+        return "unknown"
+    return type(thread).__name__ if thread.name.startswith("Thread-") else thread.name
 
 
 def digest_trigger(config: Config):

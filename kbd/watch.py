@@ -325,7 +325,8 @@ class Watcher:
 
         A root that was deleted, moved away or replaced loses its watch (watchdog's emitter stops
         by itself when its root is deleted) and is noted, so the consumer forgets what went with
-        it; once a root exists again it is watched again and a rescan is asked for.
+        it; once a root exists again it is watched again and a rescan is asked for. A watch whose
+        emitter died under a root that is still there is tried again after _RETRY_S.
         """
         wanted: dict[tuple[Path, float | None], tuple[int, int] | None] = {}
         for folder in self._folders:
@@ -336,7 +337,13 @@ class Watcher:
                 continue
             del self._watches[key]
             watch.observer.unschedule(watch.watch)
-            if key in wanted:
+            if key in wanted and wanted[key] == watch.root_id:
+                # the root is still there, so its emitter died (the daemon reports how): a
+                # new one would likely die the same way, so not at once
+                log.warning("the watch on %s stopped; watching it again in %.0f s, and rescans "
+                            "still see its files", key[0], _RETRY_S)
+                self._retry_at[key] = monotonic() + _RETRY_S
+            elif key in wanted:
                 log.info("lost the watch on %s; watching it again once it exists", key[0])
                 self.tracker.note(key[0])
         # forget failures of folders that are no longer configured
