@@ -126,15 +126,19 @@ class Ingester:
         """Ingest each (path, folder, kind); how many ended in each outcome."""
         return dict(Counter(self.ingest(path, folder, kind) for path, folder, kind in items))
 
-    def reconcile(self, scanned: Iterable[tuple[Path, str | None, str]]) -> dict[str, int]:
+    def reconcile(self, scanned: Iterable[tuple[Path, str | None, str]],
+                  held: Callable[[Path], bool] = lambda path: False) -> dict[str, int]:
         """Start-up and periodic rescan: ingest what changed, retire what is gone. Unchanged
-        files (same size, mtime and inode, cut for this tokenizer) are not read."""
+        files (same size, mtime and inode, cut for this tokenizer) are not read, nor are those
+        `held` by a watcher that will hand them over itself (a rescan would read a busy log's
+        half-written last line)."""
         scanned = list(scanned)
         seen = {os.path.abspath(path) for path, _, _ in scanned}
         with self.store.read() as conn:
             gone = [(Path(d.path), None, "auto") for d in q.live_documents(conn)
                     if d.path not in seen]
-        return dict(Counter(self.ingest_many(scanned)) + Counter(self.ingest_many(gone)))
+        ready = [item for item in scanned if not held(item[0])]
+        return dict(Counter(self.ingest_many(ready)) + Counter(self.ingest_many(gone)))
 
     def recut(self) -> int:
         """Cut documents stored before a tokenizer was known, or for another one."""
@@ -422,6 +426,7 @@ class IngestWorker:
         self.ingester = ingester
         self.folders = tuple(folders)
         self.on_done = on_done
+        self.held: Callable[[Path], bool] = lambda path: False  # paths a watcher will hand over
         self._queue: queue.Queue[Path] = queue.Queue()
         self._queued: set[Path] = set()
         self._growing: set[Path] = set()  # queued paths that are still being written
@@ -484,7 +489,8 @@ class IngestWorker:
 
     def _handle(self, path: Path, growing: bool) -> None:
         if path == RESCAN:
-            self.ingester.reconcile((p, str(f.path), f.kind) for f, p in scan(self.folders))
+            self.ingester.reconcile(((p, str(f.path), f.kind) for f, p in scan(self.folders)),
+                                    self.held)
             return
         folder = folder_for(self.folders, path)
         if folder is None and os.path.lexists(path):

@@ -201,6 +201,11 @@ class StabilityTracker:
         with self._lock:
             return len(self._pending)
 
+    def holds(self, path: Path) -> bool:
+        """Whether `path` waits here, to be handed out by ready() or growing()."""
+        with self._lock:
+            return path in self._pending
+
 
 class _Watch(NamedTuple):
     observer: BaseObserver

@@ -70,6 +70,15 @@ class TestGrowing:
         assert ingester.ingest(path) == "appended"  # gone quiet: a last line is a line too
         assert lines_of(live(ingester.store, path)) == nonblank_lines(path)
 
+    def test_a_rescan_leaves_the_files_a_watcher_holds_to_it(self, ingester, tmp_path):
+        busy, quiet = tmp_path / "busy.log", tmp_path / "quiet.log"
+        write_log(busy, 0, 3)
+        write_log(quiet, 0, 3)
+        scanned = [(busy, None, "auto"), (quiet, None, "auto")]
+        assert ingester.reconcile(scanned, held=lambda path: path == busy) == {"added": 1}
+        assert live(ingester.store, busy) == []
+        assert ingester.reconcile(scanned) == {"added": 1, "unchanged": 1}
+
     def test_a_growing_report_waits_until_it_goes_quiet(self, ingester, tmp_path):
         path = tmp_path / "notes.md"
         path.write_text("# Notes\n\nThe first para")
