@@ -363,7 +363,8 @@ class Watcher:
                 watch = observer.schedule(
                     self._handler, str(path), recursive=True, event_filter=_EVENT_FILTER
                 )
-            except OSError as e:
+            except Exception as e:  # inotify limits (OSError), a tree too deep for watchdog's
+                # polling snapshot (RecursionError): either way, try again later, not every tick
                 if key not in self._retry_at:  # one warning per outage, not one per retry
                     log.warning(
                         "cannot watch %s: %s (hint: for inotify limits raise "
