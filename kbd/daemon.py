@@ -147,7 +147,7 @@ class Daemon:
                                on_rescan=self.ingest.rescan,
                                max_wait_s=config.ingest.max_wait_s,
                                on_growing=partial(self.ingest.submit, growing=True))
-        self.ingest.held = self.watcher.tracker.holds
+        self.ingest.held = self.watcher.tracker.claim
         self.scheduler = Scheduler(self.store, self.model.submit,
                                    misfire_grace_s=config.scheduler.misfire_grace_s)
         self.server = serve(config.socket_path, build_router(self))

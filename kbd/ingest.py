@@ -130,8 +130,8 @@ class Ingester:
                   held: Callable[[Path], bool] = lambda path: False) -> dict[str, int]:
         """Start-up and periodic rescan: ingest what changed, retire what is gone. Unchanged
         files (same size, mtime and inode, cut for this tokenizer) are not read, nor are those
-        `held` by a watcher that will hand them over itself (a rescan would read a busy log's
-        half-written last line)."""
+        `held` by a watcher that will hand them over itself (a rescan would read a file being
+        written, a busy log's half-written last line)."""
         scanned = list(scanned)
         seen = {os.path.abspath(path) for path, _, _ in scanned}
         with self.store.read() as conn:

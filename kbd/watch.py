@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from stat import S_ISDIR
-from time import monotonic
+from time import monotonic, time_ns
 from typing import NamedTuple
 
 from watchdog.events import (
@@ -201,10 +201,18 @@ class StabilityTracker:
         with self._lock:
             return len(self._pending)
 
-    def holds(self, path: Path) -> bool:
-        """Whether `path` waits here, to be handed out by ready() or growing()."""
+    def claim(self, path: Path) -> bool:
+        """Whether `path` is left to this tracker rather than read by a rescan now: it waits
+        here already, or it changed within quiet_s and its event may still be on the way (it
+        is then noted, and handed out as any other)."""
         with self._lock:
-            return path in self._pending
+            if path in self._pending:
+                return True
+        stat = _stat(path)
+        if stat is None or time_ns() - stat.mtime_ns >= self.quiet_s * 1e9:
+            return False
+        self.note(path)
+        return True
 
 
 class _Watch(NamedTuple):

@@ -237,6 +237,17 @@ class TestStabilityTracker:
         assert tracker.pending() == 0
 
 
+    def test_a_rescan_leaves_pending_and_just_changed_files_to_the_tracker(self, tmp_path):
+        tracker = StabilityTracker(quiet_s=1.0)
+        noted, fresh, old = (write(tmp_path / n) for n in ("noted.log", "fresh.log", "old.log"))
+        os.utime(noted, (0, 0))
+        os.utime(old, (0, 0))
+        tracker.note(noted)
+        assert tracker.claim(noted) and tracker.claim(fresh)  # its event may be on the way
+        assert not tracker.claim(old)
+        assert tracker.pending() == 2  # fresh.log is released like any noted path
+
+
 class TestWatcher:
     def test_create_modify_delete_and_globs(self, watch, root: Path):
         _, rec = watch([WatchedFolder(root, include=("*.log",), exclude=("debug*",))])
