@@ -18,6 +18,7 @@ from kbd.errors import KbdError
 from kbd.private import UMASK
 
 EXIT_NOT_RUNNING = 3
+EXIT_UNHEALTHY = 4  # `kbd status`: the daemon runs, but reports a fault
 
 
 class NotRunningException(click.ClickException):
@@ -144,7 +145,8 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
 @human_errors
 def status(as_json: bool) -> None:
     """Documents, passages, the compression backlog, the model and files that could not be
-    read. Without a running daemon it reads the store directly and exits with 3."""
+    read. Without a running daemon it reads the store directly and exits with 3; a daemon
+    that reports a fault (a store it cannot write, a thread that died) makes it exit with 4."""
     config = get_config()
     try:
         result = client(config).request("GET", "/status")
@@ -172,6 +174,8 @@ def status(as_json: bool) -> None:
             click.echo(f"fault: {f['place']}: {f['message']} (hint: {f['hint']})")
     if not running:
         sys.exit(EXIT_NOT_RUNNING)
+    if result.get("faults"):
+        sys.exit(EXIT_UNHEALTHY)
 
 
 def offline_status(config) -> dict:

@@ -163,7 +163,7 @@ def watch_list(as_json: bool) -> None:
 
 
 @watch.command("rm")
-@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(path_type=Path))  # a file watched by mistake goes too
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @human_errors
 def watch_rm(path: Path, as_json: bool) -> None:

@@ -3,8 +3,10 @@ the key, so a typo never silently falls back to a default."""
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -38,6 +40,7 @@ class ModelConfig:
 class IngestConfig:
     max_file_mb: int = 512
     debounce_s: float = 2.0
+    max_wait_s: float = 5.0  # a file that keeps changing (a busy log) is read this often
     rescan_interval_s: float = 300.0
     pdf_timeout_s: float = 60.0  # a PDF whose text takes longer is refused (too-slow)
 
@@ -106,6 +109,21 @@ def drop_unusable_xdg_variables() -> None:
             del os.environ[variable]
 
 
+# The values each numeric key accepts, both ends included; anything else, inf and nan too, is
+# refused at start. Too large is refused as well as too small: 1e308 seconds overflows the
+# waits it is used in, killing the thread that waits.
+RANGES: dict[tuple[type, str], tuple[float, float]] = {
+    (ModelConfig, "compress_batch_size"): (1, 4096),
+    (IngestConfig, "max_file_mb"): (1, 2**20),  # up to 1 TiB
+    (IngestConfig, "debounce_s"): (0.0, 3600.0),
+    (IngestConfig, "max_wait_s"): (0.1, 86400.0),  # and not below debounce_s
+    (IngestConfig, "rescan_interval_s"): (1.0, 604800.0),  # up to a week
+    (IngestConfig, "pdf_timeout_s"): (0.1, 86400.0),
+    (SchedulerConfig, "misfire_grace_s"): (1, 31536000),  # up to a year
+    (WatchedFolder, "poll_interval_s"): (0.1, 3600.0),
+}
+
+
 def default_home() -> Path:
     if "KBD_HOME" in os.environ:
         return Path(os.environ["KBD_HOME"]) / "data"
@@ -132,6 +150,8 @@ def _build(cls, raw: dict, where: str, **fixed):
         if isinstance(default, bool) != isinstance(value, bool) or (
                 isinstance(default, int | float) and not isinstance(value, int | float)):
             raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
+        if (cls, key) in RANGES:
+            check_number(f"{where}.{key}", value, type(default), RANGES[cls, key])
         if key in ("include", "exclude"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ConfigError(f"{where}.{key}: expected a list of glob strings")
@@ -140,6 +160,30 @@ def _build(cls, raw: dict, where: str, **fixed):
             value = Path(value).expanduser() if value else None
         values[key] = value
     return cls(**values)
+
+
+def check_number(key: str, value: float, kind: type, bounds: tuple[float, float],
+                 hint: str | None = None) -> None:
+    """Refuse a number outside `bounds` (or not finite, or a fraction where a whole number
+    is meant), naming the key, the value and the range."""
+    low, high = bounds
+    whole = "a whole number " if kind is int else ""
+    if (kind is int and not isinstance(value, int)) or not (
+            math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"{key} = {value!r} is out of range: it must be {whole}from {low:g} "
+                          f"to {high:g}", hint=hint)
+
+
+def check_watchable(folders: Iterable[WatchedFolder]) -> None:
+    """kbd watches folders: a watched path that is a file (or a FIFO, a device) is refused by
+    the daemon and by `kbd watch add`. A path that does not exist yet is watched once it does.
+    (Not part of load_config, so `kbd watch rm` can still remove such a folder.)"""
+    for folder in folders:
+        if folder.path.exists() and not folder.path.is_dir():
+            raise ConfigError(
+                f"watched path {folder.path} is a file, not a folder",
+                hint=f'watch its folder instead: path = "{folder.path.parent}" with '
+                     f'include = ["{folder.path.name}"]')
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -173,11 +217,16 @@ def load_config(path: Path | None = None) -> Config:
     if not isinstance(model.text_model, str) or not model.text_model:
         raise ConfigError(f"{where}: model.text_model must name smollm2, a model folder or a "
                           ".gguf file")
+    ingest = _build(IngestConfig, raw.get("ingest", {}), "ingest")
+    low, high = RANGES[IngestConfig, "max_wait_s"]
+    check_number("ingest.max_wait_s", ingest.max_wait_s, float,
+                 (max(ingest.debounce_s, low), high),
+                 hint=f"not below ingest.debounce_s ({ingest.debounce_s:g})")
     return Config(
         home=Path(raw["home"]).expanduser() if "home" in raw else default_home(),
         store_url=store.get("url", ""),
         model=model,
-        ingest=_build(IngestConfig, raw.get("ingest", {}), "ingest"),
+        ingest=ingest,
         server=_build(ServerConfig, raw.get("server", {}), "server"),
         scheduler=_build(SchedulerConfig, raw.get("scheduler", {}), "scheduler"),
         folders=tuple(folders),

@@ -19,7 +19,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.toml_document import TOMLDocument
 
-from kbd.config import ConfigError, load_config
+from kbd.config import ConfigError, check_watchable, load_config
 from kbd.private import FILE_MODE, make_folders
 from kbd.watch import WatchedFolder
 
@@ -60,6 +60,7 @@ def add_folder(path: Path, folder: Path, kind: str = "auto", include: Iterable[s
         raise ConfigError(f"{os.fsencode(new.path)!r}: config.toml is UTF-8 text and cannot "
                           "name a folder whose path is not", hint="watch a folder above it "
                           "(the files under it may have any name)") from None
+    check_watchable([new])
 
     def change(doc: TOMLDocument, current: tuple[WatchedFolder, ...]) -> None:
         if any(f.path == new.path for f in current):

@@ -21,10 +21,11 @@ import socket
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from kbd.api import serve
-from kbd.config import Config, load_config
+from kbd.config import Config, check_watchable, load_config
 from kbd.errors import KbdError
 from kbd.ingest import Ingester, IngestWorker, Limits
 from kbd.private import private_fd, private_home, write_private
@@ -95,6 +96,7 @@ class Daemon:
     def __init__(self, config_path: Path | None):
         self.config_path = config_path
         self.config: Config = load_config(config_path)
+        check_watchable(self.config.folders)
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.generation = Generation()
@@ -102,13 +104,29 @@ class Daemon:
     def run(self) -> int:
         config = self.config
         lock = InstanceLock(config.home)
+        threading.excepthook = self._thread_died
         try:
             self._start(config)
             self._loop()
         finally:
             self._shutdown()
             lock.release()
+            threading.excepthook = threading.__excepthook__
         return 0
+
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        """Any thread of the daemon (kbd's, watchdog's, APScheduler's) that ends with an
+        exception puts a fault in `kbd status` and the log: a part of kbd that stopped
+        working must never look healthy. A thread restarted and dying the same way again
+        (a watch) is logged once."""
+        place = f"thread {thread_label(args.thread)}"
+        error = KbdError(f"{args.exc_type.__name__}: {args.exc_value}", code="thread-died",
+                         hint="kbd goes on without it; restart kbd, and see the log's traceback")
+        before = self.store.faults.get(place)
+        if before is None or before.message != error.message:
+            log.error("%s died", place,
+                      exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        self.store.note_fault(place, error)
 
     # -- wiring ----------------------------------------------------------------------------
 
@@ -127,7 +145,10 @@ class Daemon:
         self.watcher = Watcher(config.folders, self.ingest.submit,
                                quiet_s=config.ingest.debounce_s,
                                rescan_interval_s=config.ingest.rescan_interval_s,
-                               on_rescan=self.ingest.rescan)
+                               on_rescan=self.ingest.rescan,
+                               max_wait_s=config.ingest.max_wait_s,
+                               on_growing=partial(self.ingest.submit, growing=True))
+        self.ingest.held = self.watcher.tracker.claim
         self.scheduler = Scheduler(self.store, self.model.submit,
                                    misfire_grace_s=config.scheduler.misfire_grace_s)
         self.server = serve(config.socket_path, build_router(self))
@@ -156,7 +177,7 @@ class Daemon:
             return None
 
     def _ingested(self, path: Path, outcome: str) -> None:
-        if outcome not in ("unchanged", "failed-unchanged", "missing", "directory"):
+        if outcome not in ("unchanged", "failed-unchanged", "missing", "directory", "growing"):
             self.generation.bump()
             self.model.wake()
 
@@ -179,6 +200,7 @@ class Daemon:
         """SIGHUP: re-read the config; watched folders change without a restart."""
         try:
             config = load_config(self.config_path)
+            check_watchable(config.folders)
         except KbdError as e:
             log.error("config not reloaded: %s", e)
             return
@@ -211,7 +233,7 @@ class Daemon:
         faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
                   for place, e in list(self.store.faults.items())]
         return stored | {"engine": self.model.engine_name, "model": self.model.state,
-                         "store": self.store.safe_url,
+                         "store": self.store.safe_url, "healthy": not faults,
                          "pid": os.getpid(), "faults": faults,
                          "folders": [str(f.path) for f in self.config.folders]}
 
@@ -228,6 +250,14 @@ class Daemon:
         if getattr(self, "store", None) is not None:  # else it never started: nothing to say
             self.store.close()
             log.info("kbd daemon stopped")
+
+
+def thread_label(thread: threading.Thread | None) -> str:
+    """kbd's threads have names (kbd-watch); a library's keep Python's "Thread-N", new for
+    each thread it starts again, so their class (PollingEmitter) names them instead."""
+    if thread is None:
+        return "unknown"
+    return type(thread).__name__ if thread.name.startswith("Thread-") else thread.name
 
 
 def digest_trigger(config: Config):

@@ -31,7 +31,8 @@ from sqlalchemy import Row
 
 from kbd.chunk import Passage, chunk
 from kbd.errors import KbdError
-from kbd.parsers import PDF_TIMEOUT_S, Parsed, ParseError, parse
+from kbd.parsers import PDF_TIMEOUT_S, Parsed, ParseError, detect_kind, parse
+from kbd.parsers.log import whole_lines
 from kbd.store import Store, StoreError
 from kbd.store import queries as q
 from kbd.watch import WatchedFolder, folder_for, scan, spelled_inside
@@ -72,6 +73,7 @@ class IngestJob:
     folder: str | None
     kind: str  # log | report | auto
     force: bool = False  # read even if size, mtime and inode are unchanged
+    growing: bool = False  # still being written: read a log's whole lines, anything else later
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     stat: os.stat_result | None = None
     document: Row | None = None
@@ -106,11 +108,12 @@ class Ingester:
     # -- entry points --------------------------------------------------------------------
 
     def ingest(self, path: Path, folder: str | None = None, kind: str = "auto",
-               force: bool = False) -> str:
+               force: bool = False, growing: bool = False) -> str:
         """Bring the store up to date with one path; returns the outcome. Never raises for a
         problem with the file itself; raises StoreError when the store cannot be written
-        (the path should then be tried again later)."""
-        job = IngestJob(Path(os.path.abspath(path)), folder, kind, force=force)
+        (the path should then be tried again later). `growing`: the file is still being
+        written (see IngestJob.growing)."""
+        job = IngestJob(Path(os.path.abspath(path)), folder, kind, force=force, growing=growing)
         try:
             for stage in STAGES:
                 stage(self, job)
@@ -132,15 +135,19 @@ class Ingester:
         """Ingest each (path, folder, kind); how many ended in each outcome."""
         return dict(Counter(self.ingest(path, folder, kind) for path, folder, kind in items))
 
-    def reconcile(self, scanned: Iterable[tuple[Path, str | None, str]]) -> dict[str, int]:
+    def reconcile(self, scanned: Iterable[tuple[Path, str | None, str]],
+                  held: Callable[[Path], bool] = lambda path: False) -> dict[str, int]:
         """Start-up and periodic rescan: ingest what changed, retire what is gone. Unchanged
-        files (same size, mtime and inode, cut for this tokenizer) are not read."""
+        files (same size, mtime and inode, cut for this tokenizer) are not read, nor are those
+        `held` by a watcher that will hand them over itself (a rescan would read a file being
+        written, a busy log's half-written last line)."""
         scanned = list(scanned)
         seen = {os.path.abspath(path) for path, _, _ in scanned}
         with self.store.read() as conn:
             gone = [(Path(d.path), None, "auto") for d in q.live_documents(conn)
                     if d.path not in seen]
-        return dict(Counter(self.ingest_many(scanned)) + Counter(self.ingest_many(gone)))
+        ready = [item for item in scanned if not held(item[0])]
+        return dict(Counter(self.ingest_many(ready)) + Counter(self.ingest_many(gone)))
 
     def recut(self) -> int:
         """Cut documents stored before a tokenizer was known, or for another one."""
@@ -238,7 +245,9 @@ def decide(ing: Ingester, job: IngestJob) -> None:
     with ing.store.read() as conn:
         job.document = q.live_document(conn, str(job.path))
         failure = q.failure_for(conn, str(job.path))
-    unchanged_failure = failure and failure.code not in TRANSIENT_FAILURES and (
+    # a file refused as too large that passed preflight now fits a raised max_file_mb
+    refit = failure and (failure.stage, failure.code) == ("preflight", "too-large")
+    unchanged_failure = failure and failure.code not in TRANSIENT_FAILURES and not refit and (
         failure.size, failure.mtime_ns) == (st.st_size, st.st_mtime_ns)
     if unchanged_failure and not job.force:
         job.outcome = "failed-unchanged"  # retried once the file changes
@@ -266,6 +275,20 @@ def decide(ing: Ingester, job: IngestJob) -> None:
         job.rotated = doc.kind == "log" and not grown
 
 
+def wait_if_growing(ing: Ingester, job: IngestJob) -> None:
+    """A file still being written is read now only if it is a log, whose whole lines can be
+    searched while it grows; anything else waits until it goes quiet (a half-copied report
+    would be parsed wrong, and a gzip stream cannot be read before its end)."""
+    if not job.growing or job.mode == "append":
+        return
+    try:
+        head = job.head or read_head(job.path)
+    except OSError as e:
+        raise IngestFailure("read", "unreadable", f"{job.path}: {e.strerror}") from e
+    if job.path.name.endswith(".gz") or detect_kind(job.path, head, job.kind) != "log":
+        job.outcome = "growing"
+
+
 def read(ing: Ingester, job: IngestJob) -> None:
     """Read the bytes to parse: from the last passage's start when a log grew, else all."""
     if job.mode == "append":
@@ -284,6 +307,12 @@ def read(ing: Ingester, job: IngestJob) -> None:
             job.data = f.read(max(0, job.stat.st_size - job.start_byte))
     except OSError as e:
         raise IngestFailure("read", "unreadable", f"{job.path}: {e.strerror}") from e
+    if job.growing:  # its last line may be half written: it waits for its line break
+        job.data = job.data[:whole_lines(job.data)]
+        read_before = job.document.offset if job.mode == "append" else 0
+        if job.start_byte + len(job.data) <= read_before:
+            job.outcome = "growing"  # no whole line since the last read
+            return
     if not job.head:
         job.head = job.data[:HEAD_BYTES] if job.start_byte == 0 else read_head(job.path)
 
@@ -307,7 +336,8 @@ def store_stage(ing: Ingester, job: IngestJob) -> None:
     consumed = job.start_byte + len(job.data)
     fields = {
         "path": str(job.path), "folder": job.folder, "kind": parsed.kind,
-        "device": st.st_dev, "inode": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        # the size read, not the size seen: a growing log's held-back last line is read later
+        "device": st.st_dev, "inode": st.st_ino, "size": consumed, "mtime_ns": st.st_mtime_ns,
         "head_hash": digest(job.head), "head_len": len(job.head), "offset": consumed,
         "content_hash": digest(job.data) if job.start_byte == 0 else None,
         "tokenizer": tokenizer.identity if tokenizer else None,
@@ -333,7 +363,8 @@ def store_stage(ing: Ingester, job: IngestJob) -> None:
         job.outcome = "rotated"
 
 
-STAGES: list[Callable] = [preflight, decide, read, parse_stage, chunk_stage, store_stage]
+STAGES: list[Callable] = [preflight, decide, wait_if_growing, read, parse_stage, chunk_stage,
+                          store_stage]
 
 
 # -- moves, rotation and deletion ----------------------------------------------------------
@@ -427,6 +458,8 @@ class IngestWorker:
     """One thread that ingests queued paths in order. A path already waiting is not queued
     twice, so a burst of events for one file costs one ingest; a path being ingested is queued
     again by an event, since the ingest may have read the file before what the event reports.
+    A path queued as growing (see IngestJob.growing) is read in full if it is also queued as
+    quiet before its turn.
     When the store cannot be written (disk full, locked, read-only), the path goes back in the
     queue and the worker waits, longer each time up to STORE_RETRY_S[1], so nothing is dropped
     while it lasts."""
@@ -436,8 +469,10 @@ class IngestWorker:
         self.ingester = ingester
         self.folders = folders
         self.on_done = on_done
+        self.held: Callable[[Path], bool] = lambda path: False  # paths a watcher will hand over
         self._queue: queue.Queue[Path] = queue.Queue()
         self._queued: set[Path] = set()
+        self._growing: set[Path] = set()  # queued paths that are still being written
         self._current: Path | None = None  # the path being ingested
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -453,12 +488,16 @@ class IngestWorker:
     def folders(self, folders: Sequence[WatchedFolder]) -> None:
         self.ingester.folders = tuple(folders)
 
-    def submit(self, paths: Iterable[Path]) -> None:
+    def submit(self, paths: Iterable[Path], growing: bool = False) -> None:
         with self._lock:
             for path in paths:
                 if path not in self._queued:
                     self._queued.add(path)
                     self._queue.put(path)
+                    if growing:
+                        self._growing.add(path)
+                elif not growing:
+                    self._growing.discard(path)
 
     def rescan(self) -> None:
         self.submit([RESCAN])
@@ -483,9 +522,11 @@ class IngestWorker:
                 continue
             with self._lock:
                 self._queued.discard(path)
+                growing = path in self._growing
+                self._growing.discard(path)
                 self._current = path
             try:
-                self._handle(path)
+                self._handle(path, growing)
                 self._retry_s = STORE_RETRY_S[0]
             except StoreError as e:  # the store's fault, not the file's: try it again later
                 log.warning("%s waits: %s; next try in %.0f s", path, e.message, self._retry_s)
@@ -498,14 +539,15 @@ class IngestWorker:
                 with self._lock:
                     self._current = None
 
-    def _handle(self, path: Path) -> None:
+    def _handle(self, path: Path, growing: bool) -> None:
         if path == RESCAN:
-            self.ingester.reconcile((p, str(f.path), f.kind) for f, p in scan(self.folders))
+            self.ingester.reconcile(((p, str(f.path), f.kind) for f, p in scan(self.folders)),
+                                    self.held)
             return
         folder = folder_for(self.folders, path)
         if folder is None and os.path.lexists(path):
             return  # outside the folders or rejected by their globs
         outcome = self.ingester.ingest(path, str(folder.path) if folder else None,
-                                       folder.kind if folder else "auto")
+                                       folder.kind if folder else "auto", growing=growing)
         if self.on_done:
             self.on_done(path, outcome)

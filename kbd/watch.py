@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
 from stat import S_ISDIR
-from time import monotonic
+from time import monotonic, time_ns
 from typing import NamedTuple
 
 from watchdog.events import (
@@ -144,6 +144,7 @@ class _Stat(NamedTuple):
 class _Pending:
     last_event: float  # monotonic time of the latest note() or stat change
     stat: _Stat | None  # None: missing (or unreadable) when last looked at
+    since: float  # monotonic time its changes began, or it was last handed out as growing
 
 
 class StabilityTracker:
@@ -156,20 +157,39 @@ class StabilityTracker:
     - a path that cannot be stat()ed for another reason (permissions) is released like a vanished
       one, so the consumer records the failure instead of the tracker retrying it forever;
     - the stat taken in note() is the first of the two, so a file written once is released after
-      about quiet_s; one that keeps changing without events (polling mounts) waits until it stops.
-    Thread-safe: note() runs on observer threads, ready() on the timer thread.
+      about quiet_s;
+    - a path that keeps changing (a busy log) never goes quiet, so `growing()` hands it out
+      every max_wait_s while it changes, and it stays pending: the consumer reads what is there
+      so far, and the release once it goes quiet reads the rest.
+    Thread-safe: note() runs on observer threads, ready() and growing() on the timer thread.
     """
 
-    def __init__(self, quiet_s: float):
+    def __init__(self, quiet_s: float, max_wait_s: float = 5.0):
         self.quiet_s = quiet_s
+        self.max_wait_s = max_wait_s
         self._pending: dict[Path, _Pending] = {}
         self._lock = threading.Lock()
 
     def note(self, path: Path, now: float | None = None) -> None:
         """Something happened at `path`: (re)start its wait."""
-        entry = _Pending(monotonic() if now is None else now, _stat(path))
+        now = monotonic() if now is None else now
+        entry = _Pending(now, _stat(path), now)
         with self._lock:
+            if (before := self._pending.get(path)) is not None:
+                entry.since = before.since  # the changes go on: max_wait_s counts from the first
             self._pending[path] = entry
+
+    def growing(self, now: float | None = None) -> list[Path]:
+        """Paths that have kept changing for max_wait_s without going quiet; each is handed out
+        again max_wait_s later if it still has not, and stays pending for ready()."""
+        now = monotonic() if now is None else now
+        overdue = []
+        with self._lock:
+            for path, entry in self._pending.items():
+                if now - entry.since >= self.max_wait_s and now - entry.last_event < self.quiet_s:
+                    entry.since = now
+                    overdue.append(path)
+        return overdue
 
     def ready(self, now: float | None = None) -> list[Path]:
         """Paths that are stable (or gone) now; each is forgotten once returned."""
@@ -195,6 +215,19 @@ class StabilityTracker:
         with self._lock:
             return len(self._pending)
 
+    def claim(self, path: Path) -> bool:
+        """Whether `path` is left to this tracker rather than read by a rescan now: it waits
+        here already, or it changed within quiet_s and its event may still be on the way (it
+        is then noted, and handed out as any other)."""
+        with self._lock:
+            if path in self._pending:
+                return True
+        stat = _stat(path)
+        if stat is None or time_ns() - stat.mtime_ns >= self.quiet_s * 1e9:
+            return False
+        self.note(path)
+        return True
+
 
 class _Watch(NamedTuple):
     observer: BaseObserver
@@ -212,9 +245,12 @@ class Watcher:
     under the path *that no longer exists on disk*, checking rather than assuming, because the
     directory may have come back by then with new files that are reported separately.
 
+    `on_growing(paths)` gets the files that have kept changing for max_wait_s (busy logs), again
+    every max_wait_s while they do; each is still handed to `on_ready` once it goes quiet.
+
     `on_rescan()` asks the consumer to reconcile its store with `scan(folders)`: once at start-up,
     every rescan_interval_s (the safety net for dropped events), when a root (re)appears and after
-    `update()`. Both callbacks run on one thread, one at a time; an exception in either is logged
+    `update()`. The callbacks run on one thread, one at a time; an exception in any is logged
     and watching goes on (the next rescan picks up what an `on_ready` that failed missed).
     """
 
@@ -225,9 +261,12 @@ class Watcher:
         quiet_s: float = 2.0,
         rescan_interval_s: float = 300.0,
         on_rescan: Callable[[], None] | None = None,
+        max_wait_s: float = 5.0,
+        on_growing: Callable[[list[Path]], None] | None = None,
     ):
-        self.tracker = StabilityTracker(quiet_s)
+        self.tracker = StabilityTracker(quiet_s, max_wait_s)
         self.on_ready = on_ready
+        self.on_growing = on_growing
         self.on_rescan = on_rescan
         self.rescan_interval_s = rescan_interval_s
         self._folders = tuple(folders)
@@ -306,6 +345,11 @@ class Watcher:
             paths = [p for p in self.tracker.ready() if _owner(self._folders, p) is not None]
             if paths:
                 _call("on_ready", self.on_ready, paths)
+            if self.on_growing is not None:
+                growing = [p for p in self.tracker.growing()
+                           if _owner(self._folders, p) is not None]
+                if growing:
+                    _call("on_growing", self.on_growing, growing)
             self._stopping.wait(self._tick_s)
 
     def _sync(self) -> None:
@@ -313,7 +357,8 @@ class Watcher:
 
         A root that was deleted, moved away or replaced loses its watch (watchdog's emitter stops
         by itself when its root is deleted) and is noted, so the consumer forgets what went with
-        it; once a root exists again it is watched again and a rescan is asked for.
+        it; once a root exists again it is watched again and a rescan is asked for. A watch whose
+        emitter died under a root that is still there is tried again after _RETRY_S.
         """
         wanted: dict[tuple[Path, float | None], tuple[int, int] | None] = {}
         for folder in self._folders:
@@ -327,7 +372,13 @@ class Watcher:
                 continue
             del self._watches[key]
             watch.observer.unschedule(watch.watch)
-            if key in wanted and lost:
+            if key in wanted and wanted[key] == watch.root_id and not _is_alive(watch):
+                # the root is still there, so its emitter died (the daemon reports how): a
+                # new one would likely die the same way, so not at once
+                log.warning("the watch on %s stopped; watching it again in %.0f s, and rescans "
+                            "still see its files", key[0], _RETRY_S)
+                self._retry_at[key] = monotonic() + _RETRY_S
+            elif key in wanted and lost:
                 log.info("lost the watch on %s; watching it again once it exists", key[0])
                 self.tracker.note(key[0])
         # forget failures of folders that are no longer configured
@@ -344,7 +395,8 @@ class Watcher:
                 watch = observer.schedule(
                     handler, str(handler.real_root), recursive=True, event_filter=_EVENT_FILTER
                 )
-            except OSError as e:
+            except Exception as e:  # inotify limits (OSError), a tree too deep for watchdog's
+                # polling snapshot (RecursionError): either way, try again later, not every tick
                 if key not in self._retry_at:  # one warning per outage, not one per retry
                     log.warning(
                         "cannot watch %s: %s (hint: for inotify limits raise "

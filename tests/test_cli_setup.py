@@ -167,6 +167,86 @@ def test_example_config_documents_every_key():
             assert f"{f.name} = " in text, f"{cls.__name__}.{f.name} is not in config.example.toml"
 
 
+# -- config values ----------------------------------------------------------------------------
+
+NUMBERS = [  # (table, key = value as TOML, what the error must say)
+    ("ingest", "debounce_s = 1e308", "ingest.debounce_s = 1e+308 is out of range: it must be "
+                                     "from 0 to 3600"),
+    ("ingest", "debounce_s = -5", "ingest.debounce_s = -5 is out of range"),
+    ("ingest", "debounce_s = inf", "ingest.debounce_s = inf is out of range"),
+    ("ingest", "debounce_s = nan", "ingest.debounce_s = nan is out of range"),
+    ("ingest", 'debounce_s = "2"', "ingest.debounce_s: expected float, got '2'"),
+    ("ingest", "max_file_mb = -1", "ingest.max_file_mb = -1 is out of range: it must be a "
+                                   "whole number from 1 to 1.04858e+06"),
+    ("ingest", "max_file_mb = 1.5", "ingest.max_file_mb = 1.5 is out of range: it must be a "
+                                    "whole number"),
+    ("ingest", "max_file_mb = true", "ingest.max_file_mb: expected int, got True"),
+    ("ingest", "rescan_interval_s = 0", "ingest.rescan_interval_s = 0 is out of range: it must "
+                                        "be from 1 to 604800"),
+    ("ingest", "max_wait_s = 1.0", "ingest.max_wait_s = 1.0 is out of range: it must be from "
+                                   "2 to 86400\nhint: not below ingest.debounce_s (2)"),
+    ("ingest", "pdf_timeout_s = 0", "ingest.pdf_timeout_s = 0 is out of range"),
+    ("model", "compress_batch_size = 0", "model.compress_batch_size = 0 is out of range: it "
+                                         "must be a whole number from 1 to 4096"),
+    ("scheduler", "misfire_grace_s = -1", "scheduler.misfire_grace_s = -1 is out of range"),
+    ("folders", 'path = "/tmp"\npoll_interval_s = 0', "folders[0].poll_interval_s = 0 is out "
+                                                      "of range: it must be from 0.1 to 3600"),
+]
+
+
+@pytest.mark.parametrize(("table", "setting", "said"), NUMBERS,
+                         ids=[setting.split("\n")[-1] for _, setting, _ in NUMBERS])
+def test_a_number_out_of_range_is_refused_naming_key_value_and_range(home, table, setting,
+                                                                      said):
+    config = home / "config.toml"
+    home.mkdir()
+    header = "[[folders]]" if table == "folders" else f"[{table}]"
+    config.write_text(f"{header}\n{setting}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(config)
+    assert said in str(refused.value)
+
+
+def test_every_numeric_key_has_a_range():
+    """A numeric key added later without a range would take any value again."""
+    from dataclasses import fields
+
+    from kbd.config import RANGES, IngestConfig, ModelConfig, SchedulerConfig
+    from kbd.watch import WatchedFolder
+
+    for cls in (ModelConfig, IngestConfig, SchedulerConfig, WatchedFolder):
+        for f in fields(cls):
+            if isinstance(f.default, int | float) and not isinstance(f.default, bool):
+                low, high = RANGES[cls, f.name]
+                assert low <= f.default <= high, f"{cls.__name__}.{f.name}"
+
+
+def test_the_daemon_refuses_a_bad_number_at_start(home):
+    """The value that killed the watcher thread while /status said healthy."""
+    home.mkdir()
+    (home / "config.toml").write_text('[ingest]\ndebounce_s = 1e308\n')
+    result = run_kbd("daemon", env=dict(os.environ))
+    assert result.returncode == 1
+    assert "ingest.debounce_s = 1e+308 is out of range: it must be from 0 to 3600" in \
+        result.stderr
+    assert not (home / "data").exists()  # refused before it made anything
+
+
+def test_a_watched_path_that_is_a_file_is_refused(home, tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("one line\n")
+    home.mkdir()
+    (home / "config.toml").write_text(f'[[folders]]\npath = "{log}"\n')
+    result = run_kbd("daemon", env=dict(os.environ))
+    assert result.returncode == 1
+    assert f"watched path {log} is a file, not a folder" in result.stderr
+    assert f'path = "{tmp_path}" with include = ["app.log"]' in result.stderr
+    assert not (home / "data").exists()
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        configfile.add_folder(home / "config.toml", log)
+    assert run_kbd("watch", "rm", str(log), env=dict(os.environ)).returncode == 0
+
+
 # -- kbd watch --------------------------------------------------------------------------------
 
 

@@ -46,6 +46,48 @@ def write_log(path: Path, first: int, count: int) -> None:
             f.write(f"2026-11-23 10:{i // 60:02d}:{i % 60:02d} node {i} disk full error\n")
 
 
+class TestGrowing:
+    """Files handed out while still being written (a busy log, a slow copy)."""
+
+    def test_a_growing_log_gives_its_whole_lines_and_the_half_line_waits(self, ingester,
+                                                                          tmp_path):
+        path = tmp_path / "app.log"
+        write_log(path, 0, 10)
+        with path.open("a") as f:
+            f.write("2026-11-23 10:00:10 node 10 disk fu")  # the writer is mid-line
+        assert ingester.ingest(path, growing=True) == "added"
+        assert lines_of(live(ingester.store, path)) == list(range(1, 11))
+        assert ingester.ingest(path, growing=True) == "growing"  # no whole line since
+        with path.open("a") as f:
+            f.write("ll error\n")
+        write_log(path, 11, 5)
+        assert ingester.ingest(path, growing=True) == "appended"
+        rows = live(ingester.store, path)
+        assert lines_of(rows) == list(range(1, 17))
+        assert "node 10 disk full error" in "\n".join(r.text for r in rows)
+        with path.open("a") as f:
+            f.write("2026-11-23 10:00:16 node 16 shut down")  # the writer stopped here
+        assert ingester.ingest(path) == "appended"  # gone quiet: a last line is a line too
+        assert lines_of(live(ingester.store, path)) == nonblank_lines(path)
+
+    def test_a_rescan_leaves_the_files_a_watcher_holds_to_it(self, ingester, tmp_path):
+        busy, quiet = tmp_path / "busy.log", tmp_path / "quiet.log"
+        write_log(busy, 0, 3)
+        write_log(quiet, 0, 3)
+        scanned = [(busy, None, "auto"), (quiet, None, "auto")]
+        assert ingester.reconcile(scanned, held=lambda path: path == busy) == {"added": 1}
+        assert live(ingester.store, busy) == []
+        assert ingester.reconcile(scanned) == {"added": 1, "unchanged": 1}
+
+    def test_a_growing_report_waits_until_it_goes_quiet(self, ingester, tmp_path):
+        path = tmp_path / "notes.md"
+        path.write_text("# Notes\n\nThe first para")
+        assert ingester.ingest(path, growing=True) == "growing"
+        assert live(ingester.store, path) == []
+        assert ingester.ingest(path) == "added"
+        assert live(ingester.store, path)
+
+
 class TestLogs:
     @needs_loghub
     def test_loghub_every_line_once_within_the_limit(self, ingester, tokenizer, tmp_path):

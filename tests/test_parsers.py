@@ -17,6 +17,7 @@ from harness import make_pdf
 from pypdf import PdfReader, PdfWriter
 
 from kbd.parsers import Block, ParseError, detect_kind, parse
+from kbd.parsers.log import whole_lines
 
 LOGHUB = Path(os.environ.get("KBD_LOGHUB", "/work/shared/data/loghub"))
 LOGHUB_FILES = sorted(LOGHUB.glob("*.log"))
@@ -206,6 +207,15 @@ class TestEncodings:
             ("Résumé", "Résumé", 1), ("Café au lait.", "Résumé", 3),
             ("Détails", "Résumé > Détails", 5), ("Über alles.", "Résumé > Détails", 7),
         ]
+
+
+    @pytest.mark.parametrize("codec", ["utf-8", "latin-1", "utf-16", "utf-32"])
+    def test_whole_lines_end_at_the_last_line_break(self, codec):
+        # in UTF-16, U+0A00 U+0100 hold the bytes of "\n" across two characters
+        data = "one é\ntwo\u0a00\u0100 thr".encode(codec, "replace")
+        assert data[:whole_lines(data)].decode(codec) == "one é\n"
+        assert whole_lines("no line break yet".encode(codec)) == 0
+        assert whole_lines(b"") == 0
 
 
 class TestBinaryAndEmpty:

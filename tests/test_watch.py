@@ -220,6 +220,34 @@ class TestStabilityTracker:
         assert sorted(tracker.ready(now=1.0)) == sorted([path, tmp_path / "gone-dir"])
 
 
+    def test_a_path_that_keeps_changing_is_handed_out_every_max_wait(self, tmp_path: Path):
+        path = write(tmp_path / "busy.log")
+        quiet = write(tmp_path / "quiet.log")
+        tracker = StabilityTracker(quiet_s=1.0, max_wait_s=3.0)
+        tracker.note(quiet, now=0.0)
+        handed_out = []
+        for tenth in range(70):  # an event every 0.1 s for 7 s: it never goes quiet
+            now = tenth / 10
+            tracker.note(path, now=now)
+            assert path not in tracker.ready(now=now)
+            handed_out += [now for p in tracker.growing(now=now) if p == path]
+        assert handed_out == [3.0, 6.0]
+        assert tracker.ready(now=7.9) == [path]  # still released once it has gone quiet
+        assert tracker.growing(now=20.0) == []
+        assert tracker.pending() == 0
+
+
+    def test_a_rescan_leaves_pending_and_just_changed_files_to_the_tracker(self, tmp_path):
+        tracker = StabilityTracker(quiet_s=1.0)
+        noted, fresh, old = (write(tmp_path / n) for n in ("noted.log", "fresh.log", "old.log"))
+        os.utime(noted, (0, 0))
+        os.utime(old, (0, 0))
+        tracker.note(noted)
+        assert tracker.claim(noted) and tracker.claim(fresh)  # its event may be on the way
+        assert not tracker.claim(old)
+        assert tracker.pending() == 2  # fresh.log is released like any noted path
+
+
 class TestWatcher:
     def test_create_modify_delete_and_globs(self, watch, root: Path):
         _, rec = watch([WatchedFolder(root, include=("*.log",), exclude=("debug*",))])
@@ -302,6 +330,23 @@ class TestWatcher:
         assert rec.count(path) == 1
         [(released_at, _)] = [r for r in rec.released if r[1] == path]
         assert released_at >= stopped
+
+    def test_busy_writer_is_handed_out_while_it_writes_and_released_after(self, watch,
+                                                                          root: Path):
+        growing = Recorder()
+        _, rec = watch([WatchedFolder(root)], max_wait_s=0.5, on_growing=growing.on_ready)
+        path = root / "busy.log"
+        with path.open("ab") as f:
+            for _ in range(40):  # a line every 50 ms for 2 s: never quiet for QUIET_S
+                f.write(b"x" * 99 + b"\n")
+                f.flush()
+                time.sleep(0.05)
+        stopped = time.monotonic()
+        assert 2 <= growing.count(path) <= 5
+        assert all(at < stopped for at, _ in growing.released)
+        assert wait_for(lambda: rec.count(path) == 1)
+        settle()
+        assert rec.count(path) == 1
 
     def test_directory_moved_in_renamed_and_moved_out(self, watch, tmp_path: Path, root: Path):
         _, rec = watch([WatchedFolder(root, include=("*.log",))])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from kbd.parsers import Block, Decoded
+from kbd.parsers import SNIFF_BYTES, Block, Decoded, decode
 
 # Field names looked for, in order of preference, to lead a rendered JSON line.
 TIME_KEYS = ("timestamp", "@timestamp", "time", "ts", "datetime", "date", "asctime")
@@ -44,6 +44,19 @@ def line_spans(data: bytes, decoded: Decoded) -> Iterator[tuple[int, int]]:
         if end < 0:
             return
         start = end + len(newline)
+
+
+def whole_lines(data: bytes) -> int:
+    """How many bytes at the start of `data` are whole lines: up to and with its last line
+    break, so a line still being written is left for later."""
+    decoded = decode(data[:SNIFF_BYTES])
+    newline = "\n".encode(decoded.codec)
+    end = len(data)
+    while (at := data.rfind(newline, decoded.bom, end)) >= 0:
+        if (at - decoded.bom) % len(newline) == 0:  # in UTF-16 they may straddle two chars
+            return at + len(newline)
+        end = at + len(newline) - 1
+    return 0
 
 
 def find_aligned(data: bytes, unit: bytes, start: int) -> int:

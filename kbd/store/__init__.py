@@ -112,7 +112,8 @@ class Store:
         self.engine = _make_engine(url)
         self.memory_dir = memory_dir
         self.dialect = self.engine.dialect.name
-        self.faults: dict[str, KbdError] = {}  # what cannot be written now, by place
+        # what is wrong now, by place: a write that fails, or (the daemon's) a thread that died
+        self.faults: dict[str, KbdError] = {}
         self._claim: Connection | int | None = None  # a daemon's hold on the store
 
     @classmethod
