@@ -99,7 +99,7 @@ def parse_question(raw: dict) -> Question:
         raise ValueError("a question must be a JSON object")
     missing = [k for k in ("id", "question", "answerable") if k not in raw]
     if missing:
-        raise KeyError(f"missing {', '.join(missing)}")
+        raise ValueError(f"missing {', '.join(missing)}")
     kind = raw.get("kind", "literal")
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
