@@ -81,7 +81,7 @@ def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
         for log in sorted(LOGHUB.glob("*.log")):
             shutil.copy(log, kbd.watched)
         shutil.copytree(REPORTS, kbd.watched / "reports")
-        files = len(list(kbd.watched.rglob("*.*")))
+        files = sum(path.is_file() for path in kbd.watched.rglob("*"))
         start = time.perf_counter()
         kbd.start()
 

@@ -230,7 +230,7 @@ def test_a_slice_of_the_benchmark_through_the_daemon(tmp_path):
                  what="9 documents stored and the text model loaded")
         out = tmp_path / "eval.json"
         done = kbd.cli("eval", str(questions), "--data-root", str(kbd.watched), "--json",
-                       str(out), "--max-new-tokens", "8")
+                       str(out), "--max-new-tokens", "8", timeout=900)
         assert done.returncode == 0, done.stderr
         assert done.stdout.splitlines()[-1].startswith("overall")
         figures = json.loads(out.read_text())
