@@ -71,7 +71,7 @@ def sample(questions: Path, count: int | None, out: Path) -> Path:
 
 
 def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
-                max_new_tokens: int) -> dict:
+                max_new_tokens: int, time_limit_s: float | None) -> dict:
     folder = workdir / setting["name"]
     folder.mkdir()
     code = code_at(setting["code"], workdir) if setting["code"] else ROOT
@@ -93,18 +93,24 @@ def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
                  what=f"{files} files stored and the model loaded")
         ready_s = time.perf_counter() - start
         out = folder / "eval.json"
-        done = subprocess.run(
-            [sys.executable, "-m", "kbd", "-v", "eval", str(questions), "--data-root",
-             str(kbd.watched), "--top-k", str(top_k), "--max-new-tokens", str(max_new_tokens),
-             "--json", str(out)],
-            env=kbd.env | {"PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        command = [sys.executable, "-m", "kbd", "-v", "eval", str(questions), "--data-root",
+                   str(kbd.watched), "--top-k", str(top_k), "--max-new-tokens",
+                   str(max_new_tokens), "--json", str(out)]
+        try:
+            done = subprocess.run(command, env=kbd.env | {"PYTHONPATH": str(ROOT)},
+                                  capture_output=True, text=True, timeout=time_limit_s)
+        except subprocess.TimeoutExpired:  # kbd eval rewrites --json after every question
+            done = None
         kbd.stop()
-    if done.returncode != 0:
+    if done is not None and done.returncode != 0:
         raise SystemExit(f"{setting['name']}: kbd eval failed:\n{done.stderr[-3000:]}")
-    print(f"== {setting['name']}\n{done.stdout}", flush=True)
+    if not out.exists():
+        raise SystemExit(f"{setting['name']}: no question answered within {time_limit_s} s")
     figures = json.loads(out.read_text())
-    return setting | {"ready_s": ready_s, "overall": figures["overall"],
-                      "by_kind": figures["by_kind"], "questions": figures["questions"]}
+    print(f"== {setting['name']}", json.dumps(figures["overall"]), flush=True)
+    return setting | {"ready_s": ready_s, "complete": done is not None,
+                      "overall": figures["overall"], "by_kind": figures["by_kind"],
+                      "questions": figures["questions"]}
 
 
 def main() -> None:
@@ -115,6 +121,9 @@ def main() -> None:
                         help="Comma-separated names of the settings to run, in order.")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--time-limit-s", type=float,
+                        help="Stop each setting's questions after this long; its row then "
+                             "holds the questions answered so far (complete: false).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "answers.json")
     args = parser.parse_args()
     by_name = {s["name"]: s for s in SETTINGS}
@@ -123,7 +132,7 @@ def main() -> None:
         "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
         "split": args.split, "sample": args.sample, "top_k": args.top_k,
-        "max_new_tokens": args.max_new_tokens,
+        "max_new_tokens": args.max_new_tokens, "time_limit_s": args.time_limit_s,
         "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
                                  capture_output=True, text=True).stdout.strip()},
         "rows": []}
@@ -133,7 +142,7 @@ def main() -> None:
                            workdir / "questions.jsonl")
         for setting in chosen:
             results["rows"].append(run_setting(setting, questions, workdir, args.top_k,
-                                               args.max_new_tokens))
+                                               args.max_new_tokens, args.time_limit_s))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
     for row in results["rows"]:

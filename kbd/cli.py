@@ -264,17 +264,26 @@ def eval_(questions_file, data_root, top_k, split, limit, max_new_tokens, json_o
         return kbd_client.request("POST", "/ask", {"question": question, "top_k": top_k,
                                                    "max_new_tokens": max_new_tokens})
 
-    def note(scored) -> None:  # with -v: each question as it is scored
+    scored_so_far: list = []
+    about = {"questions_file": str(questions_file), "split": split, "top_k": top_k,
+             "max_new_tokens": max_new_tokens}
+
+    def note(scored) -> None:
+        # --json is rewritten after every question: a run stopped after hours keeps its scores
+        scored_so_far.append(scored)
+        if json_out:
+            write_json(json_out, evaluate.report(scored_so_far) | about)
         if logging.getLogger().isEnabledFor(logging.INFO):
             click.echo(f"{scored.id}: gold at rank {scored.gold_rank}, right "
                        f"{scored.answer_right}, {scored.status}, {scored.seconds:.1f} s", err=True)
 
-    figures = evaluate.report(evaluate.run(ask, questions, root, note))
-    click.echo(evaluate.table(figures))
-    if json_out:
-        json_out.write_text(json.dumps(figures | {"questions_file": str(questions_file),
-                                                  "split": split, "top_k": top_k},
-                                       indent=1, ensure_ascii=False))
+    click.echo(evaluate.table(evaluate.report(evaluate.run(ask, questions, root, note))))
+
+
+def write_json(path: Path, data: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    partial.replace(path)  # a reader never sees half a file
 
 
 def stream_ask(kbd_client, body: dict) -> dict:
