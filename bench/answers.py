@@ -25,6 +25,7 @@ import tarfile
 import tempfile
 import time
 from io import BytesIO
+from itertools import zip_longest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,12 +62,16 @@ def toml_tables(config: dict) -> str:
 
 
 def sample(questions: Path, count: int | None, out: Path) -> Path:
-    """`count` questions spread evenly over the file (every kind and file is reached), or all."""
+    """`count` questions spread evenly over the file (every kind and file is reached), or all,
+    taken kind by kind in turn, so a run stopped by --time-limit-s has asked every kind."""
     lines = [line for line in questions.read_text().splitlines() if line.strip()]
-    if count is None or count >= len(lines):
-        return questions
+    count = min(count or len(lines), len(lines))
     step = len(lines) / count
-    out.write_text("".join(lines[int(i * step)] + "\n" for i in range(count)))
+    by_kind: dict[str, list[str]] = {}
+    for line in (lines[int(i * step)] for i in range(count)):
+        by_kind.setdefault(json.loads(line)["kind"], []).append(line)
+    turns = zip_longest(*by_kind.values())
+    out.write_text("".join(line + "\n" for turn in turns for line in turn if line))
     return out
 
 
