@@ -247,6 +247,59 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
     print_answer(reply, False)
 
 
+@cli.command("eval")
+@click.argument("questions_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder the questions' gold files are relative to (else matched by suffix).")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(1, 50),
+              help="Sources asked for each question.")
+@click.option("--split", help="Only the questions of this split (e.g. dev).")
+@click.option("--limit", type=click.IntRange(1), help="Only the first N questions.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1, 2048))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the figures and every question's outcome to this file.")
+@human_errors
+def eval_(questions_file, data_root, top_k, split, limit, max_new_tokens, json_out) -> None:
+    """Score the running daemon on a questions file: gold lines among the sources
+    (recall@1/@5, MRR), right answers, declined unanswerable questions, citations, latency.
+
+        kbd eval bench/qa/dev.jsonl --data-root ~/logs --json results.json
+    """
+    from kbd import evaluate
+
+    questions = evaluate.load_questions(questions_file, split, limit)
+    if not questions:
+        raise KbdError(f"{questions_file}: no questions"
+                       + (f" in split {split!r}" if split else ""))
+    kbd_client = client(get_config())
+    root = data_root.resolve() if data_root else None
+
+    def ask(question: str) -> dict:
+        return kbd_client.request("POST", "/ask", {"question": question, "top_k": top_k,
+                                                   "max_new_tokens": max_new_tokens})
+
+    scored_so_far: list = []
+    about = {"questions_file": str(questions_file), "split": split, "top_k": top_k,
+             "max_new_tokens": max_new_tokens}
+
+    def note(scored) -> None:
+        # --json is rewritten after every question: a run stopped after hours keeps its scores
+        scored_so_far.append(scored)
+        if json_out:
+            write_json(json_out, evaluate.report(scored_so_far) | about)
+        if logging.getLogger().isEnabledFor(logging.INFO):
+            click.echo(f"{scored.id}: gold at rank {scored.gold_rank}, right "
+                       f"{scored.answer_right}, {scored.status}, {scored.seconds:.1f} s", err=True)
+
+    click.echo(evaluate.table(evaluate.report(evaluate.run(ask, questions, root, note))))
+
+
+def write_json(path: Path, data: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    partial.replace(path)  # a reader never sees half a file
+
+
 def stream_ask(kbd_client, body: dict) -> dict:
     """Print the answer's text as it is generated; return the finished answer."""
     for event in kbd_client.stream("/ask", body | {"stream": True}):

@@ -1,0 +1,158 @@
+"""The answer-quality benchmark of record: each setting's daemon over a fresh store of the six
+loghub logs and the reports in bench/qa/reports/, asked the questions by `kbd eval`.
+
+    python bench/answers.py [--split dev|heldout] [--sample N] [--settings baseline,current]
+
+A setting is a name, the code its daemon runs (a commit, or None for this working tree) and
+config overrides ({section: {key: value}}). `baseline` is main's behaviour at f955b7f, before
+the benchmark existed: its code is taken from git into a temporary folder, so the row stays
+what it was whatever the config keys of later code. Each setting gets its own home and store,
+its daemon starts as a user starts it, the questions wait until every file is stored and the
+model has loaded, and this tree's `kbd eval` scores the replies. All rows go side by side into
+bench/results/answers.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from io import BytesIO
+from itertools import zip_longest
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the daemon harness
+
+from harness import Kbd, wait_for  # noqa: E402
+
+from kbd.errors import KbdError  # noqa: E402
+
+LOGHUB = ROOT.parent / "shared" / "data" / "loghub"
+REPORTS = ROOT / "bench" / "qa" / "reports"
+SETTINGS = [
+    {"name": "baseline", "code": "f955b7f", "config": {"model": {"engine": "text"}}},
+    {"name": "current", "code": None, "config": {"model": {"engine": "text"}}},
+]
+READY_TIMEOUT_S = 600
+
+
+def code_at(commit: str, folder: Path) -> Path:
+    """The kbd package as it was at `commit`, unpacked under folder."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "kbd"], check=True,
+                             capture_output=True).stdout
+    target = folder / f"code-{commit}"
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def toml_tables(config: dict) -> str:
+    """Config overrides as TOML tables; values written as JSON, which TOML reads for strings,
+    numbers and booleans."""
+    return "".join(f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+                   for section, keys in config.items())
+
+
+def sample(questions: Path, count: int | None, out: Path) -> Path:
+    """`count` questions spread evenly over the file (every kind and file is reached), or all,
+    taken kind by kind in turn, so a run stopped by --time-limit-s has asked every kind."""
+    lines = [line for line in questions.read_text().splitlines() if line.strip()]
+    count = min(count or len(lines), len(lines))
+    step = len(lines) / count
+    by_kind: dict[str, list[str]] = {}
+    for line in (lines[int(i * step)] for i in range(count)):
+        by_kind.setdefault(json.loads(line)["kind"], []).append(line)
+    turns = zip_longest(*by_kind.values())
+    out.write_text("".join(line + "\n" for turn in turns for line in turn if line))
+    return out
+
+
+def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
+                max_new_tokens: int, time_limit_s: float | None) -> dict:
+    folder = workdir / setting["name"]
+    folder.mkdir()
+    code = code_at(setting["code"], workdir) if setting["code"] else ROOT
+    config = dict(setting["config"])
+    with Kbd(folder, None, ingest=config.pop("ingest", None), extra=toml_tables(config)) as kbd:
+        kbd.env["PYTHONPATH"] = str(code)
+        for log in sorted(LOGHUB.glob("*.log")):
+            shutil.copy(log, kbd.watched)
+        shutil.copytree(REPORTS, kbd.watched / "reports")
+        files = sum(path.is_file() for path in kbd.watched.rglob("*"))
+        start = time.perf_counter()
+        kbd.start()
+
+        def ready() -> bool:
+            status = kbd.status()
+            return status["documents"].get("ready") == files and status["model"] == "ready"
+
+        wait_for(ready, timeout=READY_TIMEOUT_S, tolerate=(KbdError,),
+                 what=f"{files} files stored and the model loaded")
+        ready_s = time.perf_counter() - start
+        out = folder / "eval.json"
+        command = [sys.executable, "-m", "kbd", "-v", "eval", str(questions), "--data-root",
+                   str(kbd.watched), "--top-k", str(top_k), "--max-new-tokens",
+                   str(max_new_tokens), "--json", str(out)]
+        try:
+            done = subprocess.run(command, env=kbd.env | {"PYTHONPATH": str(ROOT)},
+                                  capture_output=True, text=True, timeout=time_limit_s)
+        except subprocess.TimeoutExpired:  # kbd eval rewrites --json after every question
+            done = None
+        kbd.stop()
+    if done is not None and done.returncode != 0:
+        raise SystemExit(f"{setting['name']}: kbd eval failed:\n{done.stderr[-3000:]}")
+    if not out.exists():
+        raise SystemExit(f"{setting['name']}: no question answered within {time_limit_s} s")
+    figures = json.loads(out.read_text())
+    print(f"== {setting['name']}", json.dumps(figures["overall"]), flush=True)
+    return setting | {"ready_s": ready_s, "complete": done is not None,
+                      "overall": figures["overall"], "by_kind": figures["by_kind"],
+                      "questions": figures["questions"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=["dev", "heldout"], default="dev")
+    parser.add_argument("--sample", type=int, help="Only N questions spread over the split.")
+    parser.add_argument("--settings", default=",".join(s["name"] for s in SETTINGS),
+                        help="Comma-separated names of the settings to run, in order.")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--time-limit-s", type=float,
+                        help="Stop each setting's questions after this long; its row then "
+                             "holds the questions answered so far (complete: false).")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "answers.json")
+    args = parser.parse_args()
+    by_name = {s["name"]: s for s in SETTINGS}
+    chosen = [by_name[name] for name in args.settings.split(",")]
+    results = {"setting": {
+        "python": platform.python_version(), "machine": platform.machine(),
+        "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg(),
+        "split": args.split, "sample": args.sample, "top_k": args.top_k,
+        "max_new_tokens": args.max_new_tokens, "time_limit_s": args.time_limit_s,
+        "commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                                 capture_output=True, text=True).stdout.strip()},
+        "rows": []}
+    with tempfile.TemporaryDirectory(prefix="kbd-answers-") as tmp:
+        workdir = Path(tmp)
+        questions = sample(ROOT / "bench" / "qa" / f"{args.split}.jsonl", args.sample,
+                           workdir / "questions.jsonl")
+        for setting in chosen:
+            results["rows"].append(run_setting(setting, questions, workdir, args.top_k,
+                                               args.max_new_tokens, args.time_limit_s))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    for row in results["rows"]:
+        print(row["name"], json.dumps(row["overall"]))
+
+
+if __name__ == "__main__":
+    main()
