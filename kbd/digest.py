@@ -53,7 +53,7 @@ class Run:
     """One answer to a standing question."""
 
     id: int
-    status: str  # ok | nothing-new | failed
+    status: str  # ok | not-found | nothing-new | failed
     change: str | None  # first | unchanged | changed | new-sources (ok answers only)
     text: str | None
     error: str | None
@@ -177,6 +177,8 @@ def _badge(q: QuestionReport) -> str:
         return f"FAILED: {_one_line(q.latest.error) or 'no error recorded'}"
     if q.latest.status == "nothing-new":
         return "nothing new"
+    if q.latest.status == "not-found":
+        return "nothing found in the knowledge base"
     return BADGES.get(q.latest.change or "", q.latest.change or "answered")
 
 

@@ -131,3 +131,12 @@ def search(store: Store, question: str, allowed: set[int] | None,
         if len(hits) < limit:  # every match was read
             return list(picked.values())
         limit *= 8
+
+
+def weak_evidence(question: str, texts: list[str]) -> bool:
+    """Whether the texts are no evidence for the question: none holds any of its content
+    terms (stop words never count)."""
+    from kbd.evidence import matched_terms
+
+    terms = [t for t in search_terms(question) if t.lower() not in STOP_WORDS]
+    return not any(matched_terms(terms, text) for text in texts)
