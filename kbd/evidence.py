@@ -136,20 +136,25 @@ def key_tokens(line: str) -> set[str]:
         w for w in tokens(line) if len(w) >= 4 and not w.isdigit()}
 
 
-def invented(answer: str, shown: Sequence[Shown]) -> set[str]:
-    """Specifics (numbers, ids, addresses, dates) in the answer that no shown line holds."""
-    held = " ".join(line.text for s in shown for line in s.lines).lower()
-    return {w for w in SPECIFIC.findall(CITATION.sub("", answer))
-            if w.lower().strip(".:-/") not in held}
+def invented(answer: str, shown: Sequence[Shown], question: str) -> set[str]:
+    """Specifics (numbers, ids, addresses, dates) in the answer that neither the question nor
+    a shown line holds as a whole (a block id's digits in another id are no match)."""
+    held = "\n".join([question] + [line.text for s in shown for line in s.lines])
+    return {w for w in (w.strip(".:-/") for w in SPECIFIC.findall(CITATION.sub("", answer)))
+            if not re.search(rf"(?<!\w){re.escape(w)}(?!\w)", held, re.IGNORECASE)}
+
+
+def said(text: str) -> set[str]:
+    """The words and the specifics of a text, as grounded compares them."""
+    return tokens(text) | {w.lower() for w in SPECIFIC.findall(text)}
 
 
 def grounded(answer: str, shown: Sequence[Shown], question: str) -> bool:
     """Whether the answer repeats key tokens of a matching line beyond the question's own
     words, and invents no specifics."""
-    said = tokens(answer) | {w.lower() for w in SPECIFIC.findall(answer)}
-    asked = tokens(question)
-    quotes = any((key_tokens(line.text) - asked) & said for s in shown for line in s.cited)
-    return quotes and not invented(answer, shown)
+    answered, asked = said(answer), said(question)
+    quotes = any((key_tokens(line.text) - asked) & answered for s in shown for line in s.cited)
+    return quotes and not invented(answer, shown, question)
 
 
 def line_weight(text: str, weights: dict[str, float]) -> float:

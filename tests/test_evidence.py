@@ -23,6 +23,9 @@ DISK = "081109 214043 2561 ERROR dfs.DataNode: Disk full on datanode 10.251.91.8
     ("Welcher Benutzer hat die Datenbank gelöscht?", [DISK, FITBIT]),
     ("What is it?", [DISK]),  # stop words only: nothing to match
     ("How many calories?", [DISK]),
+    # a name the question gives is in no text: they are about something else
+    ("Which Kafka topic did the Spark job read from?", ["INFO spark.Job: job 3 read from a"]),
+    ("Which version was used in capacity test CT-78?", ["capacity test CT-77 used version 2"]),
 ])
 def test_weak_evidence_when_no_content_term_matches(question, texts):
     assert weak_evidence(question, texts)
@@ -33,6 +36,7 @@ def test_weak_evidence_when_no_content_term_matches(question, texts):
     ("Which datanode failed?", DISK),
     ("Was the disk full on 10.251.91.84?", DISK),  # an address matches as written
     ("Which call checks the SIM pin?", "isSimPinSecure returned false"),  # camelCase parts
+    ("Datanode: which one was full?", DISK),  # the first word is capitalized as any is
 ])
 def test_a_matching_term_is_evidence(question, text):
     assert not weak_evidence(question, [text])

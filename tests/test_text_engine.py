@@ -22,6 +22,7 @@ from kbd.config import ConfigError, ModelConfig, load_config
 from kbd.errors import InputError, KbdError
 from kbd.ingest import Ingester
 from kbd.memory import compress_backlog, memory_id
+from kbd.model.engines import NOT_FOUND
 from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
 from kbd.model.text import SMOLLM2_INSTALL, TextModel, TextModelError, locate
 from kbd.model.tokens import PassageTokenizer
@@ -65,6 +66,7 @@ def assert_planted_fact_told(reply: dict) -> None:
     first = reply["sources"][0]
     assert first["path"].endswith("HDFS_2k.log")
     assert first["lines"][0] <= PLANTED_LINE <= first["lines"][1]
+    assert first["cited_lines"][0] == PLANTED_LINE, first["cited_lines"]
     assert "10.251.91.84" in reply["answer"], reply["answer"]
 
 
@@ -106,6 +108,7 @@ def test_planted_fact_is_found_and_told(setup):
     assert reply["model"] == SMOLLM2_NAME
     assert PLANTED in reply["sources"][0]["text"]
     assert_planted_fact_told(reply)
+    assert reply["citations_dropped"] == 0 and reply["sources"][0]["in_prompt"]
     with setup.store.read() as conn:
         (recorded,) = [a for a in qs.answers(conn) if a["id"] == reply["answer_id"]]
     assert (recorded["engine"], recorded["model"], recorded["text"]) == (
@@ -116,10 +119,12 @@ def test_planted_fact_is_found_and_told(setup):
 
 def test_scope_kinds_and_time_window(setup):
     other = setup.ask(QUESTION, scope=Scope(paths=(str(setup.openssh),)), max_new_tokens=8)
-    assert other["status"] == "ok" and len(other["sources"]) == 5
+    # none of the question's words is in that log: nothing is found, and the newest
+    # passages are listed as the nearest, unscored and unread
+    assert (other["status"], other["answer"]) == ("not-found", NOT_FOUND)
     assert {s["path"] for s in other["sources"]} == {str(setup.openssh)}
-    # none of the question's words is in that log: it reads the newest passages, unscored
-    assert [s["score"] for s in other["sources"]] == [0.0] * 5
+    assert [(s["score"], s["in_prompt"], s["cited_lines"]) for s in other["sources"]] == [
+        (0.0, False, [])] * 5
     assert other["sources"][0]["lines"][1] == len(setup.openssh.read_text().splitlines())
     for scope in (Scope(kinds=("report",)), Scope(since_s=0.001)):
         reply = setup.ask(QUESTION, scope=scope)
@@ -137,7 +142,7 @@ def test_batched_answers_equal_single_ones(setup):
     model = setup.worker.engine.text_model
     with setup.store.read() as conn:
         rows = q.live_passages(conn, q.live_document(conn, str(setup.hdfs)).id)
-    passages = [[("HDFS_2k.log", rows[i].text)] for i in (0, 40)]  # prompts of two lengths
+    passages = [[(1, "HDFS_2k.log", rows[i].text)] for i in (0, 40)]  # prompts of two lengths
     questions = ["Which block was received?", "What did the NameSystem do?"]
     together = model.generate(questions, passages, max_new_tokens=8)
     alone = [model.generate([qn], [p], max_new_tokens=8)[0]
@@ -147,7 +152,7 @@ def test_batched_answers_equal_single_ones(setup):
 
 def test_prompt_holds_what_fits_the_context(setup):
     model = setup.worker.engine.text_model
-    passage = ("disk.log:1-20", "2026-11-23 10:00:00 disk full on node 7\n" * 30)
+    passage = (1, "disk.log", "2026-11-23 10:00:00 disk full on node 7\n" * 30)
     ids, held = model.prompt(QUESTION, [passage] * 60, max_new_tokens=128)
     assert 0 < held < 60 and len(ids) <= model.context - 128
     assert model.prompt(QUESTION, [passage] * (held + 1), 128)[1] == held  # held is the most
@@ -195,7 +200,7 @@ def test_a_local_model_folder_answers(tmp_path, template):
     model = TextModel.load(str(write_base_model(tmp_path / "mistral-tiny",
                                                 chat_template=template)), device="cpu")
     assert model.name == "mistral-tiny" and model.tokenizer.pad_token is not None
-    passages = [("a.log:7-7", "disk full on node 7"), ("b.log:1-2", "kernel panic")]
+    passages = [(1, "a.log", "disk full on node 7"), (2, "b.log", "kernel panic")]
     ((text, held),) = model.generate([QUESTION], [passages], 4, min_new_tokens=4)
     assert held == 2 and isinstance(text, str)
 

@@ -229,22 +229,28 @@ class Evidence:
 def gather(question: str, hits: list[tuple[int, float]], matched: bool,
            places: dict) -> Evidence:
     """The question's evidence: each passage's matching lines, unless it is weak."""
-    sources = [(rank, pid, score) for rank, (pid, score) in enumerate(hits, 1)]
-    texts = [places[pid].text for pid in (pid for pid, _ in hits)]
+    texts = [places[pid].text for pid, _ in hits]
     if not matched or weak_evidence(question, texts):
-        return Evidence(question, sources, [], {})
+        return Evidence(question, ranked(hits), [], {})
     lines = {pid: evidence.units(places[pid].text, places[pid].first_line,
                                  file_line_numbers(places[pid])) for pid, _ in hits}
     weights = evidence.term_weights(search_terms(question),
                                     [line.text for ls in lines.values() for line in ls])
-    shown = []
-    for rank, pid, _ in sources:
-        matches = BEST_SOURCE_LINES if rank == 1 else SOURCE_LINES
-        found = evidence.show(rank, Path(places[pid].path).name, lines[pid], weights,
-                              matches, CONTEXT_LINES if rank == 1 else 0)
+    shown: dict[int, evidence.Shown] = {}
+    for pid, _ in hits:
+        first = not shown
+        found = evidence.show(len(shown) + 1, Path(places[pid].path).name, lines[pid],
+                              weights, BEST_SOURCE_LINES if first else SOURCE_LINES,
+                              CONTEXT_LINES if first else 0)
         if found is not None:
-            shown.append(found)
-    return Evidence(question, sources, shown, weights)
+            shown[pid] = found
+    # the passages shown come first, so that the prompt's sources are [1] to [n]
+    hits = sorted(hits, key=lambda hit: hit[0] not in shown)
+    return Evidence(question, ranked(hits), list(shown.values()), weights)
+
+
+def ranked(hits: list[tuple[int, float]]) -> list[Source]:
+    return [(rank, pid, score) for rank, (pid, score) in enumerate(hits, 1)]
 
 
 def file_line_numbers(place) -> list[int | None] | None:
