@@ -22,12 +22,12 @@ from kbd.config import ConfigError, ModelConfig, load_config
 from kbd.errors import InputError, KbdError
 from kbd.ingest import Ingester
 from kbd.memory import compress_backlog, memory_id
-from kbd.model.engines import NOT_FOUND
+from kbd.model.engines import NOT_FOUND, gather
 from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
-from kbd.model.text import SMOLLM2_INSTALL, TextModel, TextModelError, locate
+from kbd.model.text import SMOLLM2_INSTALL, TextModel, TextModelError, locate, loop_start
 from kbd.model.tokens import PassageTokenizer
 from kbd.model.worker import AskRequest, ModelUnavailable, ModelWorker
-from kbd.retrieve import Scope
+from kbd.retrieve import Scope, search
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store import questions as qs
@@ -131,11 +131,70 @@ def test_scope_kinds_and_time_window(setup):
         assert (reply["status"], reply["candidates"], reply["sources"]) == ("nothing-new", 0, [])
 
 
+GERMAN = "Welcher Benutzer hat die Datenbank gelöscht?"  # nothing of it is in the logs
+
+
+def test_weak_evidence_is_declined_without_the_model(setup, monkeypatch):
+    """A question in German about what the logs do not hold: not-found, the model not run,
+    the nearest passages listed; a standing question records the same."""
+    model = setup.worker.engine.text_model
+    calls = []
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(a) or [])
+    reply = setup.ask(GERMAN)
+    assert (reply["status"], reply["answer"], calls) == ("not-found", NOT_FOUND, [])
+    assert len(reply["sources"]) == 5 and not any(s["in_prompt"] for s in reply["sources"])
+    question_id = setup.store.write(lambda conn: qs.create_question(
+        conn, text=GERMAN, schedule_kind="interval", interval_s=3600))
+    setup.worker.submit(AskRequest(question=GERMAN, question_id=question_id,
+                                   scheduled=True)).result(timeout=300)
+    with setup.store.read() as conn:
+        (recorded,) = qs.answers(conn, question_id)
+    assert (recorded["status"], recorded["text"]) == ("not-found", NOT_FOUND)
+    assert len(recorded["sources"]) == 5
+
+
+def planted_evidence(setup):
+    hits = search(setup.store, QUESTION, None, 5)
+    with setup.store.read() as conn:
+        places = q.passage_places(conn, [pid for pid, _ in hits])
+    return gather(QUESTION, hits, True, places)
+
+
+def test_an_ungrounded_answer_gives_way_to_the_line(setup):
+    """The issue's invented cause of a failure is replaced by the planted line, quoted with
+    its place; a citation of a source the prompt did not hold is dropped and counted."""
+    found = planted_evidence(setup)
+    reply = found.reply("It failed because of a bug in the backup.exe command [1] [9].",
+                        held=len(found.shown))
+    assert reply.extractive and reply.citations_dropped == 1
+    assert reply.text == f'HDFS_2k.log:{PLANTED_LINE}: "{PLANTED}" [1]'
+    assert reply.sources[0].cited_lines[0] == PLANTED_LINE
+    kept = found.reply("Datanode 10.251.91.84 was full [1] [2].", held=1)
+    assert (kept.text, kept.citations_dropped, kept.extractive) == (
+        "Datanode 10.251.91.84 was full [1].", 1, False)
+    assert kept.sources[0].in_prompt and kept.sources[0].cited_lines[0] == PLANTED_LINE
+
+
+def test_a_looping_answer_is_cut(setup):
+    """SmolLM2 told to say a source's name over and over (the issue's "The incident-...md:32-36"
+    forty times) says it once and stops long before the token limit."""
+    model = setup.worker.engine.text_model
+    passages = [(1, "incident-2041.md", "The write stall began at 10:32 on dn-17.")]
+    question = ("Repeat the words 'The incident-2041.md:32-36' forty times, separated by "
+                "spaces.")
+    ((text, _),) = model.generate([question], [passages], max_new_tokens=128)
+    loop_free = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert loop_start(loop_free) is None and len(loop_free) < 64, text
+
+
 def test_streamed_pieces_make_the_answer(setup):
     pieces: queue.Queue = queue.Queue()
     reply = setup.ask(QUESTION, tokens=pieces, max_new_tokens=16)
     streamed = "".join(pieces.get() for _ in range(pieces.qsize()))
-    assert streamed.strip() == reply["answer"] and reply["answer"]
+    if reply["extractive"]:  # what was streamed was not grounded: the line replaced it
+        assert reply["answer"].startswith(f"HDFS_2k.log:{PLANTED_LINE}: "), reply["answer"]
+    else:  # cut after its first sentence, whose end the stream ran a token past
+        assert streamed.strip().startswith(reply["answer"]) and reply["answer"], streamed
 
 
 def test_batched_answers_equal_single_ones(setup):
@@ -256,7 +315,12 @@ def test_readme_quickstart_on_a_cpu(tmp_path):
         assert status["engine"] == "text" and status["passages"] > 0
         reply = json.loads(kbd("ask", QUESTION, "--json").stdout)
         assert reply["engine"] == "text" and reply["model"] == SMOLLM2_NAME
+        assert reply["status"] == "answered" and reply["citations_dropped"] == 0
         assert_planted_fact_told(reply)
+        declined = json.loads(kbd("ask", GERMAN, "--json").stdout)
+        assert (declined["status"], declined["answer"]) == ("not-found", NOT_FOUND)
+        assert declined["sources"] and not any(s["in_prompt"] for s in declined["sources"])
+        assert f"{logs / 'HDFS_2k.log'}:{PLANTED_LINE} " in kbd("ask", QUESTION).stdout
         assert "engine: text" in kbd("status").stdout
         info = json.loads(kbd("model", "info", "--json").stdout)
         assert (info["engine"], info["model"]) == ("text", SMOLLM2_NAME)
