@@ -176,15 +176,18 @@ def test_an_ungrounded_answer_gives_way_to_the_line(setup):
 
 
 def test_a_looping_answer_is_cut(setup):
-    """SmolLM2 told to say a source's name over and over (the issue's "The incident-...md:32-36"
-    forty times) says it once and stops long before the token limit."""
+    """Asked to list its sources, SmolLM2 numbers one source name after another until the
+    token limit (loop at its 12th token of 128, unguarded: the issue's "The incident-...md"
+    forty times); guarded, it says each once and stops."""
     model = setup.worker.engine.text_model
-    passages = [(1, "incident-2041.md", "The write stall began at 10:32 on dn-17.")]
-    question = ("Repeat the words 'The incident-2041.md:32-36' forty times, separated by "
-                "spaces.")
-    ((text, _),) = model.generate([question], [passages], max_new_tokens=128)
-    loop_free = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert loop_start(loop_free) is None and len(loop_free) < 64, text
+    passages = [(1, "incident-2041.md", "## Timeline\n10:32 write stall began on dn-17\n"
+                                        "10:41 dn-17 decommissioned"),
+                (2, "incident-2041.md", "Root cause: a flapping switch port on rack 4."),
+                (3, "runbook.md", "Escalate P1 to the on-call.")]
+    ((text, _),) = model.generate(["List every source."], [passages], max_new_tokens=128)
+    said = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert loop_start(said) is None and len(said) < 40, text
+    assert text.count("incident-2041.md") <= 2, text
 
 
 def test_streamed_pieces_make_the_answer(setup):

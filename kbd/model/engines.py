@@ -22,7 +22,7 @@ from kbd.config import ModelConfig
 from kbd.memory import memory_id, open_matrix
 from kbd.model.clara import Clara
 from kbd.model.index import MemoryIndex
-from kbd.model.text import TextModel
+from kbd.model.text import Passage, TextModel
 from kbd.retrieve import (
     Candidates,
     Retriever,
@@ -183,9 +183,8 @@ class TextEngine:
         # weak evidence is not read: the model would answer from it all the same
         asked = [e for e in found if e.shown]
         generated = self.text_model.generate(
-            [e.question for e in asked],
-            [[(s.rank, s.where, "\n".join(line.text for line in s.lines)) for s in e.shown]
-             for e in asked], max_new_tokens, streamer=streamer) if asked else []
+            [e.question for e in asked], [e.passages() for e in asked], max_new_tokens,
+            streamer=streamer) if asked else []
         said = dict(zip(map(id, asked), generated, strict=True))
         return [e.reply(*said[id(e)]) if e.shown else e.not_found() for e in found]
 
@@ -206,6 +205,10 @@ class Evidence:
     sources: list[Source]
     shown: list[evidence.Shown]  # empty: the evidence is weak, the model is not asked
     weights: dict[str, float]  # the question's terms by weight
+
+    def passages(self) -> list[Passage]:
+        """The sources as the prompt shows them."""
+        return [(s.rank, s.where, "\n".join(line.text for line in s.lines)) for s in self.shown]
 
     def not_found(self) -> Reply:
         return Reply(NOT_FOUND, [Cited(*s, in_prompt=False) for s in self.sources],
@@ -273,12 +276,3 @@ def file_line_numbers(place) -> list[int | None] | None:
         numbers.append(None if found is None else place.first_line + found)
         at = at if found is None else found + 1
     return numbers
-
-
-def where(place) -> str:
-    """Where a passage (a row of queries.passage_places) is from, as the prompt shows it:
-    file name and lines, or page."""
-    name = Path(place.path).name
-    if place.first_line is not None:
-        return f"{name}:{place.first_line}-{place.last_line}"
-    return f"{name} p.{place.page}" if place.page is not None else name

@@ -39,7 +39,8 @@ SYSTEM = ("Answer the question in one sentence from the numbered sources. Quote 
           "the line that answers it and cite its number, as in [1].")
 LOOP_NGRAM = 5  # tokens; an n-gram generated a third time is a loop
 LOOP_REPEATS = 3
-SENTENCE_END = re.compile(r"[.!?](?=\s)")  # not the dots of an address or a version
+# not the dots of an address or a version, nor a list's "1."
+SENTENCE_END = re.compile(r"(?<!\b\d)[.!?](?=\s)")
 
 Passage = tuple[int, str, str]  # (the number it is cited by; where from, e.g. "app.log"; text)
 
