@@ -4,7 +4,8 @@
 
 The path of `kbd ask`: the six loghub logs cut with SmolLM2's tokenizer into a SQLite store,
 then the model worker: full-text (BM25) retrieval of the top-5 passages, the instruct model
-reading them as text, greedy decoding (up to 128 new tokens, stopping at the model's end),
+reading their matching lines as text, greedy decoding (up to 64 new tokens, stopping at the
+first sentence's end, a loop or the model's end),
 the answer recorded with its sources. Reports the model's load time, each question's latency
 (p50 and p95 over --repeat rounds after a warm-up round), retrieval alone, prompt and answer
 tokens, decoding with generation forced to 64 tokens, and the process's peak RSS.
@@ -28,7 +29,8 @@ import transformers
 
 from kbd.config import ModelConfig
 from kbd.ingest import Ingester
-from kbd.model.engines import where
+from kbd.model.engines import TEXT_TOP_K, TextEngine, gather
+from kbd.model.text import Passage
 from kbd.model.tokens import PassageTokenizer
 from kbd.model.worker import AskRequest, ModelWorker
 from kbd.retrieve import search
@@ -60,12 +62,13 @@ def rss_mib() -> tuple[float, float]:
     return current / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def prompt_passages(store: Store, reply: dict) -> list[tuple[str, str]]:
-    """The passages the answer's prompt held: its sources, as the engine shows them."""
-    ids = [s["passage_id"] for s in reply["sources"]]
+def prompt_passages(store: Store, question: str) -> list[Passage]:
+    """The sources the question's prompt shows (its passages' matching lines), as the engine
+    shows them; none where the evidence is weak and the model is not asked."""
+    hits = search(store, question, None, TEXT_TOP_K)
     with store.read() as conn:
-        places = q.passage_places(conn, ids)
-    return [(where(places[pid]), places[pid].text) for pid in ids]
+        places = q.passage_places(conn, [pid for pid, _ in hits])
+    return gather(question, hits, bool(hits), places).passages()
 
 
 def main() -> None:
@@ -79,7 +82,8 @@ def main() -> None:
         "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "transformers": transformers.__version__,
         "load_average_at_start": os.getloadavg(), "store": "sqlite",
-        "text_model": config.text_model, "top_k": 5, "max_new_tokens": 128,
+        "text_model": config.text_model, "top_k": TEXT_TOP_K,
+        "max_new_tokens": TextEngine.max_new_tokens,
         "repeat": args.repeat, "questions": QUESTIONS}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -117,8 +121,8 @@ def main() -> None:
                 latencies.append(seconds)
                 replies.append((question, reply))
         model = worker.engine.text_model
-        prompt_tokens = [len(model.prompt(qn, prompt_passages(store, r), 128)[0])
-                         for qn, r in replies]
+        prompt_tokens = [len(model.prompt(qn, prompt_passages(store, qn),
+                                          TextEngine.max_new_tokens)[0]) for qn, _ in replies]
         answer_tokens = [len(model.tokenizer(r["answer"])["input_ids"]) for _, r in replies]
         retrieval = []
         for _ in range(args.repeat):

@@ -19,6 +19,8 @@ from kbd.private import UMASK
 
 EXIT_NOT_RUNNING = 3
 EXIT_UNHEALTHY = 4  # `kbd status`: the daemon runs, but reports a fault
+ASK_SOURCE_FIELDS = ("rank", "passage_id", "path", "lines", "cited_lines", "page", "score",
+                     "in_prompt")  # a source as `kbd ask --json` prints it
 
 
 class NotRunningException(click.ClickException):
@@ -223,7 +225,8 @@ def daemon() -> None:
 @click.option("--scope", multiple=True, help="Folder, file or glob the sources must be in.")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(["log", "report"]))
 @click.option("--since", help="Only passages ingested in the last DURATION (e.g. 24h).")
-@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1, 2048))
+@click.option("--max-new-tokens", type=click.IntRange(1, 2048),
+              help="Longest answer in tokens (default: the engine's, 64 for text, 128 for CLaRa).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @human_errors
 def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
@@ -235,14 +238,13 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
             "since": since, "max_new_tokens": max_new_tokens}
     if not as_json and sys.stdout.isatty():  # a person watching: show the answer as it comes
         reply = stream_ask(client(get_config()), body)
-        for s in reply["sources"]:
-            click.echo(f"[{s['rank']}] {place(s)} ({s['score']:.3f})")
+        print_sources(reply["sources"])
         return
     reply = client(get_config()).request("POST", "/ask", body)
     if as_json:
-        sources = [{k: s[k] for k in ("rank", "passage_id", "path", "lines", "page", "score")}
-                   for s in reply["sources"]]
-        print_json({k: reply[k] for k in ("answer", "engine", "model")} | {"sources": sources})
+        sources = [{k: s[k] for k in ASK_SOURCE_FIELDS} for s in reply["sources"]]
+        print_json({k: reply[k] for k in ("answer", "status", "engine", "model",
+                                          "citations_dropped")} | {"sources": sources})
         return
     print_answer(reply, False)
 
@@ -301,16 +303,32 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def stream_ask(kbd_client, body: dict) -> dict:
-    """Print the answer's text as it is generated; return the finished answer."""
+    """Print the answer's text as it is generated; return the finished answer. An answer
+    replaced after generation (a quoted line instead of an ungrounded one, or citations
+    dropped) is printed again as it stands."""
+    streamed = ""
     for event in kbd_client.stream("/ask", body | {"stream": True}):
         if "token" in event:
+            streamed += event["token"]
             click.echo(event["token"], nl=False)
         elif "error" in event:
             raise KbdError(event["error"]["message"], code=event["error"]["code"])
         else:
-            click.echo()
-            return event["done"]
+            done = event["done"]
+            if streamed:
+                click.echo()
+            if done["answer"] != streamed.strip():
+                click.echo(f"{'Checked: ' if streamed else ''}{done['answer']}")
+            return done
     raise KbdError("the daemon closed the stream before the answer was done")
+
+
+def print_sources(sources: list[dict]) -> None:
+    """Each source with its cited lines as path:line, or its place when none is cited."""
+    for s in sources:
+        cited = " ".join(f"{s['path']}:{n}" for n in s.get("cited_lines") or [])
+        unread = "" if s.get("in_prompt", True) else ", not read"
+        click.echo(f"[{s['rank']}] {cited or place(s)} ({s['score']:.3f}{unread})")
 
 
 def place(source: dict) -> str:
@@ -419,8 +437,7 @@ def questions_run(question_id: int, as_json: bool) -> None:
 
 
 def print_answer(reply: dict, as_json: bool) -> None:
-    sources = [{k: s[k] for k in ("rank", "passage_id", "path", "lines", "page", "score")}
-               for s in reply["sources"]]
+    sources = [{k: s[k] for k in ASK_SOURCE_FIELDS if k in s} for s in reply["sources"]]
     if as_json:
         print_json({k: v for k, v in reply.items() if k != "sources"} | {"sources": sources})
         return
@@ -429,8 +446,7 @@ def print_answer(reply: dict, as_json: bool) -> None:
     else:  # failed or skipped: say why
         click.echo(f"({reply['status']}" + (f": {reply['error']})" if reply.get("error")
                                              else ")"))
-    for s in sources:
-        click.echo(f"[{s['rank']}] {place(s)} ({s['score']:.3f})")
+    print_sources(sources)
 
 
 @cli.command("answers")

@@ -55,7 +55,7 @@ class Run:
     """One answer to a standing question."""
 
     id: int
-    status: str  # ok | nothing-new | failed | skipped
+    status: str  # ok | not-found | nothing-new | failed | skipped
     change: str | None  # first | unchanged | changed | new-sources (ok answers only)
     text: str | None
     error: str | None
@@ -181,6 +181,8 @@ def _badge(q: QuestionReport) -> str:
         return "nothing new"
     if q.latest.status == "skipped":
         return f"skipped: {_one_line(q.latest.error)}"
+    if q.latest.status == "not-found":
+        return "nothing found in the knowledge base"
     return BADGES.get(q.latest.change or "", q.latest.change or "answered")
 
 

@@ -276,3 +276,23 @@ def dense_similarity(question: str, texts: list[str]) -> list[float] | None:
         return None
     vectors = model.embed([question, *texts])
     return (vectors[1:] @ vectors[0]).tolist()
+def weak_evidence(question: str, texts: list[str]) -> bool:
+    """Whether the texts are no evidence for the question: none holds any of its content
+    terms (stop words never count), or one of its names (an id, a version, an acronym, a
+    capitalized word) is in none of them, as `Kafka` is in "Which Kafka topic did the Spark
+    job read from?" over Spark's logs: they are about something else of the same kind."""
+    from kbd.evidence import matched_terms
+
+    terms = [t for t in search_terms(question) if t.lower() not in STOP_WORDS]
+    matched = set().union(*(matched_terms(terms, text) for text in texts))
+    first = question.split()[0].strip(string.punctuation + "¿¡") if question.split() else ""
+    return not matched or any(is_name(t) and t != first for t in set(terms) - matched)
+
+
+def is_name(term: str) -> bool:
+    """An id, version, path, acronym or capitalized word: what a question names, not asks.
+    A bare number is not one: a count or a small id is often written otherwise."""
+    if term.isdigit():
+        return False
+    return bool(re.search(r"\d|[_/]|\w[-.]\w", term) or term[:1].isupper()
+                or len(term) >= 3 and re.search(r"[A-Z]", term[1:]))

@@ -2,7 +2,8 @@
 
     GET  /status                       documents, backlog, model, failed files
     POST /ask                          {"question", "top_k"?, "scope"?, "kinds"?, "since"?,
-                                        "max_new_tokens"?} -> {"answer", "sources": [...]}
+                                        "max_new_tokens"?} -> {"answer", "status",
+                                        "citations_dropped", "sources": [...]}
     GET  /documents?prefix=&limit=     live documents
     GET  /documents/show?path=         one document with its live passages
     GET  /answers?question_id=&limit=  answer history with sources
@@ -98,7 +99,7 @@ def ask(daemon, body: dict):
     stream = field(body, "stream", bool, False)
     request = AskRequest(question=question.strip(), scope=scope_from(body),
                          top_k=field(body, "top_k", int, None, 1, 50),
-                         max_new_tokens=field(body, "max_new_tokens", int, 128, 1, 2048),
+                         max_new_tokens=field(body, "max_new_tokens", int, None, 1, 2048),
                          tokens=queue.Queue() if stream else None)
     future = daemon.model.submit(request)
     return stream_answer(request) if stream else answer_of(future)
@@ -107,8 +108,8 @@ def ask(daemon, body: dict):
 async def answer_of(future: Future) -> dict:
     """The model's answer, awaited on the API's event loop: a waiting ask holds no thread."""
     try:  # shielded: a timeout here must not cancel the request the model worker holds
-        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                      ASK_TIMEOUT_S)
+        return ask_json(await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                               ASK_TIMEOUT_S))
     except TimeoutError as e:
         raise ApiError(504, f"no answer within {ASK_TIMEOUT_S:.0f} s") from e
 
@@ -129,7 +130,12 @@ def stream_answer(request) -> Iterator[dict]:
     if error is not None:
         yield {"error": {"code": getattr(error, "code", "internal"), "message": str(error)}}
     else:
-        yield {"done": request.future.result()}
+        yield {"done": ask_json(request.future.result())}
+
+
+def ask_json(answer: dict) -> dict:
+    """An answer as /ask replies: an answer given is "answered" (the store records "ok")."""
+    return answer | {"status": "answered" if answer["status"] == "ok" else answer["status"]}
 
 
 def documents_list(daemon, query: dict) -> dict:

@@ -85,7 +85,7 @@ class TestAsk:
         tokens = [e["token"] for e in events if "token" in e]
         done = events[-1]["done"]
         assert len(tokens) >= 2 and "".join(tokens).strip() == done["answer"].strip()
-        assert done["sources"] and done["status"] == "ok"
+        assert done["sources"] and done["status"] == "answered"
 
     def test_concurrent_asks(self, kbd):
         kbd.settled(3)
@@ -126,7 +126,7 @@ class TestHostileRequests:
             s.connect(str(kbd.socket))
             s.sendall(b"POST /ask HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         reply = kbd.client.request("POST", "/ask", {"question": "still there ?"})
-        assert reply["status"] == "ok"
+        assert reply["status"] == "answered"
 
 
 class TestLifecycle:

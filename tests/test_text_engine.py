@@ -22,11 +22,12 @@ from kbd.config import ConfigError, ModelConfig, load_config
 from kbd.errors import InputError, KbdError
 from kbd.ingest import Ingester
 from kbd.memory import compress_backlog, memory_id
+from kbd.model.engines import NOT_FOUND, gather
 from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
-from kbd.model.text import SMOLLM2_INSTALL, TextModel, TextModelError, locate
+from kbd.model.text import SMOLLM2_INSTALL, TextModel, TextModelError, locate, loop_start
 from kbd.model.tokens import PassageTokenizer
 from kbd.model.worker import AskRequest, ModelUnavailable, ModelWorker
-from kbd.retrieve import DENSE_WEIGHT, Scope
+from kbd.retrieve import DENSE_WEIGHT, Scope, search
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store import questions as qs
@@ -65,6 +66,7 @@ def assert_planted_fact_told(reply: dict) -> None:
     first = reply["sources"][0]
     assert first["path"].endswith("HDFS_2k.log")
     assert first["lines"][0] <= PLANTED_LINE <= first["lines"][1]
+    assert first["cited_lines"][0] == PLANTED_LINE, first["cited_lines"]
     assert "10.251.91.84" in reply["answer"], reply["answer"]
 
 
@@ -106,6 +108,7 @@ def test_planted_fact_is_found_and_told(setup):
     assert reply["model"] == SMOLLM2_NAME
     assert PLANTED in reply["sources"][0]["text"]
     assert_planted_fact_told(reply)
+    assert reply["citations_dropped"] == 0 and reply["sources"][0]["in_prompt"]
     with setup.store.read() as conn:
         (recorded,) = [a for a in qs.answers(conn) if a["id"] == reply["answer_id"]]
     assert (recorded["engine"], recorded["model"], recorded["text"]) == (
@@ -116,29 +119,94 @@ def test_planted_fact_is_found_and_told(setup):
 
 def test_scope_kinds_and_time_window(setup):
     other = setup.ask(QUESTION, scope=Scope(paths=(str(setup.openssh),)), max_new_tokens=8)
-    assert other["status"] == "ok" and len(other["sources"]) == 5
+    # none of the question's words is in that log: nothing is found, and the newest
+    # passages are listed as the nearest, unscored and unread
+    assert (other["status"], other["answer"]) == ("not-found", NOT_FOUND)
     assert {s["path"] for s in other["sources"]} == {str(setup.openssh)}
-    # none of the question's words is in that log: it reads the passages nearest by the dense
-    # model (a fusion score of at most DENSE_WEIGHT / 61), or, while none of them has a vector
-    # yet (the worker computes them in the background), the newest ones, unscored
+    # they are the passages nearest by the dense model (a fusion score of at most
+    # DENSE_WEIGHT / 61), or, while none of them has a vector yet (the worker computes them in
+    # the background), the newest ones, unscored; none was shown to the model
     assert all(s["score"] <= DENSE_WEIGHT / 61 for s in other["sources"])
+    assert [(s["in_prompt"], s["cited_lines"]) for s in other["sources"]] == [(False, [])] * 5
     for scope in (Scope(kinds=("report",)), Scope(since_s=0.001)):
         reply = setup.ask(QUESTION, scope=scope)
         assert (reply["status"], reply["candidates"], reply["sources"]) == ("nothing-new", 0, [])
+
+
+GERMAN = "Welcher Benutzer hat die Datenbank gelöscht?"  # nothing of it is in the logs
+
+
+def test_weak_evidence_is_declined_without_the_model(setup, monkeypatch):
+    """A question in German about what the logs do not hold: not-found, the model not run,
+    the nearest passages listed; a standing question records the same."""
+    model = setup.worker.engine.text_model
+    calls = []
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(a) or [])
+    reply = setup.ask(GERMAN)
+    assert (reply["status"], reply["answer"], calls) == ("not-found", NOT_FOUND, [])
+    assert len(reply["sources"]) == 5 and not any(s["in_prompt"] for s in reply["sources"])
+    question_id = setup.store.write(lambda conn: qs.create_question(
+        conn, text=GERMAN, schedule_kind="interval", interval_s=3600))
+    setup.worker.submit(AskRequest(question=GERMAN, question_id=question_id,
+                                   scheduled=True)).result(timeout=300)
+    with setup.store.read() as conn:
+        (recorded,) = qs.answers(conn, question_id)
+    assert (recorded["status"], recorded["text"]) == ("not-found", NOT_FOUND)
+    assert len(recorded["sources"]) == 5
+
+
+def planted_evidence(setup):
+    hits = search(setup.store, QUESTION, None, 5)
+    with setup.store.read() as conn:
+        places = q.passage_places(conn, [pid for pid, _ in hits])
+    return gather(QUESTION, hits, True, places)
+
+
+def test_an_ungrounded_answer_gives_way_to_the_line(setup):
+    """The issue's invented cause of a failure is replaced by the planted line, quoted with
+    its place; a citation of a source the prompt did not hold is dropped and counted."""
+    found = planted_evidence(setup)
+    reply = found.reply("It failed because of a bug in the backup.exe command [1] [9].",
+                        held=len(found.shown))
+    assert reply.extractive and reply.citations_dropped == 1
+    assert reply.text == f'HDFS_2k.log:{PLANTED_LINE}: "{PLANTED}" [1]'
+    assert reply.sources[0].cited_lines[0] == PLANTED_LINE
+    kept = found.reply("Datanode 10.251.91.84 was full [1] [2].", held=1)
+    assert (kept.text, kept.citations_dropped, kept.extractive) == (
+        "Datanode 10.251.91.84 was full [1].", 1, False)
+    assert kept.sources[0].in_prompt and kept.sources[0].cited_lines[0] == PLANTED_LINE
+
+
+def test_a_looping_answer_is_cut(setup):
+    """Asked to list its sources, SmolLM2 numbers one source name after another until the
+    token limit (loop at its 12th token of 128, unguarded: the issue's "The incident-...md"
+    forty times); guarded, it says each once and stops."""
+    model = setup.worker.engine.text_model
+    passages = [(1, "incident-2041.md", "## Timeline\n10:32 write stall began on dn-17\n"
+                                        "10:41 dn-17 decommissioned"),
+                (2, "incident-2041.md", "Root cause: a flapping switch port on rack 4."),
+                (3, "runbook.md", "Escalate P1 to the on-call.")]
+    ((text, _),) = model.generate(["List every source."], [passages], max_new_tokens=128)
+    said = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert loop_start(said) is None and len(said) < 40, text
+    assert text.count("incident-2041.md") <= 2, text
 
 
 def test_streamed_pieces_make_the_answer(setup):
     pieces: queue.Queue = queue.Queue()
     reply = setup.ask(QUESTION, tokens=pieces, max_new_tokens=16)
     streamed = "".join(pieces.get() for _ in range(pieces.qsize()))
-    assert streamed.strip() == reply["answer"] and reply["answer"]
+    if reply["extractive"]:  # what was streamed was not grounded: the line replaced it
+        assert reply["answer"].startswith(f"HDFS_2k.log:{PLANTED_LINE}: "), reply["answer"]
+    else:  # cut after its first sentence, whose end the stream ran a token past
+        assert streamed.strip().startswith(reply["answer"]) and reply["answer"], streamed
 
 
 def test_batched_answers_equal_single_ones(setup):
     model = setup.worker.engine.text_model
     with setup.store.read() as conn:
         rows = q.live_passages(conn, q.live_document(conn, str(setup.hdfs)).id)
-    passages = [[("HDFS_2k.log", rows[i].text)] for i in (0, 40)]  # prompts of two lengths
+    passages = [[(1, "HDFS_2k.log", rows[i].text)] for i in (0, 40)]  # prompts of two lengths
     questions = ["Which block was received?", "What did the NameSystem do?"]
     together = model.generate(questions, passages, max_new_tokens=8)
     alone = [model.generate([qn], [p], max_new_tokens=8)[0]
@@ -148,7 +216,7 @@ def test_batched_answers_equal_single_ones(setup):
 
 def test_prompt_holds_what_fits_the_context(setup):
     model = setup.worker.engine.text_model
-    passage = ("disk.log:1-20", "2026-11-23 10:00:00 disk full on node 7\n" * 30)
+    passage = (1, "disk.log", "2026-11-23 10:00:00 disk full on node 7\n" * 30)
     ids, held = model.prompt(QUESTION, [passage] * 60, max_new_tokens=128)
     assert 0 < held < 60 and len(ids) <= model.context - 128
     assert model.prompt(QUESTION, [passage] * (held + 1), 128)[1] == held  # held is the most
@@ -196,7 +264,7 @@ def test_a_local_model_folder_answers(tmp_path, template):
     model = TextModel.load(str(write_base_model(tmp_path / "mistral-tiny",
                                                 chat_template=template)), device="cpu")
     assert model.name == "mistral-tiny" and model.tokenizer.pad_token is not None
-    passages = [("a.log:7-7", "disk full on node 7"), ("b.log:1-2", "kernel panic")]
+    passages = [(1, "a.log", "disk full on node 7"), (2, "b.log", "kernel panic")]
     ((text, held),) = model.generate([QUESTION], [passages], 4, min_new_tokens=4)
     assert held == 2 and isinstance(text, str)
 
@@ -252,7 +320,12 @@ def test_readme_quickstart_on_a_cpu(tmp_path):
         assert status["engine"] == "text" and status["passages"] > 0
         reply = json.loads(kbd("ask", QUESTION, "--json").stdout)
         assert reply["engine"] == "text" and reply["model"] == SMOLLM2_NAME
+        assert reply["status"] == "answered" and reply["citations_dropped"] == 0
         assert_planted_fact_told(reply)
+        declined = json.loads(kbd("ask", GERMAN, "--json").stdout)
+        assert (declined["status"], declined["answer"]) == ("not-found", NOT_FOUND)
+        assert declined["sources"] and not any(s["in_prompt"] for s in declined["sources"])
+        assert f"{logs / 'HDFS_2k.log'}:{PLANTED_LINE} " in kbd("ask", QUESTION).stdout
         assert "engine: text" in kbd("status").stdout
         info = json.loads(kbd("model", "info", "--json").stdout)
         assert (info["engine"], info["model"]) == ("text", SMOLLM2_NAME)

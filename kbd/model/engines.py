@@ -12,19 +12,20 @@ streaming and recording stay in the worker, shared.
 from __future__ import annotations
 
 from collections.abc import Sequence, Sized
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from kbd import evidence
 from kbd.config import ModelConfig
 from kbd.errors import InputError
 from kbd.memory import memory_id, open_matrix
 from kbd.model.clara import Clara
 from kbd.model.index import RESCORE, MemoryIndex
-from kbd.model.text import TextModel
+from kbd.model.text import Passage, TextModel
 from kbd.retrieve import (
     FUSE_DEPTH,
     Candidates,
@@ -33,20 +34,50 @@ from kbd.retrieve import (
     fuse,
     lexical_ranking,
     search,
+    search_terms,
     unique_rows,
+    weak_evidence,
 )
 from kbd.store import Store
 from kbd.store import queries as q
 
 TEXT_TOP_K = 5  # the paper's top-5 setting, CLaRa's generation_top_k
+# On the dev split, the top 3 passages' matching lines hold the answer nearly as often as
+# the top 5's (125 vs 126 of 184 best lines right) in a prompt of 358 tokens, not 474
+PROMPT_SOURCES = 3
+BEST_SOURCE_LINES = 2  # matching lines the prompt shows of the best-ranked passage
+SOURCE_LINES = 1  # ... and of each other one
+CONTEXT_LINES = 1  # lines shown before and after the best passage's matching lines
+NOT_FOUND = "The knowledge base has nothing on this: no stored passage matches the question."
 
 Source = tuple[int, int, float]  # rank (1 = best), passage id, score
+
+
+@dataclass
+class Cited:
+    """One source of an answer."""
+
+    rank: int  # the answer cites it as [rank]
+    passage_id: int
+    score: float
+    cited_lines: list[int] = field(default_factory=list)  # file lines shown as matching
+    in_prompt: bool = True
+
+
+@dataclass
+class Reply:
+    text: str | None  # None: the question failed
+    sources: list[Cited]  # best first
+    status: str = "ok"  # ok | not-found (weak evidence: the model was not asked)
+    citations_dropped: int = 0  # citations of sources the prompt did not hold, removed
+    extractive: bool = False  # the model's answer was not grounded: the best line instead
 
 
 class Engine(Protocol):
     name: str  # clara | text: recorded with every answer
     model: str  # the model's id: recorded with every answer
     top_k: int  # passages per answer when a question names none
+    max_new_tokens: int  # the longest answer when a question names none
     tokenizer: Any  # decodes streamed tokens
     device: torch.device
     clara: Clara | None  # the CLaRa model whose ingest backlog the worker compresses
@@ -57,8 +88,8 @@ class Engine(Protocol):
         ...
 
     def answer(self, questions: list[str], pools: list, top_k: int, max_new_tokens: int,
-               streamer) -> list[tuple[str, list[Source]]]:
-        """Per question, the answer's text and its sources, best first."""
+               streamer) -> list[Reply]:
+        """Per question, the answer and its sources, best first."""
         ...
 
 
@@ -81,6 +112,7 @@ class ClaraPool:
 
 class ClaraEngine:
     name = "clara"
+    max_new_tokens = 128
 
     def __init__(self, clara: Clara, store: Store):
         self.clara = clara
@@ -102,7 +134,7 @@ class ClaraEngine:
         return pools
 
     def answer(self, questions: list[str], pools: list[ClaraPool], top_k: int,
-               max_new_tokens: int, streamer) -> list[tuple[str, list[Source]]]:
+               max_new_tokens: int, streamer) -> list[Reply]:
         if top_k < 1:
             raise InputError(f"top-k must be at least 1, got {top_k}")
         # CLaRa's vote: as deep as the index re-ranks exactly anyway (RESCORE = 4 x depth)
@@ -118,9 +150,9 @@ class ClaraEngine:
             fused = fuse([lexical_ranking(self.store, question, set(row_of), FUSE_DEPTH), ranked],
                          top_k)
             memories.append(self.index.exact(torch.tensor([row_of[pid] for pid, _ in fused])))
-            sources.append([(rank, pid, score) for rank, (pid, score) in enumerate(fused, 1)])
+            sources.append([Cited(rank, pid, score) for rank, (pid, score) in enumerate(fused, 1)])
         texts = self.clara.generate(questions, memories, max_new_tokens, streamer=streamer)
-        return list(zip(texts, sources, strict=True))
+        return [Reply(text, cited) for text, cited in zip(texts, sources, strict=True)]
 
 
 @dataclass
@@ -146,6 +178,7 @@ class TextPool:
 
 class TextEngine:
     name = "text"
+    max_new_tokens = 64  # the CPU's time: a line quoted and cited fits
     clara = None  # no memory to compute: the text engine reads passages as they are stored
 
     def __init__(self, text_model: TextModel, store: Store, top_k: int = TEXT_TOP_K):
@@ -162,30 +195,110 @@ class TextEngine:
         return [TextPool(candidates, candidates.select(scope)) for scope in scopes]
 
     def answer(self, questions: list[str], pools: list[TextPool], top_k: int,
-               max_new_tokens: int, streamer) -> list[tuple[str, list[Source]]]:
+               max_new_tokens: int, streamer) -> list[Reply]:
         picks = [self._pick(question, pool, top_k)
                  for question, pool in zip(questions, pools, strict=True)]
         with self.store.read() as conn:
-            places = q.passage_places(conn, [pid for pick in picks for pid, _ in pick])
-        passages = [[(where(places[pid]), places[pid].text) for pid, _ in pick]
-                    for pick in picks]
-        generated = self.text_model.generate(questions, passages, max_new_tokens,
-                                             streamer=streamer)
-        # the sources are the passages the prompt held: a long one may have left some out
-        return [(text, [(rank, pid, score) for rank, (pid, score) in enumerate(pick[:n], 1)])
-                for (text, n), pick in zip(generated, picks, strict=True)]
+            places = q.passage_places(conn, [pid for hits, _ in picks for pid, _ in hits])
+        found = [gather(question, hits, matched, places)
+                 for question, (hits, matched) in zip(questions, picks, strict=True)]
+        # weak evidence is not read: the model would answer from it all the same
+        asked = [e for e in found if e.shown]
+        generated = self.text_model.generate(
+            [e.question for e in asked], [e.passages() for e in asked], max_new_tokens,
+            streamer=streamer) if asked else []
+        said = dict(zip(map(id, asked), generated, strict=True))
+        return [e.reply(*said[id(e)]) if e.shown else e.not_found() for e in found]
 
-    def _pick(self, question: str, pool: TextPool, k: int) -> list[tuple[int, float]]:
+    def _pick(self, question: str, pool: TextPool, k: int) -> tuple[list[tuple[int, float]],
+                                                                     bool]:
+        """The k best passages, and whether the search matched any."""
         hits = search(self.store, question, pool.allowed(), k)
-        # no word of the question is in any passage it may read: it reads the newest ones,
-        # as CLaRa's ranking would still give it k
-        return hits or [(pid, 0.0) for pid in pool.newest(k)]
+        # no word of the question is in any passage it may read: the newest ones are listed
+        # as the nearest, as CLaRa's ranking would still list k
+        return (hits, True) if hits else ([(pid, 0.0) for pid in pool.newest(k)], False)
 
 
-def where(place) -> str:
-    """Where a passage (a row of queries.passage_places) is from, as the prompt shows it:
-    file name and lines, or page."""
-    name = Path(place.path).name
-    if place.first_line is not None:
-        return f"{name}:{place.first_line}-{place.last_line}"
-    return f"{name} p.{place.page}" if place.page is not None else name
+@dataclass
+class Evidence:
+    """A question's ranked passages and the lines of them its prompt shows."""
+
+    question: str
+    sources: list[Source]
+    shown: list[evidence.Shown]  # empty: the evidence is weak, the model is not asked
+    weights: dict[str, float]  # the question's terms by weight
+
+    def passages(self) -> list[Passage]:
+        """The sources as the prompt shows them."""
+        return [(s.rank, s.where, "\n".join(line.text for line in s.lines)) for s in self.shown]
+
+    def not_found(self) -> Reply:
+        return Reply(NOT_FOUND, [Cited(*s, in_prompt=False) for s in self.sources],
+                     status="not-found")
+
+    def reply(self, text: str, held: int) -> Reply:
+        """The generated text checked: citations of sources not held dropped, and an
+        ungrounded answer replaced by the best line quoted."""
+        shown = self.shown[:held]
+        if not shown:  # not even the best source fit the context: the model read nothing
+            return self.not_found()
+        text, dropped = evidence.drop_citations(text, {s.rank for s in shown})
+        extractive = not evidence.grounded(text, shown, self.question)
+        if extractive:
+            text = evidence.extractive_answer(shown, self.weights)
+        lines = {s.rank: [line.number for line in s.cited if line.number is not None]
+                 for s in shown}
+        return Reply(text, [Cited(rank, pid, score, lines.get(rank, []), rank in lines)
+                            for rank, pid, score in self.sources],
+                     citations_dropped=dropped, extractive=extractive)
+
+
+def gather(question: str, hits: list[tuple[int, float]], matched: bool,
+           places: dict) -> Evidence:
+    """The question's evidence: each passage's matching lines, unless it is weak."""
+    texts = [places[pid].text for pid, _ in hits]
+    if not matched or weak_evidence(question, texts):
+        return Evidence(question, ranked(hits), [], {})
+    lines = {pid: evidence.units(places[pid].text, places[pid].first_line,
+                                 file_line_numbers(places[pid])) for pid, _ in hits}
+    weights = evidence.term_weights(search_terms(question),
+                                    [line.text for ls in lines.values() for line in ls])
+    shown: dict[int, evidence.Shown] = {}
+    for pid, _ in hits:
+        if len(shown) == PROMPT_SOURCES:
+            break
+        first = not shown
+        found = evidence.show(len(shown) + 1, Path(places[pid].path).name, lines[pid],
+                              weights, BEST_SOURCE_LINES if first else SOURCE_LINES,
+                              CONTEXT_LINES if first else 0)
+        if found is not None:
+            shown[pid] = found
+    # the passages shown come first, so that the prompt's sources are [1] to [n]
+    hits = sorted(hits, key=lambda hit: hit[0] not in shown)
+    return Evidence(question, ranked(hits), list(shown.values()), weights)
+
+
+def ranked(hits: list[tuple[int, float]]) -> list[Source]:
+    return [(rank, pid, score) for rank, (pid, score) in enumerate(hits, 1)]
+
+
+def file_line_numbers(place) -> list[int | None] | None:
+    """The file line of each line of a report passage's text, whose paragraphs are joined
+    by one blank line whatever the file had; None where they are counted from first_line
+    (a log's lines are the file's, one for one) or unknown (a PDF)."""
+    if place.kind == "log" or place.first_line is None:
+        return None
+    texts = place.text.split("\n")
+    try:
+        with open(place.path, encoding="utf-8", errors="replace") as f:
+            file_lines = f.read().split("\n")[place.first_line - 1:place.last_line]
+    except OSError:  # gone or unreadable since it was ingested: lines are counted instead
+        return None
+    numbers, at = [], 0
+    for text in (t.strip() for t in texts):
+        # a heading's line ends with its title; marks such as "## " are not in the text
+        found = next((i for i in range(at, len(file_lines))
+                      if file_lines[i].rstrip().endswith(text)), None) if text else None
+        numbers.append(None if found is None else place.first_line + found)
+        at = at if found is None else found + 1
+    return numbers

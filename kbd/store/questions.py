@@ -22,7 +22,7 @@ SPEC_FIELDS = frozenset({"text", "schedule_kind", "cron", "interval_s", "timezon
                          "kinds", "since_s", "since_last_run", "top_k", "max_new_tokens",
                          "enabled"})
 RUN_FIELDS = frozenset({"last_run_at", "next_run_at"})  # the scheduler's; not an edit
-STATUSES = ("ok", "nothing-new", "failed", "skipped")
+STATUSES = ("ok", "not-found", "nothing-new", "failed", "skipped")
 NEWEST_FIRST = (answers_table.c.started_at.desc(), answers_table.c.id.desc())
 
 log = logging.getLogger("kbd.scheduler")

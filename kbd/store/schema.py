@@ -188,7 +188,7 @@ answers = Table(
     Column("finished_at", DateTime(timezone=True), nullable=False),
     Column("model", Text),  # the model / memory id the answer came from
     Column("engine", String(32), nullable=False),  # clara | text
-    Column("status", String(16), nullable=False),  # ok | nothing-new | failed | skipped
+    Column("status", String(16), nullable=False),  # ok | not-found | nothing-new | failed | skipped
     Column("error", Text),  # why it failed, or which firings were skipped
     Column("text", Text),
     Column("change", String(16)),  # first | unchanged | changed | new-sources; null: not ok

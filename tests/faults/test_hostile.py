@@ -342,7 +342,7 @@ def hostile_socket(work: Path, model: TinyModel, *, slow_clients: int = 20,
         out.expect("Traceback" not in log, f"a traceback in the log: "
                                            f"{log[log.find('Traceback'):][:300]}")
         out.expect(kbd.client.request("POST", "/ask", {"question": "which request failed ?"})
-                   ["status"] == "ok", "the daemon no longer answers questions")
+                   ["status"] == "answered", "the daemon no longer answers questions")
     return out
 
 

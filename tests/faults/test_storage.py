@@ -161,7 +161,7 @@ def db_locked(work: Path, model: TinyModel, *, hold_s: float = 8, files: int = 2
             holder.wait(timeout=hold_s + 30)
             asking.join(timeout=150)
             answer = asked[0] if asked else None
-            out.expect(isinstance(answer, dict) and answer["status"] == "ok" or long and
+            out.expect(isinstance(answer, dict) and answer["status"] == "answered" or long and
                        isinstance(answer, KbdError) and "locked by another" in answer.message,
                        f"the question asked during the lock got {answer!r}")
             recovered(kbd, out, "after the lock was released")

@@ -1,0 +1,174 @@
+"""What an answer may stand on: the lines of the ranked passages that match the question,
+and the checks an answer passes after generation.
+
+The text engine shows a small model only the lines that carry the question's terms, with a
+line of context, numbered by source; the CPU's cost is the prompt, and a 135M model copies
+from three lines far better than it reads five 256-token passages. After generation, a
+citation of a source the prompt did not hold is dropped and counted, and an answer that
+quotes no key token of the lines shown, or states a number, id or address none of them
+holds, gives way to the best line quoted with its place.
+
+Terms match tokens, case-folded, after a light stemming (`failed`, `fails` and `fail` are one
+word), and also the parts of glued tokens: `7163Calories`
+holds `7163` and `calories`, `isSimPinSecure` holds `sim`, `pin` and `secure`. A term with
+inner punctuation (an IP, `blk_-1608`, a path) matches as a substring.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+GLUED_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")  # camelCase, letters|digits
+WORD = re.compile(r"\w+")
+SUFFIXES = ("ing", "ed", "es", "e", "s")
+SPECIFIC = re.compile(r"\w*\d[\w.:/-]*")  # numbers, ids, addresses, times, dates
+CITATION = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
+MAX_LINE_CHARS = 240  # a longer line (a report's paragraph) is shown by its sentences
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+SPECIFIC_WEIGHT = 3.0  # an id, number or address in the question says more than a word
+
+
+@dataclass(frozen=True)
+class Line:
+    number: int | None  # the file's line (1-based); None where unknown (a PDF's page)
+    text: str
+
+
+@dataclass
+class Shown:
+    """One source as the prompt shows it: its rank is the number it is cited by."""
+
+    rank: int
+    where: str  # the file's name
+    lines: list[Line]  # in file order, matching lines and their context
+    cited: list[Line]  # the matching lines, best first
+
+
+def stem(word: str) -> str:
+    for suffix in SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[:-len(suffix)]
+    return word
+
+
+def tokens(text: str) -> set[str]:
+    """The stemmed, case-folded words of a text, with the parts of its glued tokens."""
+    out = set()
+    for word in WORD.findall(text):
+        out.add(stem(word.lower()))
+        out.update(stem(part.lower()) for part in GLUED_PART.findall(word))
+    return out
+
+
+def matched_terms(terms: Iterable[str], text: str) -> set[str]:
+    """The terms (as given) that the text holds."""
+    words = tokens(text)
+    folded = text.lower()
+    return {t for t in terms
+            if (t.lower() in folded if re.search(r"\W", t) else stem(t.lower()) in words)}
+
+
+def term_weights(terms: Sequence[str], lines: Sequence[str]) -> dict[str, float]:
+    """Rarer terms among the lines read weigh more (inverse line frequency); specifics
+    (ids, numbers, addresses) weigh more again."""
+    counts = dict.fromkeys(terms, 0)
+    for line in lines:
+        for term in matched_terms(terms, line):
+            counts[term] += 1
+    return {t: math.log(1 + len(lines) / (1 + n)) * (SPECIFIC_WEIGHT if SPECIFIC.fullmatch(t)
+                                                      else 1.0)
+            for t, n in counts.items()}
+
+
+def units(text: str, first_line: int | None, numbers: Sequence[int | None] | None) -> list[Line]:
+    """A passage's text as lines with their file line numbers (given, or counted from
+    first_line); a long line is cut into its sentences, which keep its number."""
+    texts = text.split("\n")
+    if numbers is None:
+        numbers = [None if first_line is None else first_line + i for i in range(len(texts))]
+    out = []
+    for number, line in zip(numbers, texts, strict=True):
+        if not line.strip():
+            continue
+        pieces = SENTENCE_END.split(line) if len(line) > MAX_LINE_CHARS else [line]
+        out.extend(Line(number, piece.strip()) for piece in pieces if piece.strip())
+    return out
+
+
+def show(rank: int, where: str, lines: list[Line], weights: dict[str, float],
+         matches: int, context: int) -> Shown | None:
+    """The source's best `matches` lines by matched weight (the others at least half the
+    best one's: a line holding only a common term is no match), each with `context` lines
+    before and after; None when no line matches."""
+    scored = sorted(((line_weight(line.text, weights), -i, i) for i, line in enumerate(lines)),
+                    reverse=True)
+    if not scored or scored[0][0] <= 0:
+        return None
+    best = [i for score, _, i in scored[:matches] if score >= scored[0][0] / 2]
+    keep = sorted({j for i in best for j in range(max(0, i - context),
+                                                   min(len(lines), i + context + 1))})
+    return Shown(rank, where, [lines[j] for j in keep], [lines[i] for i in best])
+
+
+def drop_citations(text: str, held: set[int]) -> tuple[str, int]:
+    """The text without citations of sources the prompt did not hold, and how many there
+    were; `[1, 7]` with 7 not held becomes `[1]`."""
+    dropped = 0
+
+    def keep(match: re.Match) -> str:
+        nonlocal dropped
+        numbers = [n.strip() for n in match[1].split(",")]
+        kept = [n for n in numbers if int(n) in held]
+        dropped += len(numbers) - len(kept)
+        return f"{match[0][:len(match[0]) - len(match[0].lstrip())]}[{', '.join(kept)}]" \
+            if kept else ""
+
+    return CITATION.sub(keep, text), dropped
+
+
+def key_tokens(line: str) -> set[str]:
+    """The tokens of a line that an answer drawn from it would repeat: its specifics and
+    its longer words."""
+    return {w.lower() for w in SPECIFIC.findall(line)} | {
+        w for w in tokens(line) if len(w) >= 4 and not w.isdigit()}
+
+
+def invented(answer: str, shown: Sequence[Shown], question: str) -> set[str]:
+    """Specifics (numbers, ids, addresses, dates) in the answer that neither the question nor
+    a shown line holds as a whole (a block id's digits in another id are no match)."""
+    held = "\n".join([question] + [line.text for s in shown for line in s.lines])
+    return {w for w in (w.strip(".:-/") for w in SPECIFIC.findall(CITATION.sub("", answer)))
+            if not re.search(rf"(?<!\w){re.escape(w)}(?!\w)", held, re.IGNORECASE)}
+
+
+def said(text: str) -> set[str]:
+    """The words and the specifics of a text, as grounded compares them."""
+    return tokens(text) | {w.lower() for w in SPECIFIC.findall(text)}
+
+
+def grounded(answer: str, shown: Sequence[Shown], question: str) -> bool:
+    """Whether the answer repeats key tokens of a matching line beyond the question's own
+    words, and invents no specifics."""
+    answered, asked = said(answer), said(question)
+    quotes = any((key_tokens(line.text) - asked) & answered for s in shown for line in s.cited)
+    return quotes and not invented(answer, shown, question)
+
+
+def line_weight(text: str, weights: dict[str, float]) -> float:
+    return sum(weights[t] for t in matched_terms(weights, text))
+
+
+def best_line(shown: Sequence[Shown], weights: dict[str, float]) -> tuple[Shown, Line]:
+    """The matching line with the most matched weight; of equals, the better-ranked."""
+    return max(((s, line) for s in shown for line in s.cited),
+               key=lambda p: (line_weight(p[1].text, weights), -p[0].rank))
+
+
+def extractive_answer(shown: Sequence[Shown], weights: dict[str, float]) -> str:
+    """The best matching line, quoted with its place and source number."""
+    source, line = best_line(shown, weights)
+    place = f"{source.where}:{line.number}" if line.number is not None else source.where
+    return f'{place}: "{line.text}" [{source.rank}]'

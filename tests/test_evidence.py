@@ -1,0 +1,118 @@
+"""What an answer may stand on: matching lines, weak evidence, the citation check, the
+grounding check with its extractive fallback, and the loop guard's cut (no model here: the
+text engine's tests run them with SmolLM2)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from kbd import evidence
+from kbd.evidence import Line, Shown
+from kbd.model.engines import file_line_numbers
+from kbd.model.text import before_loop, loop_start
+from kbd.retrieve import search_terms, weak_evidence
+
+FITBIT = ("20171224-0:10:02:436|Step_StandReportReceiver|onReceive action: "
+          "android.intent.action.SCREEN_ON totalSteps=7163Calories:153367")
+DISK = "081109 214043 2561 ERROR dfs.DataNode: Disk full on datanode 10.251.91.84"
+
+
+@pytest.mark.parametrize("question, texts", [
+    ("Welcher Benutzer hat die Datenbank gelöscht?", [DISK, FITBIT]),
+    ("What is it?", [DISK]),  # stop words only: nothing to match
+    ("How many calories?", [DISK]),
+    # a name the question gives is in no text: they are about something else
+    ("Which Kafka topic did the Spark job read from?", ["INFO spark.Job: job 3 read from a"]),
+    ("Which version was used in capacity test CT-78?", ["capacity test CT-77 used version 2"]),
+])
+def test_weak_evidence_when_no_content_term_matches(question, texts):
+    assert weak_evidence(question, texts)
+
+
+@pytest.mark.parametrize("question, text", [
+    ("How many calories were burned?", FITBIT),  # a part of the glued 7163Calories
+    ("Which datanode failed?", DISK),
+    ("Was the disk full on 10.251.91.84?", DISK),  # an address matches as written
+    ("Which call checks the SIM pin?", "isSimPinSecure returned false"),  # camelCase parts
+    ("Datanode: which one was full?", DISK),  # the first word is capitalized as any is
+])
+def test_a_matching_term_is_evidence(question, text):
+    assert not weak_evidence(question, [text])
+
+
+def test_a_long_report_line_is_shown_by_its_sentences():
+    text = ("The backup ran at 02:00. " * 8 + "It failed: the quota of nas-07 was exceeded. "
+            "Nobody was paged.")
+    lines = evidence.units(f"# Backups\n\n{text}", 40, None)
+    assert lines[0] == Line(40, "# Backups")
+    assert all(line.number == 42 for line in lines[1:]) and len(lines) == 11
+    weights = evidence.term_weights(search_terms("Why did the backup fail?"),
+                                    [line.text for line in lines])
+    shown = evidence.show(1, "backups.md", lines, weights, matches=1, context=0)
+    assert shown.cited == [Line(42, "It failed: the quota of nas-07 was exceeded.")]
+
+
+def test_lines_shown_are_the_matching_ones_with_context():
+    lines = [Line(100 + i, f"081109 2140{i:02} INFO dfs.DataNode: served block {i}")
+             for i in range(20)]
+    lines[12] = Line(112, DISK)
+    weights = evidence.term_weights(search_terms("Which node had a full disk?"),
+                                    [line.text for line in lines])
+    shown = evidence.show(1, "HDFS_2k.log", lines, weights, matches=2, context=1)
+    assert shown.cited == [lines[12]]  # the others hold only node (of DataNode)
+    assert [line.number for line in shown.lines] == [111, 112, 113]
+    assert evidence.show(2, "a.log", [Line(1, "eth0 up")], weights, matches=2, context=1) is None
+
+
+def test_citations_of_sources_not_held_are_dropped_and_counted():
+    text, dropped = evidence.drop_citations(
+        "Disk full on 10.251.91.84 [1] [4], as in [1, 7] and [6].", {1, 2})
+    assert (text, dropped) == ("Disk full on 10.251.91.84 [1], as in [1] and.", 3)
+    assert evidence.drop_citations("no citation here", {1}) == ("no citation here", 0)
+
+
+def shown_disk() -> list[Shown]:
+    before = Line(1000, "081109 214043 2560 INFO dfs.DataNode: served block blk_7")
+    return [Shown(1, "HDFS_2k.log", [before, Line(1001, DISK)], [Line(1001, DISK)])]
+
+
+@pytest.mark.parametrize("answer, ok", [
+    ("Datanode 10.251.91.84 ran out of disk space [1].", True),
+    ("The disk was full on the datanode [1].", True),  # a paraphrase of the line's words
+    ("The node ran out of disk space.", False),  # only the question's words
+    ("Disk full on datanode 10.251.91.84 at 2008-11-09 21:40 [1].", False),  # invented date
+    ("The backup failed because of a bug in the backup.exe command.", False),
+])
+def test_an_answer_is_grounded_when_it_quotes_and_invents_nothing(answer, ok):
+    assert evidence.grounded(answer, shown_disk(), "Which node ran out of disk space?") is ok
+
+
+def test_the_extractive_answer_quotes_the_best_line_with_its_place():
+    shown = shown_disk() + [Shown(2, "other.log", [Line(5, "disk check ok")],
+                                  [Line(5, "disk check ok")])]
+    weights = evidence.term_weights(search_terms("Which node ran out of disk space?"),
+                                    [DISK, "disk check ok"])
+    assert evidence.extractive_answer(shown, weights) == f'HDFS_2k.log:1001: "{DISK}" [1]'
+
+
+def test_a_loop_is_cut_to_one_saying():
+    phrase = [101, 102, 103, 104, 105, 106]
+    ids = [7, 8] + phrase * 40
+    assert loop_start(ids) == 8 and before_loop(ids) == [7, 8] + phrase
+    twice = [1, 2, 3, 4, 5, 6, 9, 1, 2, 3, 4, 5, 6, 10]  # an id quoted twice is no loop
+    assert loop_start(twice) is None and before_loop(twice) == twice
+
+
+def test_report_lines_are_found_in_the_file(tmp_path):
+    report = tmp_path / "incident.md"
+    report.write_text("# Incident\n\n\nThe backup failed.\nQuota exceeded on nas-07.\n\n\n"
+                      "## Fix\nQuota raised.\n")
+    place = SimpleNamespace(path=str(report), kind="report", first_line=1, last_line=9,
+                            text="Incident\n\nThe backup failed.\nQuota exceeded on nas-07.\n\n"
+                                 "Fix\n\nQuota raised.")
+    # the blank lines between paragraphs are one in the text, two in the file
+    assert file_line_numbers(place) == [1, None, 4, 5, None, 8, None, 9]
+    report.unlink()
+    assert file_line_numbers(place) is None
