@@ -92,15 +92,17 @@ def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
 
         def ready() -> bool:
             status = kbd.status()
-            return status["documents"].get("ready") == files and status["model"] == "ready"
+            # a user's store is asked once its vectors are in: embedding would share the CPU
+            return (status["documents"].get("ready") == files and status["model"] == "ready"
+                    and not status.get("dense_backlog"))
 
         wait_for(ready, timeout=READY_TIMEOUT_S, tolerate=(KbdError,),
-                 what=f"{files} files stored and the model loaded")
+                 what=f"{files} files stored, the model loaded and the passages embedded")
         ready_s = time.perf_counter() - start
         out = folder / "eval.json"
         command = [sys.executable, "-m", "kbd", "-v", "eval", str(questions), "--data-root",
-                   str(kbd.watched), "--top-k", str(top_k), "--max-new-tokens",
-                   str(max_new_tokens), "--json", str(out)]
+                   str(kbd.watched), "--top-k", str(top_k), "--json", str(out),
+                   *(["--max-new-tokens", str(max_new_tokens)] if max_new_tokens else [])]
         try:
             done = subprocess.run(command, env=kbd.env | {"PYTHONPATH": str(ROOT)},
                                   capture_output=True, text=True, timeout=time_limit_s)
@@ -125,7 +127,8 @@ def main() -> None:
     parser.add_argument("--settings", default=",".join(s["name"] for s in SETTINGS),
                         help="Comma-separated names of the settings to run, in order.")
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="Sent with every question; else each engine's own default.")
     parser.add_argument("--time-limit-s", type=float,
                         help="Stop each setting's questions after this long; its row then "
                              "holds the questions answered so far (complete: false).")

@@ -170,6 +170,8 @@ def status(as_json: bool) -> None:
         click.echo(f"passages: {result['passages']}")
         later = " (when engine = clara)" if result["engine"] == "text" else ""
         click.echo(f"backlog: {result['backlog']} passages to compress{later}")
+        if result.get("dense_backlog"):  # the daemon's, with the dense ranker installed
+            click.echo(f"dense ranker: {result['dense_backlog']} passages still to embed")
         for f in result["failed_files"]:
             click.echo(f"failed: {f['path']} ({f['stage']}, {f['code']}): {f['message']}")
         for f in result.get("faults", []):  # the daemon's; an offline status has none
@@ -257,7 +259,8 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
               help="Sources asked for each question.")
 @click.option("--split", help="Only the questions of this split (e.g. dev).")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N questions.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(1, 2048))
+@click.option("--max-new-tokens", type=click.IntRange(1, 2048),
+              help="Longest answer; else the engine's default.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the figures and every question's outcome to this file.")
 @human_errors
@@ -277,8 +280,9 @@ def eval_(questions_file, data_root, top_k, split, limit, max_new_tokens, json_o
     root = data_root.resolve() if data_root else None
 
     def ask(question: str) -> dict:
-        return kbd_client.request("POST", "/ask", {"question": question, "top_k": top_k,
-                                                   "max_new_tokens": max_new_tokens})
+        body = {"question": question, "top_k": top_k}
+        return kbd_client.request("POST", "/ask", body | (
+            {"max_new_tokens": max_new_tokens} if max_new_tokens else {}))
 
     scored_so_far: list = []
     about = {"questions_file": str(questions_file), "split": split, "top_k": top_k,

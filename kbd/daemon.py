@@ -228,8 +228,11 @@ class Daemon:
         return f"{docs} documents, backlog {status['backlog']}, model {status['model']}"
 
     def status(self) -> dict:
+        dense = self.model.dense
         with self.store.read() as conn:
             stored = q.status(conn, self.model.backlog_model())
+            # texts still ranked by BM25 alone: their vectors are computed while the GPU/CPU idles
+            stored["dense_backlog"] = q.backlog_size(conn, dense.id) if dense else None
         faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
                   for place, e in list(self.store.faults.items())]
         return stored | {"engine": self.model.engine_name, "model": self.model.state,
