@@ -149,12 +149,18 @@ def said(text: str) -> set[str]:
     return tokens(text) | {w.lower() for w in SPECIFIC.findall(text)}
 
 
-def grounded(answer: str, shown: Sequence[Shown], question: str) -> bool:
-    """Whether the answer repeats key tokens of a matching line beyond the question's own
-    words, and invents no specifics."""
+def grounded(answer: str, best: Line, shown: Sequence[Shown], question: str) -> bool:
+    """Whether the answer repeats key tokens of the best matching line beyond the question's
+    own words (those no other shown line holds, where it has some), and invents no
+    specifics. Only the best line: on the dev questions a kept answer drawn from any shown
+    line was right 34 times in 80, the best line quoted 71 in 100, and a 135M model copies a
+    neighbouring line as readily as the one that answers."""
     answered, asked = said(answer), said(question)
-    quotes = any((key_tokens(line.text) - asked) & answered for s in shown for line in s.cited)
-    return quotes and not invented(answer, shown, question)
+    own = key_tokens(best.text) - asked
+    # what only the best line says: a log's neighbours share its date, level and class
+    others = set().union(*(key_tokens(line.text) for s in shown for line in s.lines
+                           if line != best))
+    return bool((own - others or own) & answered) and not invented(answer, shown, question)
 
 
 def line_weight(text: str, weights: dict[str, float]) -> float:

@@ -49,11 +49,14 @@ class TestAsk:
         result = kbd.cli("ask", "Which datanode received a block ?", "--top-k", "3", "--json")
         assert result.returncode == 0, result.stderr
         reply = json.loads(result.stdout)
-        assert set(reply) == {"answer", "engine", "model", "sources"}
+        assert set(reply) == {"answer", "status", "engine", "model", "citations_dropped",
+                              "extractive", "sources"}
+        assert reply["status"] == "answered"  # CLaRa answers what it is asked
         assert isinstance(reply["answer"], str) and reply["engine"] == "clara"
         assert [s["rank"] for s in reply["sources"]] == [1, 2, 3]
         for source in reply["sources"]:
-            assert set(source) == {"rank", "passage_id", "path", "lines", "page", "score"}
+            assert set(source) == {"rank", "passage_id", "path", "lines", "cited_lines", "page",
+                                   "score", "in_prompt"}
             assert isinstance(source["passage_id"], int) and isinstance(source["score"], float)
             assert Path(source["path"]).parent == kbd.watched
         scores = [s["score"] for s in reply["sources"]]

@@ -86,7 +86,18 @@ def shown_disk() -> list[Shown]:
     ("The backup failed because of a bug in the backup.exe command.", False),
 ])
 def test_an_answer_is_grounded_when_it_quotes_and_invents_nothing(answer, ok):
-    assert evidence.grounded(answer, shown_disk(), "Which node ran out of disk space?") is ok
+    shown = shown_disk()
+    assert evidence.grounded(answer, shown[0].cited[0], shown,
+                             "Which node ran out of disk space?") is ok
+
+
+def test_an_answer_copied_from_another_shown_line_is_not_grounded():
+    """SmolLM2 copied the context line before the planted one (a block served) when asked
+    which node ran out of disk space: every word of it is shown, but it is not the answer."""
+    shown = shown_disk()
+    copied = "081109 214043 2560 INFO dfs.DataNode: served block blk_7"
+    assert not evidence.grounded(copied, shown[0].cited[0], shown,
+                                 "Which node ran out of disk space?")
 
 
 def test_the_extractive_answer_quotes_the_best_line_with_its_place():

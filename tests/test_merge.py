@@ -40,8 +40,10 @@ def test_kernel_equals_addmm(interpreted, rows, columns, rank, scaled):
     assert kernels.usable(w.device, interpreted.failed)
     got = interpreted.add_product(w, b, a, 2.0, g)
     want = torch.addmm(w, b, a, alpha=2.0) * (1 if g is None else g)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(merge.by_torch(w, b, a, 2.0, g), want, atol=1e-5, rtol=1e-5)
+    # float32 sums of up to 96 products of magnitude ~20, in the kernel's order or BLAS's
+    # (which follows its thread count): ~1e-5 apart, once seen at 1.3e-5
+    torch.testing.assert_close(got, want, atol=5e-5, rtol=1e-5)
+    torch.testing.assert_close(merge.by_torch(w, b, a, 2.0, g), want, atol=5e-5, rtol=1e-5)
     assert got.data_ptr() != w.data_ptr()  # a copy: the weight itself is left as it was
 
 

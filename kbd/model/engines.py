@@ -243,7 +243,8 @@ class Evidence:
         if not shown:  # not even the best source fit the context: the model read nothing
             return self.not_found()
         text, dropped = evidence.drop_citations(text, {s.rank for s in shown})
-        extractive = not evidence.grounded(text, shown, self.question)
+        _, best = evidence.best_line(shown, self.weights)
+        extractive = not evidence.grounded(text, best, shown, self.question)
         if extractive:
             text = evidence.extractive_answer(shown, self.weights)
         lines = {s.rank: [line.number for line in s.cited if line.number is not None]
