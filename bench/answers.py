@@ -146,6 +146,9 @@ def main() -> None:
         "rows": []}
     with tempfile.TemporaryDirectory(prefix="kbd-answers-") as tmp:
         workdir = Path(tmp)
+        # `python -m kbd` puts its working folder first on sys.path: from this tree's root, every
+        # setting's daemon would import this tree's kbd, whatever its PYTHONPATH names
+        os.chdir(workdir)
         questions = sample(ROOT / "bench" / "qa" / f"{args.split}.jsonl", args.sample,
                            workdir / "questions.jsonl")
         for setting in chosen:

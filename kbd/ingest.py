@@ -425,9 +425,19 @@ def rotate_away(ing: Ingester, doc: Row, path: Path) -> None:
         siblings = []
     for sibling in siblings:
         if _inode_at(str(sibling)) == old:
-            ing.store.write(lambda conn, to=str(sibling): q.update_document(
-                conn, doc.id, path=to, rotations=doc.rotations + 1, changed_at=q.utcnow()))
-            log.info("%s: rotated to %s", path, sibling)
+            def follow(conn, to: str = str(sibling)) -> bool:
+                if q.live_document(conn, to) is not None:
+                    # a read raced the rename: the move's own event already took a document
+                    # there, so this one is a stale twin of it, and the sibling's ingest below
+                    # brings that one up to date
+                    q.retire_document(conn, doc.id)
+                    return False
+                q.update_document(conn, doc.id, path=to, rotations=doc.rotations + 1,
+                                  changed_at=q.utcnow())
+                return True
+
+            if ing.store.write(follow):
+                log.info("%s: rotated to %s", path, sibling)
             ing.ingest(sibling, doc.folder, doc.kind)  # lines written before the rotation
             return
     ing.store.write(lambda conn: q.retire_document(conn, doc.id))
