@@ -14,6 +14,7 @@ from kbd.errors import KbdError
 from kbd.watch import WatchedFolder
 
 ENGINES = ("clara", "text")
+ANSWERS = ("quote", "generate")  # how the text engine answers: ModelConfig.answer
 
 
 class ConfigError(KbdError):
@@ -29,6 +30,7 @@ class ModelConfig:
     compress_batch_size: int = 64
     engine: str = ""  # clara | text; empty: clara when a checkpoint is set, else text
     text_model: str = "smollm2"  # the text engine's model: smollm2, a model folder or a .gguf
+    answer: str = "quote"  # the text engine's answer: quote (the best line) | generate (model)
 
     @property
     def active_engine(self) -> str:
@@ -217,6 +219,11 @@ def load_config(path: Path | None = None) -> Config:
     if not isinstance(model.text_model, str) or not model.text_model:
         raise ConfigError(f"{where}: model.text_model must name smollm2, a model folder or a "
                           ".gguf file")
+    if model.answer not in ANSWERS:
+        raise ConfigError(f"{where}: model.answer must be quote or generate, got "
+                          f"{model.answer!r}",
+                          hint="quote: the best matching line with its place (the default); "
+                               "generate: the text model writes the answer")
     ingest = _build(IngestConfig, raw.get("ingest", {}), "ingest")
     low, high = RANGES[IngestConfig, "max_wait_s"]
     check_number("ingest.max_wait_s", ingest.max_wait_s, float,

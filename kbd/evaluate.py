@@ -25,6 +25,7 @@ from kbd.errors import KbdError
 
 KINDS = ("literal", "paraphrase", "two-line", "time", "count", "report", "unanswerable")
 DECLINED = "not-found"
+QUOTED = re.compile(r'"[^\n]*"')  # a quoted line, from its first quote mark to its last
 # [1] or [1, 3] standing alone; "sshd[24200]" quotes a process id, not a source
 CITATION = re.compile(r"(?<![\w\]])\[(\d+(?:\s*,\s*\d+)*)\]")
 
@@ -165,9 +166,11 @@ def answer_right(answer: str, accept: Iterable[str], mode: str) -> bool:
 
 def citations_valid(answer: str, sources: list[dict]) -> bool:
     """Every [n] in the answer names a source the prompt held (all of them, when the reply
-    does not say which)."""
+    does not say which). Text in double quotes is a quoted line, not the answer's own words:
+    `sshd[24206]` inside it is the line's, not a citation."""
     held = sum(1 for s in sources if s.get("in_prompt", True))
-    cited = [int(n) for group in CITATION.findall(answer) for n in group.split(",")]
+    own = QUOTED.sub('""', answer)
+    cited = [int(n) for group in CITATION.findall(own) for n in group.split(",")]
     return all(1 <= n <= held for n in cited)
 
 

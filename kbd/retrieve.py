@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kbd.evidence import ANSWER_WORDS, matched_terms
 from kbd.model.dense import DIM, DenseModel, load_dense_model
 from kbd.store import Store
 from kbd.store import queries as q
@@ -268,22 +269,20 @@ def dense_ranking(store: Store, model: DenseModel, question: str, allowed: set[i
     return [(passage_of[int(rows[i])], float(scores[i])) for i in best]
 
 
-def dense_similarity(question: str, texts: list[str]) -> list[float] | None:
-    """Cosine between the question and each text by the dense model (texts are embedded now:
-    lines cost little, whole passages more); None when no dense model is installed."""
-    model = dense_model()
-    if model is None:
-        return None
-    vectors = model.embed([question, *texts])
-    return (vectors[1:] @ vectors[0]).tolist()
-def weak_evidence(question: str, texts: list[str]) -> bool:
-    """Whether the texts are no evidence for the question: none holds any of its content
-    terms (stop words never count), or one of its names (an id, a version, an acronym, a
-    capitalized word) is in none of them, as `Kafka` is in "Which Kafka topic did the Spark
-    job read from?" over Spark's logs: they are about something else of the same kind."""
-    from kbd.evidence import matched_terms
+def asked_terms(question: str) -> list[str]:
+    """The question's terms that a line answering it should hold: its search terms less stop
+    words and the words that name what is asked (evidence.ANSWER_WORDS)."""
+    return [t for t in search_terms(question)
+            if t.lower() not in STOP_WORDS and t.lower() not in ANSWER_WORDS]
 
-    terms = [t for t in search_terms(question) if t.lower() not in STOP_WORDS]
+
+def weak_evidence(question: str, texts: list[str]) -> bool:
+    """Whether the texts (passages with their headings and file names) are no evidence for
+    the question: none holds any of its asked terms, or one of its names (an id, a version,
+    an acronym, a capitalized word) is in none of them, as `Kafka` is in "Which Kafka topic
+    did the Spark job read from?" over Spark's logs: they are about something else of the
+    same kind."""
+    terms = asked_terms(question)
     matched = set().union(*(matched_terms(terms, text) for text in texts))
     first = question.split()[0].strip(string.punctuation + "¿¡") if question.split() else ""
     return not matched or any(is_name(t) and t != first for t in set(terms) - matched)

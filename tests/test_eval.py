@@ -93,6 +93,9 @@ def test_answer_right_by_any_or_all_patterns(answer, accept, mode, right):
     ("See [0].", False),
     ("sshd[24200]: Invalid user admin [preauth]", True),  # a process id is no citation
     ("No citation at all.", True),
+    # a quoted line's brackets are the line's: su(pam_unix)[12193], a level [3]
+    ('Linux.log:7: "su(pam_unix)[12193]: session opened [3]" [1]', True),
+    ('Linux.log:7: "su(pam_unix)[12193]: session opened" [3]', False),
 ])
 def test_citations_must_name_sources_the_prompt_held(answer, valid):
     sources = [source("/a", [1, 1], in_prompt=True), source("/b", [2, 2], in_prompt=True),

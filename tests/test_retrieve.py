@@ -18,7 +18,7 @@ from kbd.memory import compress_backlog
 from kbd.model.dense import DIM, MODEL_ID, load_dense_model
 from kbd.model.tokens import PassageTokenizer
 from kbd.model.worker import AskRequest, ModelWorker
-from kbd.retrieve import bm25, dense_similarity, embed_backlog, fuse, search
+from kbd.retrieve import bm25, embed_backlog, fuse, search
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.memory import MemoryFileError
@@ -159,16 +159,9 @@ def test_scopes_hold_for_the_dense_ranking(ingester, tmp_path):
     assert {pid for pid, _ in found} == allowed
 
 
-def test_dense_similarity_ranks_the_meaning():
-    scores = dense_similarity("Which machine ran out of storage?",
-                              [LINES["cups.log"], "ERROR dfs.DataNode: No space left on device"])
-    assert scores is not None and scores[1] > scores[0]
-
-
 def test_bm25_alone_when_the_dense_model_is_absent(no_dense_model, ingester, tmp_path):
     ids = ingest_lines(ingester, tmp_path, LINES)
     assert retrieve.dense_model() is None
-    assert dense_similarity("anything", ["at all"]) is None
     assert search(ingester.store, "When was the print server launched?", None, 3) == []
     found = search(ingester.store, "failed password for operator", None, 3)
     assert found == bm25(ingester.store, "failed password for operator", None, 3)

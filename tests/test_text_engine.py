@@ -22,12 +22,12 @@ from kbd.config import ConfigError, ModelConfig, load_config
 from kbd.errors import InputError, KbdError
 from kbd.ingest import Ingester
 from kbd.memory import compress_backlog, memory_id
-from kbd.model.engines import NOT_FOUND, gather
+from kbd.model.engines import FREQUENCY_CAP, NOT_FOUND, gather
 from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
 from kbd.model.text import SMOLLM2_INSTALL, TextModel, TextModelError, locate, loop_start
 from kbd.model.tokens import PassageTokenizer
 from kbd.model.worker import AskRequest, ModelUnavailable, ModelWorker
-from kbd.retrieve import DENSE_WEIGHT, Scope, search
+from kbd.retrieve import DENSE_WEIGHT, Scope, asked_terms, search
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store import questions as qs
@@ -155,11 +155,52 @@ def test_weak_evidence_is_declined_without_the_model(setup, monkeypatch):
     assert len(recorded["sources"]) == 5
 
 
+def test_the_default_answer_quotes_the_best_line_without_the_model(setup, monkeypatch):
+    model = setup.worker.engine.text_model
+    calls = []
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(a) or [])
+    reply = setup.ask(QUESTION)
+    assert (reply["status"], reply["extractive"], calls) == ("ok", True, [])
+    assert reply["answer"] == f'HDFS_2k.log:{PLANTED_LINE}: "{PLANTED}" [1]'
+    assert_planted_fact_told(reply)
+
+
+def test_generate_has_the_model_write_the_answer(setup, monkeypatch):
+    monkeypatch.setattr(setup.worker.engine, "answer_by", "generate")
+    model = setup.worker.engine.text_model
+    calls = []
+    monkeypatch.setattr(model, "generate", lambda questions, passages, *a, **k: calls.append(
+        passages) or [("Datanode 10.251.91.84 was full [1].", len(passages[0]))])
+    reply = setup.ask(QUESTION)
+    assert reply["answer"] == "Datanode 10.251.91.84 was full [1]."
+    assert not reply["extractive"] and len(calls) == 1
+    assert any(PLANTED in text for _, _, text in calls[0][0])
+
+
+@pytest.mark.parametrize(("question", "answer"), [
+    ("Which IP address tried to log in as the invalid user test9?", "52.80.34.196"),
+    ("Which IP address tried to log in as the invalid user jenkins?", None),
+    ("Which datanode was declared dead by the NameNode?", None),
+])
+def test_a_line_that_misses_what_the_question_turns_on_is_no_answer(setup, question, answer):
+    """`jenkins` is in no line, and no line says a node is dead: lines with "invalid user"
+    and an IP, or with "NameNode", are nearest, but hold too little of the question."""
+    reply = setup.ask(question)
+    if answer is None:
+        assert (reply["status"], reply["answer"]) == ("not-found", NOT_FOUND)
+        assert len(reply["sources"]) == 5
+    else:
+        assert reply["status"] == "ok" and answer in reply["answer"]
+
+
 def planted_evidence(setup):
     hits = search(setup.store, QUESTION, None, 5)
     with setup.store.read() as conn:
         places = q.passage_places(conn, [pid for pid, _ in hits])
-    return gather(QUESTION, hits, True, places)
+        terms = asked_terms(QUESTION)
+        frequencies = q.term_frequencies(conn, terms, FREQUENCY_CAP)
+        passages = q.count_live_passages(conn)
+    return gather(QUESTION, hits, True, places, frequencies, passages)
 
 
 def test_an_ungrounded_answer_gives_way_to_the_line(setup):
@@ -283,6 +324,13 @@ def test_unknown_engine_is_refused(tmp_path):
     path = tmp_path / "config.toml"
     path.write_text('[model]\nengine = "gpt"\n')
     with pytest.raises(ConfigError, match="model.engine must be clara or text"):
+        load_config(path)
+
+
+def test_unknown_answer_mode_is_refused(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text('[model]\nanswer = "guess"\n')
+    with pytest.raises(ConfigError, match="model.answer must be quote or generate, got 'guess'"):
         load_config(path)
 
 

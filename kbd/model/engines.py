@@ -31,6 +31,7 @@ from kbd.retrieve import (
     Candidates,
     Retriever,
     Scope,
+    asked_terms,
     fuse,
     lexical_ranking,
     search,
@@ -49,6 +50,7 @@ BEST_SOURCE_LINES = 2  # matching lines the prompt shows of the best-ranked pass
 SOURCE_LINES = 1  # ... and of each other one
 CONTEXT_LINES = 1  # lines shown before and after the best passage's matching lines
 NOT_FOUND = "The knowledge base has nothing on this: no stored passage matches the question."
+FREQUENCY_CAP = 1000  # passages counted per question term; a term in more is common anyway
 
 Source = tuple[int, int, float]  # rank (1 = best), passage id, score
 
@@ -70,7 +72,8 @@ class Reply:
     sources: list[Cited]  # best first
     status: str = "ok"  # ok | not-found (weak evidence: the model was not asked)
     citations_dropped: int = 0  # citations of sources the prompt did not hold, removed
-    extractive: bool = False  # the model's answer was not grounded: the best line instead
+    extractive: bool = False  # the answer is the best line quoted (answer = "quote", or the
+    # model's answer was not grounded)
 
 
 class Engine(Protocol):
@@ -96,7 +99,8 @@ class Engine(Protocol):
 def load_engine(config: ModelConfig, store: Store) -> Engine:
     """Load the configured engine's model (the one that answers; only one is loaded)."""
     if config.active_engine == "text":
-        return TextEngine(TextModel.load(config.text_model, config.device, config.dtype), store)
+        return TextEngine(TextModel.load(config.text_model, config.device, config.dtype), store,
+                          answer=config.answer)
     return ClaraEngine(Clara.load(config.checkpoint, config.base, config.device, config.dtype),
                        store)
 
@@ -181,10 +185,12 @@ class TextEngine:
     max_new_tokens = 64  # the CPU's time: a line quoted and cited fits
     clara = None  # no memory to compute: the text engine reads passages as they are stored
 
-    def __init__(self, text_model: TextModel, store: Store, top_k: int = TEXT_TOP_K):
+    def __init__(self, text_model: TextModel, store: Store, top_k: int = TEXT_TOP_K,
+                 answer: str = "quote"):
         self.text_model = text_model
         self.model = text_model.name
         self.top_k = top_k
+        self.answer_by = answer  # quote | generate (ModelConfig.answer)
         self.tokenizer = text_model.tokenizer
         self.device = text_model.device
         self.store = store
@@ -200,8 +206,13 @@ class TextEngine:
                  for question, pool in zip(questions, pools, strict=True)]
         with self.store.read() as conn:
             places = q.passage_places(conn, [pid for hits, _ in picks for pid, _ in hits])
-        found = [gather(question, hits, matched, places)
+            terms = {t for question in questions for t in asked_terms(question)}
+            frequencies = q.term_frequencies(conn, sorted(terms), FREQUENCY_CAP)
+            passages = q.count_live_passages(conn)
+        found = [gather(question, hits, matched, places, frequencies, passages)
                  for question, (hits, matched) in zip(questions, picks, strict=True)]
+        if self.answer_by == "quote":
+            return [e.quote() if e.shown else e.not_found() for e in found]
         # weak evidence is not read: the model would answer from it all the same
         asked = [e for e in found if e.shown]
         generated = self.text_model.generate(
@@ -236,6 +247,11 @@ class Evidence:
         return Reply(NOT_FOUND, [Cited(*s, in_prompt=False) for s in self.sources],
                      status="not-found")
 
+    def quote(self) -> Reply:
+        """The best line quoted with its place: the answer without the model."""
+        return self.checked(evidence.extractive_answer(self.shown, self.weights), self.shown,
+                            dropped=0, extractive=True)
+
     def reply(self, text: str, held: int) -> Reply:
         """The generated text checked: citations of sources not held dropped, and an
         ungrounded answer replaced by the best line quoted."""
@@ -247,6 +263,10 @@ class Evidence:
         extractive = not evidence.grounded(text, best, shown, self.question)
         if extractive:
             text = evidence.extractive_answer(shown, self.weights)
+        return self.checked(text, shown, dropped, extractive)
+
+    def checked(self, text: str, shown: list[evidence.Shown], dropped: int,
+                extractive: bool) -> Reply:
         lines = {s.rank: [line.number for line in s.cited if line.number is not None]
                  for s in shown}
         return Reply(text, [Cited(rank, pid, score, lines.get(rank, []), rank in lines)
@@ -254,10 +274,12 @@ class Evidence:
                      citations_dropped=dropped, extractive=extractive)
 
 
-def gather(question: str, hits: list[tuple[int, float]], matched: bool,
-           places: dict) -> Evidence:
-    """The question's evidence: each passage's matching lines, unless it is weak."""
-    texts = [places[pid].text for pid, _ in hits]
+def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: dict,
+           frequencies: dict[str, int], passages: int) -> Evidence:
+    """The question's evidence: each passage's matching lines, unless it is weak: no asked
+    term or name in the passages, or a best line that holds too little of the question
+    (evidence.coverage, weighed by the terms' passage counts in the store)."""
+    texts = [about(places[pid]) for pid, _ in hits]
     if not matched or weak_evidence(question, texts):
         return Evidence(question, ranked(hits), [], {})
     lines = {pid: evidence.units(places[pid].text, places[pid].first_line,
@@ -274,9 +296,22 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool,
                               CONTEXT_LINES if first else 0)
         if found is not None:
             shown[pid] = found
+    if shown:
+        source, best = evidence.best_line(list(shown.values()), weights)
+        pid = next(pid for pid, s in shown.items() if s is source)
+        held = f"{best.text}\n{places[pid].heading or ''}\n{Path(source.where).stem}"
+        if evidence.coverage(asked_terms(question), held, frequencies,
+                             passages) < evidence.COVERAGE_FLOOR:
+            return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)
     return Evidence(question, ranked(hits), list(shown.values()), weights)
+
+
+def about(place) -> str:
+    """A passage's text with what it is about beyond its lines: its heading and file name
+    (less its extension: `.log` is no word of the question's)."""
+    return f"{place.text}\n{place.heading or ''}\n{Path(place.path).stem}"
 
 
 def ranked(hits: list[tuple[int, float]]) -> list[Source]:

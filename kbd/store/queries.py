@@ -283,6 +283,26 @@ def search_passages(conn: Connection, terms: Sequence[str], limit: int) -> list[
         "ORDER BY score DESC, p.id DESC LIMIT :limit"), params | {"limit": limit}))
 
 
+def term_frequencies(conn: Connection, terms: Sequence[str], cap: int) -> dict[str, int]:
+    """How many live passages hold each term (matched as search_passages matches it), counted
+    up to `cap`: beyond it a term is common, and counting further costs time on a big store."""
+    out = {}
+    for term in terms:
+        if conn.dialect.name == "sqlite":
+            inner = ("SELECT 1 FROM passages_fts WHERE passages_fts MATCH :match LIMIT :cap")
+            params = {"match": '"' + term.replace('"', '""') + '"', "cap": cap}
+        else:
+            inner = ("SELECT 1 FROM passages p WHERE p.live AND p.search_vector @@ "
+                     "phraseto_tsquery('english', :match) LIMIT :cap")
+            params = {"match": term, "cap": cap}
+        out[term] = conn.execute(sql(f"SELECT count(*) FROM ({inner}) t"), params).scalar_one()
+    return out
+
+
+def count_live_passages(conn: Connection) -> int:
+    return conn.execute(select(func.count()).where(passages.c.live)).scalar_one()
+
+
 def passage_places(conn: Connection, passage_ids: Sequence[int]) -> dict[int, Row]:
     """Where passages come from: document path, lines or page, and their text."""
     rows = conn.execute(
