@@ -156,7 +156,8 @@ class Daemon:
         self.model.start()
         self.scheduler.start()
         if config.scheduler.digest_cron:
-            self.scheduler.add_job(self.write_digest, digest_trigger(config), "digest")
+            self.scheduler.add_job(partial(self.write_digest, notify=True),
+                                   digest_trigger(config), "digest")
         self.ingest.start()
         self.watcher.start()
         if self.model.state != "loading":  # no model to wait for
@@ -210,8 +211,10 @@ class Daemon:
         self.watcher.update(config.folders)
         log.info("config reloaded: %d folders", len(config.folders))
 
-    def write_digest(self, since_s: float | None = None, formats=("md", "html")) -> dict:
-        """A digest of the period since the last one (or the last since_s seconds)."""
+    def write_digest(self, since_s: float | None = None, formats=("md", "html"),
+                     notify: bool = False) -> dict:
+        """A digest of the period since the last one (or the last since_s seconds); a
+        scheduled one (notify) is sent to [scheduler] digest_notify."""
         from datetime import UTC, datetime, timedelta
 
         from kbd.digest import default_since, write_digest
@@ -219,8 +222,9 @@ class Daemon:
         now = datetime.now(UTC)
         since = now - timedelta(seconds=since_s) if since_s else default_since(self.store, now)
         status = self.status()
+        channels = self.config.scheduler.digest_notify if notify else ()
         return write_digest(self.store, self.config.reports_dir, since, now, status["model"],
-                            status["backlog"], formats)
+                            status["backlog"], formats, notify=channels)
 
     def status_line(self) -> str:
         status = self.status()

@@ -191,6 +191,7 @@ def question_json(question: dict) -> dict:
         "since_last_run": question["since_last_run"], "top_k": question["top_k"],
         "max_new_tokens": question["max_new_tokens"], "last_run_at": question["last_run_at"],
         "next_run_at": question["next_run_at"], "created_at": question["created_at"],
+        "notify": question["notify"], "channels": question["channels"],
     }
 
 
@@ -212,11 +213,13 @@ def get_or_404(daemon, groups: dict) -> dict:
     return question
 
 
-def _spec(body: dict, base=None):
+def _spec(daemon, body: dict, base=None):
     from kbd.questions import spec_from_request
 
     try:
-        return spec_from_request(body, base=base)
+        spec = spec_from_request(body, base=base)
+        spec.check_channels({c.name for c in daemon.config.notify})
+        return spec
     except InputError as e:
         raise ApiError(400, e.message, e.hint) from e
 
@@ -226,7 +229,7 @@ def question_create(daemon, body: dict) -> dict:
 
     from kbd.store import questions as qs
 
-    spec = _spec(body)
+    spec = _spec(daemon, body)
     question_id = daemon.store.write(lambda conn: qs.create_question(conn, **asdict(spec)))
     daemon.scheduler.sync(question_id)
     return question_json(get_or_404(daemon, {"id": question_id}))
@@ -238,7 +241,7 @@ def question_update(daemon, groups: dict, body: dict) -> dict:
     from kbd.questions import spec_of
     from kbd.store import questions as qs
 
-    spec = _spec(body, base=spec_of(get_or_404(daemon, groups)))
+    spec = _spec(daemon, body, base=spec_of(get_or_404(daemon, groups)))
     question_id = int(groups["id"])
     daemon.store.write(lambda conn: qs.update_question(conn, question_id, **asdict(spec)))
     daemon.scheduler.sync(question_id)
