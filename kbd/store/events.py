@@ -132,6 +132,13 @@ def counts(conn: Connection) -> dict:
     return {status: found.get(status, 0) for status in STATUSES}
 
 
+def counts_of(conn: Connection, channel: str) -> dict:
+    """{status: n} over one channel's events."""
+    found = dict(conn.execute(select(events.c.status, func.count())
+                              .where(events.c.channel == channel).group_by(events.c.status)))
+    return {status: found.get(status, 0) for status in STATUSES}
+
+
 def recent(conn: Connection, channel: str | None = None, status: str | None = None,
            since: datetime | None = None, limit: int | None = 20) -> list[dict]:
     """Events newest first, without payloads' bodies (kind, question and answer ids stay)."""

@@ -204,6 +204,12 @@ def answers(conn: Connection, question_id: int | None = None,
     return with_sources(conn, list(conn.execute(query)))
 
 
+def answer(conn: Connection, answer_id: int) -> dict | None:
+    """One answer with its sources resolved, as answers() gives them."""
+    row = conn.execute(select(answers_table).where(answers_table.c.id == answer_id)).first()
+    return None if row is None else with_sources(conn, [row])[0]
+
+
 def previous_answer(conn: Connection, question_id: int, before_answer_id: int | None = None,
                     ok_only: bool = True) -> dict | None:
     """The question's answer just before the given one (by start time, then id), or its
