@@ -119,7 +119,7 @@ def _unfence(text: str) -> str:
 
 
 def slack_text(p: dict) -> str:
-    out = [f"*{slack_escape(title(p))}*", slack_escape(_body(p))]
+    out = [f"*{_unfence(slack_escape(title(p)))}*", _unfence(slack_escape(_body(p)))]
     for source in p.get("sources", []):
         quoted = _unfence(slack_escape("\n".join(source["lines"])))
         out.append(f"`{_unfence(slack_escape(place(source)))}`\n```{quoted}```")

@@ -128,14 +128,16 @@ def give_up(conn: Connection, event_id: int, error: str) -> None:
 
 def counts(conn: Connection) -> dict:
     """{status: n} over every event."""
-    found = dict(conn.execute(select(events.c.status, func.count()).group_by(events.c.status)))
+    found = dict(conn.execute(select(events.c.status, func.count())
+                              .group_by(events.c.status)).all())
     return {status: found.get(status, 0) for status in STATUSES}
 
 
 def counts_of(conn: Connection, channel: str) -> dict:
     """{status: n} over one channel's events."""
     found = dict(conn.execute(select(events.c.status, func.count())
-                              .where(events.c.channel == channel).group_by(events.c.status)))
+                              .where(events.c.channel == channel)
+                              .group_by(events.c.status)).all())
     return {status: found.get(status, 0) for status in STATUSES}
 
 

@@ -1,0 +1,140 @@
+"""Real receivers on the loopback for the notification tests: an SMTP server (aiosmtpd) that
+keeps every message, an HTTP server standing in for a webhook that fails on demand (5xx,
+a reply slower than the client waits, connection refused), and a command that appends its
+stdin to a file."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import socket
+import sys
+import threading
+import time
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MailBox:
+    """aiosmtpd handler: every message accepted, parsed, in arrival order."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content,
+                                                      policy=email.policy.default))
+        return "250 Message accepted for delivery"
+
+
+class SmtpServer:
+    def __init__(self) -> None:
+        self.box = MailBox()
+        self.port = free_port()
+        self.controller = Controller(self.box, hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.controller.stop()
+
+    @property
+    def messages(self) -> list[EmailMessage]:
+        return self.box.messages
+
+
+class Webhook:
+    """An HTTP server on 127.0.0.1 recording each request it accepted (path, headers, JSON
+    body). mode: "ok" (200), "error" (503), "slow" (replies after slow_s, past the client's
+    timeout), "hold" (records the request, then waits hold_s before its 200: a client killed
+    meanwhile never learns it was accepted). down() closes the port (connection refused);
+    up() opens it again on the same port."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.mode = "ok"
+        self.slow_s = 3.0
+        self.hold_s = 1.0
+        self.received: list[dict] = []  # accepted requests
+        self.attempts = 0  # every request, failed ones too
+        self.in_hold = threading.Event()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def up(self) -> Webhook:
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with hook._lock:
+                    hook.attempts += 1
+                mode = hook.mode
+                if mode == "error":
+                    self._reply(503)
+                    return
+                if mode == "slow":
+                    time.sleep(hook.slow_s)
+                with hook._lock:
+                    hook.received.append({"path": self.path, "headers": dict(self.headers),
+                                          "body": json.loads(body)})
+                if mode == "hold":
+                    hook.in_hold.set()
+                    time.sleep(hook.hold_s)
+                self._reply(200)
+
+            do_PUT = do_POST
+
+            def _reply(self, status: int) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def down(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return [r["body"]["idempotency_key"] for r in self.received]
+
+
+def stdin_to_file_argv(path: Path, sleep_s: float = 0.0, exit_code: int = 0) -> list[str]:
+    """A command channel's argv: append stdin (the event JSON) as one line to `path`."""
+    code = ("import sys, time, json; data = sys.stdin.read(); json.loads(data); "
+            f"f = open({str(path)!r}, 'a'); f.write(data.replace(chr(10), ' ') + chr(10)); "
+            f"f.close(); time.sleep({sleep_s}); sys.exit({exit_code})")
+    return [sys.executable, "-c", code]
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() \
+        else []
