@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,14 @@ class TestOutbox:
         (event,) = outbox(store)
         assert event["kind"] == "digest" and event["payload"]["html"] == "<p>x</p>"
         assert json.loads(json.dumps(event["payload"]))["paths"] == ["/r.md"]
+
+
+def test_the_readme_example_loads(tmp_path):
+    """The README's [notify.NAME] example, one channel per type and format, is a valid config."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Notifications"):]
+    example = section[section.index("```toml") + 7:]
+    c = config(tmp_path, example[:example.index("```")])
+    assert {(x.type, x.format if x.type == "webhook" else "") for x in c.notify} == {
+        ("webhook", "slack"), ("webhook", "matrix"), ("webhook", "ntfy"), ("email", ""),
+        ("command", "")}

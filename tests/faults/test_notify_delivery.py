@@ -76,7 +76,7 @@ def tally(out: Outcome, kbd: Kbd, hook: Webhook) -> None:
 
 def kill_during_delivery(work: Path, model: TinyModel, kills: int = 2,
                          runs_between: int = 3) -> Outcome:
-    out = Outcome("notify, kill -9 during delivery")
+    out = Outcome("notify kill -9 during delivery")
     hook = Webhook().up()
     hook.mode, hook.hold_s = "hold", 1.5
     try:
@@ -112,7 +112,7 @@ def kill_during_delivery(work: Path, model: TinyModel, kills: int = 2,
 
 
 def receiver_down(work: Path, model: TinyModel, down_s: float = 8.0, runs: int = 4) -> Outcome:
-    out = Outcome("notify, receiver down")
+    out = Outcome("notify receiver down")
     hook = Webhook()  # not up: connections refused
     try:
         with Kbd(work, model, extra=channel_toml(hook)) as kbd:
