@@ -372,10 +372,17 @@ def print_question(question: dict, as_json: bool) -> None:
     click.echo(f"{question['id']}: {question['text']}  [{when} {question['timezone']}]{state}")
     if question["scope"]:
         click.echo(f"    scope: {', '.join(question['scope'])}")
+    window = (f"the last {question['since']}" if question["since"] else
+              "since the last run" if question["since_last_run"] else "all passages")
+    click.echo(f"    window: {window}")
     if question["next_run_at"]:
         click.echo(f"    next run: {question['next_run_at']}")
     if question.get("notify", "never") != "never":
         click.echo(f"    notify: {question['notify']} to {', '.join(question['channels'])}")
+    last = question.get("last_delivery")
+    if last:
+        click.echo(f"    last delivery: {last['status']} to {last['channel']} at "
+                   f"{last['finished_at']}")
 
 
 @questions.command("add")
@@ -476,16 +483,78 @@ def print_answer(reply: dict, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @human_errors
 def answers(question_id: int | None, limit: int, as_json: bool) -> None:
-    """Answer history, newest first, of one standing question or of all (with `kbd ask`'s)."""
+    """Answer history. With a question id, its thread, oldest first: each run with its badge
+    and what changed since the previous answer (a diff of the answer and of the sources);
+    without, every answer newest first (with `kbd ask`'s).
+
+        kbd answers 3 --limit 10
+    """
+    kbd = client(get_config())
     query = f"limit={limit}" + (f"&question_id={question_id}" if question_id else "")
-    reply = client(get_config()).request("GET", f"/answers?{query}")
+    reply = kbd.request("GET", f"/answers?{query}")
     if as_json:
         print_json(reply)
+        return
+    if not reply["answers"]:
+        click.echo(no_answers_yet(kbd, question_id))
+        return
+    if question_id:
+        print_thread(reply["answers"])
         return
     for answer in reply["answers"]:
         tag = answer["change"] or answer["status"]
         click.echo(f"#{answer['answer_id']} {answer['started_at']} [{tag}] {answer['question']}")
         print_answer(answer, False)
+
+
+BADGES = {"first": "first answer", "changed": "changed", "new-sources": "new sources",
+          "unchanged": "unchanged"}
+
+
+def no_answers_yet(kbd, question_id: int | None) -> str:
+    """What `kbd answers` says before any run: when the first one is due."""
+    if question_id:
+        due = [kbd.request("GET", f"/questions/{question_id}")]
+    else:
+        due = [q for q in kbd.request("GET", "/questions")["questions"] if q["enabled"]]
+    due = sorted((q for q in due if q["next_run_at"]), key=lambda q: q["next_run_at"])
+    if not due:
+        return "no answers yet, and no standing question is scheduled " \
+               "(kbd questions add TEXT --every 1h)"
+    return (f"no answers yet; the first is due at {due[0]['next_run_at']} "
+            f"(question {due[0]['id']})")
+
+
+def print_thread(newest_first: list[dict]) -> None:
+    """One question's runs, oldest first; each ok answer after the first shows its change
+    as a diff of the text (- before, + now) and of the sources' places."""
+    import difflib
+
+    before = None
+    for answer in reversed(newest_first):
+        badge = BADGES.get(answer["change"] or "", answer["status"].upper())
+        click.echo(f"#{answer['answer_id']} {answer['started_at']} [{badge}]")
+        if answer["status"] != "ok":
+            click.echo(f"    {answer['error'] or answer['status']}")
+            continue
+        places = [place(s) for s in answer["sources"]]
+        if before is None:
+            click.echo("\n".join(f"    {line}" for line in answer["answer"].splitlines()))
+            click.echo("".join(f"    [{s['rank']}] {p}\n" for s, p in
+                               zip(answer["sources"], places, strict=True)), nl=False)
+        else:
+            diff = list(difflib.unified_diff(before["answer"].splitlines(),
+                                             answer["answer"].splitlines(), lineterm="", n=1))
+            for line in diff[2:] or ["  (answer unchanged)"]:
+                click.echo(f"    {line}")
+            old = [place(s) for s in before["sources"]]
+            for p in old:
+                if p not in places:
+                    click.echo(f"    - source {p}")
+            for p in places:
+                if p not in old:
+                    click.echo(f"    + source {p}")
+        before = answer
 
 
 @cli.group("notify", invoke_without_command=True)

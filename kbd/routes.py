@@ -202,10 +202,13 @@ def question_json(question: dict) -> dict:
 
 
 def questions_list(daemon) -> dict:
+    from kbd.store import events as ev
     from kbd.store import questions as qs
 
     with daemon.store.read() as conn:
-        return {"questions": [question_json(x) for x in qs.list_questions(conn)]}
+        return {"questions": [question_json(x) | {"last_delivery": ev.last_delivery(conn,
+                                                                                    x["id"])}
+                              for x in qs.list_questions(conn)]}
 
 
 def get_or_404(daemon, groups: dict) -> dict:

@@ -5,6 +5,7 @@ stdin to a file."""
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
@@ -102,10 +103,12 @@ class Webhook:
             do_PUT = do_POST
 
             def _reply(self, status: int) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
+                # a client killed (kill -9) or gone past its timeout no longer listens
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.send_response(status)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"{}")
 
             def log_message(self, *args) -> None:
                 pass
