@@ -532,7 +532,7 @@ def print_thread(newest_first: list[dict]) -> None:
 
     before = None
     for answer in reversed(newest_first):
-        badge = BADGES.get(answer["change"] or "", answer["status"].upper())
+        badge = BADGES.get(answer["change"] or "", answer["status"])
         click.echo(f"#{answer['answer_id']} {answer['started_at']} [{badge}]")
         if answer["status"] != "ok":
             click.echo(f"    {answer['error'] or answer['status']}")

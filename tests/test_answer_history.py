@@ -69,7 +69,7 @@ def test_a_thread_shows_each_run_with_its_badge_and_what_changed(replies):
     second = lines[lines.index("#2 2026-12-02T07:00:00Z [changed]") + 1:]
     assert second[:5] == ["    @@ -1 +1,2 @@", "    -no errors", "    +sda1 failing",
                           "    +since 06:59", "    + source /var/log/kern.log:5"]
-    assert "#3 2026-12-03T07:00:00Z [FAILED]" in lines and "    model gone" in lines
+    assert "#3 2026-12-03T07:00:00Z [failed]" in lines and "    model gone" in lines
     fourth = lines[lines.index("#4 2026-12-04T07:00:00Z [unchanged]") + 1]
     assert fourth == "      (answer unchanged)"
     assert lines[-2:] == ["      (answer unchanged)", "    - source /var/log/disk.log:10-12"]
