@@ -94,6 +94,8 @@ class NotifyChannel:
     to: tuple[str, ...] = ()
     # command
     argv: tuple[str, ...] = ()
+    # webhook and email: a CA bundle to trust (a private CA); default: the system's
+    ca_file: Path | None = None
 
     @property
     def smtp_port(self) -> int:
@@ -102,9 +104,10 @@ class NotifyChannel:
 
 # the keys each channel type takes besides the common ones
 CHANNEL_KEYS = {
-    "webhook": {"url", "url_env", "url_file", "format", "topic", "secret_env", "secret_file"},
+    "webhook": {"url", "url_env", "url_file", "format", "topic", "secret_env", "secret_file",
+                "ca_file"},
     "email": {"host", "port", "security", "username", "mail_from", "to", "secret_env",
-              "secret_file"},
+              "secret_file", "ca_file"},
     "command": {"argv"},
 }
 COMMON_CHANNEL_KEYS = {"type", "timeout_s", "retry_first_s", "retry_max_s", "give_up_s"}
@@ -223,7 +226,7 @@ def _build(cls, raw: dict, where: str, **fixed):
         elif isinstance(default, str) and not isinstance(value, str):
             raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
         elif key in ("checkpoint", "base", "path", "socket", "reports_dir", "secret_file",
-                     "url_file"):
+                     "url_file", "ca_file"):
             value = Path(value).expanduser() if value else None
         values[key] = value
     return cls(**values)

@@ -130,6 +130,15 @@ def _cut(text: str) -> str:
     return text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS - 1] + "…"
 
 
+def tls_context(channel: NotifyChannel) -> ssl.SSLContext:
+    """Certificates checked against the system's CAs, or only the channel's ca_file."""
+    try:
+        return ssl.create_default_context(
+            cafile=str(channel.ca_file) if channel.ca_file else None)
+    except (OSError, ssl.SSLError) as e:
+        raise DeliveryError(f"notify.{channel.name}.ca_file {channel.ca_file}: {e}") from e
+
+
 # -- webhooks ------------------------------------------------------------------------------
 
 def webhook_body(channel: NotifyChannel, p: dict) -> dict:
@@ -157,7 +166,8 @@ def send_webhook(channel: NotifyChannel, p: dict) -> str:
     if channel.format == "matrix":  # the client API's transaction id: Matrix drops repeats
         method, url = "PUT", f"{url.rstrip('/')}/{p['event_id']}"
     try:
-        with httpx.Client(timeout=channel.timeout_s, follow_redirects=False) as client:
+        with httpx.Client(timeout=channel.timeout_s, follow_redirects=False,
+                          verify=tls_context(channel)) as client:
             reply = client.request(method, url, json=webhook_body(channel, p), headers=headers)
     except httpx.HTTPError as e:
         raise DeliveryError(f"{type(e).__name__}: {e}") from e
@@ -193,12 +203,12 @@ def send_mail(channel: NotifyChannel, p: dict) -> str:
     try:
         if channel.security == "tls":
             smtp = smtplib.SMTP_SSL(channel.host, channel.smtp_port, timeout=channel.timeout_s,
-                                    context=ssl.create_default_context())
+                                    context=tls_context(channel))
         else:
             smtp = smtplib.SMTP(channel.host, channel.smtp_port, timeout=channel.timeout_s)
         with smtp:
             if channel.security == "starttls":
-                smtp.starttls(context=ssl.create_default_context())
+                smtp.starttls(context=tls_context(channel))
             if channel.username:
                 smtp.login(channel.username, password)
             refused = smtp.send_message(message)

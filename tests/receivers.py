@@ -10,6 +10,8 @@ import email
 import email.policy
 import json
 import socket
+import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 
 def free_port() -> int:
@@ -39,10 +42,30 @@ class MailBox:
 
 
 class SmtpServer:
-    def __init__(self) -> None:
+    """With `tls` (a certificate and its key), STARTTLS is required and so is a login, over
+    TLS only, as `user` / `password`; logins tried are kept in `logins`."""
+
+    def __init__(self, tls: tuple[Path, Path] | None = None, user: str = "kbd",
+                 password: str = "") -> None:
         self.box = MailBox()
         self.port = free_port()
-        self.controller = Controller(self.box, hostname="127.0.0.1", port=self.port)
+        self.logins: list[tuple[str, bool]] = []  # (login, accepted)
+        options = {}
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+
+            def authenticator(server, session, envelope, mechanism, auth_data):
+                login = auth_data.login.decode()
+                ok = (login, auth_data.password.decode()) == (user, password)
+                self.logins.append((login, ok))
+                return AuthResult(success=ok)
+
+            options = {"tls_context": context, "require_starttls": True,
+                       "authenticator": authenticator, "auth_require_tls": True,
+                       "auth_required": True}
+        self.controller = Controller(self.box, hostname="127.0.0.1", port=self.port,
+                                     **options)
 
     def __enter__(self) -> SmtpServer:
         self.controller.start()
@@ -141,3 +164,13 @@ def stdin_to_file_argv(path: Path, sleep_s: float = 0.0, exit_code: int = 0) -> 
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() \
         else []
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, and its key (openssl), for TLS tests."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)
+    return cert, key

@@ -6,13 +6,14 @@ event's stable id, and hostile document text arrives escaped for each target."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
 from harness import wait_for
-from receivers import SmtpServer, Webhook, read_lines, stdin_to_file_argv
+from receivers import SmtpServer, Webhook, read_lines, self_signed, stdin_to_file_argv
 from sqlalchemy import select
 
 from kbd.config import NotifyChannel
@@ -228,6 +229,30 @@ class TestMail:
             assert "<script>" not in html_part and "&lt;script&gt;" in html_part
             assert "&lt;!channel&gt;" in html_part
             assert "any disk errors?" in text_part
+
+    def test_starttls_and_login_with_the_password_from_the_environment(self, tmp_path,
+                                                                         monkeypatch):
+        if shutil.which("openssl") is None:
+            pytest.skip("openssl makes the test certificate")
+        cert, key = self_signed(tmp_path)
+        monkeypatch.setenv("KBD_TEST_SMTP_PASSWORD", "s3cret")
+        payload = {"kind": "test", "event_id": "kbd-tls", "channel": "mail"}
+        with SmtpServer(tls=(cert, key), password="s3cret") as smtp:
+            plain = self.channel(smtp)
+            channel = replace(plain, security="starttls", username="kbd", ca_file=cert,
+                              timeout_s=5, secret_env="KBD_TEST_SMTP_PASSWORD")
+            assert deliver(channel, payload).startswith("accepted by 127.0.0.1")
+            assert smtp.logins == [("kbd", True)]
+            assert smtp.messages[0]["Message-ID"] == "<kbd-tls@kbd>"
+            with pytest.raises(DeliveryError, match="CERTIFICATE_VERIFY_FAILED"):
+                deliver(replace(channel, ca_file=None), payload)  # not a trusted CA
+            with pytest.raises(DeliveryError):  # the server wants STARTTLS first
+                deliver(plain, payload)
+            monkeypatch.setenv("KBD_TEST_SMTP_PASSWORD", "wrong")
+            with pytest.raises(DeliveryError):  # refused (smtplib then tries LOGIN, which
+                deliver(replace(channel, timeout_s=1), payload)  # this server leaves hanging)
+            assert ("kbd", False) in smtp.logins
+            assert len(smtp.messages) == 1
 
     def test_refused_connection_is_a_delivery_error(self):
         with SmtpServer() as smtp:
