@@ -176,6 +176,16 @@ def status(as_json: bool) -> None:
             click.echo(f"failed: {f['path']} ({f['stage']}, {f['code']}): {f['message']}")
         for f in result.get("faults", []):  # the daemon's; an offline status has none
             click.echo(f"fault: {f['place']}: {f['message']} (hint: {f['hint']})")
+        notify = result.get("notify")
+        if notify and any(notify[k] for k in ("pending", "delivered", "failed")):
+            click.echo(f"notifications: {notify['delivered']} delivered, {notify['pending']} "
+                       f"pending, {notify['failed']} given up")
+            for e in notify["given_up"]:
+                click.echo(f"not delivered: {e['kind']} event {e['key']} to {e['channel']} "
+                           f"after {e['attempts']} attempts: {e['last_error']}")
+            for name in notify["unknown_channels"]:
+                click.echo(f"waiting: events for channel {name}, which the config no longer "
+                           "has")
     if not running:
         sys.exit(EXIT_NOT_RUNNING)
     if result.get("faults"):
@@ -362,8 +372,17 @@ def print_question(question: dict, as_json: bool) -> None:
     click.echo(f"{question['id']}: {question['text']}  [{when} {question['timezone']}]{state}")
     if question["scope"]:
         click.echo(f"    scope: {', '.join(question['scope'])}")
+    window = (f"the last {question['since']}" if question["since"] else
+              "since the last run" if question["since_last_run"] else "all passages")
+    click.echo(f"    window: {window}")
     if question["next_run_at"]:
         click.echo(f"    next run: {question['next_run_at']}")
+    if question.get("notify", "never") != "never":
+        click.echo(f"    notify: {question['notify']} to {', '.join(question['channels'])}")
+    last = question.get("last_delivery")
+    if last:
+        click.echo(f"    last delivery: {last['status']} to {last['channel']} at "
+                   f"{last['finished_at']}")
 
 
 @questions.command("add")
@@ -378,10 +397,13 @@ def print_question(question: dict, as_json: bool) -> None:
 @click.option("--top-k", type=click.IntRange(1, 50), default=5, show_default=True)
 @click.option("--max-new-tokens", type=click.IntRange(1, 2048), default=128,
               show_default=True)
+@click.option("--notify", type=click.Choice(["change", "always", "never"]), default="never",
+              show_default=True, help="When runs are sent to the channels.")
+@click.option("--channel", "channels", multiple=True, help="A [notify.NAME] channel.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @human_errors
 def questions_add(text, every, cron, timezone, scope, kinds, since, since_last_run, top_k,
-                  max_new_tokens, as_json) -> None:
+                  max_new_tokens, notify, channels, as_json) -> None:
     """Add a standing question; prints it with its id.
 
         kbd questions add "Which services failed?" --every 1h --since-last-run
@@ -390,7 +412,8 @@ def questions_add(text, every, cron, timezone, scope, kinds, since, since_last_r
         raise click.UsageError("give exactly one of --every and --cron")
     body = {"text": text, "every": every, "cron": cron, "timezone": timezone,
             "scope": list(scope), "kinds": list(kinds), "since": since,
-            "since_last_run": since_last_run, "top_k": top_k, "max_new_tokens": max_new_tokens}
+            "since_last_run": since_last_run, "top_k": top_k, "max_new_tokens": max_new_tokens,
+            "notify": notify, "channels": list(channels)}
     body = {k: v for k, v in body.items() if v is not None}
     print_question(client(get_config()).request("POST", "/questions", body), as_json)
 
@@ -460,16 +483,133 @@ def print_answer(reply: dict, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @human_errors
 def answers(question_id: int | None, limit: int, as_json: bool) -> None:
-    """Answer history, newest first, of one standing question or of all (with `kbd ask`'s)."""
+    """Answer history. With a question id, its thread, oldest first: each run with its badge
+    and what changed since the previous answer (a diff of the answer and of the sources);
+    without, every answer newest first (with `kbd ask`'s).
+
+        kbd answers 3 --limit 10
+    """
+    kbd = client(get_config())
     query = f"limit={limit}" + (f"&question_id={question_id}" if question_id else "")
-    reply = client(get_config()).request("GET", f"/answers?{query}")
+    reply = kbd.request("GET", f"/answers?{query}")
     if as_json:
         print_json(reply)
+        return
+    if not reply["answers"]:
+        click.echo(no_answers_yet(kbd, question_id))
+        return
+    if question_id:
+        print_thread(reply["answers"])
         return
     for answer in reply["answers"]:
         tag = answer["change"] or answer["status"]
         click.echo(f"#{answer['answer_id']} {answer['started_at']} [{tag}] {answer['question']}")
         print_answer(answer, False)
+
+
+BADGES = {"first": "first answer", "changed": "changed", "new-sources": "new sources",
+          "unchanged": "unchanged"}
+
+
+def no_answers_yet(kbd, question_id: int | None) -> str:
+    """What `kbd answers` says before any run: when the first one is due."""
+    if question_id:
+        due = [kbd.request("GET", f"/questions/{question_id}")]
+    else:
+        due = [q for q in kbd.request("GET", "/questions")["questions"] if q["enabled"]]
+    due = sorted((q for q in due if q["next_run_at"]), key=lambda q: q["next_run_at"])
+    if not due:
+        return "no answers yet, and no standing question is scheduled " \
+               "(kbd questions add TEXT --every 1h)"
+    return (f"no answers yet; the first is due at {due[0]['next_run_at']} "
+            f"(question {due[0]['id']})")
+
+
+def print_thread(newest_first: list[dict]) -> None:
+    """One question's runs, oldest first; each ok answer after the first shows its change
+    as a diff of the text (- before, + now) and of the sources' places."""
+    import difflib
+
+    before = None
+    for answer in reversed(newest_first):
+        badge = BADGES.get(answer["change"] or "", answer["status"])
+        click.echo(f"#{answer['answer_id']} {answer['started_at']} [{badge}]")
+        if answer["status"] != "ok":
+            click.echo(f"    {answer['error'] or answer['status']}")
+            continue
+        places = [place(s) for s in answer["sources"]]
+        if before is None:
+            click.echo("\n".join(f"    {line}" for line in answer["answer"].splitlines()))
+            click.echo("".join(f"    [{s['rank']}] {p}\n" for s, p in
+                               zip(answer["sources"], places, strict=True)), nl=False)
+        else:
+            diff = list(difflib.unified_diff(before["answer"].splitlines(),
+                                             answer["answer"].splitlines(), lineterm="", n=1))
+            for line in diff[2:] or ["  (answer unchanged)"]:
+                click.echo(f"    {line}")
+            old = [place(s) for s in before["sources"]]
+            for p in old:
+                if p not in places:
+                    click.echo(f"    - source {p}")
+            for p in places:
+                if p not in old:
+                    click.echo(f"    + source {p}")
+        before = answer
+
+
+@cli.group("notify", invoke_without_command=True)
+@click.pass_context
+def notify(ctx: click.Context) -> None:
+    """Notification channels ([notify.NAME] in config.toml) (default: list them)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(notify_list)
+
+
+@notify.command("list")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def notify_list(limit: int = 20, as_json: bool = False) -> None:
+    """The channels and their recent deliveries, newest first."""
+    reply = client(get_config()).request("GET", f"/notify?limit={limit}")
+    if as_json:
+        print_json(reply)
+        return
+    if not reply["channels"]:
+        click.echo("no channels: add [notify.NAME] tables to config.toml")
+    for c in reply["channels"]:
+        counts = ", ".join(f"{n} {s}" for s, n in c["counts"].items())
+        click.echo(f"{c['name']}: {c['type']} {c['target']} ({counts})")
+    if reply["deliveries"]:
+        click.echo("recent:")
+    for e in reply["deliveries"]:
+        about = f" question {e['question_id']}" if e["question_id"] else ""
+        outcome = e["receipt"] if e["status"] == "delivered" else e["last_error"] or ""
+        click.echo(f"  {e['created_at']} {e['channel']} {e['kind']}{about} {e['status']} "
+                   f"after {e['attempts']} attempt{'s' * (e['attempts'] != 1)} {outcome} "
+                   f"[{e['key']}]")
+
+
+@notify.command("test")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@human_errors
+def notify_test(name: str, as_json: bool) -> None:
+    """Send a test message through a channel; exits 1 if it was not delivered.
+
+        kbd notify test ops-mail
+    """
+    event = client(get_config()).request("POST", "/notify/test", {"channel": name})
+    if as_json:
+        print_json(event)
+    elif event["status"] == "delivered":
+        click.echo(f"delivered to {name}: {event['receipt']} [{event['key']}]")
+    else:
+        why = event["last_error"] or "queued behind older events"
+        click.echo(f"not delivered to {name} yet: {why}; tried again from "
+                   f"{event['next_attempt_at']} [{event['key']}]")
+    if event["status"] != "delivered":
+        sys.exit(1)
 
 
 @cli.command("digest")

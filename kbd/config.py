@@ -59,6 +59,61 @@ class SchedulerConfig:
     digest_cron: str = "0 7 * * *"  # daily at 07:00; empty: no scheduled digests
     misfire_grace_s: int = 3600  # runs missed while kbd was down are made up this late
     reports_dir: Path | None = None  # digests; default <home>/reports
+    digest_notify: tuple[str, ...] = ()  # [notify.NAME] channels each digest is sent to
+
+
+CHANNEL_TYPES = ("webhook", "email", "command")
+WEBHOOK_FORMATS = ("generic", "slack", "matrix", "ntfy")
+MAIL_SECURITY = ("starttls", "tls", "none")
+
+
+@dataclass(frozen=True)
+class NotifyChannel:
+    """A [notify.NAME] table: where events go. Secrets (a webhook's bearer token or URL, the
+    SMTP password) are read from a file or an environment variable named here, never written
+    in the config itself."""
+
+    name: str
+    type: str  # webhook | email | command
+    timeout_s: float = 10.0  # one delivery attempt: HTTP request, SMTP session or command
+    retry_first_s: float = 1.0  # back-off after the first failure, doubling ...
+    retry_max_s: float = 600.0  # ... up to this
+    give_up_s: float = 86400.0  # an event not delivered this long after it was made fails
+    secret_env: str = ""  # webhook: bearer token; email: SMTP password
+    secret_file: Path | None = None
+    # webhook
+    url: str = ""
+    url_env: str = ""  # a Slack webhook URL is itself a secret
+    url_file: Path | None = None
+    format: str = "generic"  # generic | slack | matrix | ntfy
+    topic: str = ""  # ntfy
+    # email
+    host: str = ""
+    port: int = 0  # 0: 465 with tls, 587 with starttls, 25 without
+    security: str = "starttls"  # starttls | tls | none
+    username: str = ""
+    mail_from: str = ""
+    to: tuple[str, ...] = ()
+    # command
+    argv: tuple[str, ...] = ()
+    # webhook and email: a CA bundle to trust (a private CA); default: the system's
+    ca_file: Path | None = None
+
+    @property
+    def smtp_port(self) -> int:
+        return self.port or {"tls": 465, "starttls": 587}.get(self.security, 25)
+
+
+# the keys each channel type takes besides the common ones
+CHANNEL_KEYS = {
+    "webhook": {"url", "url_env", "url_file", "format", "topic", "secret_env", "secret_file",
+                "ca_file"},
+    "email": {"host", "port", "security", "username", "mail_from", "to", "secret_env",
+              "secret_file", "ca_file"},
+    "command": {"argv"},
+}
+COMMON_CHANNEL_KEYS = {"type", "timeout_s", "retry_first_s", "retry_max_s", "give_up_s"}
+INLINE_SECRETS = ("password", "token", "secret", "api_key")
 
 
 @dataclass(frozen=True)
@@ -70,7 +125,11 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     folders: tuple[WatchedFolder, ...] = ()
+    notify: tuple[NotifyChannel, ...] = ()
     source: Path | None = None  # the file it was read from
+
+    def channel(self, name: str) -> NotifyChannel | None:
+        return next((c for c in self.notify if c.name == name), None)
 
     @property
     def database_url(self) -> str:
@@ -123,6 +182,11 @@ RANGES: dict[tuple[type, str], tuple[float, float]] = {
     (IngestConfig, "pdf_timeout_s"): (0.1, 86400.0),
     (SchedulerConfig, "misfire_grace_s"): (1, 31536000),  # up to a year
     (WatchedFolder, "poll_interval_s"): (0.1, 3600.0),
+    (NotifyChannel, "timeout_s"): (0.1, 3600.0),
+    (NotifyChannel, "retry_first_s"): (0.01, 3600.0),
+    (NotifyChannel, "retry_max_s"): (0.01, 86400.0),  # and not below retry_first_s
+    (NotifyChannel, "give_up_s"): (1.0, 2592000.0),  # up to 30 days
+    (NotifyChannel, "port"): (0, 65535),
 }
 
 
@@ -140,6 +204,9 @@ def default_config_path() -> Path:
     return (xdg_folder("XDG_CONFIG_HOME") or Path.home() / ".config") / "kbd/config.toml"
 
 
+TUPLE_KEYS = ("include", "exclude", "digest_notify", "to", "argv")
+
+
 def _build(cls, raw: dict, where: str, **fixed):
     """Make a config dataclass from a TOML table, refusing unknown keys and wrong types."""
     known = {f.name: f for f in fields(cls)}
@@ -148,17 +215,20 @@ def _build(cls, raw: dict, where: str, **fixed):
         if key not in known or key in fixed:
             raise ConfigError(f"{where}.{key}: unknown key",
                               hint=f"known keys: {', '.join(sorted(set(known) - set(fixed)))}")
-        default = getattr(cls, key, None) if key not in ("include", "exclude") else ()
+        default = getattr(cls, key, None) if key not in TUPLE_KEYS else ()
         if isinstance(default, bool) != isinstance(value, bool) or (
                 isinstance(default, int | float) and not isinstance(value, int | float)):
             raise ConfigError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
         if (cls, key) in RANGES:
             check_number(f"{where}.{key}", value, type(default), RANGES[cls, key])
-        if key in ("include", "exclude"):
+        if key in ("include", "exclude", "digest_notify", "to", "argv"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{where}.{key}: expected a list of glob strings")
+                raise ConfigError(f"{where}.{key}: expected a list of strings")
             value = tuple(value)
-        elif key in ("checkpoint", "base", "path", "socket", "reports_dir"):
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{where}.{key}: expected a string, got {value!r}")
+        elif key in ("checkpoint", "base", "path", "socket", "reports_dir", "secret_file",
+                     "url_file", "ca_file"):
             value = Path(value).expanduser() if value else None
         values[key] = value
     return cls(**values)
@@ -198,7 +268,8 @@ def load_config(path: Path | None = None) -> Config:
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML ({e})") from e
     where = str(path)
-    unknown = set(raw) - {"home", "store", "model", "ingest", "server", "scheduler", "folders"}
+    unknown = set(raw) - {"home", "store", "model", "ingest", "server", "scheduler", "folders",
+                          "notify"}
     if unknown:
         raise ConfigError(f"{where}: unknown section or key {sorted(unknown)[0]!r}")
     store = raw.get("store", {})
@@ -229,13 +300,113 @@ def load_config(path: Path | None = None) -> Config:
     check_number("ingest.max_wait_s", ingest.max_wait_s, float,
                  (max(ingest.debounce_s, low), high),
                  hint=f"not below ingest.debounce_s ({ingest.debounce_s:g})")
+    notify = _notify_channels(raw.get("notify", {}), where)
+    scheduler = _build(SchedulerConfig, raw.get("scheduler", {}), "scheduler")
+    for name in scheduler.digest_notify:
+        if name not in {c.name for c in notify}:
+            raise ConfigError(f"{where}: scheduler.digest_notify names {name!r}, which is no "
+                              "[notify.NAME] channel", hint=_channel_hint(notify))
     return Config(
         home=Path(raw["home"]).expanduser() if "home" in raw else default_home(),
         store_url=store.get("url", ""),
         model=model,
         ingest=ingest,
         server=_build(ServerConfig, raw.get("server", {}), "server"),
-        scheduler=_build(SchedulerConfig, raw.get("scheduler", {}), "scheduler"),
+        scheduler=scheduler,
         folders=tuple(folders),
+        notify=notify,
         source=path if path.exists() else None,
     )
+
+
+def _channel_hint(channels: Iterable[NotifyChannel]) -> str:
+    names = [c.name for c in channels]
+    return f"channels: {', '.join(names)}" if names else "no [notify.NAME] channel is configured"
+
+
+def _notify_channels(raw, where: str) -> tuple[NotifyChannel, ...]:
+    """[notify.NAME] tables -> channels, each checked for its type's keys and values."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: notify must be tables [notify.NAME]")
+    channels = []
+    for name, table in raw.items():
+        at = f"notify.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {at} must be a table")
+        kind = table.get("type")
+        if kind not in CHANNEL_TYPES:
+            raise ConfigError(f"{where}: {at}.type must be {', '.join(CHANNEL_TYPES)}, "
+                              f"got {kind!r}")
+        for key in table:
+            if key.lower() in INLINE_SECRETS:
+                raise ConfigError(f"{where}: {at}.{key}: secrets are never written in the "
+                                  "config", hint="name a file (secret_file) or an environment "
+                                  "variable (secret_env) that holds it")
+            if key not in COMMON_CHANNEL_KEYS | CHANNEL_KEYS[kind]:
+                raise ConfigError(f"{where}: {at}.{key}: unknown key for a {kind} channel",
+                                  hint="known keys: " + ", ".join(
+                                      sorted(COMMON_CHANNEL_KEYS | CHANNEL_KEYS[kind])))
+        channel = _build(NotifyChannel, {k: v for k, v in table.items() if k != "type"},
+                         f"{where}: {at}", name=name, type=kind)
+        _check_channel(channel, f"{where}: {at}")
+        channels.append(channel)
+    return tuple(channels)
+
+
+def _check_channel(c: NotifyChannel, at: str) -> None:
+    low, high = RANGES[NotifyChannel, "retry_max_s"]
+    check_number(f"{at}.retry_max_s", c.retry_max_s, float, (max(c.retry_first_s, low), high),
+                 hint=f"not below retry_first_s ({c.retry_first_s:g})")
+    if c.secret_env and c.secret_file:
+        raise ConfigError(f"{at}: give secret_env or secret_file, not both")
+    if c.type == "webhook":
+        given = [k for k in ("url", "url_env", "url_file") if getattr(c, k)]
+        if len(given) != 1:
+            raise ConfigError(f"{at}: a webhook needs exactly one of url, url_env, url_file")
+        if c.url and not c.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{at}.url must start with http:// or https://, got {c.url!r}")
+        if c.format not in WEBHOOK_FORMATS:
+            raise ConfigError(f"{at}.format must be {', '.join(WEBHOOK_FORMATS)}, "
+                              f"got {c.format!r}")
+        if c.format == "ntfy" and not c.topic:
+            raise ConfigError(f"{at}.topic is required for an ntfy webhook")
+    elif c.type == "email":
+        if not c.host or not c.mail_from or not c.to:
+            raise ConfigError(f"{at}: an email channel needs host, mail_from and to")
+        if c.security not in MAIL_SECURITY:
+            raise ConfigError(f"{at}.security must be {', '.join(MAIL_SECURITY)}, "
+                              f"got {c.security!r}")
+        if (c.secret_env or c.secret_file) and not c.username:
+            raise ConfigError(f"{at}: a password needs a username to log in with")
+    elif not c.argv or not c.argv[0]:
+        raise ConfigError(f"{at}.argv must be the program and its arguments, as a list",
+                          hint='as in argv = ["notify-send", "kbd"]; no shell runs it')
+
+
+def read_secret(channel: NotifyChannel, env: str, file: Path | None, what: str) -> str:
+    """A secret from the environment variable or the file the channel names ("" if it
+    names neither); ConfigError naming the key when it is missing or empty."""
+    at = f"notify.{channel.name}"
+    if env:
+        value = os.environ.get(env, "")
+        if not value:
+            raise ConfigError(f"{at}: {what} comes from ${env}, which is not set",
+                              hint=f"set {env} in the daemon's environment")
+        return value
+    if file is not None:
+        try:
+            value = file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{at}: cannot read the {what} file {file}: {e.strerror or e}",
+                              hint="the file must be readable by kbd") from e
+        if not value:
+            raise ConfigError(f"{at}: the {what} file {file} is empty")
+        return value
+    return ""
+
+
+def check_secrets(channels: Iterable[NotifyChannel]) -> None:
+    """Every secret the channels name can be read (the daemon checks this at start)."""
+    for c in channels:
+        read_secret(c, c.secret_env, c.secret_file, "secret")
+        read_secret(c, c.url_env, c.url_file, "url")

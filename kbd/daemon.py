@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 
 from kbd.api import serve
-from kbd.config import Config, check_watchable, load_config
+from kbd.config import Config, check_secrets, check_watchable, load_config
 from kbd.errors import KbdError
 from kbd.ingest import Ingester, IngestWorker, Limits
 from kbd.private import private_fd, private_home, write_private
@@ -97,6 +97,7 @@ class Daemon:
         self.config_path = config_path
         self.config: Config = load_config(config_path)
         check_watchable(self.config.folders)
+        check_secrets(self.config.notify)  # a channel that could never send refuses the start
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
         self.generation = Generation()
@@ -133,6 +134,7 @@ class Daemon:
     def _start(self, config: Config) -> None:
         from kbd.model.worker import ModelWorker
         from kbd.routes import build_router
+        from kbd.sender import Sender
 
         self.store = Store.open(config.database_url, config.memory_dir)
         self.store.claim(f"kbd daemon pid {os.getpid()}")  # one daemon per store, too
@@ -151,12 +153,15 @@ class Daemon:
         self.ingest.held = self.watcher.tracker.claim
         self.scheduler = Scheduler(self.store, self.model.submit,
                                    misfire_grace_s=config.scheduler.misfire_grace_s)
+        self.sender = Sender(self.store, config.notify)
         self.server = serve(config.socket_path, build_router(self))
         self.server.start()
+        self.sender.start()
         self.model.start()
         self.scheduler.start()
         if config.scheduler.digest_cron:
-            self.scheduler.add_job(self.write_digest, digest_trigger(config), "digest")
+            self.scheduler.add_job(partial(self.write_digest, notify=True),
+                                   digest_trigger(config), "digest")
         self.ingest.start()
         self.watcher.start()
         if self.model.state != "loading":  # no model to wait for
@@ -210,8 +215,10 @@ class Daemon:
         self.watcher.update(config.folders)
         log.info("config reloaded: %d folders", len(config.folders))
 
-    def write_digest(self, since_s: float | None = None, formats=("md", "html")) -> dict:
-        """A digest of the period since the last one (or the last since_s seconds)."""
+    def write_digest(self, since_s: float | None = None, formats=("md", "html"),
+                     notify: bool = False) -> dict:
+        """A digest of the period since the last one (or the last since_s seconds); a
+        scheduled one (notify) is sent to [scheduler] digest_notify."""
         from datetime import UTC, datetime, timedelta
 
         from kbd.digest import default_since, write_digest
@@ -219,8 +226,9 @@ class Daemon:
         now = datetime.now(UTC)
         since = now - timedelta(seconds=since_s) if since_s else default_since(self.store, now)
         status = self.status()
+        channels = self.config.scheduler.digest_notify if notify else ()
         return write_digest(self.store, self.config.reports_dir, since, now, status["model"],
-                            status["backlog"], formats)
+                            status["backlog"], formats, notify=channels)
 
     def status_line(self) -> str:
         status = self.status()
@@ -233,6 +241,7 @@ class Daemon:
             stored = q.status(conn, self.model.backlog_model())
             # texts still ranked by BM25 alone: their vectors are computed while the GPU/CPU idles
             stored["dense_backlog"] = q.backlog_size(conn, dense.id) if dense else None
+            stored["notify"] = notify_status(conn, self.config)
         faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
                   for place, e in list(self.store.faults.items())]
         return stored | {"engine": self.model.engine_name, "model": self.model.state,
@@ -242,7 +251,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         notify("STOPPING=1")
-        for name in ("server", "scheduler", "watcher", "ingest", "model"):
+        for name in ("server", "scheduler", "watcher", "ingest", "model", "sender"):
             part = getattr(self, name, None)
             if part is None:
                 continue
@@ -253,6 +262,19 @@ class Daemon:
         if getattr(self, "store", None) is not None:  # else it never started: nothing to say
             self.store.close()
             log.info("kbd daemon stopped")
+
+
+def notify_status(conn, config: Config) -> dict:
+    """Events by status, the ones given up (newest first) and the channels that events
+    wait for but the config no longer has."""
+    from kbd.store import events as ev
+
+    waiting = {e["channel"] for e in ev.recent(conn, status="pending", limit=None)}
+    return ev.counts(conn) | {
+        "given_up": [{k: e[k] for k in ("id", "key", "channel", "kind", "question_id",
+                                        "answer_id", "attempts", "finished_at", "last_error")}
+                     for e in ev.recent(conn, status="failed", limit=10)],
+        "unknown_channels": sorted(waiting - {c.name for c in config.notify})}
 
 
 def thread_label(thread: threading.Thread | None) -> str:

@@ -22,6 +22,7 @@ from kbd.private import private_fd, private_folder
 from kbd.questions import format_duration
 from kbd.store import Store
 from kbd.store import digests as sd
+from kbd.store import events as ev
 from kbd.store import questions as sq
 
 LIST_LIMIT = 50  # entries per list (documents, failures, failed runs); the rest are counted
@@ -92,6 +93,8 @@ class Digest:
     activity: dict  # as kbd.store.digests.ingest_activity gives it
     backlog: int | None  # passages waiting for compression, as the caller knows it
     model: str | None  # the model loaded now
+    # notifications given up in the period (kbd.store.events.recent), newest first
+    undelivered: list[dict] = field(default_factory=list)
 
     @property
     def failed_runs(self) -> int:
@@ -153,8 +156,10 @@ def gather(store: Store, since: datetime, now: datetime, model: str | None,
     with store.read() as conn:
         questions = [_question_report(conn, q, since, now) for q in sq.list_questions(conn)]
         activity = sd.ingest_activity(conn, since, now, limit=LIST_LIMIT)
+        undelivered = ev.recent(conn, status="failed", since=since, limit=LIST_LIMIT)
     return Digest(generated_at=now.astimezone(UTC), since=since.astimezone(UTC),
-                  questions=questions, activity=activity, backlog=backlog, model=model)
+                  questions=questions, activity=activity, backlog=backlog, model=model,
+                  undelivered=undelivered)
 
 
 # -- shared wording --------------------------------------------------------------------------
@@ -305,9 +310,18 @@ def to_markdown(d: Digest) -> str:
         out += [f"- {_md_code(f['path'])} — {_md(f['code'])} ({_md(f['stage'])}) — "
                 f"{_md(_one_line(f['message']))}" for f in failures["items"]]
         out += [*_md_more(failures["count"], len(failures["items"])), ""]
+    if d.undelivered:
+        out += ["## Notifications not delivered", ""]
+        out += [f"- {_md(_undelivered_line(e))}" for e in d.undelivered] + [""]
     out += ["## Backlog and model", "", f"- Model: {_md(_model_line(d))}",
             f"- Backlog: {_backlog_line(d)}", ""]
     return "\n".join(out)
+
+
+def _undelivered_line(event: dict) -> str:
+    about = f" of question {event['question_id']}" if event["question_id"] else ""
+    return (f"{event['kind']} event{about} to {event['channel']} ({event['key']}), given up "
+            f"after {event['attempts']} attempts: {_one_line(event['last_error'])}")
 
 
 def _model_line(d: Digest) -> str:
@@ -428,6 +442,9 @@ def to_html(d: Digest) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
         f"<h1>{_e(title)}</h1>", *body, _html_activity(d.activity),
+        *(['<section class="undelivered">', "<h2>Notifications not delivered</h2>", "<ul>",
+           *[f"<li>{_e(_undelivered_line(e))}</li>" for e in d.undelivered], "</ul>",
+           "</section>"] if d.undelivered else []),
         '<section class="status">', "<h2>Backlog and model</h2>",
         f"<ul><li>Model: {_e(_model_line(d))}</li><li>Backlog: {_e(_backlog_line(d))}</li>"
         "</ul>", "</section>", "</body>", "</html>", ""])
@@ -459,9 +476,11 @@ def _claim(reports_dir: Path, stem: str, formats: tuple[str, ...]) -> list[Path]
 
 
 def write_digest(store: Store, reports_dir: Path, since: datetime, now: datetime,
-                 model: str | None, backlog: int | None, formats=FORMATS) -> dict:
+                 model: str | None, backlog: int | None, formats=FORMATS,
+                 notify: tuple[str, ...] = ()) -> dict:
     """Gather the period [since, now), write reports_dir/digest-YYYY-MM-DD-HHMM.<format>
-    (now's local date and time; -2, -3, ... when taken), and record the run."""
+    (now's local date and time; -2, -3, ... when taken), and record the run, with an event
+    for each channel in `notify` in the same transaction."""
     formats = tuple(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in RENDER]
     if not formats or unknown:
@@ -474,7 +493,9 @@ def write_digest(store: Store, reports_dir: Path, since: datetime, now: datetime
         # a file name that is not UTF-8 is written as \udcNN
         path.write_text(text, encoding="utf-8", errors="backslashreplace")
     names = [str(p) for p in paths]
-    store.write(lambda conn: sd.record_digest(conn, d.generated_at, d.since, names))
+    content = {"markdown": to_markdown(d), "html": to_html(d)} if notify else {}
+    store.write(lambda conn: sd.record_digest(conn, d.generated_at, d.since, names, notify,
+                                              content | {"failed_runs": d.failed_runs}))
     return {"paths": names, "since": d.since, "generated_at": d.generated_at,
             "questions": len(d.questions), "failed_runs": d.failed_runs}
 

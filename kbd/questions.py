@@ -35,7 +35,10 @@ _DURATION = re.compile("".join(rf"(?:(?P<{u}>[0-9]+){u})?" for u in DURATION_UNI
 CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron's numbering, 0 = Sunday
 APS_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # APScheduler 3.x order
 REQUEST_FIELDS = ("text", "every", "cron", "timezone", "scope", "kinds", "since",
-                  "since_last_run", "top_k", "max_new_tokens", "enabled")
+                  "since_last_run", "top_k", "max_new_tokens", "enabled", "notify", "channels")
+# when a question's runs reach its channels: change = a first answer, another answer or other
+# sources, a failed run and the first skipped firing; always = every run; never
+NOTIFY_MODES = ("change", "always", "never")
 
 
 def _fail(field: str, problem: str, hint: str | None = None) -> NoReturn:
@@ -154,6 +157,8 @@ class QuestionSpec:
     top_k: int = 5
     max_new_tokens: int = 128
     enabled: bool = True
+    notify: str = "never"  # change | always | never
+    channels: tuple[str, ...] = ()  # [notify.NAME] channels its events go to
 
     def validate(self) -> None:
         """Raise InputError naming the first bad field."""
@@ -188,6 +193,20 @@ class QuestionSpec:
         _check_range("max_new_tokens", self.max_new_tokens, MAX_NEW_TOKENS_RANGE)
         if not isinstance(self.enabled, bool):
             _fail("enabled", "must be true or false")
+        if self.notify not in NOTIFY_MODES:
+            _fail("notify", f"must be {', '.join(NOTIFY_MODES)}, not {self.notify!r}")
+        _check_channels(self.channels)
+        if self.notify != "never" and not self.channels:
+            _fail("channels", f"notify = {self.notify} needs at least one channel",
+                  hint="name [notify.NAME] channels of the config")
+
+    def check_channels(self, known: set[str]) -> None:
+        """Refuse a channel the config does not define."""
+        for name in self.channels:
+            if name not in known:
+                _fail("channels", f"{name!r} is no [notify.NAME] channel of the config",
+                      hint=f"channels: {', '.join(sorted(known))}" if known else
+                      "the config defines no [notify.NAME] channel")
 
 
 def _is_int(value) -> bool:
@@ -219,6 +238,14 @@ def _check_kinds(kinds) -> None:
             _fail("kinds", f"{kind!r} is not a kind; use log and/or report")
 
 
+def _check_channels(channels) -> None:
+    if not isinstance(channels, list | tuple):
+        _fail("channels", "must be a list of [notify.NAME] channel names")
+    for name in channels:
+        if not isinstance(name, str) or not name.strip():
+            _fail("channels", f"{name!r} is not a channel name")
+
+
 def _duration(field: str, value) -> int:
     try:
         return parse_duration(value)
@@ -229,9 +256,9 @@ def _duration(field: str, value) -> int:
 def spec_from_request(request: Mapping, base: QuestionSpec | None = None) -> QuestionSpec:
     """Validate a question from the API or CLI: text, exactly one of every (a duration) or
     cron, timezone, scope, kinds, since (a duration) or since_last_run, top_k, max_new_tokens,
-    enabled. With base (an update), fields left out keep base's values; every replaces a cron
-    and the other way round, and since replaces since_last_run. A field given as null goes
-    back to its default."""
+    enabled, notify and channels. With base (an update), fields left out keep base's values;
+    every replaces a cron and the other way round, and since replaces since_last_run. A field
+    given as null goes back to its default."""
     if not isinstance(request, Mapping):
         _fail("request", "must be an object of question fields")
     for key in request:
@@ -273,10 +300,11 @@ def spec_from_request(request: Mapping, base: QuestionSpec | None = None) -> Que
     if given.get("since_last_run") is True and "since" not in given:
         values["since_s"] = None
 
-    for key in ("timezone", "since_last_run", "top_k", "max_new_tokens", "enabled"):
+    for key in ("timezone", "since_last_run", "top_k", "max_new_tokens", "enabled", "notify"):
         if key in given:
             values[key] = given[key]
-    for key, check in (("scope", _check_scope), ("kinds", _check_kinds)):
+    for key, check in (("scope", _check_scope), ("kinds", _check_kinds),
+                       ("channels", _check_channels)):
         if key in given:
             check(given[key])
             values[key] = tuple(dict.fromkeys(given[key]))  # in order, without repeats
@@ -292,7 +320,8 @@ def spec_of(question: Mapping) -> QuestionSpec:
     """The spec of a stored question (a dict from kbd.store.questions)."""
     values = {f.name: question[f.name] for f in fields(QuestionSpec)}
     return QuestionSpec(**values | {"scope": tuple(values["scope"]),
-                                    "kinds": tuple(values["kinds"])})
+                                    "kinds": tuple(values["kinds"]),
+                                    "channels": tuple(values["channels"])})
 
 
 def trigger_for(spec: QuestionSpec, start_date: datetime | None = None):

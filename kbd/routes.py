@@ -7,6 +7,9 @@
     GET  /documents?prefix=&limit=     live documents
     GET  /documents/show?path=         one document with its live passages
     GET  /answers?question_id=&limit=  answer history with sources
+    GET  /answers/ID                   one answer with its sources
+    GET  /notify?limit=                channels and their recent deliveries
+    POST /notify/test {"channel"}      send a test message through the outbox
     ... and /questions (see kbd/routes.py: questions_routes)
 """
 
@@ -43,6 +46,9 @@ def build_router(daemon) -> Router:
     router.add("POST", one + "/resume", lambda g, query, body: question_enable(daemon, g, True))
     router.add("POST", one + "/run", lambda g, query, body: question_run(daemon, g))
     router.add("GET", "/answers", lambda g, query, body: answers_list(daemon, query))
+    router.add("GET", r"/answers/(?P<id>[0-9]+)", lambda g, query, body: answer_one(daemon, g))
+    router.add("GET", "/notify", lambda g, query, body: notify_list(daemon, query))
+    router.add("POST", "/notify/test", lambda g, query, body: notify_test(daemon, body))
     router.add("POST", "/digest", lambda g, query, body: digest_now(daemon, body))
     router.add("GET", "/digests", lambda g, query, body: digests_list(daemon, query))
     return router
@@ -191,14 +197,18 @@ def question_json(question: dict) -> dict:
         "since_last_run": question["since_last_run"], "top_k": question["top_k"],
         "max_new_tokens": question["max_new_tokens"], "last_run_at": question["last_run_at"],
         "next_run_at": question["next_run_at"], "created_at": question["created_at"],
+        "notify": question["notify"], "channels": question["channels"],
     }
 
 
 def questions_list(daemon) -> dict:
+    from kbd.store import events as ev
     from kbd.store import questions as qs
 
     with daemon.store.read() as conn:
-        return {"questions": [question_json(x) for x in qs.list_questions(conn)]}
+        return {"questions": [question_json(x) | {"last_delivery": ev.last_delivery(conn,
+                                                                                    x["id"])}
+                              for x in qs.list_questions(conn)]}
 
 
 def get_or_404(daemon, groups: dict) -> dict:
@@ -212,11 +222,13 @@ def get_or_404(daemon, groups: dict) -> dict:
     return question
 
 
-def _spec(body: dict, base=None):
+def _spec(daemon, body: dict, base=None):
     from kbd.questions import spec_from_request
 
     try:
-        return spec_from_request(body, base=base)
+        spec = spec_from_request(body, base=base)
+        spec.check_channels({c.name for c in daemon.config.notify})
+        return spec
     except InputError as e:
         raise ApiError(400, e.message, e.hint) from e
 
@@ -226,7 +238,7 @@ def question_create(daemon, body: dict) -> dict:
 
     from kbd.store import questions as qs
 
-    spec = _spec(body)
+    spec = _spec(daemon, body)
     question_id = daemon.store.write(lambda conn: qs.create_question(conn, **asdict(spec)))
     daemon.scheduler.sync(question_id)
     return question_json(get_or_404(daemon, {"id": question_id}))
@@ -238,7 +250,7 @@ def question_update(daemon, groups: dict, body: dict) -> dict:
     from kbd.questions import spec_of
     from kbd.store import questions as qs
 
-    spec = _spec(body, base=spec_of(get_or_404(daemon, groups)))
+    spec = _spec(daemon, body, base=spec_of(get_or_404(daemon, groups)))
     question_id = int(groups["id"])
     daemon.store.write(lambda conn: qs.update_question(conn, question_id, **asdict(spec)))
     daemon.scheduler.sync(question_id)
@@ -299,6 +311,74 @@ def answers_list(daemon, query: dict) -> dict:
     with daemon.store.read() as conn:
         found = qs.answers(conn, question_id, limit=int_param(query, "limit", 20))
     return {"answers": [answer_json(a) for a in found]}
+
+
+def answer_one(daemon, groups: dict) -> dict:
+    from kbd.store import questions as qs
+
+    answer_id = int(groups["id"])
+    with daemon.store.read() as conn:
+        found = qs.answer(conn, answer_id) if answer_id <= MAX_NUMBER else None
+    if found is None:
+        raise ApiError(404, f"no answer {groups['id']}")
+    return answer_json(found)
+
+
+# -- notifications ---------------------------------------------------------------------------
+
+TEST_WAIT_S = 10.0  # past the channel's timeout, for the test message's first attempt
+
+
+def channel_json(channel) -> dict:
+    """A channel as `kbd notify list` shows it: where it sends, never a secret."""
+    if channel.type == "webhook":
+        target = channel.url.split("?")[0] if channel.url else \
+            f"url from {'$' + channel.url_env if channel.url_env else channel.url_file}"
+        target = f"{channel.format} {target}"
+    elif channel.type == "email":
+        target = f"{', '.join(channel.to)} via {channel.host}:{channel.smtp_port} " \
+                 f"({channel.security})"
+    else:
+        target = " ".join(channel.argv)
+    return {"name": channel.name, "type": channel.type, "target": target}
+
+
+def event_json(event: dict) -> dict:
+    return {k: event[k] for k in ("id", "key", "channel", "kind", "question_id", "answer_id",
+                                  "digest_id", "status", "attempts", "created_at",
+                                  "next_attempt_at", "finished_at", "last_error", "receipt")}
+
+
+def notify_list(daemon, query: dict) -> dict:
+    from kbd.store import events as ev
+
+    limit = int_param(query, "limit", 20)
+    with daemon.store.read() as conn:
+        recent = ev.recent(conn, limit=limit)
+        channels = [channel_json(c) | {"counts": ev.counts_of(conn, c.name)}
+                    for c in daemon.config.notify]
+    return {"channels": channels, "deliveries": [event_json(e) for e in recent]}
+
+
+def notify_test(daemon, body: dict) -> dict:
+    """A test event through the outbox, like any other; the reply is its row once its first
+    attempt is made (or after the wait, queued behind the channel's older events)."""
+    from kbd.store import events as ev
+
+    name = field(body, "channel", str)
+    channel = daemon.config.channel(name) if name else None
+    if channel is None:
+        raise ApiError(404, f"no channel {name!r}", hint="`kbd notify list` shows the channels")
+    (event_id,) = daemon.store.write(lambda conn: ev.add_events(
+        conn, "test", [name], {"question_id": None, "answer_id": None}))
+    daemon.sender.wake()
+    deadline = time.monotonic() + channel.timeout_s + TEST_WAIT_S
+    while True:
+        with daemon.store.read() as conn:
+            event = ev.get_event(conn, event_id)
+        if event["attempts"] or event["status"] != "pending" or time.monotonic() > deadline:
+            return event_json(event)
+        time.sleep(0.1)
 
 
 # -- digests ---------------------------------------------------------------------------------

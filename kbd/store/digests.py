@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, func, insert, select
 
+from kbd.store.events import add_events
 from kbd.store.queries import as_utc, to_utc
 from kbd.store.questions import with_sources  # answers with their sources resolved
 from kbd.store.schema import answers, digests, documents, failures
@@ -90,10 +91,17 @@ def question_runs(conn: Connection, question_id: int, since: datetime, until: da
 # -- digest runs -----------------------------------------------------------------------------
 
 def record_digest(conn: Connection, generated_at: datetime, since: datetime,
-                  paths: list[str]) -> int:
-    return conn.execute(insert(digests).values(
+                  paths: list[str], channels=(), content: dict | None = None) -> int:
+    """Record a digest written, and a digest event for each channel (its payload carries
+    `content`: the Markdown and HTML as written)."""
+    digest_id = conn.execute(insert(digests).values(
         generated_at=to_utc(generated_at, "generated_at"), since=to_utc(since, "since"),
         paths=json.dumps(list(paths)))).inserted_primary_key[0]
+    if channels:
+        add_events(conn, "digest", channels, (content or {}) | {
+            "digest_id": digest_id, "since": since, "generated_at": generated_at,
+            "paths": list(paths)}, digest_id=digest_id)
+    return digest_id
 
 
 def list_digests(conn: Connection, limit: int | None = None) -> list[dict]:

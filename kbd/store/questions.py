@@ -14,13 +14,14 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Row, and_, delete, func, insert, or_, select, update
 
+from kbd.store import events as ev
 from kbd.store.queries import as_utc, to_utc, utcnow
 from kbd.store.schema import answer_sources, documents, passages, questions
 from kbd.store.schema import answers as answers_table  # answers() is the query below
 
 SPEC_FIELDS = frozenset({"text", "schedule_kind", "cron", "interval_s", "timezone", "scope",
                          "kinds", "since_s", "since_last_run", "top_k", "max_new_tokens",
-                         "enabled"})
+                         "enabled", "notify", "channels"})
 RUN_FIELDS = frozenset({"last_run_at", "next_run_at"})  # the scheduler's; not an edit
 STATUSES = ("ok", "not-found", "nothing-new", "failed", "skipped")
 NEWEST_FIRST = (answers_table.c.started_at.desc(), answers_table.c.id.desc())
@@ -33,7 +34,7 @@ def _question_values(fields: dict) -> dict:
     if unknown:
         raise TypeError(f"not question fields: {', '.join(sorted(unknown))}")
     values = dict(fields)
-    for name in ("scope", "kinds"):
+    for name in ("scope", "kinds", "channels"):
         if name in values:
             values[name] = json.dumps(list(values[name]))
     for name in RUN_FIELDS & set(values):
@@ -45,6 +46,7 @@ def _question(row: Row) -> dict:
     question = row._asdict()
     question["scope"] = json.loads(row.scope)
     question["kinds"] = json.loads(row.kinds)
+    question["channels"] = json.loads(row.channels)
     for name in ("created_at", "updated_at", "last_run_at", "next_run_at"):
         question[name] = as_utc(question[name])
     return question
@@ -133,12 +135,36 @@ def record_answer(conn: Connection, *, question_id: int | None, question: str,
         conn.execute(insert(answer_sources), [
             {"answer_id": answer_id, "rank": rank, "passage_id": passage_id, "score": score}
             for rank, passage_id, score in sources])
+    change = None
     if question_id is not None and status == "ok":
         before = previous_answer(conn, question_id, answer_id)
         change = _change(before, text, {passage_id for _, passage_id, _ in sources})
         conn.execute(update(answers_table).where(answers_table.c.id == answer_id)
                      .values(change=change))
+    if question_id is not None:
+        _notify(conn, question_id, answer_id, status, change)
     return answer_id
+
+
+def _notify(conn: Connection, question_id: int, answer_id: int, status: str,
+            change: str | None) -> None:
+    """The answer's events, per its question's notify mode, in the answer's transaction:
+    the outbox holds them exactly when the answer is stored."""
+    question = get_question(conn, question_id)
+    if question["notify"] == "never" or not question["channels"]:
+        return
+    first_skip = status == "skipped" and conn.execute(
+        select(answers_table.c.id).where(answers_table.c.question_id == question_id,
+                                         answers_table.c.status == "skipped",
+                                         answers_table.c.id != answer_id).limit(1)
+    ).first() is None
+    kind = ev.answer_event(question["notify"], status, change, first_skip)
+    if kind is None:
+        return
+    row = conn.execute(select(answers_table).where(answers_table.c.id == answer_id)).one()
+    payload = ev.answer_payload(question, with_sources(conn, [row])[0])
+    ev.add_events(conn, kind, question["channels"], payload, question_id=question_id,
+                  answer_id=answer_id)
 
 
 def _hold_question(conn: Connection, question_id: int) -> bool:
@@ -176,6 +202,12 @@ def answers(conn: Connection, question_id: int | None = None,
     if limit is not None:
         query = query.limit(limit)
     return with_sources(conn, list(conn.execute(query)))
+
+
+def answer(conn: Connection, answer_id: int) -> dict | None:
+    """One answer with its sources resolved, as answers() gives them."""
+    row = conn.execute(select(answers_table).where(answers_table.c.id == answer_id)).first()
+    return None if row is None else with_sources(conn, [row])[0]
 
 
 def previous_answer(conn: Connection, question_id: int, before_answer_id: int | None = None,

@@ -176,6 +176,10 @@ questions = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("last_run_at", DateTime(timezone=True)),
     Column("next_run_at", DateTime(timezone=True)),  # the scheduler fills it
+    # when its runs are sent to people (change | always | never), and through which
+    # [notify.NAME] channels: a JSON list of names
+    Column("notify", String(8), nullable=False, server_default="never"),
+    Column("channels", Text, nullable=False, server_default="[]"),
     sqlite_autoincrement=True,  # an id is never reused: old answers never name a new question
 )
 
@@ -216,6 +220,27 @@ digests = Table(
     Column("generated_at", DateTime(timezone=True), nullable=False),  # the period's end
     Column("since", DateTime(timezone=True), nullable=False),  # the period's start
     Column("paths", Text, nullable=False),  # JSON list of the files written
+)
+
+events = Table(
+    "events", metadata,  # the outbox: what is to be sent, one row per event and channel
+    Column("id", Integer, primary_key=True),  # a channel gets its events in id order
+    # the stable id: a repeat after a crash carries it (Message-ID, the webhook's key)
+    Column("key", String(64), nullable=False, unique=True),
+    Column("channel", String(128), nullable=False),  # a [notify.NAME] of the config
+    Column("kind", String(16), nullable=False),  # answer | failed | skipped | digest | test
+    Column("question_id", Integer),  # no foreign key: the event outlives a deleted question
+    Column("answer_id", Integer),
+    Column("digest_id", Integer),
+    Column("payload", Text, nullable=False),  # JSON, fixed when the event is made
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),  # delivered or given up
+    Column("last_error", Text),
+    Column("receipt", Text),  # what the receiver said: HTTP 200, 250 ..., exit 0
+    Index("ix_events_status_channel", "status", "channel", "id"),
 )
 
 # Full-text search over live passages (migrations 0005, 0006) is dialect-specific and has no table
