@@ -20,11 +20,9 @@ the connection stayed open.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,10 @@ import threading
 import time
 import types
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the daemon harness
+
+from harness import raw_request, seconds_held_by_a_trickle  # noqa: E402
 
 STATUS = {"documents": {"stored": 1234, "failed": 2}, "passages": 56789, "backlog": 0,
           "model": "ready", "engine": "clara", "store": "sqlite:///kbd.sqlite3", "pid": 1,
@@ -87,19 +89,6 @@ def serve(name: str, path: Path, revision: str) -> None:
 
 # -- the parent: clients --------------------------------------------------------------------------
 
-def request(path: Path, data: bytes, timeout: float = 30) -> bytes:
-    chunks = []
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(timeout)
-        s.connect(str(path))
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            s.sendall(data)
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := s.recv(65536):
-                chunks.append(chunk)
-    return b"".join(chunks)
-
-
 GET_STATUS = b"GET /status HTTP/1.1\r\nHost: kbd\r\nConnection: close\r\n\r\n"
 POST_ASK = (b"POST /ask HTTP/1.1\r\nHost: kbd\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(ASK), ASK))
@@ -109,7 +98,7 @@ def latency(path: Path, data: bytes, requests: int) -> dict:
     took = []
     for _ in range(requests):
         began = time.perf_counter()
-        reply = request(path, data)
+        reply = raw_request(path, data)
         took.append((time.perf_counter() - began) * 1000)
         assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
     took.sort()
@@ -123,7 +112,7 @@ def throughput(path: Path, data: bytes, clients: int, seconds: float) -> dict:
 
     def client(k: int) -> None:
         while not stop.is_set():
-            request(path, data)
+            raw_request(path, data)
             done[k] += 1
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
@@ -139,22 +128,6 @@ def throughput(path: Path, data: bytes, clients: int, seconds: float) -> dict:
 def statuses(reply: bytes) -> list[int]:
     """The status of each reply on a connection (the bodies here never hold "HTTP/1.1 ")."""
     return [int(part[:3]) for part in reply.split(b"HTTP/1.1 ")[1:]]
-
-
-def trickle_held_s(path: Path, every_s: float, for_s: float) -> float:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(path))
-        began = time.monotonic()
-        s.sendall(b"GET /status HTTP/1.1\r\n")
-        s.settimeout(every_s)
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            for line in range(int(for_s / every_s)):
-                try:
-                    if s.recv(100) == b"":
-                        break
-                except TimeoutError:
-                    s.sendall(b"X-Line-%d: still coming\r\n" % line)
-        return round(time.monotonic() - began, 1)
 
 
 def framing(path: Path, trickle_s: float) -> dict:
@@ -173,10 +146,10 @@ def framing(path: Path, trickle_s: float) -> dict:
     found = {}
     for what, data in cases.items():
         began = time.monotonic()
-        reply = request(path, data)
+        reply = raw_request(path, data)
         found[what] = {"statuses": statuses(reply), "smuggled_answered": b"/secret" in reply,
                        "open_s": round(time.monotonic() - began, 2)}
-    found["header line every 3 s: held_s"] = trickle_held_s(path, 3, trickle_s)
+    found["header line every 3 s: held_s"] = round(seconds_held_by_a_trickle(path, 3, trickle_s), 1)
     return found
 
 
@@ -204,7 +177,7 @@ def measure(name: str, args, work: Path) -> dict:
 
 def _answers(path: Path) -> bool:
     try:
-        return request(path, GET_STATUS, timeout=2).startswith(b"HTTP/1.1 200")
+        return raw_request(path, GET_STATUS, timeout=2).startswith(b"HTTP/1.1 200")
     except OSError:
         return False
 

@@ -671,6 +671,24 @@ def raw_request(socket_path: Path, data: bytes, timeout: float = 20) -> bytes:
     return b"".join(chunks)
 
 
+def seconds_held_by_a_trickle(socket_path: Path, every_s: float, for_s: float) -> float:
+    """A request line, then one header line every `every_s` and never the blank line: how
+    long until the daemon closes the connection (`for_s` if it has not by then)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(socket_path))
+        began = time.monotonic()
+        s.sendall(b"GET /status HTTP/1.1\r\n")
+        s.settimeout(every_s)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            for line in range(int(for_s / every_s)):
+                try:
+                    if s.recv(100) == b"":
+                        break
+                except TimeoutError:
+                    s.sendall(b"X-Line-%d: still coming\r\n" % line)
+        return time.monotonic() - began
+
+
 @contextmanager
 def database_at(store_url: str, revision: str) -> Iterator:
     """A connection to a new database migrated only up to `revision`, as an older kbd left it;

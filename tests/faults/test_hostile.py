@@ -47,6 +47,7 @@ from harness import (
     pdf_page,
     poll,
     raw_request,
+    seconds_held_by_a_trickle,
     shared_dir,
     wait_for,
 )
@@ -457,24 +458,6 @@ def replies(data: bytes) -> list[tuple[int, dict]]:
         found.append((int(head.split(b" ")[1]), json.loads(rest[:length])))
         data = rest[length:]
     return found
-
-
-def seconds_held_by_a_trickle(socket_path: Path, every_s: float, for_s: float) -> float:
-    """A request line, then one header line every `every_s` and never the blank line: how
-    long until the daemon closes the connection (`for_s` if it has not by then)."""
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(socket_path))
-        began = time.monotonic()
-        s.sendall(b"GET /status HTTP/1.1\r\n")
-        s.settimeout(every_s)
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            for line in range(int(for_s / every_s)):
-                try:
-                    if s.recv(100) == b"":
-                        break
-                except TimeoutError:
-                    s.sendall(b"X-Line-%d: still coming\r\n" % line)
-        return time.monotonic() - began
 
 
 def test_framing_holds(tmp_path):
