@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from kbd import evidence
+from kbd import aggregate, evidence
 from kbd.config import ModelConfig
 from kbd.errors import InputError
 from kbd.memory import memory_id, open_matrix
@@ -71,6 +71,7 @@ class Reply:
     status: str = "ok"  # ok | not-found (weak evidence: the model was not asked)
     citations_dropped: int = 0  # citations of sources the prompt did not hold, removed
     extractive: bool = False  # the model's answer was not grounded: the best line instead
+    aggregate: str | None = None  # count | first | last: told from every matching line, no model
 
 
 class Engine(Protocol):
@@ -202,13 +203,17 @@ class TextEngine:
             places = q.passage_places(conn, [pid for hits, _ in picks for pid, _ in hits])
         found = [gather(question, hits, matched, places)
                  for question, (hits, matched) in zip(questions, picks, strict=True)]
+        # counts and first/last need every matching line, not the model's read of a few
+        told = {id(e): aggregated(self.store, e, pool.allowed())
+                for e, pool in zip(found, pools, strict=True) if e.shown}
         # weak evidence is not read: the model would answer from it all the same
-        asked = [e for e in found if e.shown]
+        asked = [e for e in found if e.shown and told[id(e)] is None]
         generated = self.text_model.generate(
             [e.question for e in asked], [e.passages() for e in asked], max_new_tokens,
             streamer=streamer) if asked else []
         said = dict(zip(map(id, asked), generated, strict=True))
-        return [e.reply(*said[id(e)]) if e.shown else e.not_found() for e in found]
+        return [told.get(id(e)) or (e.reply(*said[id(e)]) if e.shown else e.not_found())
+                for e in found]
 
     def _pick(self, question: str, pool: TextPool, k: int) -> tuple[list[tuple[int, float]],
                                                                      bool]:
@@ -277,6 +282,14 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool,
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)
     return Evidence(question, ranked(hits), list(shown.values()), weights)
+
+
+def aggregated(store: Store, found: Evidence, allowed: set[int] | None) -> Reply | None:
+    """The reply of kbd.aggregate for a question that counts or orders the matching lines."""
+    told = aggregate.answer(store, found.question, found.shown, found.weights, found.sources,
+                            allowed, file_line_numbers)
+    return None if told is None else Reply(told.text, [Cited(*s) for s in told.sources],
+                                           aggregate=told.kind)
 
 
 def ranked(hits: list[tuple[int, float]]) -> list[Source]:
