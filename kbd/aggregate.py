@@ -224,7 +224,7 @@ def pick(matches: Sequence[Match], last: bool) -> Match:
     candidates = list(ends.values())
     stamps = [m.stamp for m in candidates]
     if all(s is not None for s in stamps) and len({shape(s) for s in stamps}) == 1:
-        chosen = sorted(candidates, key=lambda m: moment(m.stamp))
+        chosen = sorted(candidates, key=lambda m: (moment(m.stamp), m.path))
     else:
         chosen = sorted(candidates, key=lambda m: (m.path, m.line.number or 0))
     return chosen[-1] if last else chosen[0]
