@@ -256,7 +256,8 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
     if as_json:
         sources = [{k: s[k] for k in ASK_SOURCE_FIELDS} for s in reply["sources"]]
         print_json({k: reply[k] for k in ("answer", "status", "engine", "model",
-                                          "citations_dropped", "extractive")}
+                                          "citations_dropped", "extractive",
+                                          "aggregate")}
                    | {"sources": sources})
         return
     print_answer(reply, False)

@@ -30,6 +30,7 @@ GLUED_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")  # camelCase, lette
 WORD = re.compile(r"\w+")
 SUFFIXES = ("ing", "ed", "es", "e", "s")
 SPECIFIC = re.compile(r"\w*\d[\w.:/-]*")  # numbers, ids, addresses, times, dates
+TIME_OF_DAY = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d])")  # 10:32[:05]
 CITATION = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
 MAX_LINE_CHARS = 240  # a longer line (a report's paragraph) is shown by its sentences
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")

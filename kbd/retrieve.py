@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbd.evidence import ANSWER_WORDS, matched_terms
+from kbd.evidence import ANSWER_WORDS, TIME_OF_DAY, matched_terms
 from kbd.model.dense import DIM, DenseModel, load_dense_model
 from kbd.store import Store
 from kbd.store import queries as q
@@ -271,9 +271,10 @@ def dense_ranking(store: Store, model: DenseModel, question: str, allowed: set[i
 
 def asked_terms(question: str) -> list[str]:
     """The question's terms that a line answering it should hold: its search terms less stop
-    words and the words that name what is asked (evidence.ANSWER_WORDS)."""
-    return [t for t in search_terms(question)
-            if t.lower() not in STOP_WORDS and t.lower() not in ANSWER_WORDS]
+    words, the words that name what is asked (evidence.ANSWER_WORDS) and times of day
+    ("after 10:00" bounds the lines, kbd.aggregate; no line need hold 10:00)."""
+    return [t for t in search_terms(question) if t.lower() not in STOP_WORDS
+            and t.lower() not in ANSWER_WORDS and not TIME_OF_DAY.fullmatch(t)]
 
 
 def weak_evidence(question: str, texts: list[str]) -> bool:

@@ -3,7 +3,8 @@
     GET  /status                       documents, backlog, model, failed files
     POST /ask                          {"question", "top_k"?, "scope"?, "kinds"?, "since"?,
                                         "max_new_tokens"?} -> {"answer", "status",
-                                        "citations_dropped", "sources": [...]}
+                                        "citations_dropped", "extractive", "aggregate",
+                                        "sources": [...]}
     GET  /documents?prefix=&limit=     live documents
     GET  /documents/show?path=         one document with its live passages
     GET  /answers?question_id=&limit=  answer history with sources

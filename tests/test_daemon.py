@@ -50,7 +50,7 @@ class TestAsk:
         assert result.returncode == 0, result.stderr
         reply = json.loads(result.stdout)
         assert set(reply) == {"answer", "status", "engine", "model", "citations_dropped",
-                              "extractive", "sources"}
+                              "extractive", "aggregate", "sources"}
         assert reply["status"] == "answered"  # CLaRa answers what it is asked
         assert isinstance(reply["answer"], str) and reply["engine"] == "clara"
         assert [s["rank"] for s in reply["sources"]] == [1, 2, 3]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from kbd import evidence
+from kbd import aggregate, evidence
 from kbd.config import ModelConfig
 from kbd.errors import InputError
 from kbd.memory import memory_id, open_matrix
@@ -74,6 +74,7 @@ class Reply:
     citations_dropped: int = 0  # citations of sources the prompt did not hold, removed
     extractive: bool = False  # the answer is the best line quoted (answer = "quote", or the
     # model's answer was not grounded)
+    aggregate: str | None = None  # count | first | last: told from every matching line, no model
 
 
 class Engine(Protocol):
@@ -211,15 +212,19 @@ class TextEngine:
             passages = q.count_live_passages(conn)
         found = [gather(question, hits, matched, places, frequencies, passages)
                  for question, (hits, matched) in zip(questions, picks, strict=True)]
-        if self.answer_by == "quote":
-            return [e.quote() if e.shown else e.not_found() for e in found]
+        # counts and first/last need every matching line, not the best one or a model's read
+        told = {id(e): aggregated(self.store, e, pool.allowed())
+                for e, pool in zip(found, pools, strict=True) if e.shown}
         # weak evidence is not read: the model would answer from it all the same
-        asked = [e for e in found if e.shown]
-        generated = self.text_model.generate(
-            [e.question for e in asked], [e.passages() for e in asked], max_new_tokens,
-            streamer=streamer) if asked else []
-        said = dict(zip(map(id, asked), generated, strict=True))
-        return [e.reply(*said[id(e)]) if e.shown else e.not_found() for e in found]
+        asked = [e for e in found if e.shown and told[id(e)] is None]
+        if self.answer_by == "quote":
+            said = {id(e): e.quote() for e in asked}
+        else:
+            generated = self.text_model.generate(
+                [e.question for e in asked], [e.passages() for e in asked], max_new_tokens,
+                streamer=streamer) if asked else []
+            said = {id(e): e.reply(*g) for e, g in zip(asked, generated, strict=True)}
+        return [told.get(id(e)) or said.get(id(e)) or e.not_found() for e in found]
 
     def _pick(self, question: str, pool: TextPool, k: int) -> tuple[list[tuple[int, float]],
                                                                      bool]:
@@ -312,6 +317,14 @@ def about(place) -> str:
     """A passage's text with what it is about beyond its lines: its heading and file name
     (less its extension: `.log` is no word of the question's)."""
     return f"{place.text}\n{place.heading or ''}\n{Path(place.path).stem}"
+
+
+def aggregated(store: Store, found: Evidence, allowed: set[int] | None) -> Reply | None:
+    """The reply of kbd.aggregate for a question that counts or orders the matching lines."""
+    told = aggregate.answer(store, found.question, found.shown, found.weights, found.sources,
+                            allowed, file_line_numbers)
+    return None if told is None else Reply(told.text, [Cited(*s) for s in told.sources],
+                                           aggregate=told.kind)
 
 
 def ranked(hits: list[tuple[int, float]]) -> list[Source]:

@@ -300,6 +300,7 @@ class ModelWorker:
             "answer_id": answer_id, "answer": text, "status": status, "engine": engine,
             "model": model, "candidates": candidates,
             "citations_dropped": reply.citations_dropped, "extractive": reply.extractive,
+            "aggregate": reply.aggregate,
             "sources": [source_json(s, places[s.passage_id]) for s in reply.sources],
         })
 

@@ -303,6 +303,32 @@ def count_live_passages(conn: Connection) -> int:
     return conn.execute(select(func.count()).where(passages.c.live)).scalar_one()
 
 
+def passages_with_all(conn: Connection, terms: Sequence[str], limit: int) -> list[Row]:
+    """Live passages holding every one of the terms (each matched as a phrase), with their
+    place as passage_places gives it, by document and first line, at most `limit`: the
+    passages a count or a first/last question scans whole, not the best few."""
+    if not terms:
+        return []
+    order = "ORDER BY p.document_id, p.first_line, p.page, p.id LIMIT :limit"
+    if conn.dialect.name == "sqlite":
+        match = " AND ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        ids = conn.execute(sql(
+            "SELECT p.id FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid "
+            f"WHERE passages_fts MATCH :match AND p.live {order}"),
+            {"match": match, "limit": limit}).scalars().all()
+    else:
+        params = {f"t{i}": t for i, t in enumerate(terms)}
+        # a term of stop words only (`not`) is an empty query, which && passes over: the
+        # caller checks every line for every term anyway
+        query = " && ".join(f"phraseto_tsquery('english', :{name})" for name in params)
+        ids = conn.execute(sql(
+            f"SELECT p.id FROM passages p, (SELECT {query} AS query) q "
+            f"WHERE p.live AND p.search_vector @@ q.query {order}"),
+            params | {"limit": limit}).scalars().all()
+    places = passage_places(conn, ids)  # through the schema's types: paths come back as written
+    return [places[i] for i in ids]
+
+
 def passage_places(conn: Connection, passage_ids: Sequence[int]) -> dict[int, Row]:
     """Where passages come from: document path, lines or page, and their text."""
     rows = conn.execute(

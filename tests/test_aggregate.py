@@ -1,0 +1,265 @@
+"""Answers from every matching line (kbd.aggregate): the intent read from the question, counts
+over many passages and files, overlapping passages counted once, first and last, a time bound,
+a scope, and the store's all-terms query on SQLite and PostgreSQL. The logs are loghub's,
+ingested into a real store; the text engine is the real one with SmolLM2, which these
+questions must not reach."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from kbd import aggregate
+from kbd.config import ModelConfig
+from kbd.ingest import Ingester
+from kbd.model.engines import load_engine
+from kbd.model.text import SMOLLM2_INSTALL, TextModelError, locate
+from kbd.model.tokens import PassageTokenizer
+from kbd.retrieve import Scope
+from kbd.store import Store
+from kbd.store import queries as q
+
+LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
+LOGROTATE = "logrotate: ALERT exited abnormally"
+COUNT_QUESTION = "How many times did logrotate exit abnormally?"
+
+
+def installed() -> bool:
+    try:
+        locate("smollm2")
+    except TextModelError:
+        return False
+    return True
+
+
+needs_logs = pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present")
+
+
+def lines_holding(path: Path, text: str) -> list[int]:
+    return [n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line]
+
+
+@pytest.mark.parametrize("question, kind", [
+    ("How many times did logrotate exit abnormally?", "count"),
+    ("How often did sshd say it was ignoring max retries?", "count"),
+    ("What is the number of times the scanner verified a block?", "count"),
+    ("How many connections were closed by 194.190.163.22 before authentication?", "count"),
+    ("Which broadcast variable was read first?", "first"),
+    ("When did syslogd restart for the first time?", "first"),
+    ("What was the earliest error?", "first"),
+    ("What was the last progress reported for attempt_1445144423722_0020_m_000000_0?", "last"),
+    ("When did syslogd restart for the last time?", "last"),
+    ("Which is the most recent failure?", "last"),
+    # a value inside one line, not a count of lines
+    ("How many bytes of result did TID 3 send to the driver?", None),
+    ("How many milliseconds did the executor spend fetching broadcast variable 4?", None),
+    ("How many executors were lost to out-of-memory errors in CT-77?", None),
+    # "last" the verb, a window, "at first" as "initially"
+    ("How long did the HDFS write stall of INC-2041 last?", None),
+    ("What failed in the last hour?", None),
+    ("Which errors were logged over the last 3 days?", None),
+    ("How long does fail2ban ban an attacking source at first?", None),
+    ("Which IP address tried to log in as the invalid user test9?", None),
+])
+def test_intent_is_read_from_the_question(question, kind):
+    found = aggregate.intent(question)
+    assert (found and found.kind) == kind
+
+
+def test_a_time_bound_with_its_day():
+    found = aggregate.intent(
+        "After 10:00 on Dec 10, what address was the first to fail a password for root?")
+    assert found.kind == "first"
+    assert (found.bound.after, found.bound.seconds, found.bound.day) == (True, 36000, (12, 10))
+    assert found.bound.words == {"10:00", "dec", "10"}
+    before = aggregate.intent("Which host failed before 09:30:15?")  # no first/last: the last
+    assert (before.kind, before.bound.after, before.bound.seconds) == ("last", False, 34215)
+    assert aggregate.intent("How many connections were closed before authentication?").bound \
+        is None
+
+
+def test_line_times_and_the_bound():
+    bound = aggregate.intent("After 10:00 on Dec 10, who failed first?").bound
+    ssh = aggregate.stamp("Dec 10 10:04:54 LabSZ sshd[24809]: Failed password for root")
+    assert ssh == aggregate.Stamp(None, 12, 10, 36294) and aggregate.past(bound, ssh)
+    assert not aggregate.past(bound, aggregate.stamp("Dec 10 09:59:59 LabSZ sshd[1]: x"))
+    assert aggregate.past(bound, aggregate.stamp("Dec 11 08:00:00 LabSZ sshd[1]: x"))
+    hadoop = aggregate.stamp("2015-10-18 18:06:01,840 ERROR [RMCommunicator Allocator]")
+    assert hadoop == aggregate.Stamp(2015, 10, 18, 65161)
+    assert aggregate.stamp("081109 203615 148 INFO dfs.DataNode") is None  # no HH:MM
+    assert not aggregate.past(bound, None)
+
+
+def test_a_word_is_not_found_inside_a_time_of_day():
+    state6 = "[Sun Dec 04 05:12:10 2005] [error] mod_jk child workerEnv in error state 6"
+    assert not aggregate.holds_all(["error", "state", "10"], state6)
+    assert aggregate.holds_all(["error", "state", "6", "05:12:10"], state6)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory) -> dict[str, Path]:
+    """Linux_2k.log and OpenSSH_2k.log as loghub has them, and a second Linux log: the first
+    100 lines of the first, under another name."""
+    if not LOGHUB.is_dir():
+        pytest.skip(f"{LOGHUB} not present")
+    folder = tmp_path_factory.mktemp("logs")
+    linux = Path(shutil.copy(LOGHUB / "Linux_2k.log", folder / "Linux_2k.log"))
+    short = folder / "linux-b.log"
+    short.write_text("".join(linux.read_text().splitlines(keepends=True)[:100]))
+    ssh = Path(shutil.copy(LOGHUB / "OpenSSH_2k.log", folder / "OpenSSH_2k.log"))
+    return {"linux": linux, "short": short, "ssh": ssh}
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, logs, e2e_dir):
+    """The text engine (SmolLM2) over the three logs in a SQLite store, cut for the tiny
+    CLaRa checkpoint, whose short passages put a log's matching lines in many of them."""
+    if not installed():
+        pytest.skip(f"SmolLM2 not installed: {SMOLLM2_INSTALL}")
+    folder = tmp_path_factory.mktemp("store")
+    store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
+    ingester = Ingester(store, PassageTokenizer.load(e2e_dir))
+    assert ingester.ingest_many([(path, None, "log") for path in logs.values()]) == {"added": 3}
+    text = load_engine(ModelConfig(engine="text", device="cpu"), store)
+    yield text
+    store.close()
+
+
+def ask(engine, question: str, scope: Scope | None = None):
+    (pool,) = engine.pools(1, [scope or Scope()])
+    (reply,) = engine.answer([question], [pool], 5, 32, None)
+    return reply
+
+
+@pytest.fixture
+def no_model(engine, monkeypatch):
+    """The model may not be asked."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was asked")
+
+    monkeypatch.setattr(engine.text_model, "generate", refuse)
+
+
+def passage_lines(engine, passage_id: int) -> tuple[int, int]:
+    with engine.store.read() as conn:
+        place = q.passage_places(conn, [passage_id])[passage_id]
+    return place.first_line, place.last_line
+
+
+def test_a_count_spans_passages_and_files(engine, logs, no_model):
+    linux = lines_holding(logs["linux"], LOGROTATE)
+    short = lines_holding(logs["short"], LOGROTATE)
+    assert (len(linux), short) == (43, [16, 75, 80])  # loghub's Linux_2k.log as known
+    reply = ask(engine, COUNT_QUESTION)
+    assert (reply.aggregate, reply.status) == ("count", "ok")
+    # the same moments in both files: the tie goes to the path; the last is July's line 1904
+    assert reply.text.startswith(
+        '46 lines match "logrotate", "exit", "abnormally" '
+        '(first Linux_2k.log:16, last Linux_2k.log:1904): "Jun 15 04:06:20 combo logrotate: '
+        'ALERT exited abnormally with [1]" [1]'), reply.text
+    first = reply.sources[0]
+    assert first.cited_lines[0] == 16 and first.rank == 1 and first.in_prompt
+    low, high = passage_lines(engine, first.passage_id)
+    assert low <= 16 <= high
+    assert len({s.passage_id for s in reply.sources}) == 5  # matches in many passages
+    assert 1904 in reply.sources[-1].cited_lines  # the last line's passage is kept
+
+
+def test_overlapping_passages_count_once(engine, logs, no_model):
+    """A second live passage over lines the first one holds (a re-cut that overlaps) adds no
+    line to the count."""
+    store = engine.store
+    with store.read() as conn:
+        document = q.live_document(conn, str(logs["linux"]))
+        first = next(p for p in q.live_passages(conn, document.id)
+                     if p.first_line <= 16 <= p.last_line)
+        ordinals = len(q.live_passages(conn, document.id))
+    twin = SimpleNamespace(**{k: getattr(first, k) for k in (
+        "text", "token_count", "first_line", "last_line", "page", "byte_start", "byte_end",
+        "heading", "split")}, ordinal=ordinals)
+    store.write(lambda conn: q.insert_passages(conn, document.id, [twin], first.tokenizer))
+    try:
+        with store.read() as conn:
+            assert len(q.passages_with_all(conn, ["logrotate", "exit", "abnormally"],
+                                           1000)) > 2
+        matches, cut = aggregate.matching_lines(store, ["logrotate", "exit", "abnormally"],
+                                                None, lambda row: None)
+        assert (len(matches), cut) == (46, False)
+        assert ask(engine, COUNT_QUESTION).text.startswith("46 lines match")
+    finally:
+        store.write(lambda conn: q.retire_passages(conn, document.id, from_ordinal=ordinals))
+
+
+def test_first_and_last(engine, logs, no_model):
+    restarts = lines_holding(logs["linux"], "syslogd 1.4.1: restart.")
+    assert restarts[0] == 146 and len(restarts) > 2
+    text = logs["linux"].read_text().splitlines()
+    first = ask(engine, "When did syslogd restart for the first time?")
+    assert first.aggregate == "first"
+    assert first.text.startswith(f'Linux_2k.log:146: "{text[145]}" [1]'), first.text
+    assert (first.sources[0].cited_lines, first.sources[0].in_prompt) == ([146], True)
+    last = ask(engine, "When did syslogd restart for the last time?")
+    assert last.aggregate == "last"
+    assert last.text.startswith(f'Linux_2k.log:{restarts[-1]}: "{text[restarts[-1] - 1]}"')
+    assert last.sources[0].cited_lines == [restarts[-1]]
+
+
+def test_the_first_after_a_time(engine, logs, no_model):
+    """The bound's time is one some line holds (10:04, not 10:00): gather declines a question
+    naming what no ranked passage holds, before the scan is reached."""
+    reply = ask(engine, "After 10:04 on Dec 10, what address was the first to fail a "
+                        "password for root?")
+    lines = logs["ssh"].read_text().splitlines()
+    expected = next(n for n, line in enumerate(lines, 1)
+                    if "Failed password for root" in line and line[7:15] > "10:04:00")
+    assert expected == 972 and "60.2.12.12" in lines[expected - 1]
+    assert reply.aggregate == "first"
+    assert reply.text.startswith(f'OpenSSH_2k.log:972: "{lines[971]}" [1] (the first after '
+                                 f'10:04 on Dec 10 of the lines holding'), reply.text
+    assert reply.sources[0].cited_lines == [972]
+
+
+def test_a_scope_restricts_the_count(engine, logs, no_model):
+    reply = ask(engine, COUNT_QUESTION, Scope(paths=(str(logs["short"]),)))
+    assert reply.text.startswith('3 lines match "logrotate", "exit", "abnormally" '
+                                 '(first linux-b.log:16, last linux-b.log:80)'), reply.text
+    assert reply.sources[0].cited_lines[0] == 16
+
+
+def test_other_questions_are_answered_as_before(engine, monkeypatch):
+    """No count or order asked: the model answers from the ranked evidence, as ever; so
+    does a count whose best line holds under half its words (no line is an occurrence)."""
+    calls = []
+    real = engine.text_model.generate
+    monkeypatch.setattr(engine.text_model, "generate",
+                        lambda *a, **k: calls.append(a) or real(*a, **k))
+    reply = ask(engine, "Why did logrotate exit?")
+    assert (reply.aggregate, reply.status, len(calls)) == (None, "ok", 1)
+    assert reply.sources[0].in_prompt and reply.sources[0].cited_lines
+    reply = ask(engine, "How many times did the flux capacitor overheat in syslogd?")
+    assert (reply.aggregate, reply.status, len(calls)) == (None, "ok", 2)
+
+
+@needs_logs
+def test_passages_with_all_terms(store, logs, e2e_dir):
+    """The store's query on both databases: live passages holding every term, by document
+    and first line; a term that PostgreSQL drops as a stop word (`not`) is passed over."""
+    ingester = Ingester(store, PassageTokenizer.load(e2e_dir))
+    assert ingester.ingest_many([(logs["ssh"], None, "log"), (logs["short"], None, "log")]) \
+        == {"added": 2}
+    with store.read() as conn:
+        rows = q.passages_with_all(conn, ["logrotate", "exited", "abnormally"], 100)
+        assert [r.path for r in rows] == [str(logs["short"])] * len(rows)
+        assert [r.first_line for r in rows] == sorted(r.first_line for r in rows)
+        held = [n for r in rows for n in range(r.first_line, r.last_line + 1)]
+        assert {16, 75, 80} <= set(held)
+        assert all(re.search("logrotate.*exited abnormally", r.text) for r in rows)
+        rows = q.passages_with_all(conn, ["sshd", "not", "identification"], 100)
+        found = {n for r in rows for n in range(r.first_line, r.last_line + 1)}
+        assert set(lines_holding(logs["ssh"], "Did not receive identification")) <= found
+        assert q.passages_with_all(conn, ["logrotate", "identification"], 100) == []
+        assert len(q.passages_with_all(conn, ["sshd"], 3)) == 3
