@@ -706,3 +706,15 @@ def database_at(store_url: str, revision: str) -> Iterator:
             yield conn
     finally:
         engine.dispose()
+
+
+def smollm2_missing() -> str | None:
+    """Why the text engine's SmolLM2 cannot be loaded here (its wheel is not installed), or
+    None when it can."""
+    from kbd.model.text import TextModelError, locate
+
+    try:
+        locate("smollm2")
+    except TextModelError as error:
+        return str(error)
+    return None

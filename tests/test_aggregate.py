@@ -12,12 +12,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from harness import smollm2_missing
 
 from kbd import aggregate
 from kbd.config import ModelConfig
 from kbd.ingest import Ingester
 from kbd.model.engines import load_engine
-from kbd.model.text import SMOLLM2_INSTALL, TextModelError, locate
+from kbd.model.text import SMOLLM2_INSTALL
 from kbd.model.tokens import PassageTokenizer
 from kbd.retrieve import Scope
 from kbd.store import Store
@@ -26,14 +27,6 @@ from kbd.store import queries as q
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
 LOGROTATE = "logrotate: ALERT exited abnormally"
 COUNT_QUESTION = "How many times did logrotate exit abnormally?"
-
-
-def installed() -> bool:
-    try:
-        locate("smollm2")
-    except TextModelError:
-        return False
-    return True
 
 
 needs_logs = pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present")
@@ -118,7 +111,7 @@ def logs(tmp_path_factory) -> dict[str, Path]:
 def engine(tmp_path_factory, logs, e2e_dir):
     """The text engine (SmolLM2) over the three logs in a SQLite store, cut for the tiny
     CLaRa checkpoint, whose short passages put a log's matching lines in many of them."""
-    if not installed():
+    if smollm2_missing():
         pytest.skip(f"SmolLM2 not installed: {SMOLLM2_INSTALL}")
     folder = tmp_path_factory.mktemp("store")
     store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")

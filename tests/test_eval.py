@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from harness import Kbd, wait_for
+from harness import Kbd, smollm2_missing, wait_for
 
 from kbd.errors import KbdError
 from kbd.evaluate import (
@@ -24,7 +24,6 @@ from kbd.evaluate import (
     score,
     table,
 )
-from kbd.model.text import TextModelError, locate
 
 ROOT = Path("/data")
 QA = Path(__file__).resolve().parents[1] / "bench" / "qa"
@@ -203,12 +202,8 @@ SLICE = ["ssh-001", "ssh-013", "hdfs-001", "hdfs-033", "hadoop-013", "spark-002"
          "report-002", "none-001", "none-005"]
 
 
-def smollm2_missing() -> str | None:
-    try:
-        locate("smollm2")
-    except TextModelError as error:
-        return str(error)
-    return None if LOGHUB.is_dir() else f"{LOGHUB} not present"
+def slice_missing() -> str | None:
+    return smollm2_missing() or (None if LOGHUB.is_dir() else f"{LOGHUB} not present")
 
 
 def all_ready(status: dict, documents: int) -> bool:
@@ -216,7 +211,7 @@ def all_ready(status: dict, documents: int) -> bool:
     return status["documents"].get("ready") == documents and status["model"] == "ready"
 
 
-@pytest.mark.skipif(smollm2_missing() is not None, reason=f"{smollm2_missing()}")
+@pytest.mark.skipif(slice_missing() is not None, reason=f"{slice_missing()}")
 def test_a_slice_of_the_benchmark_through_the_daemon(tmp_path):
     """Ten dev questions (two unanswerable) asked by `kbd eval` of a daemon watching the
     six logs and the reports: the table and --json come out, every question is scored,

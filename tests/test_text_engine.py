@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import wait_for
+from harness import smollm2_missing, wait_for
 
 from kbd.client import Client
 from kbd.config import ConfigError, ModelConfig, load_config
@@ -24,7 +24,7 @@ from kbd.ingest import Ingester
 from kbd.memory import compress_backlog, memory_id
 from kbd.model.engines import FREQUENCY_CAP, NOT_FOUND, gather
 from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
-from kbd.model.text import SMOLLM2_INSTALL, TextModel, TextModelError, locate, loop_start
+from kbd.model.text import SMOLLM2_INSTALL, TextModel, loop_start
 from kbd.model.tokens import PassageTokenizer
 from kbd.model.worker import AskRequest, ModelUnavailable, ModelWorker
 from kbd.retrieve import DENSE_WEIGHT, Scope, asked_terms, search
@@ -40,17 +40,9 @@ QUESTION = "Which node ran out of disk space?"
 SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1"
 
 
-def installed() -> bool:
-    try:
-        locate("smollm2")
-    except TextModelError:
-        return False
-    return True
-
-
 pytestmark = [
     pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present"),
-    pytest.mark.skipif(not installed(), reason=f"SmolLM2 not installed: {SMOLLM2_INSTALL}"),
+    pytest.mark.skipif(smollm2_missing(), reason=f"SmolLM2 not installed: {SMOLLM2_INSTALL}"),
 ]
 
 
