@@ -34,6 +34,7 @@ from faults.test_filesystem import chaos  # noqa: E402
 from faults.test_hostile import fuzz_parsers, hostile_files, hostile_socket  # noqa: E402
 from faults.test_injection import injection  # noqa: E402
 from faults.test_load import load  # noqa: E402
+from faults.test_notify_daemon import alert_per_change, hostile_text  # noqa: E402
 from faults.test_notify_delivery import kill_during_delivery, receiver_down  # noqa: E402
 from faults.test_privacy import privacy  # noqa: E402
 from faults.test_storage import (  # noqa: E402
@@ -75,6 +76,8 @@ SCENARIOS: dict[str, tuple[Callable[..., Outcome], dict]] = {
     "private store": (privacy, {"files": 200}),
     "notify kill -9 during delivery": (kill_during_delivery, {"kills": 5, "runs_between": 4}),
     "notify receiver down": (receiver_down, {"down_s": 120.0, "runs": 10}),
+    "notify alert per change": (alert_per_change, {"changes": 4, "quiet_runs": 3}),
+    "notify hostile text": (hostile_text, {}),
 }
 
 
