@@ -131,17 +131,8 @@ class TextModel:
         return cls(model, tokenizer, files.name)
 
     def _chat_ids(self, question: str, passages: Sequence[Passage]) -> list[int]:
-        shown = "\n\n".join(f"[{n}] {where}\n{text}" for n, where, text in passages)
-        user = f"Sources:\n{shown}\n\nQuestion: {question}"
-        template = self.tokenizer.apply_chat_template
-        try:
-            prompt = template([{"role": "system", "content": SYSTEM},
-                               {"role": "user", "content": user}],
-                              tokenize=False, add_generation_prompt=True)
-        except TemplateError:  # the template refuses a system role (Mistral's does)
-            prompt = template([{"role": "user", "content": f"{SYSTEM}\n{user}"}],
-                              tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(chat_prompt(self.tokenizer, question, passages),
+                              add_special_tokens=False)["input_ids"]
 
     def prompt(self, question: str, passages: Sequence[Passage],
                max_new_tokens: int) -> tuple[list[int], int]:
@@ -177,6 +168,20 @@ class TextModel:
                                             skip_special_tokens=True)
         return [(first_sentence(text.strip()), n)
                 for text, (_, n) in zip(texts, prompts, strict=True)]
+
+
+def chat_prompt(tokenizer, question: str, passages: Sequence[Passage]) -> str:
+    """The chat prompt as text: the numbered sources and the question. The answerer's
+    training examples (train/examples.py) are rendered by this same function."""
+    shown = "\n\n".join(f"[{n}] {where}\n{text}" for n, where, text in passages)
+    user = f"Sources:\n{shown}\n\nQuestion: {question}"
+    try:
+        return tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM},
+                                              {"role": "user", "content": user}],
+                                             tokenize=False, add_generation_prompt=True)
+    except TemplateError:  # the template refuses a system role (Mistral's does)
+        return tokenizer.apply_chat_template([{"role": "user", "content": f"{SYSTEM}\n{user}"}],
+                                             tokenize=False, add_generation_prompt=True)
 
 
 def loop_start(ids: Sequence[int]) -> int | None:
