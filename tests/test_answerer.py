@@ -56,3 +56,33 @@ def test_fit_writes_a_small_adapter_with_its_training_metadata(tmp_path):
     assert len(meta["base_sha256"]) == 64
     assert "model.layers.0.self_attn.q_proj.lora_A.weight" in keys
     assert len(keys) == 2 * 7 * 2  # A and B, 7 projections, 2 layers
+
+
+def test_the_adapter_is_added_into_the_weights_it_names(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from kbd.model.text import TextModelError, TextModelFiles, adapter_info, apply_adapter
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=4,
+                                         num_key_value_heads=2))
+    a, b = torch.randn(4, 32), torch.randn(32, 4)
+    path = tmp_path / "answerer.safetensors"
+    save_file({"model.layers.0.self_attn.q_proj.lora_A.weight": a.half(),
+               "model.layers.0.self_attn.q_proj.lora_B.weight": b.half()}, path,
+              metadata={"rank": "4", "alpha": "8", "seed": "0"})
+    before = model.model.layers[0].self_attn.q_proj.weight.clone()
+    apply_adapter(model, path, TextModelFiles(tmp_path))
+    added = model.model.layers[0].self_attn.q_proj.weight - before
+    assert torch.allclose(added, b.half().float() @ a.half().float() * 2, atol=1e-3)
+    assert adapter_info(path)["seed"] == 0
+    save_file({"model.layers.9.mlp.up_proj.lora_A.weight": a.half(),
+               "model.layers.9.mlp.up_proj.lora_B.weight": b.half()}, path,
+              metadata={"rank": "4", "alpha": "8"})
+    try:
+        apply_adapter(model, path, TextModelFiles(tmp_path))
+    except TextModelError as e:
+        assert "model.layers.9.mlp.up_proj" in str(e)
+    else:
+        raise AssertionError("an adapter for another model was applied")

