@@ -187,21 +187,21 @@ def fit(args) -> None:
             print(f"step {step} loss {np.mean(losses[-50:]):.4f} "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
     train_s = time.perf_counter() - start
-    model.eval()
-    model.config.use_cache = True
-    matched = exact_match(model, data, held_out, device) if held_out else None
-    print(f"held-out exact match {matched} over {len(held_out)}", flush=True)
     meta = {"kind": "kbd-answerer-lora", "seed": args.seed, "examples": len(train),
-            "eval_examples": len(held_out), "eval_exact_match": matched, "steps": steps,
-            "batch": args.batch, "lr": args.lr, "rank": args.rank, "alpha": 2 * args.rank,
-            "targets": TARGETS, "base": args.base.name, "base_sha256": base_checksum(args.base),
+            "eval_examples": len(held_out), "steps": steps, "batch": args.batch, "lr": args.lr,
+            "rank": args.rank, "alpha": 2 * args.rank, "targets": TARGETS,
+            "base": args.base.name, "base_sha256": base_checksum(args.base),
             "examples_sha256": sha256(args.examples), "final_loss": float(np.mean(losses[-50:])),
             "train_s": round(train_s, 1), "device": str(torch.cuda.get_device_name(device)
                                                         if device.type == "cuda" else "cpu")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file(lora_state(model, args.rank), args.out,
               metadata={k: json.dumps(v) for k, v in meta.items()})
-    print(json.dumps(meta), f"-> {args.out}")
+    print(json.dumps(meta), f"-> {args.out}", flush=True)
+    model.eval()  # after saving: a check of the adapter, not part of it
+    model.config.use_cache = True
+    print(f"held-out exact match {exact_match(model, data, held_out, device)} over "
+          f"{len(held_out)}", flush=True)
 
 
 def main() -> None:

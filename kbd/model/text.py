@@ -46,6 +46,7 @@ SYSTEM = ("Answer the question in one sentence from the numbered sources. Quote 
 LOOP_NGRAM = 5  # tokens; an n-gram generated a third time is a loop
 LOOP_REPEATS = 3
 # not the dots of an address or a version, nor a list's "1."
+CITED = re.compile(r"(?<=\s)\[\d{1,2}\]")  # "[1]", not the pid in "sshd[24503]"
 SENTENCE_END = re.compile(r"(?<!\b\d)[.!?](?=\s)")
 
 Passage = tuple[int, str, str]  # (the number it is cited by; where from, e.g. "app.log"; text)
@@ -176,12 +177,15 @@ def describe(spec: str) -> dict:
 class TextModel:
     """A causal LM answering questions from passages given as text in its chat prompt."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer, name: str):
+    def __init__(self, model: PreTrainedModel, tokenizer, name: str, cited_end: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.device = model.get_input_embeddings().weight.device
         self.context = model.config.max_position_embeddings  # tokens: prompt + answer
+        # kbd's answerer says the specific and its [n], then quotes the line that the sources
+        # list anyway: the answer ends at its first citation, and so does generation
+        self.cited_end = cited_end
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", dtype: str = "auto") -> TextModel:
@@ -195,7 +199,7 @@ class TextModel:
         if adapter is None:
             return cls(model, tokenizer, files.name)
         apply_adapter(model, adapter, files)
-        return cls(model, tokenizer, f"{files.name}+{adapter_id(adapter)}")
+        return cls(model, tokenizer, f"{files.name}+{adapter_id(adapter)}", cited_end=True)
 
     def _chat_ids(self, question: str, passages: Sequence[Passage]) -> list[int]:
         return self.tokenizer(chat_prompt(self.tokenizer, question, passages),
@@ -225,7 +229,7 @@ class TextModel:
                                    return_tensors="pt").to(self.device)
         start = batch["input_ids"].shape[1]
         # min_new_tokens is a timing run: it must not stop early on a loop either
-        stop = StoppingCriteriaList([AnswerStop(start, self.tokenizer)]
+        stop = StoppingCriteriaList([AnswerStop(start, self.tokenizer, self.cited_end)]
                                     if not min_new_tokens else [])
         out = self.model.generate(
             **batch, do_sample=False, top_p=None, top_k=None, temperature=None,
@@ -233,7 +237,8 @@ class TextModel:
             pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stop)
         texts = self.tokenizer.batch_decode([before_loop(row.tolist()) for row in out[:, start:]],
                                             skip_special_tokens=True)
-        return [(first_sentence(text.strip()), n)
+        end = first_cited if self.cited_end else first_sentence
+        return [(end(text.strip()), n)
                 for text, (_, n) in zip(texts, prompts, strict=True)]
 
 
@@ -276,12 +281,20 @@ def first_sentence(text: str) -> str:
     return text[:end.start() + 1] if end else text
 
 
+def first_cited(text: str) -> str:
+    """The answer up to its first citation (the answerer's "10.0.0.7 [1]"), else its first
+    sentence."""
+    cited = CITED.search(text)
+    return text[:cited.end()] if cited else first_sentence(text)
+
+
 class AnswerStop(StoppingCriteria):
     """Stops a row of a batch once its answer's first sentence has ended or its tokens loop
     (a small model may repeat a source's name until the token limit): the CPU's time is
     saved, and first_sentence and before_loop cut the text."""
 
-    def __init__(self, prompt_length: int, tokenizer):
+    def __init__(self, prompt_length: int, tokenizer, cited_end: bool = False):
+        self.cited_end = cited_end
         self.prompt_length = prompt_length
         self.tokenizer = tokenizer
 
@@ -289,5 +302,6 @@ class AnswerStop(StoppingCriteria):
         generated = input_ids[:, self.prompt_length:].tolist()
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return torch.tensor([loop_start(row) is not None or SENTENCE_END.search(text) is not None
+                             or (self.cited_end and CITED.search(text) is not None)
                              for row, text in zip(generated, texts, strict=True)],
                             device=input_ids.device)
