@@ -86,3 +86,23 @@ def test_the_adapter_is_added_into_the_weights_it_names(tmp_path):
         assert "model.layers.9.mlp.up_proj" in str(e)
     else:
         raise AssertionError("an adapter for another model was applied")
+
+
+def test_the_answerers_not_found_is_a_decline_and_its_answer_ends_at_its_citation():
+    from kbd import evidence
+    from kbd.model.engines import NOT_FOUND, Evidence
+    from kbd.model.text import first_cited
+
+    line = evidence.Line(7, "Dec 10 sshd[24503]: Invalid user oracle from 187.141.143.180")
+    found = Evidence("Which IP tried the invalid user oracle?", [(1, 11, 2.0)],
+                     [evidence.Shown(1, "OpenSSH.log", [line], [line])],
+                     {"oracle": 1.0, "invalid": 0.5})
+    declined = found.reply("Not found in the sources.", held=1)
+    assert (declined.status, declined.text) == ("not-found", NOT_FOUND)
+    said = found.reply("187.141.143.180 [1]", held=1)
+    assert (said.status, said.text, said.extractive) == ("ok", "187.141.143.180 [1]", False)
+    assert first_cited('187.141.143.180 [1] ("Invalid user oracle from ...").') == \
+        "187.141.143.180 [1]"
+    assert first_cited('"sshd[24503]: Invalid user oracle" [2].') == \
+        '"sshd[24503]: Invalid user oracle" [2]'
+    assert first_cited("Not found in the sources. Try again.") == "Not found in the sources."
