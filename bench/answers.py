@@ -39,9 +39,13 @@ LOGHUB = ROOT.parent / "shared" / "data" / "loghub"
 REPORTS = ROOT / "bench" / "qa" / "reports"
 SETTINGS = [
     {"name": "baseline", "code": "f955b7f", "config": {"model": {"engine": "text"}}},
-    # this tree with the text model writing the answer (checked, the best line if ungrounded)
+    # this tree with the untrained text model writing the answer (checked, the best line if
+    # ungrounded)
     {"name": "generate", "code": None,
-     "config": {"model": {"engine": "text", "answer": "generate"}}},
+     "config": {"model": {"engine": "text", "answer": "generate", "text_model": "smollm2-base"}}},
+    # ... and with kbd's trained answerer adapter (kbd/data/answerer.safetensors) writing it
+    {"name": "trained", "code": None,
+     "config": {"model": {"engine": "text", "answer": "generate", "text_model": "smollm2"}}},
     {"name": "current", "code": None, "config": {"model": {"engine": "text"}}},  # the defaults
 ]
 READY_TIMEOUT_S = 1800  # 2 busy cores take minutes to embed every passage

@@ -29,7 +29,7 @@ class ModelConfig:
     dtype: str = "auto"
     compress_batch_size: int = 64
     engine: str = ""  # clara | text; empty: clara when a checkpoint is set, else text
-    text_model: str = "smollm2"  # the text engine's model: smollm2, a model folder or a .gguf
+    text_model: str = "smollm2"  # smollm2 (with kbd's answerer), smollm2-base, a folder, a .gguf
     answer: str = "quote"  # the text engine's answer: quote (the best line) | generate (model)
 
     @property
@@ -288,8 +288,8 @@ def load_config(path: Path | None = None) -> Config:
         raise ConfigError(f"{where}: model.engine must be clara or text, got {model.engine!r}",
                           hint="leave it out: clara when a checkpoint is set, else text")
     if not isinstance(model.text_model, str) or not model.text_model:
-        raise ConfigError(f"{where}: model.text_model must name smollm2, a model folder or a "
-                          ".gguf file")
+        raise ConfigError(f"{where}: model.text_model must name smollm2, smollm2-base, a "
+                          "model folder or a .gguf file")
     if model.answer not in ANSWERS:
         raise ConfigError(f"{where}: model.answer must be quote or generate, got "
                           f"{model.answer!r}",

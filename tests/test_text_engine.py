@@ -24,7 +24,13 @@ from kbd.ingest import Ingester
 from kbd.memory import compress_backlog, memory_id
 from kbd.model.engines import FREQUENCY_CAP, NOT_FOUND, gather
 from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
-from kbd.model.text import SMOLLM2_INSTALL, TextModel, loop_start
+from kbd.model.text import (
+    ANSWERER,
+    SMOLLM2_INSTALL,
+    TextModel,
+    adapter_id,
+    loop_start,
+)
 from kbd.model.tokens import PassageTokenizer
 from kbd.model.worker import AskRequest, ModelUnavailable, ModelWorker
 from kbd.retrieve import DENSE_WEIGHT, Scope, asked_terms, search
@@ -37,7 +43,8 @@ PLANTED = ("081109 214043 2561 ERROR dfs.DataNode: Disk full on datanode 10.251.
            "No space left on device")
 PLANTED_LINE = 1001  # inserted after line 1000 of HDFS_2k.log
 QUESTION = "Which node ran out of disk space?"
-SMOLLM2_NAME = "SmolLM2-135M-Instruct.Q4_1"
+SMOLLM2_FILE_NAME = "SmolLM2-135M-Instruct.Q4_1"
+SMOLLM2_NAME = f"{SMOLLM2_FILE_NAME}+{adapter_id(ANSWERER)}"  # answers name kbd's adapter
 
 
 pytestmark = [
@@ -368,7 +375,8 @@ def test_readme_quickstart_on_a_cpu(tmp_path):
         assert f"{logs / 'HDFS_2k.log'}:{PLANTED_LINE} " in kbd("ask", QUESTION).stdout
         assert "engine: text" in kbd("status").stdout
         info = json.loads(kbd("model", "info", "--json").stdout)
-        assert (info["engine"], info["model"]) == ("text", SMOLLM2_NAME)
+        assert (info["engine"], info["model"]) == ("text", SMOLLM2_FILE_NAME)
+        assert info["adapter"] == adapter_id(ANSWERER) and info["adapter_seed"] == 0
     finally:
         daemon.terminate()
         assert daemon.wait(timeout=60) == 0, (tmp_path / "daemon.log").read_text()[-3000:]

@@ -11,6 +11,7 @@ streaming and recording stay in the worker, shared.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ BEST_SOURCE_LINES = 2  # matching lines the prompt shows of the best-ranked pass
 SOURCE_LINES = 1  # ... and of each other one
 CONTEXT_LINES = 1  # lines shown before and after the best passage's matching lines
 NOT_FOUND = "The knowledge base has nothing on this: no stored passage matches the question."
+SAID_NOT_FOUND = re.compile(r"\W*not found\b", re.IGNORECASE)  # the answerer's decline
 FREQUENCY_CAP = 1000  # passages counted per question term; a term in more is common anyway
 
 Source = tuple[int, int, float]  # rank (1 = best), passage id, score
@@ -261,7 +263,9 @@ class Evidence:
         """The generated text checked: citations of sources not held dropped, and an
         ungrounded answer replaced by the best line quoted."""
         shown = self.shown[:held]
-        if not shown:  # not even the best source fit the context: the model read nothing
+        # not even the best source fit the context, or the model (kbd's answerer is trained
+        # to) says the lines do not hold the answer
+        if not shown or SAID_NOT_FOUND.match(text):
             return self.not_found()
         text, dropped = evidence.drop_citations(text, {s.rank for s in shown})
         _, best = evidence.best_line(shown, self.weights)

