@@ -257,3 +257,10 @@ def test_passages_with_all_terms(store, logs, e2e_dir):
         assert set(lines_holding(logs["ssh"], "Did not receive identification")) <= found
         assert q.passages_with_all(conn, ["logrotate", "identification"], 100) == []
         assert len(q.passages_with_all(conn, ["sshd"], 3)) == 3
+        # the coverage rule's weights (engines.gather): passages per term, up to a cap; a
+        # word PostgreSQL drops as a stop word counts as common there, not as absent
+        counted = q.term_frequencies(conn, ["logrotate", "jenkins", "not", "sshd"], 5)
+        assert counted["logrotate"] == min(5, len(
+            q.passages_with_all(conn, ["logrotate"], 100)))
+        assert (counted["jenkins"], counted["sshd"]) == (0, 5)
+        assert counted["not"] >= 1

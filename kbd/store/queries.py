@@ -286,17 +286,18 @@ def search_passages(conn: Connection, terms: Sequence[str], limit: int) -> list[
 def term_frequencies(conn: Connection, terms: Sequence[str], cap: int) -> dict[str, int]:
     """How many live passages hold each term (matched as search_passages matches it), counted
     up to `cap`: beyond it a term is common, and counting further costs time on a big store."""
-    out = {}
-    for term in terms:
-        if conn.dialect.name == "sqlite":
-            inner = ("SELECT 1 FROM passages_fts WHERE passages_fts MATCH :match LIMIT :cap")
-            params = {"match": '"' + term.replace('"', '""') + '"', "cap": cap}
-        else:
-            inner = ("SELECT 1 FROM passages p WHERE p.live AND p.search_vector @@ "
-                     "phraseto_tsquery('english', :match) LIMIT :cap")
-            params = {"match": term, "cap": cap}
-        out[term] = conn.execute(sql(f"SELECT count(*) FROM ({inner}) t"), params).scalar_one()
-    return out
+    if conn.dialect.name == "sqlite":
+        query = ("SELECT count(*) FROM (SELECT 1 FROM passages_fts WHERE passages_fts MATCH "
+                 ":match LIMIT :cap) t")
+    else:
+        # a term PostgreSQL drops as a stop word (`not`) matches nothing there: it is common
+        query = ("SELECT CASE WHEN numnode(phraseto_tsquery('english', :match)) = 0 THEN :cap "
+                 "ELSE (SELECT count(*) FROM (SELECT 1 FROM passages p WHERE p.live AND "
+                 "p.search_vector @@ phraseto_tsquery('english', :match) LIMIT :cap) t) END")
+    sqlite = conn.dialect.name == "sqlite"
+    return {term: conn.execute(sql(query), {
+        "match": '"' + term.replace('"', '""') + '"' if sqlite else term, "cap": cap,
+    }).scalar_one() for term in terms}
 
 
 def count_live_passages(conn: Connection) -> int:
