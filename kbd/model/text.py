@@ -121,7 +121,7 @@ def apply_adapter(model: PreTrainedModel, path: Path, files: TextModelFiles) -> 
     was trained on."""
     info = adapter_info(path)
     base = files.path if files.path.is_file() else None
-    if base is not None and info.get("base_sha256") not in (None, sha256_file(base)):
+    if base is not None and info.get("base_sha256") not in (None, file_sha256(base)):
         raise TextModelError(f"{path}: trained on another base model than {base}",
                              hint="set [model] text_model = \"smollm2-base\" or retrain")
     scale = info["alpha"] / info["rank"]
@@ -138,12 +138,9 @@ def apply_adapter(model: PreTrainedModel, path: Path, files: TextModelFiles) -> 
             weight += (b.float() @ a.float() * scale).to(weight.dtype)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def load_tokenizer(files: TextModelFiles):
