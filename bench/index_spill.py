@@ -14,14 +14,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
 from clara_gpu import GIB, random_rows
-from profiling import timed
 
 from kbd.model import index as index_module
 from kbd.model.index import MemoryIndex
+
+
+def timed(fn, repeat: int) -> float:
+    """Median wall seconds of fn() after one warm-up call, the GPU waited for."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def main() -> None:

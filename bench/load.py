@@ -1,6 +1,6 @@
 """The fault and load suite's scenarios (tests/faults/), run longer than CI runs them, each on
 the real daemon subprocess with a tiny CLaRa checkpoint (CPU). Writes every scenario's runs,
-failures, data lost and figures to bench/results/load.json and prints the README's table.
+failures, data lost and figures to bench/results/load.json and prints the table of docs/faults.md.
 
     PYTHONPATH=. python3 bench/load.py                      # all, about 15 minutes on 2 cores
     PYTHONPATH=. python3 bench/load.py --only load,crash    # some of them, updated in the file
