@@ -18,21 +18,25 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
 from profiling import kernel_profile, timed
 
-from kbd.model import merge
 from kbd.model.checkpoint import ENCODER
 from kbd.model.encode import stacked
-from kbd.model.testing import WORDS, random_7b_clara
+from kbd.model.kernels import merge
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/tiny.py
+from support.tiny import WORDS, random_7b_clara  # noqa: E402
 
 
 def merge_check(clara) -> dict:
-    """kbd/model/merge.py's kernel against torch.addmm on layer 0's weight groups (bf16): the
-    largest difference in units of the result's largest value, and milliseconds of each."""
+    """kbd/model/kernels/merge.py's kernel against torch.addmm on layer 0's weight groups
+    (bf16): the largest difference in units of the result's largest value, and milliseconds of
+    each."""
     out = {}
     for name, (weight, _, a_parts, b_parts) in zip(
             ("qkv", "o", "gate_up", "down"), clara.encoder.groups[ENCODER][0], strict=True):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,9 @@ import torch
 from profiling import kernel_profile, timed
 
 from kbd.model.decode import StaticDecoder, fuse_layers
-from kbd.model.testing import random_7b_clara
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/tiny.py
+from support.tiny import random_7b_clara  # noqa: E402
 
 
 def main() -> None:

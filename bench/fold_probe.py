@@ -1,8 +1,9 @@
 """Probe: what folding the norms into compression's products (kbd/model/encode.py) costs, per
 layer of a 64-passage batch (64 x 269 rows, Mistral-7B's shape): each row's 1/RMS by torch's
-compiled reduction or by kbd's Triton kernel (kbd/model/products.py) at several cuts, against
+compiled reduction or by kbd's Triton kernel
+(kbd/model/kernels/products.py) at several cuts, against
 the norm it replaces (which writes the normed stream too); and the merge kernel
-(kbd/model/merge.py) with the norm's weight scaling the columns or without. Timed cool, then
+(kbd/model/kernels/merge.py) with the norm's weight scaling the columns or without. Timed cool, then
 alternated at the power cap.
 
     python bench/fold_probe.py bench/results/fold_probe.json
@@ -17,8 +18,8 @@ import sys
 import torch
 from profiling import back_to_back
 
-from kbd.model import merge, products
 from kbd.model.decode import compiled
+from kbd.model.kernels import merge, products
 
 ROWS, HIDDEN, QKV, FFN, RANK, EPS = 64 * 269, 4096, 6144, 14336, 16, 1e-5
 

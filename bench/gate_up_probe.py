@@ -1,4 +1,5 @@
-"""Probe: kbd's gate/up kernel (kbd/model/products.py: SiLU(gate)·up in the product's epilogue,
+"""Probe: kbd's gate/up kernel
+(kbd/model/kernels/products.py: SiLU(gate)·up in the product's epilogue,
 TMA loads) under several ways of cutting the work, against cuBLAS's product followed by the
 fused SiLU kernel torch.compile makes, at a 64-passage batch (17,216 rows). The best is then
 alternated with cuBLAS for a while, so both meet the same heat and power cap. Prints TFLOP/s
@@ -16,8 +17,8 @@ import sys
 import torch
 from profiling import back_to_back
 
-from kbd.model import products
-from kbd.model.products import Tiles
+from kbd.model.kernels import products
+from kbd.model.kernels.products import Tiles
 
 ROWS, HIDDEN, FFN = 64 * 269, 4096, 14336
 # (the results file also holds two runs with Triton's warp specialization, an option the

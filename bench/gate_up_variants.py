@@ -1,4 +1,5 @@
-"""Probe: ways of cutting the energy of kbd's gate/up kernel (kbd/model/products.py), the half of
+"""Probe: ways of cutting the energy of kbd's gate/up kernel
+(kbd/model/kernels/products.py), the half of
 compression's time that runs at the H100's 700 W cap, where time follows energy.
 
 - one_dot: gate and up tiles loaded by one 3-D TMA box, [2, 128, 64] over the weight seen as
@@ -26,7 +27,7 @@ import triton.language as tl
 from profiling import back_to_back
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kbd.model import products
+from kbd.model.kernels import products
 
 ROWS, HIDDEN, FFN = 64 * 269, 4096, 14336
 TILE_ROWS, TILE_COLUMNS, DEPTH = 128, 128, 64

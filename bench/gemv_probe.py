@@ -1,5 +1,6 @@
 """Probe: the decode step's row-times-matrix products (one question, bf16) through cuBLAS and
-through kbd/model/gemv.py's kernel at several tile shapes, each over eight weights in turn (as
+through kbd/model/kernels/gemv.py's kernel at several tile shapes,
+each over eight weights in turn (as
 eight layers: nothing stays in L2), timed as CUDA graph replays. Prints and writes GB/s of
 weight read per shape and the best tile shape for each.
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench_cudagraph
 
-from kbd.model import gemv
+from kbd.model.kernels import gemv
 
 # (name, output rows, inputs, gated, residual) of a Mistral-7B layer and its lm_head
 SHAPES = [("qkv", 6144, 4096, False, False), ("o", 4096, 4096, False, True),

@@ -16,11 +16,14 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from kbd.model import gemv, merge, products
-from kbd.model.testing import WORDS, random_7b_clara
+from kbd.model.kernels import gemv, merge, products
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/tiny.py
+from support.tiny import WORDS, random_7b_clara  # noqa: E402
 
 
 def variants() -> dict[str, int]:

@@ -1,7 +1,8 @@
-"""Probe: the q/k/v product with the rotary embedding in its epilogue (kbd/model/products.py:
-kernel, qkv_rotary) against cuBLAS's product and torch's compiled rotary kernel, each followed
-by cuDNN's attention, for one layer of a 64-passage batch (64 x 269 rows, Mistral-7B's shape).
-The rotary kernel reads q and k where the product wrote them and writes them turned, 0.35 GB
+"""Probe: the q/k/v product with the rotary embedding in its epilogue
+(kbd/model/kernels/products.py: kernel, qkv_rotary) against cuBLAS's product and torch's
+compiled rotary kernel, each followed by cuDNN's attention, for one layer of a 64-passage batch (64
+x 269 rows, Mistral-7B's shape). The rotary kernel reads q and k where the product wrote them and
+writes them turned, 0.35 GB
 a layer; in the epilogue that traffic goes. Timed cool, then alternated at the power cap.
 
     python bench/qkv_rotary_probe.py bench/results/qkv_rotary_probe.json
@@ -18,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from profiling import back_to_back
 
-from kbd.model import products
 from kbd.model.decode import compiled, rotate
+from kbd.model.kernels import products
 
 B, T, HIDDEN, HEADS, KV_HEADS, HEAD = 64, 269, 4096, 32, 8, 128
 SPLIT = [HEADS * HEAD, KV_HEADS * HEAD, KV_HEADS * HEAD]

@@ -24,12 +24,12 @@ import time
 from functools import partial
 from pathlib import Path
 
-from kbd.api import serve
+from kbd.api.server import serve
 from kbd.config import Config, check_secrets, check_watchable, load_config
 from kbd.errors import KbdError
-from kbd.ingest import Ingester, IngestWorker, Limits
+from kbd.ingest.pipeline import Ingester, IngestWorker, Limits
 from kbd.private import private_fd, private_home, write_private
-from kbd.scheduler import Scheduler
+from kbd.questions.scheduler import Scheduler
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.watch import Watcher
@@ -132,8 +132,8 @@ class Daemon:
     # -- wiring ----------------------------------------------------------------------------
 
     def _start(self, config: Config) -> None:
-        from kbd.model.worker import ModelWorker
-        from kbd.routes import build_router
+        from kbd.api.routes import build_router
+        from kbd.runtime.worker import ModelWorker
         from kbd.sender import Sender
 
         self.store = Store.open(config.database_url, config.memory_dir)
@@ -290,7 +290,7 @@ def digest_trigger(config: Config):
     from apscheduler.triggers.cron import CronTrigger
     from tzlocal import get_localzone
 
-    from kbd.questions import apscheduler_crontab
+    from kbd.questions.specs import apscheduler_crontab
 
     zone = config.scheduler.timezone or get_localzone()
     try:

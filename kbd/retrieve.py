@@ -13,7 +13,7 @@ Ranking fuses rankings by reciprocal rank (`fuse`), so that each finds what the 
   computed once, in the background (`embed_backlog`), and stored like CLaRa's memory: rows of
   a matrix file, mapped by (text hash, model id). Passages without one yet rank by BM25 only.
 - with CLaRa as the engine, its own ranking of the stored memory takes the dense one's place
-  (kbd.model.engines).
+  (kbd.runtime.engines).
 The text engine's `search` is BM25 fused with dense; with no dense model installed, BM25.
 """
 
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbd.evidence import ANSWER_WORDS, TIME_OF_DAY, matched_terms
 from kbd.model.dense import DIM, DenseModel, load_dense_model
+from kbd.runtime.evidence import ANSWER_WORDS, TIME_OF_DAY, matched_terms
 from kbd.store import Store
 from kbd.store import queries as q
-from kbd.store.memory import MemoryFileError, MemoryMatrix
+from kbd.store.matrix import MemoryFileError, MemoryMatrix
 
 # Common English words: in an OR query they would match nearly every passage and drown out
 # the words that matter. Left out of full-text queries.
@@ -272,7 +272,7 @@ def dense_ranking(store: Store, model: DenseModel, question: str, allowed: set[i
 def asked_terms(question: str) -> list[str]:
     """The question's terms that a line answering it should hold: its search terms less stop
     words, the words that name what is asked (evidence.ANSWER_WORDS) and times of day
-    ("after 10:00" bounds the lines, kbd.aggregate; no line need hold 10:00)."""
+    ("after 10:00" bounds the lines, kbd.runtime.aggregate; no line need hold 10:00)."""
     return [t for t in search_terms(question) if t.lower() not in STOP_WORDS
             and t.lower() not in ANSWER_WORDS and not TIME_OF_DAY.fullmatch(t)]
 

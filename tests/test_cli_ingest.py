@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import (
+from support.harness import (
     Kbd,
     make_logs,
     nobody_can_run_python,

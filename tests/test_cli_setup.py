@@ -18,17 +18,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import wait_for
+from support.harness import wait_for
 
-import kbd.cli_setup  # noqa: F401  registers the commands (cli.py imports it at its end)
+import kbd.cli.setup  # noqa: F401  registers the commands (cli.py imports it at its end)
 from kbd import configfile
 from kbd.cli import cli
-from kbd.cli_setup import ModelFolders, point_config_at
+from kbd.cli.setup import ModelFolders, point_config_at
 from kbd.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).parent.parent
 # The real entry point plus this module, so the tests pass before and after cli.py imports it.
-KBD = [sys.executable, "-c", "import kbd.cli_setup; from kbd.cli import main; main()"]
+KBD = [sys.executable, "-c", "import kbd.cli.setup; from kbd.cli import main; main()"]
 
 
 @pytest.fixture
@@ -540,7 +540,7 @@ def test_model_pull_rejects_a_repo_without_the_compression(home, tmp_path, fake_
 
 
 def test_sighup_helper_ignores_nonsense_pids(home):
-    from kbd.cli_setup import daemon_pid
+    from kbd.cli.setup import daemon_pid
 
     data = home / "data"
     data.mkdir(parents=True)

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-from harness import TinyModel, make_logs
 from sqlalchemy import create_engine, func, select
+from support.harness import TinyModel, make_logs
 
 from kbd.store.schema import documents, memories, passages
 

@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from harness import wait_for
-from receivers import SmtpServer, Webhook, read_lines, self_signed, stdin_to_file_argv
 from sqlalchemy import select
+from support.harness import wait_for
+from support.receivers import SmtpServer, Webhook, read_lines, self_signed, stdin_to_file_argv
 
 from kbd.config import NotifyChannel
 from kbd.digest import gather, to_html, to_markdown
 from kbd.notify import DeliveryError, deliver, slack_text
-from kbd.questions import QuestionSpec
+from kbd.questions.specs import QuestionSpec
 from kbd.sender import Sender, backoff_s
 from kbd.store import events as ev
 from kbd.store import queries as q

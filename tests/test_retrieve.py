@@ -13,15 +13,15 @@ import pytest
 
 from kbd import retrieve
 from kbd.config import ModelConfig
-from kbd.ingest import Ingester
-from kbd.memory import compress_backlog
+from kbd.ingest.pipeline import Ingester
 from kbd.model.dense import DIM, MODEL_ID, load_dense_model
 from kbd.model.tokens import PassageTokenizer
-from kbd.model.worker import AskRequest, ModelWorker
 from kbd.retrieve import bm25, embed_backlog, fuse, search
+from kbd.runtime.compress import compress_backlog
+from kbd.runtime.worker import AskRequest, ModelWorker
 from kbd.store import Store
 from kbd.store import queries as q
-from kbd.store.memory import MemoryFileError
+from kbd.store.matrix import MemoryFileError
 
 # one line a file, so that each is a passage of its own
 LINES = {

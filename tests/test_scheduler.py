@@ -10,16 +10,16 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from harness import wait_for
 from sqlalchemy import update
+from support.harness import wait_for
 
 from kbd.config import ModelConfig
-from kbd.ingest import Ingester
-from kbd.memory import compress_backlog
+from kbd.ingest.pipeline import Ingester
 from kbd.model.tokens import PassageTokenizer
-from kbd.model.worker import ModelWorker
-from kbd.questions import QuestionSpec
-from kbd.scheduler import Scheduler
+from kbd.questions.scheduler import Scheduler
+from kbd.questions.specs import QuestionSpec
+from kbd.runtime.compress import compress_backlog
+from kbd.runtime.worker import ModelWorker
 from kbd.store import questions as qs
 from kbd.store.schema import passages, questions
 
@@ -107,7 +107,7 @@ def test_time_window_selects_candidates(setup):
 
 def test_due_together_answered_as_one_batch(setup, monkeypatch):
     """Scheduled requests waiting together reach the model as one batch."""
-    from kbd.model.worker import AskRequest
+    from kbd.runtime.worker import AskRequest
 
     store, scheduler, _, _ = setup
     worker = scheduler.submit.__self__

@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import smollm2_missing, wait_for
+from support.harness import smollm2_missing, wait_for
+from support.tiny import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
 
-from kbd.client import Client
+from kbd.api.client import Client
 from kbd.config import ConfigError, ModelConfig, load_config
 from kbd.errors import InputError, KbdError
-from kbd.ingest import Ingester
-from kbd.memory import compress_backlog, memory_id
-from kbd.model.engines import FREQUENCY_CAP, NOT_FOUND, gather
-from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
+from kbd.ingest.pipeline import Ingester
 from kbd.model.text import (
     ANSWERER,
     SMOLLM2_INSTALL,
@@ -32,8 +30,10 @@ from kbd.model.text import (
     loop_start,
 )
 from kbd.model.tokens import PassageTokenizer
-from kbd.model.worker import AskRequest, ModelUnavailable, ModelWorker
 from kbd.retrieve import DENSE_WEIGHT, Scope, asked_terms, search
+from kbd.runtime.compress import compress_backlog, memory_id
+from kbd.runtime.engines import FREQUENCY_CAP, NOT_FOUND, gather
+from kbd.runtime.worker import AskRequest, ModelUnavailable, ModelWorker
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store import questions as qs

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import wait_for
+from support.harness import wait_for
 
 from kbd.watch import StabilityTracker, WatchedFolder, Watcher, folder_for, scan
 

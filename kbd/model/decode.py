@@ -9,10 +9,10 @@ steps to see whether every sequence has ended.
 
 Works for Llama-shaped decoders with SiLU MLPs (Mistral, Llama, Qwen2): the layers' own norms
 and the model's rotary embedding are called as they are; the products read the base weights,
-the decoder adapter merged into them, q/k/v and gate/up fused, through kbd/model/gemv.py (one
-kernel a product for a single question); attention over the cache is written here. The
-output equals generate()'s greedy output: same positions for left-padded prompts, same
-min_new_tokens rule, pads after the end.
+the decoder adapter merged into them, q/k/v and gate/up fused, through
+kbd/model/kernels/gemv.py (one kernel a product for a single question); attention over the
+cache is written here. The output equals generate()'s greedy output: same positions for left-padded
+prompts, same min_new_tokens rule, pads after the end.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kbd.model import gemv
+from kbd.model.kernels import gemv
 
 log = logging.getLogger("kbd.model")
 

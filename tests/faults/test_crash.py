@@ -15,10 +15,10 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from harness import Kbd, Outcome, TinyModel, make_logs, poll, started, wait_for
+from support.harness import Kbd, Outcome, TinyModel, make_logs, poll, started, wait_for
 
 RUN_STARTS = 'Running job "Scheduler.run'  # APScheduler's line as a run begins
-CATCH_UP = "missed a run while kbd was down"  # kbd.scheduler's line at start
+CATCH_UP = "missed a run while kbd was down"  # kbd.questions.scheduler's line at start
 
 
 def crash(work: Path, model: TinyModel, *, kills_ingest: int = 3, kills_scheduled: int = 2,

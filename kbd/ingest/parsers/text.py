@@ -3,7 +3,7 @@ Markdown, reStructuredText and HTML readers share."""
 
 from __future__ import annotations
 
-from kbd.parsers import Block
+from kbd.ingest.parsers import Block
 
 
 class Paragraphs:

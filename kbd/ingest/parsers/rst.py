@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 
-from kbd.parsers import Block
-from kbd.parsers.text import Paragraphs
+from kbd.ingest.parsers import Block
+from kbd.ingest.parsers.text import Paragraphs
 
 ADORNMENT = re.compile(r"^([!-/:-@\[-`{-~])\1*[ \t]*$")  # one punctuation character, repeated
 

@@ -17,8 +17,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from kbd.model import products
-from kbd.model.kernels import launched, tl, triton, usable
+from kbd.model.kernels import launched, products, tl, triton, usable
 
 # weight rows a program reads per load, and how long a stretch of each: measured best for
 # every product of a Mistral-7B step (bench/results/gemv_probe.json)

@@ -101,7 +101,7 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
 
         kbd ingest --once /var/log/app ~/reports/incident.md
     """
-    from kbd.ingest import Ingester, Limits
+    from kbd.ingest.pipeline import Ingester, Limits
     from kbd.store import queries as q
     from kbd.watch import WatchedFolder, scan
 
@@ -128,7 +128,7 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
     compressed = 0
     clara_configured = config.model.active_engine == "clara" and config.model.checkpoint
     if clara_configured and not no_compress:
-        from kbd.memory import compress_backlog
+        from kbd.runtime.compress import compress_backlog
 
         clara = load_clara(config.model.checkpoint, config.model.base, config.model.device,
                            config.model.dtype)
@@ -200,7 +200,7 @@ def offline_status(config) -> dict:
     if config.model.active_engine == "text":
         model_state = f"text model {config.model.text_model} (loads when the daemon starts)"
     elif config.model.checkpoint is not None:
-        from kbd.memory import configured_memory_id
+        from kbd.runtime.compress import configured_memory_id
 
         try:
             model = configured_memory_id(config)
@@ -214,7 +214,7 @@ def offline_status(config) -> dict:
 
 
 def client(config):
-    from kbd.client import Client
+    from kbd.api.client import Client
 
     return Client(config.socket_path)
 
@@ -632,7 +632,7 @@ def digest(since, fmt, output, list_, as_json) -> None:
     from datetime import UTC, datetime, timedelta
 
     from kbd import digest as digests
-    from kbd.questions import parse_duration
+    from kbd.questions.specs import parse_duration
 
     config = get_config()
     store = open_store(config)
@@ -844,7 +844,7 @@ def model_paraphrase(checkpoint, base, device, dtype, max_new_tokens, docs, as_j
             click.echo(f"[{i}] {text}")
 
 
-from kbd import cli_setup  # noqa: E402,F401  registers init, watch, model pull
+from kbd.cli import setup  # noqa: E402,F401  registers init, watch, model pull
 
 
 def main() -> None:

@@ -29,10 +29,10 @@ from pathlib import Path
 
 from sqlalchemy import Row
 
-from kbd.chunk import Passage, chunk
 from kbd.errors import KbdError
-from kbd.parsers import PDF_TIMEOUT_S, Parsed, ParseError, detect_kind, parse
-from kbd.parsers.log import whole_lines
+from kbd.ingest.chunk import Passage, chunk
+from kbd.ingest.parsers import PDF_TIMEOUT_S, Parsed, ParseError, detect_kind, parse
+from kbd.ingest.parsers.log import whole_lines
 from kbd.store import Store, StoreError
 from kbd.store import queries as q
 from kbd.watch import WatchedFolder, folder_for, scan, spelled_inside

@@ -1,7 +1,7 @@
 """The model worker: the only owner of the GPU.
 
 One thread loads the configured engine's model (CLaRa, or the text engine's instruct model:
-kbd/model/engines.py) and then serves, in this order: questions asked now (`kbd ask`),
+kbd/runtime/engines.py) and then serves, in this order: questions asked now (`kbd ask`),
 scheduled questions, and, with CLaRa, compression of the ingest backlog, then the dense
 ranker's passage vectors (kbd.retrieve), one batch at a time so that a question never waits
 behind more than one batch. Questions asked now never get
@@ -27,10 +27,10 @@ from transformers import TextStreamer
 
 from kbd.config import ModelConfig
 from kbd.errors import KbdError
-from kbd.memory import Compressor, memory_id
-from kbd.model.engines import Cited, Engine, Reply, load_engine
 from kbd.model.text import SMOLLM2_INSTALL
 from kbd.retrieve import Scope, dense_model, embed_backlog
+from kbd.runtime.compress import Compressor, memory_id
+from kbd.runtime.engines import Cited, Engine, Reply, load_engine
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.questions import record_answer

@@ -1,4 +1,5 @@
-"""The products' kernel (kbd/model/products.py) on the CPU, by Triton's interpreter: the same
+"""The products' kernel (kbd/model/kernels/products.py) on the
+CPU, by Triton's interpreter: the same
 numbers as torch's steps at sizes off its tiles, for SiLU(gate)·up and for the rotary
 embedding, and compression through it the same memory as transformers' forward. Run by
 tests/test_products.py with TRITON_INTERPRET=1 set before triton is imported."""
@@ -11,8 +12,9 @@ import pytest
 import torch
 from conftest import DOCS, counted
 
-from kbd.model import encode, products
+from kbd.model import encode
 from kbd.model.decode import rotate
+from kbd.model.kernels import products
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run by tests/test_products.py"
 

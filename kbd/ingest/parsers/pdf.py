@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pypdf import PdfReader
 
-from kbd.parsers import PDF_TIMEOUT_S, Block, ParseError
+from kbd.ingest.parsers import PDF_TIMEOUT_S, Block, ParseError
 
 BLANK_LINES = re.compile(r"\n[ \t\f]*\n")
 

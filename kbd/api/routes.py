@@ -11,7 +11,7 @@
     GET  /answers/ID                   one answer with its sources
     GET  /notify?limit=                channels and their recent deliveries
     POST /notify/test {"channel"}      send a test message through the outbox
-    ... and /questions (see kbd/routes.py: questions_routes)
+    ... and /questions (see kbd/api/routes.py: questions_routes)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 
-from kbd.api import ApiError, Router
+from kbd.api.server import ApiError, Router
 from kbd.errors import InputError
 from kbd.retrieve import Scope
 from kbd.store import queries as q
@@ -79,7 +79,7 @@ def duration_field(body: dict, name: str) -> int | None:
     value = field(body, name, str)
     if not value:
         return None
-    from kbd.questions import parse_duration
+    from kbd.questions.specs import parse_duration
 
     try:
         return parse_duration(value)
@@ -96,7 +96,7 @@ def scope_from(body: dict) -> Scope:
 
 
 def ask(daemon, body: dict):
-    from kbd.model.worker import AskRequest
+    from kbd.runtime.worker import AskRequest
 
     question = field(body, "question", str)
     if not question or not question.strip():
@@ -186,7 +186,7 @@ def int_param(query: dict, name: str, default: int) -> int:
 # -- standing questions ----------------------------------------------------------------------
 
 def question_json(question: dict) -> dict:
-    from kbd.questions import format_duration
+    from kbd.questions.specs import format_duration
 
     every = question["interval_s"]
     return {
@@ -224,7 +224,7 @@ def get_or_404(daemon, groups: dict) -> dict:
 
 
 def _spec(daemon, body: dict, base=None):
-    from kbd.questions import spec_from_request
+    from kbd.questions.specs import spec_from_request
 
     try:
         spec = spec_from_request(body, base=base)
@@ -248,7 +248,7 @@ def question_create(daemon, body: dict) -> dict:
 def question_update(daemon, groups: dict, body: dict) -> dict:
     from dataclasses import asdict
 
-    from kbd.questions import spec_of
+    from kbd.questions.specs import spec_of
     from kbd.store import questions as qs
 
     spec = _spec(daemon, body, base=spec_of(get_or_404(daemon, groups)))

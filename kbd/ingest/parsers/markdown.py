@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from kbd.parsers import Block
-from kbd.parsers.text import Paragraphs
+from kbd.ingest.parsers import Block
+from kbd.ingest.parsers.text import Paragraphs
 
 ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
 SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")

@@ -1,4 +1,4 @@
-"""The decode step's one-row kernel (kbd/model/gemv.py) on the CPU, by Triton's interpreter:
+"""The decode step's one-row kernel (kbd/model/kernels/gemv.py) on the CPU, by Triton's interpreter:
 the same numbers as torch for every product a layer makes, and the same greedy text as
 transformers' generate() when a single question decodes through it. The interpreter must be
 on before triton is imported, so tests/test_gemv.py runs this file in a pytest of its own with
@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import DOCS, QUESTIONS, counted
 
-from kbd.model import gemv
+from kbd.model.kernels import gemv
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run by tests/test_gemv.py"
 

@@ -20,10 +20,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from kbd import aggregate, evidence
 from kbd.config import ModelConfig
 from kbd.errors import InputError
-from kbd.memory import memory_id, open_matrix
 from kbd.model.clara import Clara
 from kbd.model.index import RESCORE, MemoryIndex
 from kbd.model.text import Passage, TextModel
@@ -40,6 +38,8 @@ from kbd.retrieve import (
     unique_rows,
     weak_evidence,
 )
+from kbd.runtime import aggregate, evidence
+from kbd.runtime.compress import memory_id, open_matrix
 from kbd.store import Store
 from kbd.store import queries as q
 
@@ -324,7 +324,8 @@ def about(place) -> str:
 
 
 def aggregated(store: Store, found: Evidence, allowed: set[int] | None) -> Reply | None:
-    """The reply of kbd.aggregate for a question that counts or orders the matching lines."""
+    """The reply of kbd.runtime.aggregate for a question that counts or orders the matching
+    lines."""
     told = aggregate.answer(store, found.question, found.shown, found.weights, found.sources,
                             allowed, file_line_numbers)
     return None if told is None else Reply(told.text, [Cited(*s) for s in told.sources],

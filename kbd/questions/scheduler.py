@@ -29,13 +29,13 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from kbd.errors import KbdError
-from kbd.questions import spec_of, trigger_for
+from kbd.questions.specs import spec_of, trigger_for
 from kbd.retrieve import Scope
 from kbd.store import Store
 from kbd.store import questions as qs
 
 if TYPE_CHECKING:  # torch stays out of the scheduler's import
-    from kbd.model.worker import ModelUnavailable
+    from kbd.runtime.worker import ModelUnavailable
 
 log = logging.getLogger("kbd.scheduler")
 
@@ -205,7 +205,7 @@ class Scheduler:
                         skipped.reason(), e)
 
     def _run(self, question_id: int) -> dict | None:
-        from kbd.model.worker import AskRequest  # torch stays out of the scheduler's import
+        from kbd.runtime.worker import AskRequest  # torch stays out of the scheduler's import
 
         with self.store.read() as conn:
             question = qs.get_question(conn, question_id)

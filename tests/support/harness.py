@@ -28,11 +28,11 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select, text
 
-from kbd.client import Client
+from kbd.api.client import Client
 from kbd.config import Config, load_config
 from kbd.errors import KbdError
-from kbd.parsers.log import render  # JSON lines are stored as readable text
-from kbd.store.memory import MemoryMatrix
+from kbd.ingest.parsers.log import render  # JSON lines are stored as readable text
+from kbd.store.matrix import MemoryMatrix
 from kbd.store.queries import as_utc
 from kbd.store.schema import answer_sources, answers, documents, failures, memories, passages
 from kbd.store.schema import questions as questions_table
@@ -65,7 +65,7 @@ def poll(predicate, timeout: float):
 
 @dataclass(frozen=True)
 class TinyModel:
-    """A tiny CLaRa checkpoint and its base (kbd.model.testing), as the daemon's [model]."""
+    """A tiny CLaRa checkpoint and its base (support.tiny), as the daemon's [model]."""
 
     checkpoint: Path
     base: Path
@@ -242,7 +242,7 @@ def log_lines(path: Path) -> list[str]:
 
 def log_passage(lines: list[str], first: int, last: int) -> str:
     """What a passage of lines first..last of a log holds: its non-blank lines, JSON lines
-    rendered as readable text (kbd.parsers.log.render), joined."""
+    rendered as readable text (kbd.ingest.parsers.log.render), joined."""
     return "\n".join(render(line) for line in lines[first - 1:last] if line.strip())
 
 

@@ -16,7 +16,7 @@ import torch
 from kbd.model.clara import memory_to_bytes
 from kbd.store import Store
 from kbd.store import queries as q
-from kbd.store.memory import MemoryFileError, MemoryMatrix
+from kbd.store.matrix import MemoryFileError, MemoryMatrix
 
 log = logging.getLogger("kbd.memory")
 

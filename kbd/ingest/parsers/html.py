@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from kbd.parsers import Block
-from kbd.parsers.text import Paragraphs
+from kbd.ingest.parsers import Block
+from kbd.ingest.parsers.text import Paragraphs
 
 SKIPPED = {"head", "script", "style", "noscript", "template"}
 HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}

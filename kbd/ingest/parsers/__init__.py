@@ -104,7 +104,7 @@ def parse(path: Path, data: bytes, kind: str = "auto", *, start_line: int = 1,
                          "too-large")
     inner = path.with_name(name)
     if report_format(inner, data) == "pdf" and data.strip():  # an empty file is read as text
-        from kbd.parsers.pdf import read_pdf  # pypdf is slow to import; most files are text
+        from kbd.ingest.parsers.pdf import read_pdf  # pypdf is slow to import; most files are text
 
         return Parsed("report", without_nul(read_pdf(path, data, pdf_timeout_s)), "pdf")
     decoded = decode(data)
@@ -128,7 +128,7 @@ def without_nul(blocks: list[Block]) -> list[Block]:
 def read_blocks(kind: str, path: Path, data: bytes, decoded: Decoded, start_line: int,
           start_byte: int) -> list[Block]:
     # Imported here because each format module imports Block from this package.
-    from kbd.parsers import html, log, markdown, rst, text
+    from kbd.ingest.parsers import html, log, markdown, rst, text
 
     if kind == "log":
         return log.read_log(data, decoded, start_line, start_byte)

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbd import evidence
-from kbd.evidence import TIME_OF_DAY, Line
+from kbd.runtime import evidence
+from kbd.runtime.evidence import TIME_OF_DAY, Line
 from kbd.store import Store
 from kbd.store import queries as q
 

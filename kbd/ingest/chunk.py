@@ -25,7 +25,7 @@ from itertools import accumulate, pairwise
 from math import ceil
 
 from kbd.errors import InputError
-from kbd.parsers import Block, Parsed
+from kbd.ingest.parsers import Block, Parsed
 
 CountTokens = Callable[[Sequence[str]], list[int]]
 Pieces = list[tuple[str, int]]  # (text, tokens) of the passages one overlong text became
