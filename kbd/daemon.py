@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kbd.api.server import serve
 from kbd.config import Config, check_secrets, check_watchable, load_config
-from kbd.errors import KbdError
+from kbd.errors import AlreadyRunning, KbdError
 from kbd.ingest.pipeline import Ingester, IngestWorker, Limits
 from kbd.private import private_fd, private_home, write_private
 from kbd.questions.scheduler import Scheduler
@@ -35,10 +35,6 @@ from kbd.store import queries as q
 from kbd.watch import Watcher
 
 log = logging.getLogger("kbd.daemon")
-
-
-class AlreadyRunning(KbdError):
-    code = "already-running"
 
 
 def notify(message: str) -> None:

@@ -8,19 +8,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from kbd.errors import KbdError
-
-
-class DaemonNotRunning(KbdError):
-    code = "not-running"
-
-
-class DaemonError(KbdError):
-    """An error the daemon replied with, carried through to the CLI."""
-
-    def __init__(self, status: int, message: str, hint: str | None, code: str | None):
-        super().__init__(message, hint, code)
-        self.status = status
+from kbd.errors import DaemonError, DaemonNotRunning, KbdError
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -35,7 +35,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from kbd.errors import KbdError
+from kbd.errors import ApiError, KbdError
 
 log = logging.getLogger("kbd.api")
 
@@ -49,16 +49,6 @@ SHUTDOWN_GRACE_S = 3.0  # replies under way at SIGTERM get this long to finish
 
 # the start of a well-formed request line: its method is unknown (501), not malformed (400)
 REQUEST_LINE = re.compile(rb"\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+) \S+ HTTP/\d\.\d\r?\n")
-
-
-class ApiError(KbdError):
-    """An error with an HTTP status, shown to the client as the error envelope."""
-
-    def __init__(self, status: int, message: str, hint: str | None = None,
-                 code: str | None = None):
-        super().__init__(message, hint, code or HTTPStatus(status).phrase.lower()
-                         .replace(" ", "-"))
-        self.status = status
 
 
 # a handler takes (match groups, query parameters, JSON body) and returns a JSON-able value,

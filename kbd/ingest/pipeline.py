@@ -29,7 +29,7 @@ from pathlib import Path
 
 from sqlalchemy import Row
 
-from kbd.errors import KbdError
+from kbd.errors import IngestFailure
 from kbd.ingest.chunk import Passage, chunk
 from kbd.ingest.parsers import PDF_TIMEOUT_S, Parsed, ParseError, detect_kind, parse
 from kbd.ingest.parsers.log import whole_lines
@@ -45,14 +45,6 @@ STORE_RETRY_S = (1.0, 30.0)  # first and longest wait before a path waits its tu
 # follow_symlinks turned on): retried on every event and rescan, where other failures wait for
 # the file's size or mtime to change
 TRANSIENT_FAILURES = frozenset({"unreadable", "symlink-outside"})
-
-
-class IngestFailure(KbdError):
-    """A file kbd cannot ingest now; recorded with its stage and code."""
-
-    def __init__(self, stage: str, code: str, message: str):
-        super().__init__(message, code=code)
-        self.stage = stage
 
 
 @dataclass(frozen=True)

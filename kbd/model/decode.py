@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from kbd.model.kernels import gemv
+from kbd.model.kernels.products import rotate
 
 log = logging.getLogger("kbd.model")
 
@@ -135,13 +136,6 @@ def compiled(fn):
     dynamo_config.specialize_int = True
     dynamo_config.specialize_float = True
     return torch.compile(fn, dynamic=True)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of x [b, heads, t, hd] with cos, sin [b, t, hd]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
 
 
 @dataclass

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kbd.model.decode import Dims, Fused, compiled, rotate, static, unwrapped
+from kbd.model.decode import Dims, Fused, compiled, static, unwrapped
 from kbd.model.kernels import merge, products
+from kbd.model.kernels.products import rotate
 
 # rows (tokens) of a call from which an adapter is added to the weights rather than the
 # outputs: per layer that costs a pass over its weights against ~250 KB of outputs a row

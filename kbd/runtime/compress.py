@@ -32,8 +32,7 @@ def memory_id(clara) -> str:
 
 def configured_memory_id(config) -> str:
     """The memory id of the configured model without loading its weights."""
-    from kbd.model.checkpoint import fingerprint, read_checkpoint, resolve_base
-    from kbd.model.clara import pick_device
+    from kbd.model.checkpoint import fingerprint, pick_device, read_checkpoint, resolve_base
 
     checkpoint = read_checkpoint(config.model.checkpoint)
     _, dtype = pick_device(config.model.device, config.model.dtype)

@@ -26,7 +26,7 @@ import torch
 from transformers import TextStreamer
 
 from kbd.config import ModelConfig
-from kbd.errors import KbdError
+from kbd.errors import KbdError, ModelUnavailable
 from kbd.model.text import SMOLLM2_INSTALL
 from kbd.retrieve import Scope, dense_model, embed_backlog
 from kbd.runtime.compress import Compressor, memory_id
@@ -41,14 +41,6 @@ INTERACTIVE_BATCH = 8  # questions asked together are answered together, up to t
 SCHEDULED_BATCH = 32
 EMBED_BATCH = 4  # passages embedded at a time for the dense ranker: under a second on 2 cores
 NOTHING_NEW = "No stored passages match this question's scope and time window."
-
-
-class ModelUnavailable(KbdError):
-    code = "no-model"
-
-    def __init__(self, message: str, hint: str | None = None, engine: str = "clara"):
-        super().__init__(message, hint)
-        self.engine = engine  # the engine that could not answer: recorded with the failure
 
 
 @dataclass

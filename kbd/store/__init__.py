@@ -30,17 +30,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.exc import OperationalError
 
-from kbd.errors import KbdError
+from kbd.errors import KbdError, StoreError
 from kbd.private import private_fd, private_folder
 
 log = logging.getLogger("kbd.store")
 
 BUSY_TIMEOUT_MS = 30_000
 WRITE_TRIES = 4
-
-
-class StoreError(KbdError):
-    code = "store"
 
 
 def sqlite_url(path: Path) -> str:

@@ -15,12 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kbd.errors import KbdError
+from kbd.errors import MemoryFileError
 from kbd.private import private_fd, write_private
-
-
-class MemoryFileError(KbdError):
-    code = "memory-file"
 
 
 class MemoryMatrix:

@@ -186,7 +186,8 @@ def random_7b_clara(layers: int = 32, compr_rate: int = 16):
     GPU, as the benchmarks use it: same FLOPs and memory as the real weights."""
     import tempfile
 
-    from kbd.model.clara import Clara, attention_implementation
+    from kbd.model.checkpoint import attention_implementation
+    from kbd.model.clara import Clara
 
     config = mistral_config(hidden=4096, layers=layers, heads=32, kv_heads=8, ffn=14336,
                             vocab_size=32000)

@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kbd.errors import KbdError
+from kbd.errors import ParseError
 
 KINDS = ("log", "report")
 MAX_BYTES = 256 * 2**20  # the most (decompressed) bytes one parse works on
@@ -72,15 +72,6 @@ class Parsed:
     kind: str  # "log" or "report"
     blocks: list[Block]
     encoding: str  # "utf-8", "utf-8-sig", "utf-16", "latin-1", ...; "pdf" for PDFs
-
-
-class ParseError(KbdError):
-    """A file kbd cannot read; the message starts with its path, the code says why."""
-
-    code = "parse"
-
-    def __init__(self, path: Path, problem: str, code: str, hint: str | None = None):
-        super().__init__(f"{path}: {problem}", hint, code)
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,13 @@ def _(x, weight, row_scale=None):
     return x.new_empty(*x.shape[:-1], weight.shape[0] // 2)
 
 
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x [b, heads, t, hd] with cos, sin [b, t, hd]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
 def rotary_fits(dtype: torch.dtype, hidden: int, columns: int, rotated: int,
                 head: int) -> bool:
     """Whether the kernel can take a q/k/v product of `columns`, the first `rotated` turned,
@@ -123,8 +130,6 @@ def rotary_fits(dtype: torch.dtype, hidden: int, columns: int, rotated: int,
 def rotary_reference(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor,
                      sin: torch.Tensor, rotated: int, head: int,
                      row_scale: torch.Tensor | None = None) -> torch.Tensor:
-    from kbd.model.decode import rotate
-
     y = scaled(F.linear(x, weight), row_scale)
     b, t, _ = y.shape
     turned = rotate(y[..., :rotated].reshape(b, t, -1, head).transpose(1, 2), cos, sin)
