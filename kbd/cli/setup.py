@@ -1,8 +1,8 @@
 """Setting kbd up: `kbd init`, `kbd watch add/list/rm`, `kbd model pull`.
 
 They edit config.toml through kbd.configfile (comments kept, every edit validated first) and
-tell a running daemon to reload with SIGHUP. cli.py imports this module at its end, which
-registers the commands on its group.
+tell a running daemon to reload with SIGHUP. kbd/cli/__init__.py adds init and watch to the
+group, kbd/cli/model.py adds pull to `kbd model`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from kbd import configfile
-from kbd.cli import cli, human_errors, model, print_json
+from kbd.cli.output import human_errors, print_json
 from kbd.config import Config, default_config_path, default_home, load_config
 from kbd.errors import KbdError
 from kbd.private import private_folder, write_private
@@ -46,7 +46,7 @@ def absolute(path: Path) -> Path:
 # -- kbd init ---------------------------------------------------------------------------------
 
 
-@cli.command("init")
+@click.command("init")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path),
               help="Data folder (default: $KBD_HOME/data, else ~/.local/share/kbd).")
 @click.option("--force", is_flag=True, help="Replace an existing config (kept as .bak).")
@@ -103,7 +103,7 @@ def make_dir(folder: Path) -> bool:
 # -- kbd watch --------------------------------------------------------------------------------
 
 
-@cli.group("watch", invoke_without_command=True)
+@click.group("watch", invoke_without_command=True)
 @click.pass_context
 def watch(ctx: click.Context) -> None:
     """Folders kbd watches: add, list (the default), rm. A running daemon is told (SIGHUP)."""
@@ -267,7 +267,7 @@ class ModelFolders:
         return self.models_dir / self.base_repo.rsplit("/", 1)[-1]
 
 
-@model.command("pull")
+@click.command("pull")
 @click.argument("repo", default=DEFAULT_REPO)
 @click.option("--compression", default="16", show_default=True, type=click.Choice(["16", "128"]),
               help="compression-16 (16 memory vectors per passage) or compression-128 (2).")
