@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from kbd.errors import ConfigError
-from kbd.watch import WatchedFolder
+from kbd.folders import WatchedFolder
 
 ENGINES = ("clara", "text")
 ANSWERS = ("quote", "generate")  # how the text engine answers: ModelConfig.answer

@@ -156,7 +156,7 @@ def test_example_config_documents_every_key():
     from dataclasses import fields
 
     from kbd.config import Config
-    from kbd.watch import WatchedFolder
+    from kbd.folders import WatchedFolder
 
     text = (ROOT / "config.example.toml").read_text()
     tables = [type(getattr(Config(home=Path("/")), f.name)) for f in fields(Config)
@@ -211,7 +211,7 @@ def test_every_numeric_key_has_a_range():
     from dataclasses import fields
 
     from kbd.config import RANGES, IngestConfig, ModelConfig, SchedulerConfig
-    from kbd.watch import WatchedFolder
+    from kbd.folders import WatchedFolder
 
     for cls in (ModelConfig, IngestConfig, SchedulerConfig, WatchedFolder):
         for f in fields(cls):

@@ -11,13 +11,14 @@ import pytest
 from sqlalchemy import func, select
 from support.harness import wait_for
 
+from kbd.folders import WatchedFolder
 from kbd.ingest import pipeline as ingest_module
 from kbd.ingest.pipeline import Ingester, IngestWorker
 from kbd.model.tokens import PassageTokenizer
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.schema import documents, passages
-from kbd.watch import WatchedFolder, Watcher
+from kbd.watch import Watcher
 
 
 @pytest.fixture

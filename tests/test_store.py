@@ -143,7 +143,7 @@ class TestSchema:
             store.close()
 
     def test_sources_follow_the_config(self, store, tmp_path):
-        from kbd.watch import WatchedFolder
+        from kbd.folders import WatchedFolder
 
         a, b = WatchedFolder(tmp_path / "a", kind="log"), WatchedFolder(tmp_path / "b")
         store.write(lambda conn: q.sync_sources(conn, [a, b]))

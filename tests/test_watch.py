@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from support.harness import wait_for
 
-from kbd.watch import StabilityTracker, WatchedFolder, Watcher, folder_for, scan
+from kbd.folders import WatchedFolder, folder_for, scan
+from kbd.watch import StabilityTracker, Watcher
 
 QUIET_S = 0.3
 

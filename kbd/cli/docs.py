@@ -32,9 +32,9 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
 
         kbd ingest --once /var/log/app ~/reports/incident.md
     """
+    from kbd.folders import WatchedFolder, scan
     from kbd.ingest.pipeline import Ingester, Limits
     from kbd.store import queries as q
-    from kbd.watch import WatchedFolder, scan
 
     config = get_config()
     store = open_store(config)

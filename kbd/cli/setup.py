@@ -22,8 +22,8 @@ from kbd import configfile
 from kbd.cli.output import human_errors, print_json
 from kbd.config import Config, default_config_path, default_home, load_config
 from kbd.errors import KbdError
+from kbd.folders import WatchedFolder
 from kbd.private import private_folder, write_private
-from kbd.watch import WatchedFolder
 
 DEFAULT_REPO = "apple/CLaRa-7B-E2E"
 DEFAULT_BASE_REPO = "mistralai/Mistral-7B-Instruct-v0.2"

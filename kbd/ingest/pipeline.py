@@ -30,12 +30,12 @@ from pathlib import Path
 from sqlalchemy import Row
 
 from kbd.errors import IngestFailure
+from kbd.folders import WatchedFolder, folder_for, scan, spelled_inside
 from kbd.ingest.chunk import Passage, chunk
 from kbd.ingest.parsers import PDF_TIMEOUT_S, Parsed, ParseError, detect_kind, parse
 from kbd.ingest.parsers.log import whole_lines
 from kbd.store import Store, StoreError
 from kbd.store import queries as q
-from kbd.watch import WatchedFolder, folder_for, scan, spelled_inside
 
 log = logging.getLogger("kbd.ingest")
 

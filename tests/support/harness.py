@@ -31,12 +31,12 @@ from sqlalchemy import create_engine, func, select, text
 from kbd.api.client import Client
 from kbd.config import Config, load_config
 from kbd.errors import KbdError
+from kbd.folders import scan
 from kbd.ingest.parsers.log import render  # JSON lines are stored as readable text
 from kbd.store.matrix import MemoryMatrix
 from kbd.store.queries import as_utc
 from kbd.store.schema import answer_sources, answers, documents, failures, memories, passages
 from kbd.store.schema import questions as questions_table
-from kbd.watch import scan
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition",
