@@ -27,14 +27,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Row
-
 from kbd.errors import IngestFailure
 from kbd.folders import WatchedFolder, folder_for, scan, spelled_inside
 from kbd.ingest.chunk import Passage, chunk
 from kbd.ingest.parsers import PDF_TIMEOUT_S, Parsed, ParseError, detect_kind, parse
 from kbd.ingest.parsers.log import whole_lines
-from kbd.store import Store, StoreError
+from kbd.store import Row, Store, StoreError
 from kbd.store import queries as q
 
 log = logging.getLogger("kbd.ingest")

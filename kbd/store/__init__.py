@@ -28,6 +28,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Row as Row  # a stored record, as queries return it (ingest holds one)
 from sqlalchemy.exc import OperationalError
 
 from kbd.errors import KbdError, StoreError
