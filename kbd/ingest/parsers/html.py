@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html.parser import HTMLParser
 
-from kbd.ingest.parsers import Block
+from kbd.ingest.parsers.blocks import Block
 from kbd.ingest.parsers.text import Paragraphs
 
 SKIPPED = {"head", "script", "style", "noscript", "template"}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from kbd.ingest.parsers import SNIFF_BYTES, Block, Decoded, decode
+from kbd.ingest.parsers.blocks import SNIFF_BYTES, Block, Decoded, decode
 
 # Field names looked for, in order of preference, to lead a rendered JSON line.
 TIME_KEYS = ("timestamp", "@timestamp", "time", "ts", "datetime", "date", "asctime")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from kbd.ingest.parsers import Block
+from kbd.ingest.parsers.blocks import Block
 from kbd.ingest.parsers.text import Paragraphs
 
 ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")

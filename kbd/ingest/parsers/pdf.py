@@ -15,7 +15,8 @@ from pathlib import Path
 
 from pypdf import PdfReader
 
-from kbd.ingest.parsers import PDF_TIMEOUT_S, Block, ParseError
+from kbd.errors import ParseError
+from kbd.ingest.parsers.blocks import PDF_TIMEOUT_S, Block
 
 BLANK_LINES = re.compile(r"\n[ \t\f]*\n")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from kbd.ingest.parsers import Block
+from kbd.ingest.parsers.blocks import Block
 from kbd.ingest.parsers.text import Paragraphs
 
 ADORNMENT = re.compile(r"^([!-/:-@\[-`{-~])\1*[ \t]*$")  # one punctuation character, repeated

@@ -3,7 +3,7 @@ Markdown, reStructuredText and HTML readers share."""
 
 from __future__ import annotations
 
-from kbd.ingest.parsers import Block
+from kbd.ingest.parsers.blocks import Block
 
 
 class Paragraphs:
