@@ -7,7 +7,8 @@ ranker's passage vectors (kbd.retrieve), one batch at a time so that a question 
 behind more than one batch. Questions asked now never get
 two batches in a row while scheduled ones wait, so a steady stream of `kbd ask` delays
 standing questions by one batch but cannot starve them. Questions waiting together are
-answered as one batch. Every answer is recorded in the store with its sources.
+answered as one batch. Every answer is recorded in the store with its sources
+(kbd/runtime/answers.py).
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ from kbd.config import ModelConfig
 from kbd.errors import KbdError, ModelUnavailable
 from kbd.model.text import SMOLLM2_INSTALL
 from kbd.retrieve import Scope, dense_model, embed_backlog
+from kbd.runtime.answers import answer_json, record
 from kbd.runtime.compress import Compressor, memory_id
-from kbd.runtime.engines import Cited, Engine, Reply, load_engine
+from kbd.runtime.engines import Engine, Reply, load_engine
 from kbd.store import Store
-from kbd.store import queries as q
-from kbd.store.questions import record_answer
 
 log = logging.getLogger("kbd.model")
 
@@ -269,38 +269,15 @@ class ModelWorker:
         """Record the answer (with the snapshot it was given: through) and hand it to
         whoever asked."""
         engine, model = self.engine.name, self.engine.model
-        status, text = reply.status, reply.text
-
-        def record(conn):
-            answer_id = record_answer(
-                conn, question_id=request.question_id, question=request.question,
-                started_at=started, finished_at=datetime.now(UTC), model=model, engine=engine,
-                status=status, error=str(error) if error else None, text=text,
-                candidates=candidates, covered_through=through,
-                sources=[(s.rank, s.passage_id, s.score) for s in reply.sources])
-            return answer_id, q.passage_places(conn, [s.passage_id for s in reply.sources])
-
         try:
-            answer_id, places = self.store.write(record)
+            answer_id, places = record(
+                self.store, question_id=request.question_id, question=request.question,
+                started=started, engine=engine, model=model, candidates=candidates,
+                reply=reply, error=error, through=through)
         except Exception as e:
             request.future.set_exception(e)
             return
         if error is not None:
             request.future.set_exception(error)
             return
-        request.future.set_result({
-            "answer_id": answer_id, "answer": text, "status": status, "engine": engine,
-            "model": model, "candidates": candidates,
-            "citations_dropped": reply.citations_dropped, "extractive": reply.extractive,
-            "aggregate": reply.aggregate,
-            "sources": [source_json(s, places[s.passage_id]) for s in reply.sources],
-        })
-
-
-def source_json(source: Cited, place) -> dict:
-    """One source as `kbd ask --json` prints it."""
-    lines = [place.first_line, place.last_line] if place.first_line is not None else None
-    return {"rank": source.rank, "passage_id": place.id, "path": place.path, "lines": lines,
-            "cited_lines": source.cited_lines, "page": place.page,
-            "score": round(float(source.score), 6), "in_prompt": source.in_prompt,
-            "text": place.text}
+        request.future.set_result(answer_json(answer_id, reply, engine, model, candidates, places))
