@@ -128,7 +128,7 @@ class Daemon:
     # -- wiring ----------------------------------------------------------------------------
 
     def _start(self, config: Config) -> None:
-        from kbd.api.routes import build_router
+        from kbd.api.routes import Services, build_router
         from kbd.runtime.worker import ModelWorker
         from kbd.sender import Sender
 
@@ -150,7 +150,10 @@ class Daemon:
         self.scheduler = Scheduler(self.store, self.model.submit,
                                    misfire_grace_s=config.scheduler.misfire_grace_s)
         self.sender = Sender(self.store, config.notify)
-        self.server = serve(config.socket_path, build_router(self))
+        services = Services(store=self.store, submit=self.model.submit, scheduler=self.scheduler,
+                            wake_sender=self.sender.wake, config=lambda: self.config,
+                            status=self.status, write_digest=self.write_digest)
+        self.server = serve(config.socket_path, build_router(services))
         self.server.start()
         self.sender.start()
         self.model.start()

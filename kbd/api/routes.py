@@ -19,39 +19,60 @@ from __future__ import annotations
 import asyncio
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kbd.api.server import ApiError, Router
 from kbd.errors import InputError
 from kbd.retrieve import Scope
 from kbd.store import queries as q
 
+if TYPE_CHECKING:
+    from kbd.config import Config
+    from kbd.questions.scheduler import Scheduler
+    from kbd.runtime.worker import AskRequest
+    from kbd.store import Store
+
 ASK_TIMEOUT_S = 900.0
 MAX_NUMBER = 2**63 - 1  # ids and limits past a 64-bit integer would overflow the database
 
 
-def build_router(daemon) -> Router:
+@dataclass(frozen=True)
+class Services:
+    """What the endpoints use of the daemon, and no more; kbd/daemon.py builds it."""
+
+    store: Store
+    submit: Callable[[AskRequest], Future]  # the model worker's queue
+    scheduler: Scheduler  # standing questions: sync, remove, run now
+    wake_sender: Callable[[], None]  # the notification outbox has new events
+    config: Callable[[], Config]  # the config as last loaded (SIGHUP reloads it)
+    status: Callable[[], dict]  # GET /status
+    write_digest: Callable[..., dict]  # (since_s, formats) -> the files written
+
+
+def build_router(services) -> Router:
     router = Router()
-    router.add("GET", "/status", lambda g, query, body: daemon.status())
-    router.add("POST", "/ask", lambda g, query, body: ask(daemon, body))
-    router.add("GET", "/documents", lambda g, query, body: documents_list(daemon, query))
-    router.add("GET", "/documents/show", lambda g, query, body: document_show(daemon, query))
-    router.add("GET", "/questions", lambda g, query, body: questions_list(daemon))
-    router.add("POST", "/questions", lambda g, query, body: question_create(daemon, body))
+    router.add("GET", "/status", lambda g, query, body: services.status())
+    router.add("POST", "/ask", lambda g, query, body: ask(services, body))
+    router.add("GET", "/documents", lambda g, query, body: documents_list(services, query))
+    router.add("GET", "/documents/show", lambda g, query, body: document_show(services, query))
+    router.add("GET", "/questions", lambda g, query, body: questions_list(services))
+    router.add("POST", "/questions", lambda g, query, body: question_create(services, body))
     one = r"/questions/(?P<id>[0-9]+)"
-    router.add("GET", one, lambda g, query, body: question_json(get_or_404(daemon, g)))
-    router.add("PATCH", one, lambda g, query, body: question_update(daemon, g, body))
-    router.add("DELETE", one, lambda g, query, body: question_delete(daemon, g))
-    router.add("POST", one + "/pause", lambda g, query, body: question_enable(daemon, g, False))
-    router.add("POST", one + "/resume", lambda g, query, body: question_enable(daemon, g, True))
-    router.add("POST", one + "/run", lambda g, query, body: question_run(daemon, g))
-    router.add("GET", "/answers", lambda g, query, body: answers_list(daemon, query))
-    router.add("GET", r"/answers/(?P<id>[0-9]+)", lambda g, query, body: answer_one(daemon, g))
-    router.add("GET", "/notify", lambda g, query, body: notify_list(daemon, query))
-    router.add("POST", "/notify/test", lambda g, query, body: notify_test(daemon, body))
-    router.add("POST", "/digest", lambda g, query, body: digest_now(daemon, body))
-    router.add("GET", "/digests", lambda g, query, body: digests_list(daemon, query))
+    router.add("GET", one, lambda g, query, body: question_json(get_or_404(services, g)))
+    router.add("PATCH", one, lambda g, query, body: question_update(services, g, body))
+    router.add("DELETE", one, lambda g, query, body: question_delete(services, g))
+    router.add("POST", one + "/pause", lambda g, query, body: question_enable(services, g, False))
+    router.add("POST", one + "/resume", lambda g, query, body: question_enable(services, g, True))
+    router.add("POST", one + "/run", lambda g, query, body: question_run(services, g))
+    router.add("GET", "/answers", lambda g, query, body: answers_list(services, query))
+    router.add("GET", r"/answers/(?P<id>[0-9]+)", lambda g, query, body: answer_one(services, g))
+    router.add("GET", "/notify", lambda g, query, body: notify_list(services, query))
+    router.add("POST", "/notify/test", lambda g, query, body: notify_test(services, body))
+    router.add("POST", "/digest", lambda g, query, body: digest_now(services, body))
+    router.add("GET", "/digests", lambda g, query, body: digests_list(services, query))
     return router
 
 
@@ -95,7 +116,7 @@ def scope_from(body: dict) -> Scope:
                  since_s=duration_field(body, "since"))
 
 
-def ask(daemon, body: dict):
+def ask(services, body: dict):
     from kbd.runtime.worker import AskRequest
 
     question = field(body, "question", str)
@@ -108,7 +129,7 @@ def ask(daemon, body: dict):
                          top_k=field(body, "top_k", int, None, 1, 50),
                          max_new_tokens=field(body, "max_new_tokens", int, None, 1, 2048),
                          tokens=queue.Queue() if stream else None)
-    future = daemon.model.submit(request)
+    future = services.submit(request)
     return stream_answer(request) if stream else answer_of(future)
 
 
@@ -145,18 +166,18 @@ def ask_json(answer: dict) -> dict:
     return answer | {"status": "answered" if answer["status"] == "ok" else answer["status"]}
 
 
-def documents_list(daemon, query: dict) -> dict:
+def documents_list(services, query: dict) -> dict:
     limit = int_param(query, "limit", 100)
-    with daemon.store.read() as conn:
+    with services.store.read() as conn:
         docs = q.live_documents(conn, under=query.get("prefix"))
     return {"documents": [document_json(d) for d in docs[:limit]], "total": len(docs)}
 
 
-def document_show(daemon, query: dict) -> dict:
+def document_show(services, query: dict) -> dict:
     path = query.get("path")
     if not path:
         raise ApiError(400, "path: required")
-    with daemon.store.read() as conn:
+    with services.store.read() as conn:
         doc = q.live_document(conn, path)
         if doc is None:
             raise ApiError(404, f"no live document at {path}")
@@ -202,85 +223,85 @@ def question_json(question: dict) -> dict:
     }
 
 
-def questions_list(daemon) -> dict:
+def questions_list(services) -> dict:
     from kbd.store import events as ev
     from kbd.store import questions as qs
 
-    with daemon.store.read() as conn:
+    with services.store.read() as conn:
         return {"questions": [question_json(x) | {"last_delivery": ev.last_delivery(conn,
                                                                                     x["id"])}
                               for x in qs.list_questions(conn)]}
 
 
-def get_or_404(daemon, groups: dict) -> dict:
+def get_or_404(services, groups: dict) -> dict:
     from kbd.store import questions as qs
 
     question_id = int(groups["id"])
-    with daemon.store.read() as conn:
+    with services.store.read() as conn:
         question = qs.get_question(conn, question_id) if question_id <= MAX_NUMBER else None
     if question is None:
         raise ApiError(404, f"no standing question {groups['id']}")
     return question
 
 
-def _spec(daemon, body: dict, base=None):
+def _spec(services, body: dict, base=None):
     from kbd.questions.specs import spec_from_request
 
     try:
         spec = spec_from_request(body, base=base)
-        spec.check_channels({c.name for c in daemon.config.notify})
+        spec.check_channels({c.name for c in services.config().notify})
         return spec
     except InputError as e:
         raise ApiError(400, e.message, e.hint) from e
 
 
-def question_create(daemon, body: dict) -> dict:
+def question_create(services, body: dict) -> dict:
     from dataclasses import asdict
 
     from kbd.store import questions as qs
 
-    spec = _spec(daemon, body)
-    question_id = daemon.store.write(lambda conn: qs.create_question(conn, **asdict(spec)))
-    daemon.scheduler.sync(question_id)
-    return question_json(get_or_404(daemon, {"id": question_id}))
+    spec = _spec(services, body)
+    question_id = services.store.write(lambda conn: qs.create_question(conn, **asdict(spec)))
+    services.scheduler.sync(question_id)
+    return question_json(get_or_404(services, {"id": question_id}))
 
 
-def question_update(daemon, groups: dict, body: dict) -> dict:
+def question_update(services, groups: dict, body: dict) -> dict:
     from dataclasses import asdict
 
     from kbd.questions.specs import spec_of
     from kbd.store import questions as qs
 
-    spec = _spec(daemon, body, base=spec_of(get_or_404(daemon, groups)))
+    spec = _spec(services, body, base=spec_of(get_or_404(services, groups)))
     question_id = int(groups["id"])
-    daemon.store.write(lambda conn: qs.update_question(conn, question_id, **asdict(spec)))
-    daemon.scheduler.sync(question_id)
-    return question_json(get_or_404(daemon, groups))
+    services.store.write(lambda conn: qs.update_question(conn, question_id, **asdict(spec)))
+    services.scheduler.sync(question_id)
+    return question_json(get_or_404(services, groups))
 
 
-def question_delete(daemon, groups: dict) -> dict:
+def question_delete(services, groups: dict) -> dict:
     from kbd.store import questions as qs
 
-    question = get_or_404(daemon, groups)
-    daemon.store.write(lambda conn: qs.delete_question(conn, question["id"]))
-    daemon.scheduler.remove(question["id"])
+    question = get_or_404(services, groups)
+    services.store.write(lambda conn: qs.delete_question(conn, question["id"]))
+    services.scheduler.remove(question["id"])
     return {"deleted": question["id"]}
 
 
-def question_enable(daemon, groups: dict, enabled: bool) -> dict:
+def question_enable(services, groups: dict, enabled: bool) -> dict:
     from kbd.store import questions as qs
 
-    question = get_or_404(daemon, groups)
-    daemon.store.write(lambda conn: qs.set_enabled(conn, question["id"], enabled))
-    daemon.scheduler.sync(question["id"])
-    return question_json(get_or_404(daemon, groups))
+    question = get_or_404(services, groups)
+    services.store.write(lambda conn: qs.set_enabled(conn, question["id"], enabled))
+    services.scheduler.sync(question["id"])
+    return question_json(get_or_404(services, groups))
 
 
-def question_run(daemon, groups: dict) -> dict:
-    question = get_or_404(daemon, groups)
-    result = daemon.scheduler.run(question["id"])
+def question_run(services, groups: dict) -> dict:
+    question = get_or_404(services, groups)
+    result = services.scheduler.run(question["id"])
     if result is None:
-        with daemon.store.read() as conn:
+        with services.store.read() as conn:
             from kbd.store import questions as qs
 
             latest = qs.answers(conn, question["id"], limit=1)
@@ -305,20 +326,20 @@ def answer_json(answer: dict) -> dict:
     }
 
 
-def answers_list(daemon, query: dict) -> dict:
+def answers_list(services, query: dict) -> dict:
     from kbd.store import questions as qs
 
     question_id = int_param(query, "question_id", 0) if "question_id" in query else None
-    with daemon.store.read() as conn:
+    with services.store.read() as conn:
         found = qs.answers(conn, question_id, limit=int_param(query, "limit", 20))
     return {"answers": [answer_json(a) for a in found]}
 
 
-def answer_one(daemon, groups: dict) -> dict:
+def answer_one(services, groups: dict) -> dict:
     from kbd.store import questions as qs
 
     answer_id = int(groups["id"])
-    with daemon.store.read() as conn:
+    with services.store.read() as conn:
         found = qs.answer(conn, answer_id) if answer_id <= MAX_NUMBER else None
     if found is None:
         raise ApiError(404, f"no answer {groups['id']}")
@@ -350,32 +371,32 @@ def event_json(event: dict) -> dict:
                                   "next_attempt_at", "finished_at", "last_error", "receipt")}
 
 
-def notify_list(daemon, query: dict) -> dict:
+def notify_list(services, query: dict) -> dict:
     from kbd.store import events as ev
 
     limit = int_param(query, "limit", 20)
-    with daemon.store.read() as conn:
+    with services.store.read() as conn:
         recent = ev.recent(conn, limit=limit)
         channels = [channel_json(c) | {"counts": ev.counts_of(conn, c.name)}
-                    for c in daemon.config.notify]
+                    for c in services.config().notify]
     return {"channels": channels, "deliveries": [event_json(e) for e in recent]}
 
 
-def notify_test(daemon, body: dict) -> dict:
+def notify_test(services, body: dict) -> dict:
     """A test event through the outbox, like any other; the reply is its row once its first
     attempt is made (or after the wait, queued behind the channel's older events)."""
     from kbd.store import events as ev
 
     name = field(body, "channel", str)
-    channel = daemon.config.channel(name) if name else None
+    channel = services.config().channel(name) if name else None
     if channel is None:
         raise ApiError(404, f"no channel {name!r}", hint="`kbd notify list` shows the channels")
-    (event_id,) = daemon.store.write(lambda conn: ev.add_events(
+    (event_id,) = services.store.write(lambda conn: ev.add_events(
         conn, "test", [name], {"question_id": None, "answer_id": None}))
-    daemon.sender.wake()
+    services.wake_sender()
     deadline = time.monotonic() + channel.timeout_s + TEST_WAIT_S
     while True:
-        with daemon.store.read() as conn:
+        with services.store.read() as conn:
             event = ev.get_event(conn, event_id)
         if event["attempts"] or event["status"] != "pending" or time.monotonic() > deadline:
             return event_json(event)
@@ -384,15 +405,15 @@ def notify_test(daemon, body: dict) -> dict:
 
 # -- digests ---------------------------------------------------------------------------------
 
-def digest_now(daemon, body: dict) -> dict:
+def digest_now(services, body: dict) -> dict:
     """{"since"?: "24h", "formats"?: ["md", "html"]} -> the files written."""
     formats = string_list(body, "formats") or ("md", "html")
     if set(formats) - {"md", "html"}:
         raise ApiError(400, "formats: only md and html")
-    return daemon.write_digest(duration_field(body, "since"), formats)
+    return services.write_digest(duration_field(body, "since"), formats)
 
 
-def digests_list(daemon, query: dict) -> dict:
+def digests_list(services, query: dict) -> dict:
     from kbd.digest import digest_history
 
-    return {"digests": digest_history(daemon.store, int_param(query, "limit", 20))}
+    return {"digests": digest_history(services.store, int_param(query, "limit", 20))}
