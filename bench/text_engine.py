@@ -98,7 +98,7 @@ def main() -> None:
                              "s": time.perf_counter() - start}
 
         start = time.perf_counter()
-        worker = ModelWorker(config, store, generation=lambda: 1, on_change=lambda: None)
+        worker = ModelWorker(config, store, revision=lambda: 1, on_change=lambda: None)
         worker.start()
         while worker.state == "loading":
             time.sleep(0.05)

@@ -72,7 +72,7 @@ class InstanceLock:
         os.close(self._fd)
 
 
-class Generation:
+class StoreRevision:
     """A counter that moves whenever the store's passages or memory change, so cached
     candidate lists know when to reload."""
 
@@ -96,7 +96,7 @@ class Daemon:
         check_secrets(self.config.notify)  # a channel that could never send refuses the start
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
-        self.generation = Generation()
+        self.revision = StoreRevision()
 
     def run(self) -> int:
         config = self.config
@@ -137,7 +137,7 @@ class Daemon:
         self.store.write(lambda conn: q.sync_sources(conn, config.folders))
         self.ingester = Ingester(self.store, self._tokenizer(config),
                                  Limits.configured(config.ingest))
-        self.model = ModelWorker(config.model, self.store, self.generation, self.generation.bump,
+        self.model = ModelWorker(config.model, self.store, self.revision, self.revision.bump,
                                  on_ready=lambda: notify("READY=1"))
         self.ingest = IngestWorker(self.ingester, config.folders, on_done=self._ingested)
         self.watcher = Watcher(config.folders, self.ingest.submit,
@@ -182,7 +182,7 @@ class Daemon:
 
     def _ingested(self, path: Path, outcome: str) -> None:
         if outcome not in ("unchanged", "failed-unchanged", "missing", "directory", "growing"):
-            self.generation.bump()
+            self.revision.bump()
             self.model.wake()
 
     # -- the main thread ---------------------------------------------------------------------

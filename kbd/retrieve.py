@@ -101,22 +101,22 @@ class Candidates:
 
 class Retriever:
     """Candidates for one model (None: every live passage, for the text engine), re-read
-    from the store only when its generation moved."""
+    from the store only when its revision moved."""
 
     def __init__(self, store: Store, model: str | None):
         self.store = store
         self.model = model
-        self._generation = -1
+        self._revision = -1
         self._candidates = Candidates([])
 
-    def candidates(self, generation: int) -> Candidates:
-        if generation != self._generation:
+    def candidates(self, revision: int) -> Candidates:
+        if revision != self._revision:
             with self.store.read() as conn:
                 # the edge first: a passage stored between the two reads (PostgreSQL reads
                 # each statement afresh) is then a candidate past it, never one left out
                 through = q.candidates_through(conn, self.model)
                 self._candidates = Candidates(q.candidate_rows(conn, self.model), through)
-            self._generation = generation
+            self._revision = revision
         return self._candidates
 
 

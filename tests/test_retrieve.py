@@ -177,7 +177,7 @@ def test_clara_ranking_is_fused_with_bm25(sqlite_ingester, e2e, e2e_dir, base_di
     ids = ingest_lines(ingester, tmp_path, blocks)
     compress_backlog(store, e2e)
     worker = ModelWorker(ModelConfig(checkpoint=e2e_dir, base=base_dir, device="cpu"), store,
-                         generation=lambda: 0, on_change=lambda: None)
+                         revision=lambda: 0, on_change=lambda: None)
     worker.start()
     try:
         replies = [worker.submit(AskRequest(question=f"Who got block blk_{90210 + i * 31}?",

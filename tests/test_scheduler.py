@@ -33,7 +33,7 @@ def setup(store, e2e, e2e_dir, base_dir, tmp_path):
         Ingester(store, PassageTokenizer.load(e2e_dir)).ingest(tmp_path / name)
     compress_backlog(store, e2e)
     worker = ModelWorker(ModelConfig(checkpoint=e2e_dir, base=base_dir, device="cpu"), store,
-                         generation=lambda: 0, on_change=lambda: None)
+                         revision=lambda: 0, on_change=lambda: None)
     worker.start()
     clock = {"now": datetime.now(UTC)}
     scheduler = Scheduler(store, worker.submit, misfire_grace_s=600,
@@ -127,7 +127,7 @@ def test_due_together_answered_as_one_batch(setup, monkeypatch):
 def test_failed_run_is_recorded(store):
     """No model: the run is refused, recorded as failed with the reason, and the scheduler
     goes on."""
-    worker = ModelWorker(ModelConfig(engine="clara"), store, generation=lambda: 0,
+    worker = ModelWorker(ModelConfig(engine="clara"), store, revision=lambda: 0,
                          on_change=lambda: None)
     scheduler = Scheduler(store, worker.submit)
     qid = add_question(store, ago_s=10, last_run_ago_s=None)

@@ -92,7 +92,7 @@ def setup(tmp_path_factory, e2e_dir, base_dir):
     config = ModelConfig(checkpoint=e2e_dir, base=base_dir, engine="text", device="cpu")
     ingester = Ingester(store, PassageTokenizer.configured(config))
     assert ingester.ingest_many([(hdfs, None, "log"), (openssh, None, "log")]) == {"added": 2}
-    worker = ModelWorker(config, store, generation=lambda: 1, on_change=lambda: None)
+    worker = ModelWorker(config, store, revision=lambda: 1, on_change=lambda: None)
     worker.start()
     wait_for(lambda: worker.state != "loading", timeout=300, what="SmolLM2 loaded")
     assert worker.state == "ready", worker.state
@@ -276,7 +276,7 @@ def test_switching_engines_needs_no_reingest(setup, e2e):
         == {"unchanged": 2}
     assert ingester.recut() == 0
     compress_backlog(setup.store, e2e)
-    worker = ModelWorker(clara, setup.store, generation=lambda: 1, on_change=lambda: None)
+    worker = ModelWorker(clara, setup.store, revision=lambda: 1, on_change=lambda: None)
     worker.start()
     try:
         reply = worker.submit(AskRequest(question=QUESTION, max_new_tokens=8)).result(60)
@@ -288,7 +288,7 @@ def test_switching_engines_needs_no_reingest(setup, e2e):
 
 def test_missing_text_model_is_a_clear_error(store, tmp_path):
     worker = ModelWorker(ModelConfig(text_model=str(tmp_path / "nowhere")), store,
-                         generation=lambda: 0, on_change=lambda: None)
+                         revision=lambda: 0, on_change=lambda: None)
     worker.start()
     wait_for(lambda: worker.state != "loading", what="the load to fail")
     with pytest.raises(ModelUnavailable) as refused:

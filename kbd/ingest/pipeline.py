@@ -256,7 +256,8 @@ def decide(ing: Ingester, job: IngestJob) -> None:
         job.outcome = "unchanged"
         return
     job.head = read_head(job.path)
-    grown = st.st_size >= doc.offset and doc.head_hash == digest(job.head[:doc.head_len or 0])
+    grown = (st.st_size >= doc.offset
+             and doc.head_hash == file_checksum(job.head[:doc.head_len or 0]))
     if (doc.kind == "log" and not job.path.name.endswith(".gz") and grown and current
             and doc.status == "ready"):
         job.mode = "append"
@@ -328,8 +329,8 @@ def store_stage(ing: Ingester, job: IngestJob) -> None:
         "path": str(job.path), "folder": job.folder, "kind": parsed.kind,
         # the size read, not the size seen: a growing log's held-back last line is read later
         "device": st.st_dev, "inode": st.st_ino, "size": consumed, "mtime_ns": st.st_mtime_ns,
-        "head_hash": digest(job.head), "head_len": len(job.head), "offset": consumed,
-        "content_hash": digest(job.data) if job.start_byte == 0 else None,
+        "head_hash": file_checksum(job.head), "head_len": len(job.head), "offset": consumed,
+        "content_hash": file_checksum(job.data) if job.start_byte == 0 else None,
         "tokenizer": tokenizer.identity if tokenizer else None,
         "status": "ready" if tokenizer else "unchunked", "error": None,
     }
@@ -359,7 +360,7 @@ STAGES: list[Callable] = [preflight, decide, wait_if_growing, read, parse_stage,
 
 # -- moves, rotation and deletion ----------------------------------------------------------
 
-def digest(data: bytes) -> str:
+def file_checksum(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 

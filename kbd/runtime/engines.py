@@ -89,7 +89,7 @@ class Engine(Protocol):
     clara: Clara | None  # the CLaRa model whose ingest backlog the worker compresses
     retriever: Retriever  # its candidates: their snapshot is recorded with each answer
 
-    def pools(self, generation: int, scopes: Sequence[Scope]) -> list[Sized]:
+    def pools(self, revision: int, scopes: Sequence[Scope]) -> list[Sized]:
         """Per question, the passages it may be answered from (empty: none in its scope)."""
         ...
 
@@ -131,9 +131,9 @@ class ClaraEngine:
         self.store = store
         self.retriever = Retriever(store, self.model)
 
-    def pools(self, generation: int, scopes: Sequence[Scope]) -> list[ClaraPool]:
+    def pools(self, revision: int, scopes: Sequence[Scope]) -> list[ClaraPool]:
         self.index.refresh()
-        candidates = self.retriever.candidates(generation)
+        candidates = self.retriever.candidates(revision)
         pools = []
         for scope in scopes:
             rows, passage_of = unique_rows(candidates, candidates.select(scope))
@@ -199,8 +199,8 @@ class TextEngine:
         self.store = store
         self.retriever = Retriever(store, None)
 
-    def pools(self, generation: int, scopes: Sequence[Scope]) -> list[TextPool]:
-        candidates = self.retriever.candidates(generation)
+    def pools(self, revision: int, scopes: Sequence[Scope]) -> list[TextPool]:
+        candidates = self.retriever.candidates(revision)
         return [TextPool(candidates, candidates.select(scope)) for scope in scopes]
 
     def answer(self, questions: list[str], pools: list[TextPool], top_k: int,

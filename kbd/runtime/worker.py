@@ -68,11 +68,11 @@ class QueueStreamer(TextStreamer):
 
 
 class ModelWorker:
-    def __init__(self, config: ModelConfig, store: Store, generation: Callable[[], int],
+    def __init__(self, config: ModelConfig, store: Store, revision: Callable[[], int],
                  on_change: Callable[[], None], on_ready: Callable[[], None] | None = None):
         self.config = config
         self.store = store
-        self.generation = generation  # moves whenever ingest changed the store
+        self.revision = revision  # moves whenever ingest changed the store
         self.on_change = on_change  # we changed it (new memory)
         self.on_ready = on_ready
         self.engine_name = config.active_engine
@@ -239,9 +239,9 @@ class ModelWorker:
         started = datetime.now(UTC)
         engine = self.engine
         try:
-            generation = self.generation()
-            pools = engine.pools(generation, [request.scope for request in batch])
-            through = engine.retriever.candidates(generation).through  # the pools' snapshot
+            revision = self.revision()
+            pools = engine.pools(revision, [request.scope for request in batch])
+            through = engine.retriever.candidates(revision).through  # the pools' snapshot
             groups: dict[tuple, list] = {}
             for request, pool in zip(batch, pools, strict=True):
                 if len(pool) == 0:
