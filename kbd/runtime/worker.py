@@ -39,7 +39,7 @@ log = logging.getLogger("kbd.model")
 
 INTERACTIVE_BATCH = 8  # questions asked together are answered together, up to this many
 SCHEDULED_BATCH = 32
-EMBED_BATCH = 4  # passages embedded at a time for the dense ranker: under a second on 2 cores
+EMBED_BATCH = 4  # passages embedded at a time for the dense ranker: a short wait for a question
 NOTHING_NEW = "No stored passages match this question's scope and time window."
 
 

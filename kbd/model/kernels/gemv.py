@@ -1,10 +1,10 @@
 """One row through a linear layer, read at memory speed: the decode step's matrix products.
 
 A decode step of a single question multiplies one row by every weight of the model, so its
-time is the time to read the weights once. On an H100, cuBLAS and the kernels around its
-products (a split-K reduction, residual adds, SiLU) read a layer's weights at 1.8-2.7 TB/s;
-here one Triton kernel a product reads them in long rows at 2.5-3.1 TB/s
-(bench/results/gemv_probe.json) and does the work around it in the same pass: the residual
+time is the time to read the weights once. cuBLAS reads them in short rows and leaves the
+work around its products (a split-K reduction, residual adds, SiLU) to kernels of their own;
+here one Triton kernel a product reads them in long rows, nearer memory speed
+(docs/performance.md), and does the work around it in the same pass: the residual
 add after o_proj and down_proj, SiLU(gate)·up after the fused gate/up product (a program
 reads a gate row and the matching up row). Other batch sizes, the CPU, and machines where
 Triton cannot compile use torch.
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from kbd.model.kernels import launched, products, tl, triton, usable
 
 # weight rows a program reads per load, and how long a stretch of each: measured best for
-# every product of a Mistral-7B step (bench/results/gemv_probe.json)
+# every product of a Mistral-7B step
 ROWS_READ, COLUMNS, WARPS, STAGES = 2, 2048, 8, 3
 failed: list[str] = []  # why the kernel could not run here, once it could not
 

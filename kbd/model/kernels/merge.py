@@ -4,9 +4,9 @@ scaled as well, (W + s·B A)·diag(g), where a norm's weight is folded into it.
 Compression adds the encoder's adapter to each layer's weights before its matrix products
 (kbd/model/encode.py). torch.addmm does that in two passes: it copies W to the result, then
 adds the product into the copy, reading and writing the copy a second time: over a 7B model,
-56 GB of memory traffic, 23 ms on an H100 (6% of a 64-passage batch). Here one Triton kernel
-reads each tile of W once, adds s·B A computed on the tensor cores (the rank is small: 32 to
-96) and writes the result once: 28 GB, 12 ms. Where Triton is not installed or cannot compile
+56 GB of memory traffic. Here one Triton kernel reads each tile of W once, adds s·B A
+computed on the tensor cores (the rank is small: 32 to 96) and writes the result once: 28 GB,
+half the time. Where Triton is not installed or cannot compile
 for the GPU, or the tensors are not on a GPU (nor under Triton's interpreter), addmm does the
 same sum.
 """

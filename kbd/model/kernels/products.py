@@ -3,18 +3,15 @@ its epilogue, where cuBLAS would write the product and another kernel read it ba
 
 Compression multiplies ~17,000 token rows (a 64-passage batch) by each layer's weights.
 - gate/up, [2f, d]: cuBLAS writes both halves of the result, [rows, 2f], and a second kernel
-  reads them back to write SiLU(gate)·up, [rows, f]: 1.5 GB of memory traffic a layer, 15 ms
-  of a batch on an H100. Here a gate tile and the matching up tile come as one TMA box,
-  are multiplied with x as one 128 x 256 product, and SiLU(gate)·up alone is written
-  (bench/results/gate_up_probe.json: 5.3 against 6.1 ms a layer on a cool GPU, 2% less at
-  the 700 W power cap, where time follows energy; one product rather than a gate and an up
-  product of half the width, each reading its x tile from shared memory: 2.5% less again,
-  bench/results/gate_up_variants.json). The gate and up products are rounded to the
-  weight's type before SiLU, as the separate products round them.
+  reads them back to write SiLU(gate)·up, [rows, f]: 1.5 GB of memory traffic a layer.
+  Here a gate tile and the matching up tile come as one TMA box, are multiplied with x as
+  one 128 x 256 product (one product rather than a gate and an up product of half the width,
+  each reading its x tile from shared memory: less energy, and at the power cap time
+  follows energy), and SiLU(gate)·up alone is written. The gate and up products are rounded
+  to the weight's type before SiLU, as the separate products round them.
 - q/k/v, [(heads + 2 kv heads) · head, d]: the rotary embedding turns q and k in the
   epilogue, rounded as torch's compiled rotary kernel rounds them, which otherwise reads
-  them back and writes them again, 0.35 GB a layer (bench/results/qkv_rotary_probe.json,
-  bench/results/compress_levers_qkv_kernel.json).
+  them back and writes them again, 0.35 GB a layer.
 Where a norm's weight is folded into the weight (kbd/model/encode.py), each output row is
 multiplied by its row's norm scale (row_scales(), a kernel of its own) in the epilogue, so the
 products read the residual stream itself and no normed copy of it is written.
@@ -48,7 +45,7 @@ class Tiles:
     warps: int = 8
 
 
-TILES = Tiles()  # the fastest measured on an H100 (bench/results/gate_up_variants.json)
+TILES = Tiles()  # the fastest measured on an H100
 failed: list[str] = []  # why the kernel could not run here, once it could not
 
 
@@ -169,8 +166,7 @@ def row_scales_reference(h: torch.Tensor, eps: float) -> torch.Tensor:
 def row_scales(h: torch.Tensor, eps: float) -> torch.Tensor:
     """1/√(mean(h²) + eps) of each row of h, in float32, [h's shape less its last size]: what
     the products multiply in where a norm is folded into them. A kernel of its own, since
-    torch's compiled reduction reads the stream at 1.7 TB/s, this one at 2.7
-    (bench/results/fold_probe.json)."""
+    torch's compiled reduction reads the stream well below memory speed."""
     rows = h.reshape(-1, h.shape[-1]).contiguous()
 
     def by_kernel() -> torch.Tensor:
@@ -274,8 +270,8 @@ def kernel():
     first.
     Triton compiles a kernel for each pattern of its integers' divisibility by 16: the sizes
     that change from batch to batch (rows, a row's positions, programs) are left general, so
-    the kernels compiled at warm-up serve every batch, none compiled while a batch waits (1-2
-    s each time: bench/results/kernel_variants.json, kernel_variants_specialized.json)."""
+    the kernels compiled at warm-up serve every batch, none compiled while a batch waits (a
+    compile takes seconds)."""
 
     @triton.jit(do_not_specialize=["m", "width", "programs"])
     def product(x_desc, w_desc, out_desc, cos_ptr, sin_ptr, scale_ptr, m, n, k, width,
