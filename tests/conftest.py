@@ -66,6 +66,18 @@ def run_interpreted(test_file: str, passed: int) -> None:
     assert f"{passed} passed" in run.stdout, run.stdout[-2000:]
 
 
+@pytest.fixture(autouse=True)
+def kbd_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test runs with a KBD_HOME of its own, never the user's: its config is
+    <home>/config.toml, its data <home>/data. The folder is not made: `kbd init` and the
+    daemon make what they need. A KBD_CONFIG from the environment is dropped, so the config
+    is the one in this home; kbd subprocesses inherit both."""
+    home = tmp_path_factory.mktemp("kbd") / "home"
+    monkeypatch.setenv("KBD_HOME", str(home))
+    monkeypatch.delenv("KBD_CONFIG", raising=False)
+    return home
+
+
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory) -> Path:
     return write_base_model(tmp_path_factory.mktemp("base") / "mistral-tiny")

@@ -31,14 +31,12 @@ KBD = [sys.executable, "-c", "from kbd.cli import main; main()"]
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A fresh KBD_HOME; the config is <home>/config.toml, the data folder <home>/data."""
-    root = tmp_path / "home"
-    monkeypatch.setenv("KBD_HOME", str(root))
-    monkeypatch.setenv("KBD_CONFIG", str(root / "config.toml"))
+def home(kbd_home, monkeypatch) -> Path:
+    """The test's KBD_HOME (tests/conftest.py), without the variables that change what the
+    commands say or where they download from."""
     for name in ("KBD_DEBUG", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    return root
+    return kbd_home
 
 
 def kbd(*args: str):

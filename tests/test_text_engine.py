@@ -333,11 +333,10 @@ def test_unknown_answer_mode_is_refused(tmp_path):
         load_config(path)
 
 
-def test_readme_quickstart_on_a_cpu(tmp_path):
+def test_readme_quickstart_on_a_cpu(tmp_path, kbd_home):
     """pip install (done), kbd init, kbd watch add, drop files, kbd daemon, kbd ask: an
     answer with sources from SmolLM2, and every command says the text engine is in use."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "KBD_CONFIG")}
-    env["KBD_HOME"] = str(tmp_path / "kbd")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}  # KBD_HOME: kbd_home
     logs = tmp_path / "logs"
     logs.mkdir()
 
@@ -350,7 +349,7 @@ def test_readme_quickstart_on_a_cpu(tmp_path):
     kbd("init")
     kbd("watch", "add", str(logs), "--kind", "log")
     write_logs(logs)
-    config = load_config(tmp_path / "kbd" / "config.toml")
+    config = load_config(kbd_home / "config.toml")
     with open(tmp_path / "daemon.log", "wb") as log:
         daemon = subprocess.Popen([sys.executable, "-m", "kbd", "daemon"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)
