@@ -26,7 +26,7 @@ from kbd.cli.setup import ModelFolders, point_config_at
 from kbd.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).parent.parent
-# The real entry point plus this module, so the tests pass before and after cli.py imports it.
+# the real entry point, as `kbd` runs it
 KBD = [sys.executable, "-c", "from kbd.cli import main; main()"]
 
 

@@ -1,4 +1,4 @@
-"""The sender against real receivers on the loopback (tests/receivers.py), in process, with
+"""The sender against real receivers on the loopback (tests/support/receivers.py), in process, with
 short back-off: one alert per change, a receiver that is down for a while gets everything
 afterwards in order, an event is given up after give_up_s and shown, each message carries its
 event's stable id, and hostile document text arrives escaped for each target."""
