@@ -25,13 +25,9 @@ def model() -> None:
 checkpoint_option = click.option(
     "--checkpoint", required=True, type=click.Path(file_okay=False),
     help="CLaRa checkpoint folder, e.g. CLaRa-7B-E2E/compression-16.")
-
-
 base_option = click.option(
     "--base", type=click.Path(file_okay=False),
     help="Local folder of the base model (default: the config's decoder_model_name).")
-
-
 device_options = [
     click.option("--device", default="auto", show_default=True,
                  help="cpu, cuda, cuda:N or auto."),

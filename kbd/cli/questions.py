@@ -108,14 +108,8 @@ def question_command(name: str, method: str, suffix: str, doc: str):
 
 
 questions_show = question_command("show", "GET", "", "Show one standing question.")
-
-
 questions_rm = question_command("rm", "DELETE", "", "Delete a question (its answers stay).")
-
-
 questions_pause = question_command("pause", "POST", "/pause", "Stop running a question.")
-
-
 questions_resume = question_command("resume", "POST", "/resume", "Run a question again.")
 
 
