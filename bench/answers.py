@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the daemon harness
 
-from harness import Kbd, wait_for  # noqa: E402
+from support.harness import Kbd, wait_for  # noqa: E402
 
 from kbd.errors import KbdError  # noqa: E402
 

@@ -6,9 +6,9 @@ Each server runs in a child process over the same two routes, handlers that answ
 (so the HTTP layer alone is timed): GET /status returns a status-sized JSON object, POST /ask
 parses a question body and echoes it. Servers:
 
-- kbd: kbd.api as it is (uvicorn, kbd's httptools protocol: peer credentials, deadline);
+- kbd: kbd.api.server as it is (uvicorn, kbd's httptools protocol: peer credentials, deadline);
 - kbd-before: kbd/api.py of the git revision --before (http.server, a thread per connection);
-- uvicorn-h11, hypercorn: kbd.api's ASGI app on uvicorn's h11 protocol and on hypercorn,
+- uvicorn-h11, hypercorn: kbd.api.server's ASGI app on uvicorn's h11 protocol and on hypercorn,
   where installed (the alternatives weighed); neither has kbd's deadline or peer check.
 
 Latency: one request per connection, as kbd's client sends them, --requests in a row: p50,
@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the daemon harness
 
-from harness import raw_request, seconds_held_by_a_trickle  # noqa: E402
+from support.harness import raw_request, seconds_held_by_a_trickle  # noqa: E402
 
 STATUS = {"documents": {"stored": 1234, "failed": 2}, "passages": 56789, "backlog": 0,
           "model": "ready", "engine": "clara", "store": "sqlite:///kbd.sqlite3", "pid": 1,
@@ -63,7 +63,7 @@ def api_at(revision: str) -> types.ModuleType:
 
 
 def serve(name: str, path: Path, revision: str) -> None:
-    from kbd import api
+    from kbd.api import server as api
 
     if name == "kbd-before":
         before = api_at(revision)

@@ -22,9 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # harness.py and the faults package
 
 from faults.test_busy_log import busy_log  # noqa: E402
-from harness import TinyModel  # noqa: E402
-
-from kbd.model.testing import write_base_model, write_checkpoint  # noqa: E402
+from support.harness import TinyModel  # noqa: E402
+from support.tiny import write_base_model, write_checkpoint  # noqa: E402
 
 
 def main() -> int:

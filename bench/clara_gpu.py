@@ -22,6 +22,7 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,8 +33,10 @@ import transformers
 from kbd.model import index as index_module
 from kbd.model.clara import Clara, attention_implementation
 from kbd.model.index import MemoryIndex
-from kbd.model.testing import WORDS, random_7b_clara
 from kbd.model.text import TextModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/tiny.py
+from support.tiny import WORDS, random_7b_clara  # noqa: E402
 
 GIB = 1024**3
 REFERENCE = {  # ../shared/BENCHMARKS.md, the authors' code on one H100

@@ -31,8 +31,10 @@ from pathlib import Path
 
 import torch
 
-from kbd.client import Client
-from kbd.model.testing import (
+from kbd.api.client import Client
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/tiny.py
+from support.tiny import (  # noqa: E402
     WORDS,
     make_tokenizer,
     mistral_config,

@@ -1,4 +1,4 @@
-"""How far the products' kernel (kbd/model/products.py) moves compression's memory, against
+"""How far the products' kernel (kbd/model/kernels/products.py) moves compression's memory, against
 float32.
 
 The same-shape random 7B CLaRa of bench/clara_gpu.py compresses 64 passages of 250 tokens in
@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from kbd.model.testing import WORDS, random_7b_clara
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/tiny.py
+from support.tiny import WORDS, random_7b_clara  # noqa: E402
 
 
 def main() -> None:

@@ -16,17 +16,20 @@ import json
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from kbd.ingest import Ingester, IngestWorker
-from kbd.model.testing import write_base_model, write_checkpoint
+from kbd.ingest.pipeline import Ingester, IngestWorker
 from kbd.model.tokens import PassageTokenizer
 from kbd.store import Store, sqlite_url
 from kbd.store import queries as q
 from kbd.watch import WatchedFolder, Watcher
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/support/tiny.py
+from support.tiny import write_base_model, write_checkpoint  # noqa: E402
 
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
 

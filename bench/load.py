@@ -46,7 +46,7 @@ from faults.test_storage import (  # noqa: E402
     tmpfs_unavailable,
 )
 from faults.test_two_daemons import two_daemons  # noqa: E402
-from harness import (  # noqa: E402
+from support.harness import (  # noqa: E402
     Outcome,
     TinyModel,
     Unavailable,
@@ -55,8 +55,7 @@ from harness import (  # noqa: E402
     shared_dir,
     unprivileged_unavailable,
 )
-
-from kbd.model.testing import write_base_model, write_checkpoint  # noqa: E402
+from support.tiny import write_base_model, write_checkpoint  # noqa: E402
 
 # name: (scenario, its sizes here; CI runs the functions' defaults)
 SCENARIOS: dict[str, tuple[Callable[..., Outcome], dict]] = {

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sqlalchemy import text as sql
 
-from kbd.ingest import Ingester
+from kbd.ingest.pipeline import Ingester
 from kbd.model.tokens import TextPassageTokenizer
 from kbd.retrieve import (
     FUSE_DEPTH,

@@ -28,12 +28,12 @@ import torch
 import transformers
 
 from kbd.config import ModelConfig
-from kbd.ingest import Ingester
-from kbd.model.engines import TEXT_TOP_K, TextEngine, gather
+from kbd.ingest.pipeline import Ingester
 from kbd.model.text import Passage
 from kbd.model.tokens import PassageTokenizer
-from kbd.model.worker import AskRequest, ModelWorker
 from kbd.retrieve import search
+from kbd.runtime.engines import TEXT_TOP_K, TextEngine, gather
+from kbd.runtime.worker import AskRequest, ModelWorker
 from kbd.store import Store, sqlite_url
 from kbd.store import queries as q
 
@@ -98,7 +98,7 @@ def main() -> None:
                              "s": time.perf_counter() - start}
 
         start = time.perf_counter()
-        worker = ModelWorker(config, store, generation=lambda: 1, on_change=lambda: None)
+        worker = ModelWorker(config, store, revision=lambda: 1, on_change=lambda: None)
         worker.start()
         while worker.state == "loading":
             time.sleep(0.05)

@@ -10,15 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from kbd.errors import KbdError
-from kbd.watch import WatchedFolder
+from kbd.errors import ConfigError
+from kbd.folders import WatchedFolder
 
 ENGINES = ("clara", "text")
 ANSWERS = ("quote", "generate")  # how the text engine answers: ModelConfig.answer
-
-
-class ConfigError(KbdError):
-    code = "config"
 
 
 @dataclass(frozen=True)

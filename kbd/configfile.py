@@ -20,8 +20,8 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.toml_document import TOMLDocument
 
 from kbd.config import ConfigError, check_watchable, load_config
+from kbd.folders import WatchedFolder
 from kbd.private import FILE_MODE, make_folders
-from kbd.watch import WatchedFolder
 
 KINDS = ("log", "report", "auto")
 

@@ -24,21 +24,17 @@ import time
 from functools import partial
 from pathlib import Path
 
-from kbd.api import serve
+from kbd.api.server import serve
 from kbd.config import Config, check_secrets, check_watchable, load_config
-from kbd.errors import KbdError
-from kbd.ingest import Ingester, IngestWorker, Limits
+from kbd.errors import AlreadyRunning, KbdError
+from kbd.ingest.pipeline import Ingester, IngestWorker, Limits
 from kbd.private import private_fd, private_home, write_private
-from kbd.scheduler import Scheduler
+from kbd.questions.scheduler import Scheduler
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.watch import Watcher
 
 log = logging.getLogger("kbd.daemon")
-
-
-class AlreadyRunning(KbdError):
-    code = "already-running"
 
 
 def notify(message: str) -> None:
@@ -76,7 +72,7 @@ class InstanceLock:
         os.close(self._fd)
 
 
-class Generation:
+class StoreRevision:
     """A counter that moves whenever the store's passages or memory change, so cached
     candidate lists know when to reload."""
 
@@ -100,7 +96,7 @@ class Daemon:
         check_secrets(self.config.notify)  # a channel that could never send refuses the start
         self.stopping = threading.Event()
         self.reload_requested = threading.Event()
-        self.generation = Generation()
+        self.revision = StoreRevision()
 
     def run(self) -> int:
         config = self.config
@@ -132,8 +128,8 @@ class Daemon:
     # -- wiring ----------------------------------------------------------------------------
 
     def _start(self, config: Config) -> None:
-        from kbd.model.worker import ModelWorker
-        from kbd.routes import build_router
+        from kbd.api.routes import Services, build_router
+        from kbd.runtime.worker import ModelWorker
         from kbd.sender import Sender
 
         self.store = Store.open(config.database_url, config.memory_dir)
@@ -141,7 +137,7 @@ class Daemon:
         self.store.write(lambda conn: q.sync_sources(conn, config.folders))
         self.ingester = Ingester(self.store, self._tokenizer(config),
                                  Limits.configured(config.ingest))
-        self.model = ModelWorker(config.model, self.store, self.generation, self.generation.bump,
+        self.model = ModelWorker(config.model, self.store, self.revision, self.revision.bump,
                                  on_ready=lambda: notify("READY=1"))
         self.ingest = IngestWorker(self.ingester, config.folders, on_done=self._ingested)
         self.watcher = Watcher(config.folders, self.ingest.submit,
@@ -154,7 +150,10 @@ class Daemon:
         self.scheduler = Scheduler(self.store, self.model.submit,
                                    misfire_grace_s=config.scheduler.misfire_grace_s)
         self.sender = Sender(self.store, config.notify)
-        self.server = serve(config.socket_path, build_router(self))
+        services = Services(store=self.store, submit=self.model.submit, scheduler=self.scheduler,
+                            wake_sender=self.sender.wake, config=lambda: self.config,
+                            status=self.status, write_digest=self.write_digest)
+        self.server = serve(config.socket_path, build_router(services))
         self.server.start()
         self.sender.start()
         self.model.start()
@@ -183,7 +182,7 @@ class Daemon:
 
     def _ingested(self, path: Path, outcome: str) -> None:
         if outcome not in ("unchanged", "failed-unchanged", "missing", "directory", "growing"):
-            self.generation.bump()
+            self.revision.bump()
             self.model.wake()
 
     # -- the main thread ---------------------------------------------------------------------
@@ -290,7 +289,7 @@ def digest_trigger(config: Config):
     from apscheduler.triggers.cron import CronTrigger
     from tzlocal import get_localzone
 
-    from kbd.questions import apscheduler_crontab
+    from kbd.questions.specs import apscheduler_crontab
 
     zone = config.scheduler.timezone or get_localzone()
     try:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from kbd.private import private_fd, private_folder
-from kbd.questions import format_duration
+from kbd.questions.specs import format_duration
 from kbd.store import Store
 from kbd.store import digests as sd
 from kbd.store import events as ev

@@ -21,17 +21,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kbd.errors import KbdError
+from kbd.errors import KbdError, QuestionsError
 
 KINDS = ("literal", "paraphrase", "two-line", "time", "count", "report", "unanswerable")
 DECLINED = "not-found"
 QUOTED = re.compile(r'"[^\n]*"')  # a quoted line, from its first quote mark to its last
 # [1] or [1, 3] standing alone; "sshd[24200]" quotes a process id, not a source
 CITATION = re.compile(r"(?<![\w\]])\[(\d+(?:\s*,\s*\d+)*)\]")
-
-
-class QuestionsError(KbdError):
-    code = "questions"
 
 
 @dataclass(frozen=True)

@@ -31,16 +31,12 @@ from email.utils import format_datetime
 import httpx
 
 from kbd.config import NotifyChannel, read_secret
-from kbd.errors import KbdError
+from kbd.errors import DeliveryError, KbdError
 
 BADGES = {"first": "first answer", "changed": "answer changed",
           "new-sources": "new sources", "unchanged": "unchanged"}
 MAX_TEXT_CHARS = 3500  # a chat message is cut here (Slack and ntfy cut near 4000)
 ERROR_CHARS = 300
-
-
-class DeliveryError(KbdError):
-    code = "delivery"
 
 
 # -- wording -----------------------------------------------------------------------------

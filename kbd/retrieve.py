@@ -13,7 +13,7 @@ Ranking fuses rankings by reciprocal rank (`fuse`), so that each finds what the 
   computed once, in the background (`embed_backlog`), and stored like CLaRa's memory: rows of
   a matrix file, mapped by (text hash, model id). Passages without one yet rank by BM25 only.
 - with CLaRa as the engine, its own ranking of the stored memory takes the dense one's place
-  (kbd.model.engines).
+  (kbd.runtime.engines).
 The text engine's `search` is BM25 fused with dense; with no dense model installed, BM25.
 """
 
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kbd.evidence import ANSWER_WORDS, TIME_OF_DAY, matched_terms
 from kbd.model.dense import DIM, DenseModel, load_dense_model
+from kbd.runtime.evidence import ANSWER_WORDS, TIME_OF_DAY, matched_terms
 from kbd.store import Store
 from kbd.store import queries as q
-from kbd.store.memory import MemoryFileError, MemoryMatrix
+from kbd.store.matrix import MemoryFileError, MemoryMatrix
 
 # Common English words: in an OR query they would match nearly every passage and drown out
 # the words that matter. Left out of full-text queries.
@@ -101,22 +101,22 @@ class Candidates:
 
 class Retriever:
     """Candidates for one model (None: every live passage, for the text engine), re-read
-    from the store only when its generation moved."""
+    from the store only when its revision moved."""
 
     def __init__(self, store: Store, model: str | None):
         self.store = store
         self.model = model
-        self._generation = -1
+        self._revision = -1
         self._candidates = Candidates([])
 
-    def candidates(self, generation: int) -> Candidates:
-        if generation != self._generation:
+    def candidates(self, revision: int) -> Candidates:
+        if revision != self._revision:
             with self.store.read() as conn:
                 # the edge first: a passage stored between the two reads (PostgreSQL reads
                 # each statement afresh) is then a candidate past it, never one left out
                 through = q.candidates_through(conn, self.model)
                 self._candidates = Candidates(q.candidate_rows(conn, self.model), through)
-            self._generation = generation
+            self._revision = revision
         return self._candidates
 
 
@@ -272,7 +272,7 @@ def dense_ranking(store: Store, model: DenseModel, question: str, allowed: set[i
 def asked_terms(question: str) -> list[str]:
     """The question's terms that a line answering it should hold: its search terms less stop
     words, the words that name what is asked (evidence.ANSWER_WORDS) and times of day
-    ("after 10:00" bounds the lines, kbd.aggregate; no line need hold 10:00)."""
+    ("after 10:00" bounds the lines, kbd.runtime.aggregate; no line need hold 10:00)."""
     return [t for t in search_terms(question) if t.lower() not in STOP_WORDS
             and t.lower() not in ANSWER_WORDS and not TIME_OF_DAY.fullmatch(t)]
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from stat import S_ISDIR
 from time import monotonic, time_ns
@@ -44,10 +43,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
-log = logging.getLogger("kbd.watch")
+from kbd.folders import WatchedFolder, folder_for, owner, walk
 
-# Editors and downloaders write these beside the real file, then rename or delete them.
-TEMP_GLOBS = (".#*", "*.swp", "*~", "*.tmp", ".*.part")
+log = logging.getLogger("kbd.watch")
 
 # Only events that mean the content may have changed, or whether kbd may read it (attrib: a
 # permission flipped back makes an unreadable file, or every file under a directory, readable
@@ -64,74 +62,6 @@ _CHANGES = {
 }
 _RETRY_S = 30.0  # how long to wait before trying again to watch a root that could not be watched
 _OVERFLOW_LOGGER = "watchdog.observers.inotify_c"  # "Inotify queue overflowed; ... were lost"
-
-
-@dataclass(frozen=True)
-class WatchedFolder:
-    """A folder whose files kbd ingests; config.toml has one per folder entry."""
-
-    path: Path
-    kind: str = "auto"  # "log" | "report" | "auto": for the parsers, not used here
-    include: tuple[str, ...] = ("*",)  # globs against the path relative to `path` and the name
-    exclude: tuple[str, ...] = ()  # wins over include; TEMP_GLOBS are always excluded
-    polling: bool = False  # network/container mounts, where inotify sees nothing
-    poll_interval_s: float = 2.0
-    follow_symlinks: bool = False  # read symlinks that lead outside every watched folder
-
-    def __post_init__(self) -> None:
-        # Files are stored under this spelling: absolute and normalised, symlinks kept
-        # (resolving them would rename every file under a linked root). The watch is on the
-        # resolved folder, and its events are spelled back under this path.
-        object.__setattr__(self, "path", _abspath(self.path))
-        object.__setattr__(self, "include", tuple(self.include))
-        object.__setattr__(self, "exclude", tuple(self.exclude))
-
-
-def folder_for(folders: Iterable[WatchedFolder], path: str | os.PathLike) -> WatchedFolder | None:
-    """The folder `path` belongs to, or None when it is outside them all or its globs reject it.
-
-    With nested folders the innermost one decides, so its globs and kind hold in its subtree.
-    """
-    path = _abspath(path)
-    folder = _owner(folders, path)
-    if folder is None or path == folder.path:
-        return None
-    relative, name = path.relative_to(folder.path).as_posix(), path.name
-
-    def matches(globs: Iterable[str]) -> bool:
-        return any(fnmatchcase(relative, g) or fnmatchcase(name, g) for g in globs)
-
-    if matches(TEMP_GLOBS) or matches(folder.exclude) or not matches(folder.include):
-        return None
-    return folder
-
-
-def spelled_inside(folders: Iterable[WatchedFolder], target: Path) -> Path | None:
-    """`target`, a path with no symlinks in it (os.path.realpath), spelled under the watched
-    folder whose resolved root holds it, or None when it is outside them all."""
-    for folder in folders:
-        real_root = Path(os.path.realpath(folder.path))
-        if target.is_relative_to(real_root):
-            return folder.path / target.relative_to(real_root)
-    return None
-
-
-def scan(folders: Iterable[WatchedFolder]) -> Iterator[tuple[WatchedFolder, Path]]:
-    """Every regular file under the folders that passes their globs, each once.
-
-    Symlinks to files are followed; symlinked directories are not entered (so there are no loops,
-    and the scan sees what the watcher sees). Missing roots are skipped; so are unreadable
-    directories, with a warning.
-    """
-    folders = tuple(folders)
-    for folder in folders:
-        if not folder.path.is_dir():
-            log.debug("not scanning %s: not a directory (yet)", folder.path)
-            continue
-        for path in _walk(folder.path):
-            # `is`: under nested folders the file is yielded once, by the folder that owns it
-            if folder_for(folders, path) is folder:
-                yield folder, path
 
 
 class _Stat(NamedTuple):
@@ -342,12 +272,12 @@ class Watcher:
                 if self.on_rescan is not None:
                     _call("on_rescan", self.on_rescan)
             # paths of folders removed by update() while they waited are dropped here
-            paths = [p for p in self.tracker.ready() if _owner(self._folders, p) is not None]
+            paths = [p for p in self.tracker.ready() if owner(self._folders, p) is not None]
             if paths:
                 _call("on_ready", self.on_ready, paths)
             if self.on_growing is not None:
                 growing = [p for p in self.tracker.growing()
-                           if _owner(self._folders, p) is not None]
+                           if owner(self._folders, p) is not None]
                 if growing:
                     _call("on_growing", self.on_growing, growing)
             self._stopping.wait(self._tick_s)
@@ -442,7 +372,7 @@ class Watcher:
                         self.tracker.note(path)
                 return
             gone = event.event_type in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED)
-            if gone and _owner(folders, src) is not None:
+            if gone and owner(folders, src) is not None:
                 # the directory's old path stands for everything that was under it
                 self.tracker.note(src)
             if event.event_type == EVENT_TYPE_ATTRIB and not self._readable_now(src):
@@ -450,7 +380,7 @@ class Watcher:
             if event.event_type in (EVENT_TYPE_CREATED, EVENT_TYPE_MOVED, EVENT_TYPE_ATTRIB):
                 # a directory moved in arrives whole, and one made readable again shows what
                 # it held all along; no emitter reports their files one by one
-                for path in _walk(dest or src):
+                for path in walk(dest or src):
                     if folder_for(folders, path) is not None:
                         self.tracker.note(path)
         except Exception:  # an exception would end the observer's thread, and all watching with it
@@ -502,31 +432,6 @@ class _Dispatch(FileSystemEventHandler):
         if real.is_relative_to(self.real_root):
             return self.root / real.relative_to(self.real_root)
         return real
-
-
-def _abspath(path: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
-
-
-def _owner(folders: Iterable[WatchedFolder], path: Path) -> WatchedFolder | None:
-    """The innermost folder whose root is `path` or contains it."""
-    owners = [f for f in folders if path.is_relative_to(f.path)]
-    return max(owners, key=lambda f: len(f.path.parts), default=None)
-
-
-def _walk(root: Path) -> Iterator[Path]:
-    """Regular files under root, sorted; symlinked directories are not entered."""
-
-    def skip(error: OSError) -> None:
-        if error.filename != os.fspath(root) or root.exists():
-            log.warning("skipping unreadable directory %s: %s", error.filename, error.strerror)
-
-    for directory, subdirs, names in os.walk(root, onerror=skip):  # followlinks=False
-        subdirs.sort()
-        for name in sorted(names):
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):  # not fifos, sockets or broken links
-                yield Path(path)
 
 
 def _unreadable_dirs(root: Path) -> set[Path]:

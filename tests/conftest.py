@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kbd.model.testing import write_base_model, write_checkpoint
-
-sys.path.insert(0, str(Path(__file__).parent))  # tests/reference.py, tests/harness.py
-
-from harness import (  # noqa: E402 - importable once tests/ is on the path
+# tests/ is on sys.path (pytest puts the folder of this conftest there): tests/support/ imports
+# as `support`
+from support.harness import (
     TinyModel,
     Unavailable,
     postgresql_database,
     postgresql_server,
 )
+from support.tiny import write_base_model, write_checkpoint
 
 DOCS = [
     "disk full error on node 7 at 10:32 while writing block data",
@@ -54,17 +53,29 @@ def kernel_cannot_compile(monkeypatch, module) -> None:
 
 
 def run_interpreted(test_file: str, passed: int) -> None:
-    """A file of kernel tests (tests/*_interpreted.py) in a pytest of its own, with
+    """A file of kernel tests (tests/support/*_interpreted.py) in a pytest of its own, with
     TRITON_INTERPRET=1 set before triton is imported, as the interpreter needs; all `passed`
     of its tests must pass."""
     pytest.importorskip("triton")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         str(Path(__file__).with_name(test_file))],
+         str(Path(__file__).parent / "support" / test_file)],
         env=os.environ | {"TRITON_INTERPRET": "1"}, capture_output=True, text=True,
         timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert f"{passed} passed" in run.stdout, run.stdout[-2000:]
+
+
+@pytest.fixture(autouse=True)
+def kbd_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test runs with a KBD_HOME of its own, never the user's: its config is
+    <home>/config.toml, its data <home>/data. The folder is not made: `kbd init` and the
+    daemon make what they need. A KBD_CONFIG from the environment is dropped, so the config
+    is the one in this home; kbd subprocesses inherit both."""
+    home = tmp_path_factory.mktemp("kbd") / "home"
+    monkeypatch.setenv("KBD_HOME", str(home))
+    monkeypatch.delenv("KBD_CONFIG", raising=False)
+    return home
 
 
 @pytest.fixture(scope="session")
@@ -152,7 +163,7 @@ def sqlite_ingester(tmp_path, e2e_dir):
     """An ingester into a SQLite store, for ranking that only SQLite's BM25 gets right:
     PostgreSQL's ts_rank_cd weighs no word by its rarity, so a common word ("block") scores
     like a block id, and a matched phrase adds little."""
-    from kbd.ingest import Ingester
+    from kbd.ingest.pipeline import Ingester
     from kbd.model.tokens import PassageTokenizer
     from kbd.store import Store
 

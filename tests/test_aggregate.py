@@ -1,4 +1,5 @@
-"""Answers from every matching line (kbd.aggregate): the intent read from the question, counts
+"""Answers from every matching line (kbd.runtime.aggregate): the intent read from the question,
+counts
 over many passages and files, overlapping passages counted once, first and last, a time bound,
 a scope, and the store's all-terms query on SQLite and PostgreSQL. The logs are loghub's,
 ingested into a real store; the text engine is the real one with SmolLM2, which these
@@ -12,15 +13,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from harness import smollm2_missing
+from support.harness import smollm2_missing
 
-from kbd import aggregate
 from kbd.config import ModelConfig
-from kbd.ingest import Ingester
-from kbd.model.engines import load_engine
+from kbd.ingest.pipeline import Ingester
 from kbd.model.text import SMOLLM2_INSTALL
 from kbd.model.tokens import PassageTokenizer
 from kbd.retrieve import Scope
+from kbd.runtime import aggregate
+from kbd.runtime.engines import load_engine
 from kbd.store import Store
 from kbd.store import queries as q
 

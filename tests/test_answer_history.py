@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from kbd import cli as cli_module
 from kbd.cli import cli
+from kbd.cli import questions as questions_commands
 
 
 def source(rank: int, path: str, first: int, last: int) -> dict:
@@ -41,7 +41,7 @@ def replies(monkeypatch, tmp_path):
         def request(self, method, path, body=None):
             return canned[path.split("?")[0]]
 
-    monkeypatch.setattr(cli_module, "client", lambda config: Fake())
+    monkeypatch.setattr(questions_commands, "client", lambda config: Fake())
     monkeypatch.setenv("KBD_CONFIG", str(tmp_path / "none.toml"))
     return canned
 

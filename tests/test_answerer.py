@@ -89,9 +89,9 @@ def test_the_adapter_is_added_into_the_weights_it_names(tmp_path):
 
 
 def test_the_answerers_not_found_is_a_decline_and_its_answer_ends_at_its_citation():
-    from kbd import evidence
-    from kbd.model.engines import NOT_FOUND, Evidence
     from kbd.model.text import first_cited
+    from kbd.runtime import evidence
+    from kbd.runtime.engines import NOT_FOUND, Evidence
 
     line = evidence.Line(7, "Dec 10 sshd[24503]: Invalid user oracle from 187.141.143.180")
     found = Evidence("Which IP tried the invalid user oracle?", [(1, 11, 2.0)],

@@ -14,11 +14,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import DOCS
+from support.tiny import write_base_model
 
 from kbd.cli import cli
 from kbd.errors import CheckpointError
 from kbd.model.clara import Clara
-from kbd.model.testing import write_base_model
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from support.tiny import make_tokenizer
 
-from kbd.chunk import LONG_CHARS_PER_TOKEN, Passage, chunk
 from kbd.errors import InputError
-from kbd.model.testing import make_tokenizer
-from kbd.parsers import Block, Parsed, parse
+from kbd.ingest.chunk import LONG_CHARS_PER_TOKEN, Passage, chunk
+from kbd.ingest.parsers import Block, Parsed, parse
 
 LOGHUB = Path(os.environ.get("KBD_LOGHUB", "/work/shared/data/loghub"))
 LOGHUB_FILES = sorted(LOGHUB.glob("*.log"))

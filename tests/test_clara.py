@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import DOCS, QUESTIONS
-from reference import ReferenceClara
+from support.reference import ReferenceClara
+from support.tiny import CHAT_TEMPLATE_NO_SYSTEM, write_base_model, write_checkpoint
 
 from kbd.errors import CapabilityError, InputError
 from kbd.model.checkpoint import DECODER, ENCODER, QUERY_REASONER
 from kbd.model.clara import RANK_CHUNK_ROWS, Clara, memory_from_bytes, memory_to_bytes
-from kbd.model.testing import CHAT_TEMPLATE_NO_SYSTEM, write_base_model, write_checkpoint
 from kbd.model.tokens import PassageTokenizer
 
 VARIANTS = {

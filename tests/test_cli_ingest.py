@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import (
+from support.harness import (
     Kbd,
     make_logs,
     nobody_can_run_python,
@@ -29,18 +29,20 @@ def kbd(env: dict, *args: str, user: str | None = None) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=300)
 
 
-def home_with(root: Path, folder: Path, model: str = "") -> dict:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.toml").write_text(f'{model}\n[[folders]]\npath = "{folder}"\n')
-    return os.environ | {"KBD_HOME": str(root), "KBD_CONFIG": str(root / "config.toml")}
+def home_with(home: Path, folder: Path, model: str = "") -> dict:
+    """The environment of a kbd run whose home (the test's KBD_HOME, tests/conftest.py) has a
+    config watching `folder`."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(f'{model}\n[[folders]]\npath = "{folder}"\n')
+    return dict(os.environ)
 
 
-def test_ingest_then_status_without_model(tmp_path):
+def test_ingest_then_status_without_model(tmp_path, kbd_home):
     folder = tmp_path / "logs"
     folder.mkdir()
     (folder / "a.log").write_text("2026-11-23 10:00:00 disk full on node 7\n")
     (folder / "junk.log").write_bytes(b"\x00\x01\x02" * 100)
-    env = home_with(tmp_path / "home", folder, '[model]\nengine = "clara"\n')
+    env = home_with(kbd_home, folder, '[model]\nengine = "clara"\n')
     done = kbd(env, "ingest", "--once", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["outcomes"] == {"added": 1, "failed:binary": 1, "recut": 0}
@@ -55,13 +57,13 @@ def test_ingest_then_status_without_model(tmp_path):
     assert "failed: " in text.stdout and "junk.log" in text.stdout
 
 
-def test_model_configured_cuts_and_compresses(tmp_path, e2e_dir, base_dir):
+def test_model_configured_cuts_and_compresses(tmp_path, e2e_dir, base_dir, kbd_home):
     folder = tmp_path / "logs"
     folder.mkdir()
     for i in range(3):
         (folder / f"s{i}.log").write_text(f"2026-11-23 10:00:0{i} service {i} started\n" * 5)
     model = f'[model]\ncheckpoint = "{e2e_dir}"\nbase = "{base_dir}"\ndevice = "cpu"\n'
-    env = home_with(tmp_path / "home", folder, model)
+    env = home_with(kbd_home, folder, model)
     first = json.loads(kbd(env, "ingest", "--once", "--json").stdout)
     assert first["outcomes"]["added"] == 3 and first["compressed"] == 3
     again = json.loads(kbd(env, "ingest", "--once", "--json").stdout)
@@ -70,9 +72,9 @@ def test_model_configured_cuts_and_compresses(tmp_path, e2e_dir, base_dir):
     assert status["backlog"] == 0 and status["passages"] == 3
 
 
-def test_bad_config_is_a_clear_error(tmp_path):
-    env = home_with(tmp_path / "home", tmp_path)
-    (tmp_path / "home" / "config.toml").write_text("[ingest]\ndebounce = 3\n")
+def test_bad_config_is_a_clear_error(tmp_path, kbd_home):
+    env = home_with(kbd_home, tmp_path)
+    (kbd_home / "config.toml").write_text("[ingest]\ndebounce = 3\n")
     result = kbd(env, "status")
     assert result.returncode == 1
     assert "ingest.debounce: unknown key" in result.stderr
@@ -90,7 +92,8 @@ def test_unreadable_file_as_another_user():
         secret.write_text("2026-11-23 root only\n")
         secret.chmod(0o600)
         (folder / "open.log").write_text("2026-11-23 anyone\n")
-        env = home_with(root / "home", folder)
+        # a home of its own, in a folder `nobody` may enter
+        env = home_with(root / "home", folder) | {"KBD_HOME": str(root / "home")}
         nobody = pwd.getpwnam("nobody")
         for path in (root / "home",):
             os.chown(path, nobody.pw_uid, nobody.pw_gid)
@@ -104,12 +107,12 @@ def test_unreadable_file_as_another_user():
 
 # -- errors people met as tracebacks (issue 20, item 8) ---------------------------------------
 
-def test_a_store_from_a_newer_kbd_is_one_line_for_status_and_daemon(tmp_path):
+def test_a_store_from_a_newer_kbd_is_one_line_for_status_and_daemon(tmp_path, kbd_home):
     folder = tmp_path / "logs"
     make_logs(folder, 1)
-    env = home_with(tmp_path / "home", folder, '[model]\nengine = "clara"\n')
+    env = home_with(kbd_home, folder, '[model]\nengine = "clara"\n')
     assert kbd(env, "ingest", "--once").returncode == 0
-    database = tmp_path / "home" / "data" / "kbd.sqlite3"
+    database = kbd_home / "data" / "kbd.sqlite3"
     with sqlite3.connect(database) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0999_from_the_future'")
     for command in ("status", "daemon"):
@@ -124,11 +127,11 @@ def test_a_store_from_a_newer_kbd_is_one_line_for_status_and_daemon(tmp_path):
             ("0999_from_the_future",)]
 
 
-def test_a_second_ingest_once_is_refused_naming_the_first(tmp_path):
+def test_a_second_ingest_once_is_refused_naming_the_first(tmp_path, kbd_home):
     folder = tmp_path / "logs"
     make_logs(folder, 300)
-    env = home_with(tmp_path / "home", folder, '[model]\nengine = "clara"\n')
-    lock = tmp_path / "home" / "data" / "kbd.sqlite3.lock"
+    env = home_with(kbd_home, folder, '[model]\nengine = "clara"\n')
+    lock = kbd_home / "data" / "kbd.sqlite3.lock"
     first = subprocess.Popen([sys.executable, "-m", "kbd", "ingest", "--once", "--json"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -179,18 +182,18 @@ def pdf_with_cff_font(lines: list[str]) -> bytes:
     })
 
 
-def test_a_pdf_font_needing_fonttools_is_read_without_noise(tmp_path, e2e_dir, base_dir):
+def test_a_pdf_font_needing_fonttools_is_read_without_noise(tmp_path, e2e_dir, base_dir, kbd_home):
     folder = tmp_path / "reports"
     folder.mkdir()
     (folder / "incident.pdf").write_bytes(pdf_with_cff_font(
         ["Incident 42: disk full on node 7", "The replica was restored at 10:32"]))
     model = f'[model]\ncheckpoint = "{e2e_dir}"\nbase = "{base_dir}"\ndevice = "cpu"\n'
-    env = home_with(tmp_path / "home", folder, model)  # its tokenizer cuts passages
+    env = home_with(kbd_home, folder, model)  # its tokenizer cuts passages
     done = kbd(env, "ingest", "--once", "--no-compress", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["outcomes"]["added"] == 1
     assert "font dictionary" not in done.stderr and "/FontDescriptor" not in done.stderr, \
         done.stderr[:2000]
-    with sqlite3.connect(tmp_path / "home" / "data" / "kbd.sqlite3") as conn:
+    with sqlite3.connect(kbd_home / "data" / "kbd.sqlite3") as conn:
         stored = " ".join(text for (text,) in conn.execute("SELECT text FROM passages"))
     assert "disk full on node 7" in stored and "restored at 10:32" in stored

@@ -18,28 +18,25 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from harness import wait_for
+from support.harness import wait_for
 
-import kbd.cli_setup  # noqa: F401  registers the commands (cli.py imports it at its end)
 from kbd import configfile
 from kbd.cli import cli
-from kbd.cli_setup import ModelFolders, point_config_at
+from kbd.cli.setup import ModelFolders, point_config_at
 from kbd.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).parent.parent
-# The real entry point plus this module, so the tests pass before and after cli.py imports it.
-KBD = [sys.executable, "-c", "import kbd.cli_setup; from kbd.cli import main; main()"]
+# the real entry point, as `kbd` runs it
+KBD = [sys.executable, "-c", "from kbd.cli import main; main()"]
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """A fresh KBD_HOME; the config is <home>/config.toml, the data folder <home>/data."""
-    root = tmp_path / "home"
-    monkeypatch.setenv("KBD_HOME", str(root))
-    monkeypatch.setenv("KBD_CONFIG", str(root / "config.toml"))
+def home(kbd_home, monkeypatch) -> Path:
+    """The test's KBD_HOME (tests/conftest.py), without the variables that change what the
+    commands say or where they download from."""
     for name in ("KBD_DEBUG", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    return root
+    return kbd_home
 
 
 def kbd(*args: str):
@@ -157,7 +154,7 @@ def test_example_config_documents_every_key():
     from dataclasses import fields
 
     from kbd.config import Config
-    from kbd.watch import WatchedFolder
+    from kbd.folders import WatchedFolder
 
     text = (ROOT / "config.example.toml").read_text()
     tables = [type(getattr(Config(home=Path("/")), f.name)) for f in fields(Config)
@@ -212,7 +209,7 @@ def test_every_numeric_key_has_a_range():
     from dataclasses import fields
 
     from kbd.config import RANGES, IngestConfig, ModelConfig, SchedulerConfig
-    from kbd.watch import WatchedFolder
+    from kbd.folders import WatchedFolder
 
     for cls in (ModelConfig, IngestConfig, SchedulerConfig, WatchedFolder):
         for f in fields(cls):
@@ -540,7 +537,7 @@ def test_model_pull_rejects_a_repo_without_the_compression(home, tmp_path, fake_
 
 
 def test_sighup_helper_ignores_nonsense_pids(home):
-    from kbd.cli_setup import daemon_pid
+    from kbd.cli.setup import daemon_pid
 
     data = home / "data"
     data.mkdir(parents=True)

@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from harness import Kbd, raw_request, wait_for
+from support.harness import Kbd, raw_request, wait_for
 
-from kbd.client import DaemonError
+from kbd.api.client import DaemonError
 from kbd.errors import KbdError
 
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"

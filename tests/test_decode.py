@@ -11,7 +11,7 @@ from conftest import DOCS, QUESTIONS
 
 from kbd.model.clara import Clara
 from kbd.model.decode import StaticDecoder, fuse_layers, supports
-from kbd.model.worker import QueueStreamer
+from kbd.runtime.worker import QueueStreamer
 
 MORE = ["which service failed after the restart ?", "disk full ?",
         "what happened to the block replication on the data node after the crash ?"]

@@ -10,10 +10,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from harness import parse_page
+from support.harness import parse_page
 
 from kbd.digest import digest_history, gather, to_html, to_markdown, write_digest
-from kbd.questions import QuestionSpec
+from kbd.questions.specs import QuestionSpec
 from kbd.store import queries as q
 from kbd.store import questions as sq
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from harness import Kbd, smollm2_missing, wait_for
+from support.harness import Kbd, smollm2_missing, wait_for
 
 from kbd.errors import KbdError
 from kbd.evaluate import (

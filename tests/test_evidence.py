@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from kbd import evidence
-from kbd.evidence import Line, Shown
-from kbd.model.engines import file_line_numbers
 from kbd.model.text import before_loop, loop_start
 from kbd.retrieve import search_terms, weak_evidence
+from kbd.runtime import evidence
+from kbd.runtime.engines import file_line_numbers
+from kbd.runtime.evidence import Line, Shown
 
 FITBIT = ("20171224-0:10:02:436|Step_StandReportReceiver|onReceive action: "
           "android.intent.action.SCREEN_ON totalSteps=7163Calories:153367")

@@ -1,4 +1,4 @@
-"""The decode step's one-row products (kbd/model/gemv.py): which rows take the kernel, the
+"""The decode step's one-row products (kbd/model/kernels/gemv.py): which rows take the kernel, the
 fallback when it cannot compile, and the kernel itself under Triton's interpreter."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import counted, kernel_cannot_compile, run_interpreted
 
-from kbd.model import gemv
+from kbd.model.kernels import gemv
 
 
 def test_the_kernel_under_tritons_interpreter():

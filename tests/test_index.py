@@ -7,12 +7,12 @@ import random
 
 import pytest
 import torch
+from support.tiny import WORDS
 
 from kbd.model import index as index_module
 from kbd.model.clara import Clara, memory_to_bytes
 from kbd.model.index import MemoryIndex
-from kbd.model.testing import WORDS
-from kbd.store.memory import MemoryMatrix
+from kbd.store.matrix import MemoryMatrix
 
 
 def sentences(n: int, seed: int, words: tuple[int, int] = (8, 60)) -> list[str]:

@@ -10,13 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import lines_of, nonblank_lines
 from sqlalchemy import select
+from support.harness import lines_of, nonblank_lines
 
-from kbd import ingest as ingest_module
-from kbd.ingest import Ingester, Limits
-from kbd.memory import Compressor, compress_backlog, memory_id, open_matrix
+from kbd.ingest import pipeline as ingest_module
+from kbd.ingest.pipeline import Ingester, Limits
 from kbd.model.tokens import PassageTokenizer
+from kbd.runtime.compress import Compressor, compress_backlog, memory_id, open_matrix
 from kbd.store import queries as q
 from kbd.store.schema import documents, passages
 
@@ -107,7 +107,7 @@ class TestLogs:
         path = tmp_path / "app.log"
         write_log(path, 0, 50)
         assert ingester.ingest(path) == "added"
-        monkeypatch.setattr("kbd.ingest.parse", lambda *a, **k: pytest.fail("re-read"))
+        monkeypatch.setattr("kbd.ingest.pipeline.parse", lambda *a, **k: pytest.fail("re-read"))
         assert ingester.ingest(path) == "unchanged"
 
     def test_growth_redoes_only_the_last_passage(self, ingester, tmp_path):
@@ -406,7 +406,7 @@ class TestCompression:
 
     def test_a_batch_that_fails_to_store_is_redone(self, store, tokenizer, e2e, tmp_path,
                                                    monkeypatch):
-        from kbd.store.memory import MemoryFileError
+        from kbd.store.matrix import MemoryFileError
 
         model, waiting = self.backlog_of(store, tokenizer, e2e, tmp_path / "app.log", 120)
         compressor = Compressor(store, e2e)

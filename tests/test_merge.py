@@ -1,4 +1,4 @@
-"""The adapter-merging kernel (kbd/model/merge.py), run on the CPU by Triton's interpreter,
+"""The adapter-merging kernel (kbd/model/kernels/merge.py), run on the CPU by Triton's interpreter,
 against torch.addmm; and the encoder merging once per layer for a whole wave of batches.
 Merged weights give transformers' states as other sums in another order: float32 results a
 few 1e-5 apart."""
@@ -10,16 +10,17 @@ import importlib
 import pytest
 import torch
 from conftest import DOCS, counted
+from support.tiny import WORDS
 
-from kbd.model import encode, kernels, merge
-from kbd.model.testing import WORDS
+from kbd.model import encode, kernels
+from kbd.model.kernels import merge
 
 MIXED = [DOCS[0], "disk " * 200, "node", DOCS[3], "full " * 40, DOCS[1], DOCS[2], "a b c"]
 
 
 @pytest.fixture
 def interpreted(monkeypatch):
-    """kbd.model.merge with its kernel under Triton's interpreter (CPU tensors)."""
+    """kbd.model.kernels.merge with its kernel under Triton's interpreter (CPU tensors)."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(kernels, "INTERPRETED", True)

@@ -1,4 +1,4 @@
-"""The sender against real receivers on the loopback (tests/receivers.py), in process, with
+"""The sender against real receivers on the loopback (tests/support/receivers.py), in process, with
 short back-off: one alert per change, a receiver that is down for a while gets everything
 afterwards in order, an event is given up after give_up_s and shown, each message carries its
 event's stable id, and hostile document text arrives escaped for each target."""
@@ -12,14 +12,14 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from harness import wait_for
-from receivers import SmtpServer, Webhook, read_lines, self_signed, stdin_to_file_argv
 from sqlalchemy import select
+from support.harness import wait_for
+from support.receivers import SmtpServer, Webhook, read_lines, self_signed, stdin_to_file_argv
 
 from kbd.config import NotifyChannel
 from kbd.digest import gather, to_html, to_markdown
 from kbd.notify import DeliveryError, deliver, slack_text
-from kbd.questions import QuestionSpec
+from kbd.questions.specs import QuestionSpec
 from kbd.sender import Sender, backoff_s
 from kbd.store import events as ev
 from kbd.store import queries as q

@@ -12,7 +12,7 @@ import pytest
 
 from kbd.config import ConfigError, check_secrets, load_config
 from kbd.errors import InputError
-from kbd.questions import QuestionSpec, spec_from_request
+from kbd.questions.specs import QuestionSpec, spec_from_request
 from kbd.store import events as ev
 from kbd.store import questions as qs
 from kbd.store.digests import record_digest

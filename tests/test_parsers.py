@@ -13,11 +13,11 @@ import zlib
 from pathlib import Path
 
 import pytest
-from harness import make_pdf
 from pypdf import PdfReader, PdfWriter
+from support.harness import make_pdf
 
-from kbd.parsers import Block, ParseError, detect_kind, parse
-from kbd.parsers.log import whole_lines
+from kbd.ingest.parsers import Block, ParseError, detect_kind, parse
+from kbd.ingest.parsers.log import whole_lines
 
 LOGHUB = Path(os.environ.get("KBD_LOGHUB", "/work/shared/data/loghub"))
 LOGHUB_FILES = sorted(LOGHUB.glob("*.log"))

@@ -8,16 +8,17 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import wait_for
 from sqlalchemy import func, select
+from support.harness import wait_for
 
-from kbd import ingest as ingest_module
-from kbd.ingest import Ingester, IngestWorker
+from kbd.folders import WatchedFolder
+from kbd.ingest import pipeline as ingest_module
+from kbd.ingest.pipeline import Ingester, IngestWorker
 from kbd.model.tokens import PassageTokenizer
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.schema import documents, passages
-from kbd.watch import WatchedFolder, Watcher
+from kbd.watch import Watcher
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The products' kernel (kbd/model/products.py): where it runs, its fallback when it cannot
+"""The products' kernel (kbd/model/kernels/products.py): where it runs, its fallback when it cannot
 compile, and the kernel itself under Triton's interpreter."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import kernel_cannot_compile, run_interpreted
 
-from kbd.model import products
+from kbd.model.kernels import products
 
 
 def test_the_kernel_under_tritons_interpreter():

@@ -14,7 +14,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import delete, func, select
 
 from kbd.errors import InputError
-from kbd.questions import (
+from kbd.questions.specs import (
     QuestionSpec,
     apscheduler_crontab,
     format_duration,

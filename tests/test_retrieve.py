@@ -13,15 +13,15 @@ import pytest
 
 from kbd import retrieve
 from kbd.config import ModelConfig
-from kbd.ingest import Ingester
-from kbd.memory import compress_backlog
+from kbd.ingest.pipeline import Ingester
 from kbd.model.dense import DIM, MODEL_ID, load_dense_model
 from kbd.model.tokens import PassageTokenizer
-from kbd.model.worker import AskRequest, ModelWorker
 from kbd.retrieve import bm25, embed_backlog, fuse, search
+from kbd.runtime.compress import compress_backlog
+from kbd.runtime.worker import AskRequest, ModelWorker
 from kbd.store import Store
 from kbd.store import queries as q
-from kbd.store.memory import MemoryFileError
+from kbd.store.matrix import MemoryFileError
 
 # one line a file, so that each is a passage of its own
 LINES = {
@@ -177,7 +177,7 @@ def test_clara_ranking_is_fused_with_bm25(sqlite_ingester, e2e, e2e_dir, base_di
     ids = ingest_lines(ingester, tmp_path, blocks)
     compress_backlog(store, e2e)
     worker = ModelWorker(ModelConfig(checkpoint=e2e_dir, base=base_dir, device="cpu"), store,
-                         generation=lambda: 0, on_change=lambda: None)
+                         revision=lambda: 0, on_change=lambda: None)
     worker.start()
     try:
         replies = [worker.submit(AskRequest(question=f"Who got block blk_{90210 + i * 31}?",

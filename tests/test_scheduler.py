@@ -10,16 +10,16 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from harness import wait_for
 from sqlalchemy import update
+from support.harness import wait_for
 
 from kbd.config import ModelConfig
-from kbd.ingest import Ingester
-from kbd.memory import compress_backlog
+from kbd.ingest.pipeline import Ingester
 from kbd.model.tokens import PassageTokenizer
-from kbd.model.worker import ModelWorker
-from kbd.questions import QuestionSpec
-from kbd.scheduler import Scheduler
+from kbd.questions.scheduler import Scheduler
+from kbd.questions.specs import QuestionSpec
+from kbd.runtime.compress import compress_backlog
+from kbd.runtime.worker import ModelWorker
 from kbd.store import questions as qs
 from kbd.store.schema import passages, questions
 
@@ -33,7 +33,7 @@ def setup(store, e2e, e2e_dir, base_dir, tmp_path):
         Ingester(store, PassageTokenizer.load(e2e_dir)).ingest(tmp_path / name)
     compress_backlog(store, e2e)
     worker = ModelWorker(ModelConfig(checkpoint=e2e_dir, base=base_dir, device="cpu"), store,
-                         generation=lambda: 0, on_change=lambda: None)
+                         revision=lambda: 0, on_change=lambda: None)
     worker.start()
     clock = {"now": datetime.now(UTC)}
     scheduler = Scheduler(store, worker.submit, misfire_grace_s=600,
@@ -107,7 +107,7 @@ def test_time_window_selects_candidates(setup):
 
 def test_due_together_answered_as_one_batch(setup, monkeypatch):
     """Scheduled requests waiting together reach the model as one batch."""
-    from kbd.model.worker import AskRequest
+    from kbd.runtime.worker import AskRequest
 
     store, scheduler, _, _ = setup
     worker = scheduler.submit.__self__
@@ -127,7 +127,7 @@ def test_due_together_answered_as_one_batch(setup, monkeypatch):
 def test_failed_run_is_recorded(store):
     """No model: the run is refused, recorded as failed with the reason, and the scheduler
     goes on."""
-    worker = ModelWorker(ModelConfig(engine="clara"), store, generation=lambda: 0,
+    worker = ModelWorker(ModelConfig(engine="clara"), store, revision=lambda: 0,
                          on_change=lambda: None)
     scheduler = Scheduler(store, worker.submit)
     qid = add_question(store, ago_s=10, last_run_ago_s=None)

@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from harness import database_at
 from sqlalchemy import select, text
+from support.harness import database_at
 
-from kbd.ingest import Ingester
+from kbd.ingest.pipeline import Ingester
 from kbd.model.tokens import PassageTokenizer
 from kbd.retrieve import bm25, search_terms
 from kbd.store import Store

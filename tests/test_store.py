@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from harness import database_at
 from sqlalchemy import select, text
+from support.harness import database_at
 
 from kbd.store import Store, sqlite_url
 from kbd.store import queries as q
-from kbd.store.memory import MemoryFileError, MemoryMatrix
+from kbd.store.matrix import MemoryFileError, MemoryMatrix
 from kbd.store.schema import include_object, metadata, passages
 
 
@@ -143,7 +143,7 @@ class TestSchema:
             store.close()
 
     def test_sources_follow_the_config(self, store, tmp_path):
-        from kbd.watch import WatchedFolder
+        from kbd.folders import WatchedFolder
 
         a, b = WatchedFolder(tmp_path / "a", kind="log"), WatchedFolder(tmp_path / "b")
         store.write(lambda conn: q.sync_sources(conn, [a, b]))

@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import smollm2_missing, wait_for
+from support.harness import smollm2_missing, wait_for
+from support.tiny import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
 
-from kbd.client import Client
+from kbd.api.client import Client
 from kbd.config import ConfigError, ModelConfig, load_config
 from kbd.errors import InputError, KbdError
-from kbd.ingest import Ingester
-from kbd.memory import compress_backlog, memory_id
-from kbd.model.engines import FREQUENCY_CAP, NOT_FOUND, gather
-from kbd.model.testing import CHAT_TEMPLATE, CHAT_TEMPLATE_NO_SYSTEM, write_base_model
+from kbd.ingest.pipeline import Ingester
 from kbd.model.text import (
     ANSWERER,
     SMOLLM2_INSTALL,
@@ -32,8 +30,10 @@ from kbd.model.text import (
     loop_start,
 )
 from kbd.model.tokens import PassageTokenizer
-from kbd.model.worker import AskRequest, ModelUnavailable, ModelWorker
 from kbd.retrieve import DENSE_WEIGHT, Scope, asked_terms, search
+from kbd.runtime.compress import compress_backlog, memory_id
+from kbd.runtime.engines import FREQUENCY_CAP, NOT_FOUND, gather
+from kbd.runtime.worker import AskRequest, ModelUnavailable, ModelWorker
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store import questions as qs
@@ -92,7 +92,7 @@ def setup(tmp_path_factory, e2e_dir, base_dir):
     config = ModelConfig(checkpoint=e2e_dir, base=base_dir, engine="text", device="cpu")
     ingester = Ingester(store, PassageTokenizer.configured(config))
     assert ingester.ingest_many([(hdfs, None, "log"), (openssh, None, "log")]) == {"added": 2}
-    worker = ModelWorker(config, store, generation=lambda: 1, on_change=lambda: None)
+    worker = ModelWorker(config, store, revision=lambda: 1, on_change=lambda: None)
     worker.start()
     wait_for(lambda: worker.state != "loading", timeout=300, what="SmolLM2 loaded")
     assert worker.state == "ready", worker.state
@@ -276,7 +276,7 @@ def test_switching_engines_needs_no_reingest(setup, e2e):
         == {"unchanged": 2}
     assert ingester.recut() == 0
     compress_backlog(setup.store, e2e)
-    worker = ModelWorker(clara, setup.store, generation=lambda: 1, on_change=lambda: None)
+    worker = ModelWorker(clara, setup.store, revision=lambda: 1, on_change=lambda: None)
     worker.start()
     try:
         reply = worker.submit(AskRequest(question=QUESTION, max_new_tokens=8)).result(60)
@@ -288,7 +288,7 @@ def test_switching_engines_needs_no_reingest(setup, e2e):
 
 def test_missing_text_model_is_a_clear_error(store, tmp_path):
     worker = ModelWorker(ModelConfig(text_model=str(tmp_path / "nowhere")), store,
-                         generation=lambda: 0, on_change=lambda: None)
+                         revision=lambda: 0, on_change=lambda: None)
     worker.start()
     wait_for(lambda: worker.state != "loading", what="the load to fail")
     with pytest.raises(ModelUnavailable) as refused:
@@ -333,11 +333,10 @@ def test_unknown_answer_mode_is_refused(tmp_path):
         load_config(path)
 
 
-def test_readme_quickstart_on_a_cpu(tmp_path):
+def test_readme_quickstart_on_a_cpu(tmp_path, kbd_home):
     """pip install (done), kbd init, kbd watch add, drop files, kbd daemon, kbd ask: an
     answer with sources from SmolLM2, and every command says the text engine is in use."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "KBD_CONFIG")}
-    env["KBD_HOME"] = str(tmp_path / "kbd")
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}  # KBD_HOME: kbd_home
     logs = tmp_path / "logs"
     logs.mkdir()
 
@@ -350,7 +349,7 @@ def test_readme_quickstart_on_a_cpu(tmp_path):
     kbd("init")
     kbd("watch", "add", str(logs), "--kind", "log")
     write_logs(logs)
-    config = load_config(tmp_path / "kbd" / "config.toml")
+    config = load_config(kbd_home / "config.toml")
     with open(tmp_path / "daemon.log", "wb") as log:
         daemon = subprocess.Popen([sys.executable, "-m", "kbd", "daemon"], env=env,
                                   stdout=log, stderr=subprocess.STDOUT)

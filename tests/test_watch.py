@@ -11,9 +11,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from harness import wait_for
+from support.harness import wait_for
 
-from kbd.watch import StabilityTracker, WatchedFolder, Watcher, folder_for, scan
+from kbd.folders import WatchedFolder, folder_for, scan
+from kbd.watch import StabilityTracker, Watcher
 
 QUIET_S = 0.3
 

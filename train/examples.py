@@ -6,7 +6,7 @@ For a line, a question asks for one of its specifics (an IP, id, user, number, p
 code, time, the error it reports) by the rarer words around it, in paraphrased frames. The
 sources the model reads are chosen as the text engine chooses them: the file is cut into
 passages, ranked by the question's terms, and each passage shows its matching lines through
-kbd.evidence.show (the best passage two lines with a line of context, the next ones one
+kbd.runtime.evidence.show (the best passage two lines with a line of context, the next ones one
 line), numbered [1] to [3] as engines.Evidence.passages numbers them. The target is one short
 answer: the specific, the source's number, and the line's message quoted; "Not found in the
 sources." where no shown line holds the answer: the answer's line taken out of the file (its
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kbd import evidence  # noqa: E402
 from kbd.retrieve import search_terms  # noqa: E402
+from kbd.runtime import evidence  # noqa: E402
 from train import formats  # noqa: E402
 
 NOT_FOUND = "Not found in the sources."

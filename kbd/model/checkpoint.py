@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -25,7 +26,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from kbd.errors import CheckpointError
+from kbd.errors import CheckpointError, InputError
 
 ENCODER, DECODER, QUERY_REASONER = "encoder_adapter", "decoder_adapter", "query_reasoner_adapter"
 # training_stage -> (published name, adapters that stage must carry)
@@ -38,6 +39,7 @@ REQUIRED_FILES = ("config.json", "adapters.pth", "decoder_first_last_layers.pth"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 EMBED, LM_HEAD = "model.embed_tokens.weight", "lm_head.weight"
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -347,3 +349,22 @@ def describe(checkpoint: Checkpoint, fp: str) -> dict:
         "generation_top_k": config.generation_top_k,
         "fingerprint": fp,
     }
+
+
+def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    """The device and dtype to load weights onto, from the config's words ("auto" and names)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("device cuda was asked for, but torch sees no CUDA GPU")
+    if dtype == "auto":
+        return device, torch.float32 if device == "cpu" else torch.bfloat16
+    if dtype not in DTYPES:
+        raise InputError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return device, DTYPES[dtype]
+
+
+def attention_implementation(device: str) -> str:
+    if device.startswith("cuda") and find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"

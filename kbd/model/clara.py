@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -31,10 +30,12 @@ from kbd.model.checkpoint import (
     ENCODER,
     QUERY_REASONER,
     Checkpoint,
+    attention_implementation,
     check_base_shape,
     describe,
     fingerprint,
     load_tokenizer,
+    pick_device,
     read_base_config,
     read_checkpoint,
     resolve_base,
@@ -57,7 +58,6 @@ PARAPHRASE_SYSTEM = (
 LORA_SCALE = 2.0  # lora_alpha / r: alpha = 2r in every published checkpoint
 PROMPT_MAX_TOKENS = 1024  # the authors truncate decoder prompts here
 RANK_CHUNK_ROWS = 2048  # rows of memory turned to float32 at once while ranking
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -135,24 +135,6 @@ def install_lora(model: nn.Module, checkpoint: Checkpoint) -> list[LoraLinear]:
         if DECODER in layer.names:
             layer.merge(DECODER, others)
     return list(layers.values())
-
-
-def pick_device(device: str, dtype: str) -> tuple[str, torch.dtype]:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("device cuda was asked for, but torch sees no CUDA GPU")
-    if dtype == "auto":
-        return device, torch.float32 if device == "cpu" else torch.bfloat16
-    if dtype not in DTYPES:
-        raise InputError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
-    return device, DTYPES[dtype]
-
-
-def attention_implementation(device: str) -> str:
-    if device.startswith("cuda") and find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
 
 
 def memory_to_bytes(memory: torch.Tensor) -> bytes:

@@ -1,18 +1,18 @@
 """Greedy decoding from a static key/value cache, each step replayed as one CUDA graph.
 
 transformers' generate() launches about a thousand kernels a token from Python and grows its
-cache as it goes; on an H100 that holds a 7B model near 40 tokens/s against a memory-bandwidth
-floor near 220. Here the prompt runs once (prefill) into preallocated key/value buffers, and
-every later token is one replay of a recorded graph: embed, every layer, norm, logits, greedy
-pick, with the step counters kept on the GPU, so the host looks at the result only every few
-steps to see whether every sequence has ended.
+cache as it goes, so a 7B model decodes far below the rate at which the GPU can read its
+weights (docs/performance.md). Here the prompt runs once (prefill) into preallocated key/value
+buffers, and every later token is one replay of a recorded graph: embed, every layer, norm,
+logits, greedy pick, with the step counters kept on the GPU, so the host looks at the result
+only every few steps to see whether every sequence has ended.
 
 Works for Llama-shaped decoders with SiLU MLPs (Mistral, Llama, Qwen2): the layers' own norms
 and the model's rotary embedding are called as they are; the products read the base weights,
-the decoder adapter merged into them, q/k/v and gate/up fused, through kbd/model/gemv.py (one
-kernel a product for a single question); attention over the cache is written here. The
-output equals generate()'s greedy output: same positions for left-padded prompts, same
-min_new_tokens rule, pads after the end.
+the decoder adapter merged into them, q/k/v and gate/up fused, through
+kbd/model/kernels/gemv.py (one kernel a product for a single question); attention over the
+cache is written here. The output equals generate()'s greedy output: same positions for
+left-padded prompts, same min_new_tokens rule, pads after the end.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kbd.model import gemv
+from kbd.model.kernels import gemv
+from kbd.model.kernels.products import rotate
 
 log = logging.getLogger("kbd.model")
 
@@ -116,7 +117,7 @@ def fuse_layers(model) -> list[Fused]:
 def static(t: torch.Tensor) -> torch.nn.Parameter:
     """The same storage as a Parameter: torch.compile keeps a Parameter's sizes as constants
     where other tensors get symbolic ones, so kernels are not indexed by a weight's symbolic
-    row stride (the q/k/v kernel: 12-14 -> 11 ms a batch of 8 layers, bench/NOTES.md)."""
+    row stride, which made the q/k/v kernel slower."""
     return t if isinstance(t, torch.nn.Parameter) else torch.nn.Parameter(t, requires_grad=False)
 
 
@@ -124,7 +125,7 @@ def compiled(fn):
     """torch.compile for every shape kbd meets, with only batch and length symbolic.
     - Plain numbers are constants: with dynamic=True torch.compile otherwise takes the model's
       sizes (heads, head size, MLP width, from Dims) and scales as inputs, and the elementwise
-      kernels indexed by them ran ten times slower (64-bit division by a runtime value).
+      kernels indexed by them ran many times slower (64-bit division by a runtime value).
     - Duck sizing is off: with it a length that happens to equal a model dimension (a cache of
       128 and the head size, 128) is fixed into the compiled code, and the next length
       compiles again, for half a minute, while a question waits."""
@@ -135,13 +136,6 @@ def compiled(fn):
     dynamo_config.specialize_int = True
     dynamo_config.specialize_float = True
     return torch.compile(fn, dynamic=True)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of x [b, heads, t, hd] with cos, sin [b, t, hd]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
 
 
 @dataclass

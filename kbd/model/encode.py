@@ -8,7 +8,7 @@ out what a full forward through transformers spends on results nobody reads:
   states are read; no vocabulary logits at all;
 - q/k/v and gate/up are one matrix product each, on the decoder's fused weights; on a Hopper
   GPU, where the adapter is in the weights, one kernel computes each and finishes its work in
-  the epilogue (kbd/model/products.py): the rotary embedding of q and k, SiLU(gate)·up;
+  the epilogue (kbd/model/kernels/products.py): the rotary embedding of q and k, SiLU(gate)·up;
 - there the norm before each is folded into it: the norm's weight into the weight's copy, and
   each row's 1/RMS into the epilogue, so the products read the residual stream itself and no
   normed copy of it is written (a 64-passage batch's stream is 141 MB);
@@ -16,7 +16,7 @@ out what a full forward through transformers spends on results nobody reads:
   residual stream in their own epilogue;
 - an adapter is added to the output (x Aᵀ Bᵀ) for a small batch, such as questions, and to a
   copy of the weight for a large one, compression, where that moves less memory
-  (kbd/model/merge.py);
+  (kbd/model/kernels/merge.py);
 - a call of several batches runs layer by layer: each layer's weights get the adapter once
   for all of its batches (up to WAVE_BYTES of their states), not once a batch;
 - each batch is tokenized, and its ids sent through pinned memory without a wait, while the
@@ -31,8 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kbd.model import merge, products
-from kbd.model.decode import Dims, Fused, compiled, rotate, static, unwrapped
+from kbd.model.decode import Dims, Fused, compiled, static, unwrapped
+from kbd.model.kernels import merge, products
+from kbd.model.kernels.products import rotate
 
 # rows (tokens) of a call from which an adapter is added to the weights rather than the
 # outputs: per layer that costs a pass over its weights against ~250 KB of outputs a row

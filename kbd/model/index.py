@@ -11,7 +11,7 @@ Rows of a matrix file never change once written, so the index only appends the r
 seen; which rows are candidates for a question is decided outside (the store knows which
 passages are live). Blocks go to the GPU while it has room beside the model's working memory
 (HEADROOM_BYTES); past that they stay in host memory, page-locked, and are streamed in for
-each question: slower (about 0.09 s a question for 100,000 rows on an H100), never refused.
+each question: slower, never refused.
 """
 
 from __future__ import annotations
@@ -115,8 +115,7 @@ class MemoryIndex:
 
     def _allocate(self, rows: int, device: torch.device) -> torch.Tensor:
         """A block's codes. Held in host memory for a GPU, they are page-locked: each question
-        copies them in, and from pageable memory that ran 5 times slower
-        (bench/index_spill.py)."""
+        copies them in, and from pageable memory that copy is several times slower."""
         if device.type == "cpu" and self.device.type == "cuda":
             try:
                 return torch.empty(rows, self.half, dtype=torch.uint8, pin_memory=True)

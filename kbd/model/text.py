@@ -31,8 +31,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from kbd.errors import InputError, KbdError
-from kbd.model.clara import attention_implementation, pick_device
+from kbd.errors import InputError, TextModelError
+from kbd.model.checkpoint import attention_implementation, pick_device
 
 SMOLLM2 = "smollm2"  # SmolLM2-135M-Instruct with kbd's trained answerer adapter
 SMOLLM2_BASE = "smollm2-base"  # the same model as shipped, untrained for kbd's job
@@ -50,10 +50,6 @@ CITED = re.compile(r"(?<=\s)\[\d{1,2}\]")  # "[1]", not the pid in "sshd[24503]"
 SENTENCE_END = re.compile(r"(?<!\b\d)[.!?](?=\s)")
 
 Passage = tuple[int, str, str]  # (the number it is cited by; where from, e.g. "app.log"; text)
-
-
-class TextModelError(KbdError):
-    code = "text-model"
 
 
 @dataclass(frozen=True)

@@ -28,19 +28,16 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Row as Row  # a stored record, as queries return it (ingest holds one)
 from sqlalchemy.exc import OperationalError
 
-from kbd.errors import KbdError
+from kbd.errors import KbdError, StoreError
 from kbd.private import private_fd, private_folder
 
 log = logging.getLogger("kbd.store")
 
 BUSY_TIMEOUT_MS = 30_000
 WRITE_TRIES = 4
-
-
-class StoreError(KbdError):
-    code = "store"
 
 
 def sqlite_url(path: Path) -> str:

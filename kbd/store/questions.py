@@ -55,7 +55,7 @@ def _question(row: Row) -> dict:
 # -- questions -----------------------------------------------------------------------------
 
 def create_question(conn: Connection, **fields) -> int:
-    """Store a standing question (fields as kbd.questions.QuestionSpec names them, already
+    """Store a standing question (fields as kbd.questions.specs.QuestionSpec names them, already
     validated); the ones left out take the column defaults."""
     at = utcnow()
     values = _question_values(fields) | {"created_at": at, "updated_at": at}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from harness import Kbd, Outcome, TinyModel, poll
+from support.harness import Kbd, Outcome, TinyModel, poll
 
 from kbd.errors import KbdError
 

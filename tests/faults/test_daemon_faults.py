@@ -15,7 +15,7 @@ import os
 import signal
 from pathlib import Path
 
-from harness import Kbd, wait_for
+from support.harness import Kbd, wait_for
 
 DEPTH = 1200  # Python's recursion limit is 1,000 frames
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Kbd, Outcome, TinyModel, make_logs, poll, unprivileged_unavailable
+from support.harness import Kbd, Outcome, TinyModel, make_logs, poll, unprivileged_unavailable
 
 OVERFLOWED = "Inotify queue overflowed"
 

@@ -37,7 +37,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from harness import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.harness import (
     Kbd,
     Outcome,
     TinyModel,
@@ -51,15 +53,13 @@ from harness import (
     shared_dir,
     wait_for,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from kbd.errors import KbdError
-from kbd.parsers import ParseError, parse
-from kbd.parsers.html import read_html
-from kbd.parsers.markdown import read_markdown
-from kbd.parsers.rst import read_rst
-from kbd.parsers.text import read_text
+from kbd.ingest.parsers import ParseError, parse
+from kbd.ingest.parsers.html import read_html
+from kbd.ingest.parsers.markdown import read_markdown
+from kbd.ingest.parsers.rst import read_rst
+from kbd.ingest.parsers.text import read_text
 
 EXAMPLE_SECONDS = 5.0  # the most one fuzzed input may take (a PDF stops at 2 s, below)
 EXAMPLE_MEMORY = 64 * 2**20  # the most Python memory one fuzzed input may take
@@ -383,7 +383,7 @@ def slow_clients_hold_their_own(kbd: Kbd, clients: int, out: Outcome) -> None:
 
 
 def stalled_client_is_dropped(kbd: Kbd, out: Outcome) -> None:
-    from kbd.api import REQUEST_DEADLINE_S
+    from kbd.api.server import REQUEST_DEADLINE_S
 
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(REQUEST_DEADLINE_S + 20)
@@ -463,7 +463,7 @@ def replies(data: bytes) -> list[tuple[int, dict]]:
 def test_framing_holds(tmp_path):
     """Each case on the real daemon's socket, as raw bytes: the smuggled request, were it
     read as one, would reply with a stored document."""
-    from kbd.api import REQUEST_DEADLINE_S
+    from kbd.api.server import REQUEST_DEADLINE_S
 
     with Kbd(tmp_path, None, extra='[model]\nengine = "clara"\n') as kbd:
         kbd.start()

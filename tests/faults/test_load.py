@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness import Kbd, Outcome, TinyModel, make_logs, started
+from support.harness import Kbd, Outcome, TinyModel, make_logs, started
 
 SEED_FILES = 20  # ingested before the load starts, so the first questions have sources
 

@@ -23,8 +23,8 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from harness import Kbd, Outcome, TinyModel, parse_page, wait_for
-from receivers import SmtpServer, Webhook
+from support.harness import Kbd, Outcome, TinyModel, parse_page, wait_for
+from support.receivers import SmtpServer, Webhook
 
 from faults.test_injection import outside_fences
 

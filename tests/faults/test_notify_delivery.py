@@ -17,8 +17,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from harness import Kbd, Outcome, TinyModel, make_logs, wait_for
-from receivers import Webhook
+from support.harness import Kbd, Outcome, TinyModel, make_logs, wait_for
+from support.receivers import Webhook
 
 RETRY = "retry_first_s = 0.1\nretry_max_s = 1.0\n"
 

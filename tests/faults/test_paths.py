@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import Kbd, TinyModel, make_logs, unprivileged_unavailable, wait_for
 from sqlalchemy import create_engine, select
+from support.harness import Kbd, TinyModel, make_logs, unprivileged_unavailable, wait_for
 
 from kbd.store.schema import documents, passages
 

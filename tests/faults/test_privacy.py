@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from harness import (
+from support.harness import (
     Kbd,
     Outcome,
     TinyModel,

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from harness import Kbd, make_logs, wait_for
+from support.harness import Kbd, make_logs, wait_for
 
 QUEUED_S = 8.0  # how long a run waits in the queue behind the held-up worker
 MARKER = "zebra-7731 disk quota exceeded on volume 9"

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from harness import Kbd, Outcome, TinyModel, make_logs, poll, wait_for
+from support.harness import Kbd, Outcome, TinyModel, make_logs, poll, wait_for
 
 from kbd.errors import KbdError
 

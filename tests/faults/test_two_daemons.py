@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from harness import Kbd, Outcome, TinyModel, postgresql_database, started
+from support.harness import Kbd, Outcome, TinyModel, postgresql_database, started
 
 EVERY_S = 1
 

@@ -1,0 +1,1 @@
+"""The HTTP layer on the socket: the server, its routes, the client."""

@@ -1,0 +1,109 @@
+"""What every command shares: KbdError turned into a message and an exit code at this edge,
+JSON and source printing, the config, store and daemon client of this run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from kbd.errors import KbdError
+
+EXIT_NOT_RUNNING = 3
+EXIT_UNHEALTHY = 4  # `kbd status`: the daemon runs, but reports a fault
+ASK_SOURCE_FIELDS = ("rank", "passage_id", "path", "lines", "cited_lines", "page", "score",
+                     "in_prompt")  # a source as `kbd ask --json` prints it
+
+
+class NotRunningException(click.ClickException):
+    exit_code = EXIT_NOT_RUNNING
+
+
+def human_errors(func: Callable) -> Callable:
+    """Turn KbdError into a clean message and exit 1 (3 when the daemon is not running);
+    KBD_DEBUG=1 shows the traceback."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except KbdError as e:
+            if os.environ.get("KBD_DEBUG"):
+                raise
+            if e.code == "not-running":
+                raise NotRunningException(str(e)) from e
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+def progress(items: list, label: str):
+    """A progress bar on a terminal; on a pipe or in a log, no bar at all."""
+    return click.progressbar(items, label=label, file=sys.stderr) if sys.stderr.isatty() \
+        else contextlib.nullcontext(items)
+
+
+def print_json(data) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, default=str))
+
+
+def get_config():
+    from kbd.config import load_config
+
+    return load_config(click.get_current_context().find_root().obj)
+
+
+def open_store(config):
+    from kbd.private import private_home
+    from kbd.store import Store
+
+    private_home(config.home)
+    return Store.open(config.database_url, config.memory_dir)
+
+
+def client(config):
+    from kbd.api.client import Client
+
+    return Client(config.socket_path)
+
+
+def write_json(path: Path, data: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    partial.replace(path)  # a reader never sees half a file
+
+
+def print_sources(sources: list[dict]) -> None:
+    """Each source with its cited lines as path:line, or its place when none is cited."""
+    for s in sources:
+        cited = " ".join(f"{s['path']}:{n}" for n in s.get("cited_lines") or [])
+        unread = "" if s.get("in_prompt", True) else ", not read"
+        click.echo(f"[{s['rank']}] {cited or place(s)} ({s['score']:.3f}{unread})")
+
+
+def place(source: dict) -> str:
+    if source.get("lines"):
+        first, last = source["lines"]
+        return f"{source['path']}:{first}" + (f"-{last}" if last != first else "")
+    if source.get("page"):
+        return f"{source['path']} p.{source['page']}"
+    return source["path"]
+
+
+def print_answer(reply: dict, as_json: bool) -> None:
+    sources = [{k: s[k] for k in ASK_SOURCE_FIELDS if k in s} for s in reply["sources"]]
+    if as_json:
+        print_json({k: v for k, v in reply.items() if k != "sources"} | {"sources": sources})
+        return
+    if reply["answer"] is not None:
+        click.echo(reply["answer"])
+    else:  # failed or skipped: say why
+        click.echo(f"({reply['status']}" + (f": {reply['error']})" if reply.get("error")
+                                             else ")"))
+    print_sources(sources)

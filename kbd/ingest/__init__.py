@@ -1,0 +1,1 @@
+"""From a file to stored passages: the pipeline, its parsers and the chunker."""

@@ -1,0 +1,1 @@
+"""Standing questions: their specs and the scheduler."""

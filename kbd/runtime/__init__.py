@@ -1,0 +1,1 @@
+"""The model service: the worker queue, engines, compression, answers."""
