@@ -165,7 +165,7 @@ def shown_sources(question: str, log: LogFile):
              for tokens, lower in zip(log.chunk_tokens, log.chunk_lower, strict=True)]
     df = Counter(t for h in holds for t in h)
     n = len(log.chunks)
-    scores = sorted(((sum(math.log(1 + n / (1 + df[t])) for t in h), -i, i)
+    scores = sorted(((sum(math.log(1 + n / (1 + df[t])) for t in sorted(h)), -i, i)
                      for i, h in enumerate(holds) if h), reverse=True)
     top = [i for _, _, i in scores[:TOP_PASSAGES]]
     units = {i: evidence.units("\n".join(log.chunks[i][1]), log.chunks[i][0], None)

@@ -106,7 +106,7 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
     weight = {t: math.log(1 + passages / (1 + frequencies.get(t, 0))) * emphasis(t)
               for t in terms}
     total = sum(weight.values())
-    return sum(weight[t] for t in matched_terms(terms, text)) / total if total else 1.0
+    return sum(weight[t] for t in sorted(matched_terms(terms, text))) / total if total else 1.0
 
 
 def units(text: str, first_line: int | None, numbers: Sequence[int | None] | None) -> list[Line]:
@@ -190,7 +190,9 @@ def grounded(answer: str, best: Line, shown: Sequence[Shown], question: str) -> 
 
 
 def line_weight(text: str, weights: dict[str, float]) -> float:
-    return sum(weights[t] for t in matched_terms(weights, text))
+    # summed in one order: a set's order follows the process's string hashing, and floats
+    # summed in another order can break a tie between lines otherwise
+    return sum(weights[t] for t in sorted(matched_terms(weights, text)))
 
 
 def best_line(shown: Sequence[Shown], weights: dict[str, float]) -> tuple[Shown, Line]:
