@@ -82,18 +82,24 @@ def write_json(path: Path, data: dict) -> None:
 def print_sources(sources: list[dict]) -> None:
     """Each source with its cited lines as path:line, or its place when none is cited."""
     for s in sources:
-        cited = " ".join(f"{s['path']}:{n}" for n in s.get("cited_lines") or [])
+        cited = " ".join(f"{where(s)}:{n}" for n in s.get("cited_lines") or [])
         unread = "" if s.get("in_prompt", True) else ", not read"
         click.echo(f"[{s['rank']}] {cited or place(s)} ({s['score']:.3f}{unread})")
+
+
+def where(source: dict) -> str:
+    """The file: its path, after its node's name when a fleet's ingest node holds it
+    (web-1:/var/log/app.log); a single-host daemon's documents have no node."""
+    return f"{source['node']}:{source['path']}" if source.get("node") else source["path"]
 
 
 def place(source: dict) -> str:
     if source.get("lines"):
         first, last = source["lines"]
-        return f"{source['path']}:{first}" + (f"-{last}" if last != first else "")
+        return f"{where(source)}:{first}" + (f"-{last}" if last != first else "")
     if source.get("page"):
-        return f"{source['path']} p.{source['page']}"
-    return source["path"]
+        return f"{where(source)} p.{source['page']}"
+    return where(source)
 
 
 def print_answer(reply: dict, as_json: bool) -> None:
