@@ -84,11 +84,12 @@ def claim_firing(conn: Connection, job: str, fire_time: datetime, node: str,
     """Claim a firing for this node; None when another node claimed it first."""
     at = utcnow()
     fire_time = to_utc(fire_time, "fire_time")
+    # RETURNING says whether the row went in (rowcount is -1 for an INSERT that returns)
     inserted = conn.execute(_insert(conn)(firings).values(
         job=job, fire_time=fire_time, question_id=question_id, node=node,
         node_started_at=to_utc(node_started_at, "node_started_at"), claimed_at=at)
-        .on_conflict_do_nothing()).rowcount
-    return Claim(job, fire_time, node, at) if inserted == 1 else None
+        .on_conflict_do_nothing().returning(firings.c.job)).first()
+    return Claim(job, fire_time, node, at) if inserted is not None else None
 
 
 def finish_firing(conn: Connection, claim: Claim, answer_id: int | None = None) -> bool:
