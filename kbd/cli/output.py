@@ -17,8 +17,8 @@ from kbd.errors import KbdError
 
 EXIT_NOT_RUNNING = 3
 EXIT_UNHEALTHY = 4  # `kbd status`: the daemon runs, but reports a fault
-ASK_SOURCE_FIELDS = ("rank", "passage_id", "path", "lines", "cited_lines", "page", "score",
-                     "in_prompt")  # a source as `kbd ask --json` prints it
+ASK_SOURCE_FIELDS = ("node", "rank", "passage_id", "path", "lines", "cited_lines", "page", "score",
+                     "in_prompt")  # a source as `kbd ask --json` prints it (node: a fleet's)
 
 
 class NotRunningException(click.ClickException):

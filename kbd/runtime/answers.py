@@ -49,8 +49,9 @@ def answer_json(answer_id: int, reply: Reply, engine: str, model: str | None, ca
 def source_json(source: Cited, place) -> dict:
     """One source as `kbd ask --json` prints it."""
     lines = [place.first_line, place.last_line] if place.first_line is not None else None
-    return {"rank": source.rank, "passage_id": place.id, "node": place.node,
-            "path": place.path, "lines": lines,
-            "cited_lines": source.cited_lines, "page": place.page,
-            "score": round(float(source.score), 6), "in_prompt": source.in_prompt,
-            "text": place.text}
+    # a fleet's ingest node names the file's host; a single host's document has no node
+    node = {"node": place.node} if place.node else {}
+    return node | {"rank": source.rank, "passage_id": place.id, "path": place.path,
+                   "lines": lines, "cited_lines": source.cited_lines, "page": place.page,
+                   "score": round(float(source.score), 6), "in_prompt": source.in_prompt,
+                   "text": place.text}
