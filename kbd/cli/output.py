@@ -64,7 +64,9 @@ def open_store(config):
     from kbd.store import Store
 
     private_home(config.home)
-    return Store.open(config.database_url, config.memory_dir)
+    # a fleet node reads and writes its own documents (docs/fleet.md)
+    node = config.node.node_name if config.node.fleet else ""
+    return Store.open(config.database_url, config.memory_dir, node)
 
 
 def client(config):
