@@ -303,10 +303,16 @@ class Scheduler:
                         "answers (logged once for this question)", question_id)
 
     def _record_skips(self, question_id: int) -> None:
-        """One `skipped` answer for the firings skipped since the last one."""
+        """One `skipped` answer for the firings skipped since the last one. In a fleet a
+        firing this node skips is left to the other nodes, which may well run it: it is
+        logged, not recorded (a firing no node ran is a gap in the `firings` table)."""
         with self._lock:
             skipped = self._skipped.pop(question_id, None)
         if skipped is None:
+            return
+        if self.node is not None:
+            log.info("question %d: %s on this node, left to the other nodes", question_id,
+                     skipped.reason())
             return
 
         def record(conn) -> None:
