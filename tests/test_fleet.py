@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, select, text
 from support.harness import Kbd, make_logs, postgresql_database, wait_for
 
 from kbd.config import load_config
-from kbd.errors import ConfigError, StoreError
+from kbd.errors import ConfigError, KbdError, StoreError
 from kbd.store import Store
 from kbd.store import fleet as fl
 from kbd.store import queries as q
@@ -91,6 +91,26 @@ def test_one_path_on_two_nodes_is_two_documents(fleet_url, tmp_path):
             store.close()
 
 
+def test_nodes_share_a_store_that_a_single_host_daemon_holds_alone(fleet_url, tmp_path):
+    def opened(owner, node=None):
+        store = Store(fleet_url, tmp_path / "m")
+        store.claim(owner, node=node)
+        return store
+
+    web1, web2 = opened("pid 1", "web-1"), opened("pid 2", "web-2")
+    with pytest.raises(StoreError, match="node 'web-1' already runs on the store.*pid 1"):
+        opened("pid 3", "web-1")
+    with pytest.raises(StoreError, match="in use by") as refused:
+        opened("pid 4")  # role all: the whole store
+    assert refused.value.code == "already-running"
+    web1.close()
+    web2.close()
+    alone = opened("pid 5")
+    with pytest.raises(StoreError, match="in use by pid 5"):
+        opened("pid 6", "web-1")
+    alone.close()
+
+
 def test_a_firing_is_claimed_once_and_a_dead_claim_is_taken_over(fleet_url, tmp_path):
     store = Store.open(fleet_url, tmp_path / "m", node="gpu-1")
     try:
@@ -119,6 +139,40 @@ def test_a_firing_is_claimed_once_and_a_dead_claim_is_taken_over(fleet_url, tmp_
         assert not store.write(lambda conn: fl.finish_firing(conn, first, 7))
         assert store.write(lambda conn: fl.finish_firing(conn, mine, 7))
         assert not store.write(lambda conn: fl.finish_firing(conn, mine, 8))
+    finally:
+        store.close()
+
+
+def test_an_answer_to_a_claim_taken_over_is_not_recorded(fleet_url, tmp_path):
+    """A node that wakes after its claim was taken over (SIGSTOP past its heartbeats) writes
+    no stale answer: the answer and the firing's end are one transaction."""
+    from datetime import UTC, datetime
+
+    from kbd.runtime.answers import record
+    from kbd.runtime.engines import Reply
+
+    store = Store.open(fleet_url, tmp_path / "m", node="gpu-1")
+    try:
+        at = store.write(lambda conn: fl.upsert_node(
+            conn, "gpu-1", role="model", version="x", schema_revision="0011", pid=1,
+            heartbeat_s=3.0))
+        fire = datetime(2026, 1, 1, tzinfo=UTC)
+        mine = store.write(lambda conn: fl.claim_firing(conn, "question-1", fire, "gpu-1", at))
+        store.write(lambda conn: fl.release_firing(conn, mine))  # as if it went silent
+        with store.read() as conn:
+            (dead,) = fl.dead_claims(conn)
+        assert store.write(lambda conn: fl.take_over(conn, dead, "gpu-2", at)) is not None
+
+        def answer(claim):
+            return record(store, question_id=None, question="q", started=fire, engine="text",
+                          model=None, candidates=0, reply=Reply("a", []), error=None,
+                          through=None, firing=claim)
+        with pytest.raises(KbdError) as stale:
+            answer(mine)
+        assert stale.value.code == "stale-claim"
+        with store.read() as conn:
+            assert conn.execute(select(answers.c.id)).all() == []
+            assert [r["node"] for r in fl.firing_rows(conn)] == ["gpu-2"]
     finally:
         store.close()
 
