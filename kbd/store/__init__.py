@@ -267,7 +267,8 @@ class Store:
             else:
                 self._lock(conn, "pg_try_advisory_lock_shared", CLAIM_KEY, "")
                 self._lock(conn, "pg_try_advisory_lock", lock_key(f"kbd node {node}"), node)
-        except StoreError:
+        except StoreError:  # a lock taken before the refusal goes with it
+            conn.execute(text("SELECT pg_advisory_unlock_all()"))
             conn.close()
             raise
         conn.commit()  # the lock belongs to the session: keep it, not an open transaction

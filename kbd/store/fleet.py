@@ -29,13 +29,21 @@ def _insert(conn: Connection):
     return postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
 
 
+def db_now(conn: Connection) -> datetime:
+    """The database server's clock on PostgreSQL: heartbeats written and read on different
+    hosts are compared on one clock, whatever the hosts' own clocks say."""
+    if conn.dialect.name == "postgresql":
+        return as_utc(conn.execute(select(func.now())).scalar_one())
+    return utcnow()
+
+
 # -- nodes ---------------------------------------------------------------------------------
 
 def upsert_node(conn: Connection, name: str, *, role: str, version: str, schema_revision: str,
                 pid: int, heartbeat_s: float) -> datetime:
     """This node starts (again): its row, with a new started_at, which ends the claims it
     made in an earlier life. Returns started_at."""
-    at = utcnow()
+    at = db_now(conn)
     values = {"role": role, "version": version, "schema_revision": schema_revision, "pid": pid,
               "started_at": at, "heartbeat_at": at, "heartbeat_s": heartbeat_s}
     statement = _insert(conn)(nodes).values(name=name, **values)
@@ -48,13 +56,13 @@ def heartbeat(conn: Connection, name: str, backlog: int | None) -> None:
     count = (select(func.count()).where(documents.c.node == name,
                                         documents.c.deleted_at.is_(None)).scalar_subquery())
     conn.execute(update(nodes).where(nodes.c.name == name)
-                 .values(heartbeat_at=utcnow(), backlog=backlog, documents=count))
+                 .values(heartbeat_at=db_now(conn), backlog=backlog, documents=count))
 
 
 def list_nodes(conn: Connection, now: datetime | None = None) -> list[dict]:
     """Every node that ever ran on the store, with `silent`: no heartbeat for more than
     SILENT_PERIODS of its periods."""
-    now = now or utcnow()
+    now = now or db_now(conn)
     listed = []
     for row in conn.execute(select(nodes).order_by(nodes.c.name)):
         node = row._asdict()
@@ -112,7 +120,7 @@ def release_firing(conn: Connection, claim: Claim) -> None:
 def dead_claims(conn: Connection, now: datetime | None = None) -> list[Claim]:
     """Claims of firings not done whose node is silent, gone or restarted since the claim,
     oldest first."""
-    now = now or utcnow()
+    now = now or db_now(conn)
     rows = conn.execute(
         select(firings.c.job, firings.c.fire_time, firings.c.node, firings.c.claimed_at,
                firings.c.node_started_at, nodes.c.started_at, nodes.c.heartbeat_at,
