@@ -6,6 +6,7 @@ node name, standing questions answered once per firing across model nodes, and t
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import time
 from datetime import timedelta
@@ -175,6 +176,97 @@ def test_an_answer_to_a_claim_taken_over_is_not_recorded(fleet_url, tmp_path):
             assert [r["node"] for r in fl.firing_rows(conn)] == ["gpu-2"]
     finally:
         store.close()
+
+
+def fake_worker(store: Store, calls: list):
+    """A model worker's submit() that records an answer as the real one does (through
+    runtime.answers.record, with the request's claimed firing) after a short while."""
+    import threading
+    from concurrent.futures import Future
+    from datetime import UTC, datetime
+
+    from kbd.runtime.answers import record
+    from kbd.runtime.engines import Reply
+
+    def submit(request) -> Future:
+        future = Future()
+
+        def answer():
+            time.sleep(0.2)
+            calls.append(request.firing)
+            try:
+                answer_id, _ = record(store, question_id=request.question_id,
+                                      question=request.question, started=datetime.now(UTC),
+                                      engine="text", model=None, candidates=0,
+                                      reply=Reply("a", []), error=None, through=None,
+                                      firing=request.firing)
+                future.set_result({"answer_id": answer_id})
+            except KbdError as e:
+                future.set_exception(e)
+        threading.Thread(target=answer).start()
+        return future
+
+    return submit
+
+
+def test_two_schedulers_run_each_firing_once_and_a_catch_up_claims_the_missed_one(
+        fleet_url, tmp_path, caplog):
+    """Two model nodes' schedulers in one process on one store, a question every second: each
+    firing is claimed by one, answered once; a node starting after a missed firing claims
+    that firing's time, which the node that ran it already holds."""
+    from dataclasses import asdict
+    from datetime import UTC, datetime
+
+    from kbd.questions.scheduler import FleetNode, Scheduler
+    from kbd.questions.specs import QuestionSpec
+    from kbd.store import questions as qs
+
+    caplog.set_level(logging.INFO, "kbd.scheduler")
+    stores, schedulers, calls = [], [], []
+    try:
+        for name in ("gpu-1", "gpu-2"):
+            store = Store.open(fleet_url, tmp_path / name, node=name)
+            at = store.write(lambda conn, name=name: fl.upsert_node(
+                conn, name, role="model", version="x", schema_revision="0011", pid=1,
+                heartbeat_s=3.0))
+            stores.append(store)
+            schedulers.append(Scheduler(store, fake_worker(store, calls),
+                                        node=FleetNode(name, at)))
+        spec = QuestionSpec(text="what failed ?", schedule_kind="interval", interval_s=1)
+        qid = stores[0].write(lambda conn: qs.create_question(conn, **asdict(spec)))
+        for scheduler in schedulers:
+            scheduler.start()
+        time.sleep(4.5)
+        for scheduler in schedulers:
+            scheduler.stop()
+        time.sleep(0.5)  # runs in flight finish
+        with stores[0].read() as conn:
+            rows = fl.firing_rows(conn, f"question-{qid}")
+            recorded = [a["id"] for a in qs.answers(conn, qid, limit=None)]
+        assert len(rows) >= 3 and all(r["done_at"] for r in rows), rows
+        assert sorted(r["answer_id"] for r in rows) == sorted(recorded)
+        assert len(calls) == len(rows)  # no firing was even run twice
+        # a third node starting now would catch up the newest firing: it finds it taken
+        newest = rows[-1]["fire_time"]
+        caplog.clear()  # the two nodes' own skips of it
+        late = Scheduler(stores[1], fake_worker(stores[1], calls),
+                         node=FleetNode("gpu-3", datetime.now(UTC)),
+                         now=lambda: newest + timedelta(seconds=0.5))
+        stores[1].write(lambda conn: qs.update_question(
+            conn, qid, last_run_at=rows[-1]["fire_time"] - timedelta(seconds=1)))
+        late._aps.start()
+        late.sync(qid, catch_up=True)
+        time.sleep(1.0)
+        late.stop()
+        with stores[0].read() as conn:
+            again = fl.firing_rows(conn, f"question-{qid}")
+        assert [r["node"] for r in again[:len(rows)]] == [r["node"] for r in rows]
+        assert "gpu-3" not in {r["node"] for r in again[:len(rows)]}
+        assert (f"question-{qid} firing at {newest:%H:%M:%S}: claimed by another node, "
+                "skipped") in caplog.text
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_older_code_refuses_a_newer_store(fleet_url, tmp_path):

@@ -101,10 +101,10 @@ class FiringJob:
 
 class FiringExecutor(ThreadPoolExecutor):
     """Runs jobs that take a fire_time keyword with the time they fire at (the last one of
-    a coalesced run)."""
+    a coalesced run); one that names its own (a catch-up run: the missed firing) keeps it."""
 
     def _do_submit_job(self, job, run_times):
-        if "fire_time" in job.kwargs and run_times:
+        if job.kwargs.get("fire_time", False) is None and run_times:
             job = FiringJob(job, run_times[-1])
         super()._do_submit_job(job, run_times)
 
