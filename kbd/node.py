@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -18,6 +19,7 @@ from kbd.store import Store, fleet
 log = logging.getLogger("kbd.node")
 
 HEARTBEAT_S = 3.0
+BACKLOG_EVERY_S = 30.0  # the backlog is counted this often (a count over every passage)
 
 
 class Heartbeat:
@@ -30,6 +32,7 @@ class Heartbeat:
         self.on_beat = on_beat  # the scheduler's take-over of dead claims, on a model node
         self.every_s = every_s
         self.started_at: datetime | None = None
+        self._backlog: tuple[float, int | None] = (float("-inf"), None)  # (counted at, value)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kbd-heartbeat", daemon=True)
 
@@ -56,7 +59,10 @@ class Heartbeat:
         """One heartbeat; a store that fails now shows in `kbd status`, and the next beat
         tries again."""
         try:
-            backlog = self.backlog()
+            counted_at, backlog = self._backlog
+            if time.monotonic() - counted_at >= BACKLOG_EVERY_S:
+                backlog = self.backlog()
+                self._backlog = (time.monotonic(), backlog)
             self.store.write(lambda conn: fleet.heartbeat(conn, self.name, backlog))
             self.on_beat()
         except KbdError as e:

@@ -344,6 +344,10 @@ def test_two_ingest_nodes_and_a_model_node(fleet_url, tmp_path, tiny_model):
             assert "gpu-1: model, alive" in shown.stdout, shown.stdout
         finally:
             web2.proc.send_signal(signal.SIGCONT)
+        assert web2.stop() == 0
+        offline = web2.cli("status")  # no daemon here: the store tells of the others
+        assert offline.returncode == 3, offline.stderr[-2000:]
+        assert "web-1: ingest, alive" in offline.stdout, offline.stdout
         engine.dispose()
 
 

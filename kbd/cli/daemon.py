@@ -103,6 +103,11 @@ def offline_status(config) -> dict:
             model_state = f"cannot be loaded: {e.message}"
     with store.read() as conn:
         result = q.status(conn, model)
+    if config.node.fleet:  # the other nodes may well be running
+        from kbd.node import fleet_status
+
+        result["fleet"] = {"node": config.node.node_name, "role": config.node.role,
+                           "nodes": fleet_status(store)}
     return result | {"store": store.safe_url, "engine": config.model.active_engine,
                      "model": model_state}
 
