@@ -288,12 +288,12 @@ class Daemon:
         faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
                   for place, e in list(self.store.faults.items())]
         node = self.config.node
-        fleet = {"node": node.node_name, "role": node.role,
-                 "nodes": fleet_status(self.store)} if node.fleet else None
-        return stored | {"engine": self.model.engine_name, "model": self.model.state,
-                         "store": self.store.safe_url, "healthy": not faults,
-                         "pid": os.getpid(), "faults": faults, "fleet": fleet,
-                         "folders": [str(f.path) for f in self.config.folders]}
+        fleet = {"fleet": {"node": node.node_name, "role": node.role,
+                           "nodes": fleet_status(self.store)}} if node.fleet else {}
+        return stored | fleet | {"engine": self.model.engine_name, "model": self.model.state,
+                                 "store": self.store.safe_url, "healthy": not faults,
+                                 "pid": os.getpid(), "faults": faults,
+                                 "folders": [str(f.path) for f in self.config.folders]}
 
     def _shutdown(self) -> None:
         notify("STOPPING=1")

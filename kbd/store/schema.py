@@ -5,7 +5,8 @@ A passage's memory is keyed by (text hash, model fingerprint), so identical pass
 are compressed once, and re-cutting or moving a file costs no compression when the text is
 the same. Passages of changed or deleted documents are retired (live = false), never deleted
 while an answer may cite them. Each answer, standing or ad hoc, keeps the passages it came
-from (answer_sources); deleting a standing question keeps its answers.
+from (answer_sources); deleting a standing question keeps its answers. In a fleet sharing one
+PostgreSQL store a document is one file at one path on one node (docs/fleet.md).
 """
 
 from __future__ import annotations
