@@ -217,6 +217,8 @@ def test_two_schedulers_run_each_firing_once_and_a_catch_up_claims_the_missed_on
     from dataclasses import asdict
     from datetime import UTC, datetime
 
+    from apscheduler.triggers.interval import IntervalTrigger
+
     from kbd.questions.scheduler import FleetNode, Scheduler
     from kbd.questions.specs import QuestionSpec
     from kbd.store import questions as qs
@@ -234,8 +236,11 @@ def test_two_schedulers_run_each_firing_once_and_a_catch_up_claims_the_missed_on
                                         node=FleetNode(name, at)))
         spec = QuestionSpec(text="what failed ?", schedule_kind="interval", interval_s=1)
         qid = stores[0].write(lambda conn: qs.create_question(conn, **asdict(spec)))
+        digests = []
         for scheduler in schedulers:
             scheduler.start()
+            scheduler.add_job(lambda: digests.append(1), IntervalTrigger(
+                seconds=1, start_date=datetime(2026, 1, 1, tzinfo=UTC)), "digest")
         time.sleep(4.5)
         for scheduler in schedulers:
             scheduler.stop()
@@ -246,6 +251,10 @@ def test_two_schedulers_run_each_firing_once_and_a_catch_up_claims_the_missed_on
         assert len(rows) >= 3 and all(r["done_at"] for r in rows), rows
         assert sorted(r["answer_id"] for r in rows) == sorted(recorded)
         assert len(calls) == len(rows)  # no firing was even run twice
+        with stores[0].read() as conn:
+            written = fl.firing_rows(conn, "digest")
+        assert len(written) >= 3 and all(r["done_at"] for r in written), written
+        assert len(digests) == len(written)  # each digest firing written once
         # a third node starting now would catch up the newest firing: it finds it taken
         newest = rows[-1]["fire_time"]
         caplog.clear()  # the two nodes' own skips of it
