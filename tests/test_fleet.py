@@ -87,6 +87,15 @@ def test_one_path_on_two_nodes_is_two_documents(fleet_url, tmp_path):
                 assert [d.node for d in q.live_documents(conn)] == [name]
                 q.record_failure(conn, "/var/log/bad.log", "parse", "x", name, None, None)
                 assert q.failure_for(conn, "/var/log/bad.log").message == name
+        with stores["web-1"].read() as conn:  # a digest lists each with its node
+            from datetime import UTC, datetime
+
+            from kbd.store.digests import ingest_activity
+
+            added = ingest_activity(conn, datetime(2000, 1, 1, tzinfo=UTC),
+                                    datetime(2999, 1, 1, tzinfo=UTC))["added"]["items"]
+        assert sorted((i["node"], i["path"]) for i in added) == [
+            ("web-1", "/var/log/app.log"), ("web-2", "/var/log/app.log")]
     finally:
         for store in stores.values():
             store.close()
