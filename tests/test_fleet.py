@@ -370,9 +370,10 @@ def test_two_ingest_nodes_and_a_model_node(fleet_url, tmp_path, tiny_model):
 
 
 def test_two_model_nodes_answer_each_firing_once(fleet_url, tmp_path, tiny_model):
-    """A standing question every 3 s on two model nodes for about 30 s, one of them killed
-    with kill -9 (mid-run when we catch it there) and started again: every firing is claimed
-    once, answered once, and none is lost while a model node is up."""
+    """A standing question every 3 s on two model nodes for about 40 s, one of them killed
+    with kill -9 (mid-run when we catch it there) and started again, then the other stopped
+    (SIGSTOP) past its heartbeats and woken: every firing is claimed once, answered once, and
+    none is lost while a model node is up."""
     with (Kbd(tmp_path / "w1", tiny_model, extra=fleet_toml(fleet_url, "web-1", "ingest"))
           as web,
           Kbd(tmp_path / "g1", tiny_model, extra=fleet_toml(fleet_url, "gpu-1", "model")) as a,
@@ -400,7 +401,18 @@ def test_two_model_nodes_answer_each_firing_once(fleet_url, tmp_path, tiny_model
         a.stop(signal.SIGKILL)
         time.sleep(2)
         a.start()
-        time.sleep(12)
+        time.sleep(6)
+        # a partition: gpu-2 stopped past its heartbeats (mid-run if we catch it there); its
+        # claim is taken over, and when it wakes its answer to it is not recorded
+        stopped_mid_run = _catch(rows, "gpu-2", 6)
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: {n["name"] for n in a.status()["fleet"]["nodes"]
+                              if n["silent"]} == {"gpu-2"}, timeout=15, what="gpu-2 silent")
+            time.sleep(3)
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        time.sleep(6)
         settled_at = rows()[-1]["fire_time"]
         wait_for(lambda: all(r["done_at"] for r in rows() if r["fire_time"] <= settled_at),
                  timeout=30, what="every firing up to now answered")
@@ -420,8 +432,8 @@ def test_two_model_nodes_answer_each_firing_once(fleet_url, tmp_path, tiny_model
     assert len(fired) >= 8, fired
     # runs not tied to a claimed firing: only ones still in flight when we read
     assert len(runs - set(ids)) <= 2, (sorted(runs - set(ids)), ids)
-    print(f"{len(fired)} firings, caught mid-run: {caught}, taken over: "
-          f"{sum(r['taken_over'] for r in fired)}")
+    print(f"{len(fired)} firings, caught mid-run: killed {caught}, stopped {stopped_mid_run}, "
+          f"taken over: {sum(r['taken_over'] for r in fired)}")
 
 
 def _catch(rows, node: str, timeout: float) -> bool:
