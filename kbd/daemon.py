@@ -297,7 +297,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         notify("STOPPING=1")
-        for name in ("server", "heartbeat", "scheduler", "watcher", "ingest", "model", "sender"):
+        # the heartbeat last but one: a node is marked stopped once its runs have ended
+        for name in ("server", "scheduler", "watcher", "ingest", "model", "heartbeat", "sender"):
             part = getattr(self, name, None)
             if part is None:
                 continue

@@ -50,6 +50,10 @@ class Heartbeat:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        try:
+            self.store.write(lambda conn: fleet.stopped(conn, self.name))
+        except KbdError as e:  # it will look silent instead
+            log.warning("node %s could not record its stop: %s", self.name, e)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -74,8 +78,8 @@ def fleet_status(store: Store) -> list[dict]:
     with store.read() as conn:
         nodes = fleet.list_nodes(conn)
     for node in nodes:
-        for key in ("started_at", "heartbeat_at"):
-            node[key] = node[key].isoformat()
+        for key in ("started_at", "heartbeat_at", "stopped_at"):
+            node[key] = node[key].isoformat() if node[key] else None
     return nodes
 
 

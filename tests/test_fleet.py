@@ -366,6 +366,7 @@ def test_two_ingest_nodes_and_a_model_node(fleet_url, tmp_path, tiny_model):
         offline = web2.cli("status")  # no daemon here: the store tells of the others
         assert offline.returncode == 3, offline.stderr[-2000:]
         assert "web-1: ingest, alive" in offline.stdout, offline.stdout
+        assert "web-2: ingest, stopped" in offline.stdout, offline.stdout
         engine.dispose()
 
 

@@ -77,7 +77,7 @@ def print_fleet(fleet: dict) -> None:
     click.echo(f"node: {fleet['node']} ({fleet['role']})")
     total = sum(n["documents"] or 0 for n in fleet["nodes"]) or 1
     for n in fleet["nodes"]:
-        state = "SILENT" if n["silent"] else "alive"
+        state = "stopped" if n.get("stopped_at") else "SILENT" if n["silent"] else "alive"
         share = (f"{n['documents'] or 0} documents ({100 * (n['documents'] or 0) / total:.0f}%)"
                  if n["role"] == "ingest" else f"backlog {n['backlog']}")
         click.echo(f"  {n['name']}: {n['role']}, {state}, heartbeat {n['heartbeat_age_s']:g} s "

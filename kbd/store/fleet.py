@@ -45,7 +45,8 @@ def upsert_node(conn: Connection, name: str, *, role: str, version: str, schema_
     made in an earlier life. Returns started_at."""
     at = db_now(conn)
     values = {"role": role, "version": version, "schema_revision": schema_revision, "pid": pid,
-              "started_at": at, "heartbeat_at": at, "heartbeat_s": heartbeat_s}
+              "started_at": at, "heartbeat_at": at, "heartbeat_s": heartbeat_s,
+              "stopped_at": None}
     statement = _insert(conn)(nodes).values(name=name, **values)
     conn.execute(statement.on_conflict_do_update(index_elements=["name"], set_=values))
     return at
@@ -59,18 +60,23 @@ def heartbeat(conn: Connection, name: str, backlog: int | None) -> None:
                  .values(heartbeat_at=db_now(conn), backlog=backlog, documents=count))
 
 
+def stopped(conn: Connection, name: str) -> None:
+    """The node stopped as asked: `kbd status` says so instead of calling it silent."""
+    conn.execute(update(nodes).where(nodes.c.name == name).values(stopped_at=db_now(conn)))
+
+
 def list_nodes(conn: Connection, now: datetime | None = None) -> list[dict]:
     """Every node that ever ran on the store, with `silent`: no heartbeat for more than
-    SILENT_PERIODS of its periods."""
+    SILENT_PERIODS of its periods, and not stopped as asked (`stopped_at`)."""
     now = now or db_now(conn)
     listed = []
     for row in conn.execute(select(nodes).order_by(nodes.c.name)):
         node = row._asdict()
-        for name in ("started_at", "heartbeat_at"):
+        for name in ("started_at", "heartbeat_at", "stopped_at"):
             node[name] = as_utc(node[name])
         age = (now - node["heartbeat_at"]).total_seconds()
         node["heartbeat_age_s"] = round(age, 1)
-        node["silent"] = age > SILENT_PERIODS * node["heartbeat_s"]
+        node["silent"] = node["stopped_at"] is None and age > SILENT_PERIODS * node["heartbeat_s"]
         listed.append(node)
     return listed
 
@@ -124,12 +130,13 @@ def dead_claims(conn: Connection, now: datetime | None = None) -> list[Claim]:
     rows = conn.execute(
         select(firings.c.job, firings.c.fire_time, firings.c.node, firings.c.claimed_at,
                firings.c.node_started_at, nodes.c.started_at, nodes.c.heartbeat_at,
-               nodes.c.heartbeat_s)
+               nodes.c.heartbeat_s, nodes.c.stopped_at)
         .join(nodes, nodes.c.name == firings.c.node, isouter=True)
         .where(firings.c.done_at.is_(None)).order_by(firings.c.fire_time))
     dead = []
     for r in rows:
-        gone = r.started_at is None or as_utc(r.started_at) > as_utc(r.node_started_at)
+        gone = (r.started_at is None or r.stopped_at is not None
+                or as_utc(r.started_at) > as_utc(r.node_started_at))
         silent = r.heartbeat_at is not None and (now - as_utc(r.heartbeat_at)) > timedelta(
             seconds=SILENT_PERIODS * r.heartbeat_s)
         if gone or silent:

@@ -258,6 +258,7 @@ nodes = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_s", Float, nullable=False),  # its period: silent after 3 missed
+    Column("stopped_at", DateTime(timezone=True)),  # stopped as asked, not silent
     Column("backlog", BigInteger),  # passages waiting for compression, as it last saw them
     Column("documents", BigInteger),  # live documents of this node
 )

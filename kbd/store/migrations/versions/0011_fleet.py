@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("started_at", TS, nullable=False),
         sa.Column("heartbeat_at", TS, nullable=False),
         sa.Column("heartbeat_s", sa.Float, nullable=False),
+        sa.Column("stopped_at", TS),
         sa.Column("backlog", sa.BigInteger),
         sa.Column("documents", sa.BigInteger),
         sa.PrimaryKeyConstraint("name", name="pk_nodes"),
