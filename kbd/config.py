@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
@@ -56,6 +58,29 @@ class SchedulerConfig:
     misfire_grace_s: int = 3600  # runs missed while kbd was down are made up this late
     reports_dir: Path | None = None  # digests; default <home>/reports
     digest_notify: tuple[str, ...] = ()  # [notify.NAME] channels each digest is sent to
+
+
+ROLES = ("all", "ingest", "model")
+FLEET_ROLES = ("ingest", "model")  # roles that share a PostgreSQL store with other nodes
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """This daemon's place in a fleet of daemons sharing one PostgreSQL store (docs/fleet.md).
+    role all is one daemon doing everything, the single-host default; ingest watches and
+    ingests (no model); model compresses, answers and runs the standing questions."""
+
+    name: str = ""  # empty: this machine's host name
+    role: str = "all"  # all | ingest | model
+
+    @property
+    def node_name(self) -> str:
+        return self.name or socket.gethostname().split(".")[0][:63] or "localhost"
+
+    @property
+    def fleet(self) -> bool:
+        return self.role in FLEET_ROLES
 
 
 CHANNEL_TYPES = ("webhook", "email", "command")
@@ -122,6 +147,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     folders: tuple[WatchedFolder, ...] = ()
     notify: tuple[NotifyChannel, ...] = ()
+    node: NodeConfig = field(default_factory=NodeConfig)
     source: Path | None = None  # the file it was read from
 
     def channel(self, name: str) -> NotifyChannel | None:
@@ -265,7 +291,7 @@ def load_config(path: Path | None = None) -> Config:
             raise ConfigError(f"{path}: not valid TOML ({e})") from e
     where = str(path)
     unknown = set(raw) - {"home", "store", "model", "ingest", "server", "scheduler", "folders",
-                          "notify"}
+                          "notify", "node"}
     if unknown:
         raise ConfigError(f"{where}: unknown section or key {sorted(unknown)[0]!r}")
     store = raw.get("store", {})
@@ -302,9 +328,12 @@ def load_config(path: Path | None = None) -> Config:
         if name not in {c.name for c in notify}:
             raise ConfigError(f"{where}: scheduler.digest_notify names {name!r}, which is no "
                               "[notify.NAME] channel", hint=_channel_hint(notify))
+    store_url = store.get("url", "")
+    node = _node(raw.get("node", {}), store_url, where)
     return Config(
         home=Path(raw["home"]).expanduser() if "home" in raw else default_home(),
-        store_url=store.get("url", ""),
+        store_url=store_url,
+        node=node,
         model=model,
         ingest=ingest,
         server=_build(ServerConfig, raw.get("server", {}), "server"),
@@ -313,6 +342,28 @@ def load_config(path: Path | None = None) -> Config:
         notify=notify,
         source=path if path.exists() else None,
     )
+
+
+def _node(raw, store_url: str, where: str) -> NodeConfig:
+    """[node]: a role kbd knows, a name that can stand before a path in a source
+    (web-1:/var/log/app.log:120), and a fleet role only on PostgreSQL."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: node must be a table [node]")
+    node = _build(NodeConfig, raw, "node")
+    if node.role not in ROLES:
+        raise ConfigError(f"{where}: node.role must be {', '.join(ROLES)}, got {node.role!r}",
+                          hint="all: one daemon does everything (the default); ingest: watch "
+                               "and ingest; model: compress, answer, run standing questions")
+    if node.name and not NODE_NAME.fullmatch(node.name):
+        raise ConfigError(f"{where}: node.name must be a short name (letters, digits, '.', "
+                          f"'_', '-', at most 63, no ':' or '/'), got {node.name!r}",
+                          hint="leave it out to use this machine's host name")
+    if node.fleet and not store_url.startswith("postgresql"):
+        raise ConfigError(f"{where}: node.role = {node.role!r} needs a shared PostgreSQL "
+                          "store, and this one is SQLite",
+                          hint="SQLite is one host's store: set [store] url to a postgresql "
+                               "URL, or leave node.role out (all)")
+    return node
 
 
 def _channel_hint(channels: Iterable[NotifyChannel]) -> str:

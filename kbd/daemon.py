@@ -9,6 +9,10 @@ store; SIGHUP reloads the config's watched folders. Under systemd (Type=notify) 
 READY=1 once the model is loaded (or known to be absent), STATUS= lines with the document
 count and backlog, and pings the watchdog. A second daemon on the same data refuses to start
 and names the first one's pid.
+
+In a fleet on one PostgreSQL store ([node] role, docs/fleet.md) an ingest node builds the
+watcher and ingest worker only, a model node the model worker and the scheduler only; each
+claims its node name instead of the whole store, and heartbeats its `nodes` row.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from kbd.api.server import serve
 from kbd.config import Config, check_secrets, check_watchable, load_config
 from kbd.errors import AlreadyRunning, KbdError
 from kbd.ingest.pipeline import Ingester, IngestWorker, Limits
+from kbd.node import Heartbeat, NoModel, NoScheduler, fleet_status
 from kbd.private import private_fd, private_home, write_private
-from kbd.questions.scheduler import Scheduler
+from kbd.questions.scheduler import FleetNode, Scheduler
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.watch import Watcher
@@ -132,23 +137,28 @@ class Daemon:
         from kbd.runtime.worker import ModelWorker
         from kbd.sender import Sender
 
-        self.store = Store.open(config.database_url, config.memory_dir)
-        self.store.claim(f"kbd daemon pid {os.getpid()}")  # one daemon per store, too
-        self.store.write(lambda conn: q.sync_sources(conn, config.folders))
-        self.ingester = Ingester(self.store, self._tokenizer(config),
-                                 Limits.configured(config.ingest))
-        self.model = ModelWorker(config.model, self.store, self.revision, self.revision.bump,
-                                 on_ready=lambda: notify("READY=1"))
-        self.ingest = IngestWorker(self.ingester, config.folders, on_done=self._ingested)
-        self.watcher = Watcher(config.folders, self.ingest.submit,
-                               quiet_s=config.ingest.debounce_s,
-                               rescan_interval_s=config.ingest.rescan_interval_s,
-                               on_rescan=self.ingest.rescan,
-                               max_wait_s=config.ingest.max_wait_s,
-                               on_growing=partial(self.ingest.submit, growing=True))
-        self.ingest.held = self.watcher.tracker.claim
-        self.scheduler = Scheduler(self.store, self.model.submit,
-                                   misfire_grace_s=config.scheduler.misfire_grace_s)
+        node, role = config.node.node_name, config.node.role
+        fleet = config.node.fleet
+        self.store = Store.open(config.database_url, config.memory_dir, node if fleet else "")
+        # one daemon per store, or in a fleet one per node name
+        self.store.claim(f"kbd daemon pid {os.getpid()}" + (f" node {node}" if fleet else ""),
+                         node=node if fleet else None)
+        self.heartbeat = None
+        if fleet:
+            self.heartbeat = Heartbeat(self.store, node, role, backlog=self._backlog,
+                                       on_beat=self._on_beat)
+            self.heartbeat.register()
+        if not fleet:  # the sources table is one host's watched folders
+            self.store.write(lambda conn: q.sync_sources(conn, config.folders))
+        self.model = (NoModel() if role == "ingest" else
+                      ModelWorker(config.model, self.store, self.revision, self.revision.bump,
+                                  on_ready=lambda: notify("READY=1")))
+        self.ingest = self.watcher = None
+        if role != "model":
+            self._start_ingest(config)
+        self.scheduler = NoScheduler() if role == "ingest" else Scheduler(
+            self.store, self.model.submit, misfire_grace_s=config.scheduler.misfire_grace_s,
+            node=FleetNode(node, self.heartbeat.started_at) if fleet else None)
         self.sender = Sender(self.store, config.notify)
         services = Services(store=self.store, submit=self.model.submit, scheduler=self.scheduler,
                             wake_sender=self.sender.wake, config=lambda: self.config,
@@ -158,18 +168,49 @@ class Daemon:
         self.sender.start()
         self.model.start()
         self.scheduler.start()
-        if config.scheduler.digest_cron:
+        if config.scheduler.digest_cron and role != "ingest":
             self.scheduler.add_job(partial(self.write_digest, notify=True),
                                    digest_trigger(config), "digest")
-        self.ingest.start()
-        self.watcher.start()
+        if self.ingest is not None:
+            self.ingest.start()
+            self.watcher.start()
+        if self.heartbeat is not None:
+            self.heartbeat.start()
         if self.model.state != "loading":  # no model to wait for
             notify("READY=1")
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stopping.set())
         signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        log.info("kbd daemon %d: socket %s, store %s, %d folders", os.getpid(),
-                 config.socket_path, self.store.safe_url, len(config.folders))
+        log.info("kbd daemon %d: socket %s, store %s, %d folders%s", os.getpid(),
+                 config.socket_path, self.store.safe_url, len(config.folders),
+                 f", node {node} role {role}" if fleet else "")
+
+    def _start_ingest(self, config: Config) -> None:
+        self.ingester = Ingester(self.store, self._tokenizer(config),
+                                 Limits.configured(config.ingest))
+        self.ingest = IngestWorker(self.ingester, config.folders, on_done=self._ingested)
+        self.watcher = Watcher(config.folders, self.ingest.submit,
+                               quiet_s=config.ingest.debounce_s,
+                               rescan_interval_s=config.ingest.rescan_interval_s,
+                               on_rescan=self.ingest.rescan,
+                               max_wait_s=config.ingest.max_wait_s,
+                               on_growing=partial(self.ingest.submit, growing=True))
+        self.ingest.held = self.watcher.tracker.claim
+
+    def _backlog(self) -> int | None:
+        """The compression backlog a model node sees, for its heartbeat."""
+        model = self.model.backlog_model()
+        if model is None:
+            return None
+        with self.store.read() as conn:
+            return q.backlog_size(conn, model)
+
+    def _on_beat(self) -> None:
+        """Each heartbeat of a node that runs the scheduler: questions changed on other
+        nodes, and firings whose node died."""
+        if isinstance(self.scheduler, Scheduler):
+            self.scheduler.refresh()
+            self.scheduler.take_over_dead()
 
     def _tokenizer(self, config: Config):
         from kbd.model.tokens import PassageTokenizer
@@ -209,7 +250,10 @@ class Daemon:
             log.error("config not reloaded: %s", e)
             return
         self.config = config
-        self.store.write(lambda conn: q.sync_sources(conn, config.folders))
+        if self.ingest is None:
+            return  # a model node watches nothing
+        if not config.node.fleet:
+            self.store.write(lambda conn: q.sync_sources(conn, config.folders))
         self.ingest.folders = tuple(config.folders)
         self.watcher.update(config.folders)
         log.info("config reloaded: %d folders", len(config.folders))
@@ -243,14 +287,18 @@ class Daemon:
             stored["notify"] = notify_status(conn, self.config)
         faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
                   for place, e in list(self.store.faults.items())]
-        return stored | {"engine": self.model.engine_name, "model": self.model.state,
-                         "store": self.store.safe_url, "healthy": not faults,
-                         "pid": os.getpid(), "faults": faults,
-                         "folders": [str(f.path) for f in self.config.folders]}
+        node = self.config.node
+        fleet = {"fleet": {"node": node.node_name, "role": node.role,
+                           "nodes": fleet_status(self.store)}} if node.fleet else {}
+        return stored | fleet | {"engine": self.model.engine_name, "model": self.model.state,
+                                 "store": self.store.safe_url, "healthy": not faults,
+                                 "pid": os.getpid(), "faults": faults,
+                                 "folders": [str(f.path) for f in self.config.folders]}
 
     def _shutdown(self) -> None:
         notify("STOPPING=1")
-        for name in ("server", "scheduler", "watcher", "ingest", "model", "sender"):
+        # the heartbeat last but one: a node is marked stopped once its runs have ended
+        for name in ("server", "scheduler", "watcher", "ingest", "model", "heartbeat", "sender"):
             part = getattr(self, name, None)
             if part is None:
                 continue

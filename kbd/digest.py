@@ -110,12 +110,17 @@ def _place(source: dict) -> str:
     return f"page {page}" if page is not None else ""
 
 
+def node_path(item: dict) -> str:
+    """A path as a report shows it: after its node's name in a fleet (web-1:/var/log/x)."""
+    return f"{item['node']}:{item['path']}" if item.get("node") else item["path"]
+
+
 def _run(answer: dict) -> Run:
     return Run(id=answer["id"], status=answer["status"], change=answer.get("change"),
                text=answer.get("text"), error=answer.get("error"),
                started_at=answer["started_at"], finished_at=answer["finished_at"],
                model=answer.get("model"),
-               sources=[Source(rank=s["rank"], path=s["path"], place=_place(s),
+               sources=[Source(rank=s["rank"], path=node_path(s), place=_place(s),
                                score=s["score"], text=s["text"], live=bool(s["live"]))
                         for s in answer.get("sources", [])])
 
@@ -300,14 +305,14 @@ def to_markdown(d: Digest) -> str:
         listed = d.activity[key]
         if listed["count"]:
             out += [f"### {label} ({listed['count']})", ""]
-            out += [f"- {_md_code(i['path'])} ({_item_detail(key, i)})" for i in listed["items"]]
+            out += [f"- {_md_code(node_path(i))} ({_item_detail(key, i)})" for i in listed["items"]]
             out += [*_md_more(listed["count"], len(listed["items"])), ""]
     failures = d.activity["failures"]
     out += ["## Files that could not be read", ""]
     if not failures["count"]:
         out += ["None.", ""]
     else:
-        out += [f"- {_md_code(f['path'])} — {_md(f['code'])} ({_md(f['stage'])}) — "
+        out += [f"- {_md_code(node_path(f))} — {_md(f['code'])} ({_md(f['stage'])}) — "
                 f"{_md(_one_line(f['message']))}" for f in failures["items"]]
         out += [*_md_more(failures["count"], len(failures["items"])), ""]
     if d.undelivered:
@@ -410,7 +415,7 @@ def _html_activity(activity: dict) -> str:
         listed = activity[key]
         if listed["count"]:
             out.append(f"<h3>{_e(label)} ({listed['count']})</h3><ul>")
-            out += [f'<li><span class="where">{_e(i["path"])}</span> '
+            out += [f'<li><span class="where">{_e(node_path(i))}</span> '
                     f"({_e(_item_detail(key, i))})</li>" for i in listed["items"]]
             out.append(_html_more(listed["count"], len(listed["items"])) + "</ul>")
     out.append("</section>")
@@ -421,7 +426,7 @@ def _html_activity(activity: dict) -> str:
     else:
         out.append("<table><tr><th>File</th><th>Code</th><th>Stage</th><th>Message</th>"
                    "<th>Since</th></tr>")
-        out += [f'<tr><td class="where">{_e(f["path"])}</td><td>{_e(f["code"])}</td>'
+        out += [f'<tr><td class="where">{_e(node_path(f))}</td><td>{_e(f["code"])}</td>'
                 f'<td>{_e(f["stage"])}</td><td>{_e(_one_line(f["message"]))}</td>'
                 f'<td>{_e(_when(f["at"]))}</td></tr>' for f in failures["items"]]
         out.append("</table>")

@@ -319,7 +319,8 @@ def answer_json(answer: dict) -> dict:
         "change": answer["change"], "error": answer["error"], "engine": answer["engine"],
         "model": answer["model"],
         "started_at": answer["started_at"], "finished_at": answer["finished_at"],
-        "sources": [{"rank": s["rank"], "passage_id": s["passage_id"], "path": s["path"],
+        "sources": [({"node": s["node"]} if s.get("node") else {}) | {
+                     "rank": s["rank"], "passage_id": s["passage_id"], "path": s["path"],
                      "lines": [s["first_line"], s["last_line"]]
                      if s["first_line"] is not None else None,
                      "page": s["page"], "score": s["score"]} for s in answer["sources"]],

@@ -44,7 +44,7 @@ def ask(question, top_k, scope, kinds, since, max_new_tokens, as_json) -> None:
         return
     reply = client(get_config()).request("POST", "/ask", body)
     if as_json:
-        sources = [{k: s[k] for k in ASK_SOURCE_FIELDS} for s in reply["sources"]]
+        sources = [{k: s[k] for k in ASK_SOURCE_FIELDS if k in s} for s in reply["sources"]]
         print_json({k: reply[k] for k in ("answer", "status", "engine", "model",
                                           "citations_dropped", "extractive",
                                           "aggregate")}

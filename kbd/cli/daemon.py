@@ -39,6 +39,8 @@ def status(as_json: bool) -> None:
     else:
         click.echo(f"daemon: {result['daemon']}")
         click.echo(f"store: {result['store']}")
+        if result.get("fleet"):
+            print_fleet(result["fleet"])
         click.echo(f"engine: {result['engine']}")
         click.echo(f"model: {result['model']}")
         docs = ", ".join(f"{n} {s}" for s, n in sorted(result["documents"].items())) or "none"
@@ -49,7 +51,8 @@ def status(as_json: bool) -> None:
         if result.get("dense_backlog"):  # the daemon's, with the dense ranker installed
             click.echo(f"dense ranker: {result['dense_backlog']} passages still to embed")
         for f in result["failed_files"]:
-            click.echo(f"failed: {f['path']} ({f['stage']}, {f['code']}): {f['message']}")
+            where = f"{f['node']}:{f['path']}" if f.get("node") else f["path"]
+            click.echo(f"failed: {where} ({f['stage']}, {f['code']}): {f['message']}")
         for f in result.get("faults", []):  # the daemon's; an offline status has none
             click.echo(f"fault: {f['place']}: {f['message']} (hint: {f['hint']})")
         notify = result.get("notify")
@@ -68,6 +71,19 @@ def status(as_json: bool) -> None:
         sys.exit(EXIT_UNHEALTHY)
 
 
+def print_fleet(fleet: dict) -> None:
+    """The nodes sharing the store: role, heartbeat, version, and each one's share of the
+    work (an ingest node's documents, the backlog a model node sees); silent ones marked."""
+    click.echo(f"node: {fleet['node']} ({fleet['role']})")
+    total = sum(n["documents"] or 0 for n in fleet["nodes"]) or 1
+    for n in fleet["nodes"]:
+        state = "stopped" if n.get("stopped_at") else "SILENT" if n["silent"] else "alive"
+        share = (f"{n['documents'] or 0} documents ({100 * (n['documents'] or 0) / total:.0f}%)"
+                 if n["role"] == "ingest" else f"backlog {n['backlog']}")
+        click.echo(f"  {n['name']}: {n['role']}, {state}, heartbeat {n['heartbeat_age_s']:g} s "
+                   f"ago, kbd {n['version']} (schema {n['schema_revision']}), {share}")
+
+
 def offline_status(config) -> dict:
     from kbd.store import queries as q
 
@@ -80,11 +96,18 @@ def offline_status(config) -> dict:
 
         try:
             model = configured_memory_id(config)
+            if config.node.role == "model":  # a fleet's model node keeps its own memory
+                model += f"@{config.node.node_name}"
             model_state = f"{config.model.checkpoint} (memory {model})"
         except KbdError as e:
             model_state = f"cannot be loaded: {e.message}"
     with store.read() as conn:
         result = q.status(conn, model)
+    if config.node.fleet:  # the other nodes may well be running
+        from kbd.node import fleet_status
+
+        result["fleet"] = {"node": config.node.node_name, "role": config.node.role,
+                           "nodes": fleet_status(store)}
     return result | {"store": store.safe_url, "engine": config.model.active_engine,
                      "model": model_state}
 

@@ -38,8 +38,11 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
 
     config = get_config()
     store = open_store(config)
-    store.claim(f"kbd ingest --once pid {os.getpid()}")  # as a daemon does: one writer
-    store.write(lambda conn: q.sync_sources(conn, config.folders))
+    fleet = config.node.fleet  # a fleet node's ingest claims its node name, as its daemon
+    store.claim(f"kbd ingest --once pid {os.getpid()}",  # as a daemon does: one writer
+                node=config.node.node_name if fleet else None)
+    if not fleet:  # the sources table is one host's watched folders
+        store.write(lambda conn: q.sync_sources(conn, config.folders))
     from kbd.model.tokens import PassageTokenizer
 
     ingester = Ingester(store, PassageTokenizer.configured(config.model),
@@ -58,7 +61,7 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
     outcomes["recut"] = ingester.recut()
     compressed = 0
     clara_configured = config.model.active_engine == "clara" and config.model.checkpoint
-    if clara_configured and not no_compress:
+    if clara_configured and not no_compress and config.node.role != "ingest":
         from kbd.runtime.compress import compress_backlog
 
         clara = load_clara(config.model.checkpoint, config.model.base, config.model.device,

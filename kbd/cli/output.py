@@ -17,8 +17,8 @@ from kbd.errors import KbdError
 
 EXIT_NOT_RUNNING = 3
 EXIT_UNHEALTHY = 4  # `kbd status`: the daemon runs, but reports a fault
-ASK_SOURCE_FIELDS = ("rank", "passage_id", "path", "lines", "cited_lines", "page", "score",
-                     "in_prompt")  # a source as `kbd ask --json` prints it
+ASK_SOURCE_FIELDS = ("node", "rank", "passage_id", "path", "lines", "cited_lines", "page", "score",
+                     "in_prompt")  # a source as `kbd ask --json` prints it (node: a fleet's)
 
 
 class NotRunningException(click.ClickException):
@@ -64,7 +64,9 @@ def open_store(config):
     from kbd.store import Store
 
     private_home(config.home)
-    return Store.open(config.database_url, config.memory_dir)
+    # a fleet node reads and writes its own documents (docs/fleet.md)
+    node = config.node.node_name if config.node.fleet else ""
+    return Store.open(config.database_url, config.memory_dir, node)
 
 
 def client(config):
@@ -82,18 +84,24 @@ def write_json(path: Path, data: dict) -> None:
 def print_sources(sources: list[dict]) -> None:
     """Each source with its cited lines as path:line, or its place when none is cited."""
     for s in sources:
-        cited = " ".join(f"{s['path']}:{n}" for n in s.get("cited_lines") or [])
+        cited = " ".join(f"{where(s)}:{n}" for n in s.get("cited_lines") or [])
         unread = "" if s.get("in_prompt", True) else ", not read"
         click.echo(f"[{s['rank']}] {cited or place(s)} ({s['score']:.3f}{unread})")
+
+
+def where(source: dict) -> str:
+    """The file: its path, after its node's name when a fleet's ingest node holds it
+    (web-1:/var/log/app.log); a single-host daemon's documents have no node."""
+    return f"{source['node']}:{source['path']}" if source.get("node") else source["path"]
 
 
 def place(source: dict) -> str:
     if source.get("lines"):
         first, last = source["lines"]
-        return f"{source['path']}:{first}" + (f"-{last}" if last != first else "")
+        return f"{where(source)}:{first}" + (f"-{last}" if last != first else "")
     if source.get("page"):
-        return f"{source['path']} p.{source['page']}"
-    return source["path"]
+        return f"{where(source)} p.{source['page']}"
+    return where(source)
 
 
 def print_answer(reply: dict, as_json: bool) -> None:

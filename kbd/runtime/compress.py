@@ -25,9 +25,11 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def memory_id(clara) -> str:
-    """Memory differs with the weights and with the dtype that computed it."""
-    return f"{clara.fingerprint}.{dtype_name(clara.dtype)}"
+def memory_id(clara, node: str = "") -> str:
+    """Memory differs with the weights and with the dtype that computed it. A fleet's model
+    node keeps its memory rows in a matrix file on its own disk, so its rows are its own:
+    the id names the node (memory vectors shared in the store are not built yet)."""
+    return f"{clara.fingerprint}.{dtype_name(clara.dtype)}" + (f"@{node}" if node else "")
 
 
 def configured_memory_id(config) -> str:
@@ -41,7 +43,7 @@ def configured_memory_id(config) -> str:
 
 
 def open_matrix(store: Store, clara) -> MemoryMatrix:
-    return MemoryMatrix(store.memory_dir, memory_id(clara), (clara.n_mem, clara.hidden),
+    return MemoryMatrix(store.memory_dir, memory_id(clara, store.node), (clara.n_mem, clara.hidden),
                         dtype_name(clara.dtype))
 
 
@@ -62,7 +64,7 @@ class Compressor:
     def __init__(self, store: Store, clara):
         self.store = store
         self.clara = clara
-        self.matrix, self.model = open_matrix(store, clara), memory_id(clara)
+        self.matrix, self.model = open_matrix(store, clara), memory_id(clara, store.node)
         self.pending: Batch | None = None
 
     def step(self, batch_size: int) -> int:

@@ -51,6 +51,7 @@ class AskRequest:
     max_new_tokens: int | None = None  # None: the engine's
     question_id: int | None = None  # a standing question, or None for `kbd ask`
     scheduled: bool = False
+    firing: object | None = None  # a fleet's claimed firing (store.fleet.Claim): answered once
     tokens: queue.Queue | None = None  # streaming: text pieces as they are generated
     future: Future = field(default_factory=Future)
 
@@ -118,7 +119,7 @@ class ModelWorker:
         self._wake.set()
 
     def backlog_model(self) -> str | None:
-        return memory_id(self.clara) if self.clara is not None else None
+        return memory_id(self.clara, self.store.node) if self.clara is not None else None
 
     def _unavailable(self) -> ModelUnavailable:
         """Why questions cannot be answered: no model configured, or it failed to load."""
@@ -273,7 +274,7 @@ class ModelWorker:
             answer_id, places = record(
                 self.store, question_id=request.question_id, question=request.question,
                 started=started, engine=engine, model=model, candidates=candidates,
-                reply=reply, error=error, through=through)
+                reply=reply, error=error, through=through, firing=request.firing)
         except Exception as e:
             request.future.set_exception(e)
             return

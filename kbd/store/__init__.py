@@ -9,11 +9,13 @@ with jittered, capped back-off before the error reaches the caller.
 A write that fails (disk full, database locked or read-only, server gone) raises a StoreError
 that says which in words, and stays in `faults` (shown by `kbd status`) until a write works
 again; callers keep their work and retry it, so a passing fault loses nothing. A daemon
-`claim()`s its store, so a second daemon on the same database refuses to start.
+`claim()`s its store, so a second daemon on the same database refuses to start; in a fleet
+(docs/fleet.md) each node claims its node name instead, and shares the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -74,8 +76,16 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-# one session-level advisory lock key for "a kbd daemon holds this PostgreSQL database"
-CLAIM_KEY = int.from_bytes(hashlib.sha256(b"kbd daemon").digest()[:8], "big", signed=True)
+def lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (bigint) for a name."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+# session-level advisory lock keys: "a kbd daemon holds this PostgreSQL database" (exclusive
+# for a single-host daemon, shared by the nodes of a fleet), and the migrations' (one node
+# upgrades the schema, the others wait and find it done)
+CLAIM_KEY = lock_key("kbd daemon")
+MIGRATE_KEY = lock_key("kbd migrate")
 
 
 def _is_locked(error: OperationalError) -> bool:
@@ -104,8 +114,9 @@ def _problem(error: OperationalError) -> tuple[str, str, str]:
 class Store:
     """Connections to the database, and the folder that holds memory matrices beside it."""
 
-    def __init__(self, url: str, memory_dir: Path):
+    def __init__(self, url: str, memory_dir: Path, node: str = ""):
         self.url = url
+        self.node = node  # the fleet node whose documents this store reads and writes
         self.engine = _make_engine(url)
         self.memory_dir = memory_dir
         self.dialect = self.engine.dialect.name
@@ -114,7 +125,7 @@ class Store:
         self._claim: Connection | int | None = None  # a daemon's hold on the store
 
     @classmethod
-    def open(cls, url: str, memory_dir: Path) -> Store:
+    def open(cls, url: str, memory_dir: Path, node: str = "") -> Store:
         """Connect and bring the schema up to date (a database made by an older kbd upgrades)."""
         database = sqlite_file(url)
         if database is not None:
@@ -122,7 +133,7 @@ class Store:
             # SQLite gives its -wal and -shm the database file's mode: 0600 keeps them private
             os.close(private_fd(database, os.O_RDONLY))
         private_folder(memory_dir)
-        store = cls(url, memory_dir)
+        store = cls(url, memory_dir, node)
         store.migrate()
         return store
 
@@ -131,6 +142,9 @@ class Store:
         config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         try:
             with self.engine.begin() as conn:
+                if self.dialect == "postgresql":  # held to the commit: one node upgrades
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                 {"key": MIGRATE_KEY})
                 self._refuse_newer(conn, ScriptDirectory.from_config(config))
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
@@ -150,6 +164,13 @@ class Store:
                     f"{self.where} was written by a newer kbd (schema revision {revision}, "
                     f"this kbd knows up to {scripts.get_current_head()}): upgrade kbd, or "
                     "give this one another store", code="newer-store")
+
+    @staticmethod
+    def schema_head() -> str:
+        """The newest schema revision this kbd's code knows."""
+        config = AlembicConfig()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        return ScriptDirectory.from_config(config).get_current_head() or ""
 
     @property
     def safe_url(self) -> str:
@@ -185,7 +206,7 @@ class Store:
     def read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
-                conn = conn.execution_options(kbd_read_only=True)
+                conn = conn.execution_options(kbd_read_only=True, kbd_node=self.node)
                 with conn.begin():
                     yield conn
         except OperationalError as e:
@@ -195,8 +216,10 @@ class Store:
         """Run work(conn) in one write transaction; retried when the database is locked."""
         for attempt in range(1, WRITE_TRIES + 1):
             try:
-                with self.engine.begin() as conn:
-                    result = work(conn)
+                with self.engine.connect() as conn:
+                    conn = conn.execution_options(kbd_node=self.node)
+                    with conn.begin():
+                        result = work(conn)
                 self.note_fault("database", None)
                 return result
             except OperationalError as e:
@@ -210,12 +233,16 @@ class Store:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def claim(self, owner: str) -> None:
+    def claim(self, owner: str, node: str | None = None) -> None:
         """Hold the store for one daemon or `kbd ingest --once` until close(): an exclusive
         flock on a file beside a SQLite database (which names the owner), a session advisory
         lock on PostgreSQL (the session's application_name names it). Another claim raises
         StoreError "already-running" naming the holder, so two processes never ingest the
-        same files or run the same jobs at once."""
+        same files or run the same jobs at once.
+
+        A fleet node (PostgreSQL only) claims its `node` name instead: the store lock shared
+        with the other nodes (so no single-host daemon runs beside them, nor they beside it),
+        and an exclusive lock on the name, so two daemons with one node name are refused."""
         if self.dialect == "sqlite":
             if not self.engine.url.database:
                 return  # in memory: no other process can open it
@@ -234,16 +261,34 @@ class Store:
         conn = self.engine.connect()
         conn.execute(text("SELECT set_config('application_name', :owner, false)"),
                      {"owner": owner[:63]})
-        held = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": CLAIM_KEY})
-        if not held.scalar_one():
-            holder = conn.execute(text(
-                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
-                "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
-                "AND l.objid = :low"), {"low": CLAIM_KEY & 0xFFFFFFFF}).scalar()
+        try:
+            if node is None:
+                self._lock(conn, "pg_try_advisory_lock", CLAIM_KEY, "")
+            else:
+                self._lock(conn, "pg_try_advisory_lock_shared", CLAIM_KEY, "")
+                self._lock(conn, "pg_try_advisory_lock", lock_key(f"kbd node {node}"), node)
+        except StoreError:  # a lock taken before the refusal goes with it
+            conn.execute(text("SELECT pg_advisory_unlock_all()"))
             conn.close()
-            raise self._claimed(holder or "unknown")
+            raise
         conn.commit()  # the lock belongs to the session: keep it, not an open transaction
         self._claim = conn
+
+    def _lock(self, conn: Connection, function: str, key: int, node: str) -> None:
+        if conn.execute(text(f"SELECT {function}(:key)"), {"key": key}).scalar_one():
+            return
+        holder = conn.execute(text(
+            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a "
+            "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+            "AND l.objid = :low AND a.pid <> pg_backend_pid()"),
+            {"low": key & 0xFFFFFFFF}).scalar() or "unknown"
+        if node:
+            raise StoreError(f"node {node!r} already runs on the store {self.where} "
+                             f"({holder})",
+                             hint="each daemon of a fleet needs its own [node] name; stop "
+                                  "the other one, or name this one differently",
+                             code="already-running")
+        raise self._claimed(holder)
 
     def _claimed(self, holder: str) -> StoreError:
         return StoreError(f"the store {self.where} is in use by {holder}",
@@ -255,6 +300,10 @@ class Store:
         if isinstance(self._claim, int):
             os.close(self._claim)
         elif self._claim is not None:
+            # at once: the server ends a closed session's locks a moment later (a server
+            # that is gone took the locks with it)
+            with contextlib.suppress(OperationalError):
+                self._claim.execute(text("SELECT pg_advisory_unlock_all()"))
             self._claim.invalidate()  # ends the session, and with it the advisory lock
         self._claim = None
         self.engine.dispose()

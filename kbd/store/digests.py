@@ -27,10 +27,17 @@ def _within(column, since: datetime, until: datetime) -> list:
 
 def _listed(conn: Connection, where: list, at_column, limit: int) -> dict:
     count = conn.execute(select(func.count()).select_from(documents).where(*where)).scalar_one()
-    rows = conn.execute(select(documents.c.path, documents.c.kind, documents.c.rotations,
+    rows = conn.execute(select(documents.c.node, documents.c.path, documents.c.kind,
+                               documents.c.rotations,
                                at_column.label("at"))
                         .where(*where).order_by(documents.c.path, documents.c.id).limit(limit))
-    return {"count": count, "items": [r._asdict() | {"at": as_utc(r.at)} for r in rows]}
+    return {"count": count, "items": [_item(r) for r in rows]}
+
+
+def _item(row) -> dict:
+    """A listed row; its node only in a fleet (a single host's documents have none)."""
+    return {k: v for k, v in row._asdict().items() if k != "node" or v} | {
+        "at": as_utc(row.at)}
 
 
 def ingest_activity(conn: Connection, since: datetime, until: datetime,
@@ -41,7 +48,8 @@ def ingest_activity(conn: Connection, since: datetime, until: datetime,
     since, until = to_utc(since, "since"), to_utc(until, "until")
     c = documents.c
     failed = conn.execute(select(func.count()).select_from(failures)).scalar_one()
-    failed_rows = conn.execute(select(failures.c.path, failures.c.stage, failures.c.code,
+    failed_rows = conn.execute(select(failures.c.node, failures.c.path, failures.c.stage,
+                                      failures.c.code,
                                       failures.c.message, failures.c.at)
                                .order_by(failures.c.path).limit(limit))
     return {
@@ -53,8 +61,7 @@ def ingest_activity(conn: Connection, since: datetime, until: datetime,
         # after it do
         "rotated": _listed(conn, [c.rotations > 0, *_within(c.changed_at, since, until)],
                            c.changed_at, limit),
-        "failures": {"count": failed, "items": [r._asdict() | {"at": as_utc(r.at)}
-                                                for r in failed_rows]},
+        "failures": {"count": failed, "items": [_item(r) for r in failed_rows]},
     }
 
 

@@ -1,4 +1,9 @@
-"""Every query kbd runs, as small functions over a Connection inside the caller's transaction."""
+"""Every query kbd runs, as small functions over a Connection inside the caller's transaction.
+
+A document is found by (node, path): the connection carries the node it works for
+(Store.read and Store.write set it, node_of() reads it), "" for a single-host daemon, so
+/var/log/app.log of web-1 and of web-2 are two documents and an ingest node never sees,
+changes or retires another node's files."""
 
 from __future__ import annotations
 
@@ -14,6 +19,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from kbd.store.schema import documents, failures, memories, passages, sources
+
+
+def node_of(conn: Connection) -> str:
+    """The fleet node this connection works for ("" on a single host)."""
+    return conn.get_execution_options().get("kbd_node", "")
 
 
 def utcnow() -> datetime:
@@ -98,19 +108,22 @@ def active_sources(conn: Connection) -> list[Row]:
 # -- documents -----------------------------------------------------------------------------
 
 def live_document(conn: Connection, path: str) -> Row | None:
-    return conn.execute(select(documents).where(documents.c.path == path,
+    return conn.execute(select(documents).where(documents.c.node == node_of(conn),
+                                                documents.c.path == path,
                                                 documents.c.deleted_at.is_(None))).first()
 
 
 def documents_with_identity(conn: Connection, device: int, inode: int) -> list[Row]:
     """Live or deleted documents last seen with this (device, inode), newest first."""
     return list(conn.execute(
-        select(documents).where(documents.c.device == device, documents.c.inode == inode)
+        select(documents).where(documents.c.node == node_of(conn), documents.c.device == device,
+                                documents.c.inode == inode)
         .order_by(documents.c.deleted_at.is_not(None), documents.c.changed_at.desc())))
 
 
 def live_documents(conn: Connection, under: str | None = None) -> list[Row]:
-    query = select(documents).where(documents.c.deleted_at.is_(None))
+    query = select(documents).where(documents.c.node == node_of(conn),
+                                    documents.c.deleted_at.is_(None))
     if under is not None:
         query = query.where(documents.c.path.startswith(under.rstrip("/") + "/",
                                                         autoescape=True))
@@ -120,6 +133,8 @@ def live_documents(conn: Connection, under: str | None = None) -> list[Row]:
 def insert_document(conn: Connection, **fields) -> int:
     at = utcnow()
     fields = {"first_seen": at, "last_seen": at, "changed_at": at} | fields
+    if node_of(conn):  # else the column's default: a single-host document has no node
+        fields.setdefault("node", node_of(conn))
     return conn.execute(insert(documents).values(**fields)).inserted_primary_key[0]
 
 
@@ -177,17 +192,20 @@ def insert_passages(conn: Connection, document_id: int, cut: Sequence, tokenizer
 
 def record_failure(conn: Connection, path: str, stage: str, code: str, message: str,
                    size: int | None, mtime_ns: int | None) -> None:
-    conn.execute(delete(failures).where(failures.c.path == path))
-    conn.execute(insert(failures).values(path=path, stage=stage, code=code, message=message,
-                                         size=size, mtime_ns=mtime_ns, at=utcnow()))
+    clear_failure(conn, path)
+    conn.execute(insert(failures).values(node=node_of(conn), path=path, stage=stage, code=code,
+                                         message=message, size=size, mtime_ns=mtime_ns,
+                                         at=utcnow()))
 
 
 def failure_for(conn: Connection, path: str) -> Row | None:
-    return conn.execute(select(failures).where(failures.c.path == path)).first()
+    return conn.execute(select(failures).where(failures.c.node == node_of(conn),
+                                               failures.c.path == path)).first()
 
 
 def clear_failure(conn: Connection, path: str) -> None:
-    conn.execute(delete(failures).where(failures.c.path == path))
+    conn.execute(delete(failures).where(failures.c.node == node_of(conn),
+                                        failures.c.path == path))
 
 
 def all_failures(conn: Connection) -> list[Row]:
@@ -334,7 +352,8 @@ def passage_places(conn: Connection, passage_ids: Sequence[int]) -> dict[int, Ro
     """Where passages come from: document path, lines or page, and their text."""
     rows = conn.execute(
         select(passages.c.id, passages.c.first_line, passages.c.last_line, passages.c.page,
-               passages.c.text, passages.c.heading, documents.c.path, documents.c.kind)
+               passages.c.text, passages.c.heading, documents.c.path, documents.c.kind,
+               documents.c.node)
         .join(documents, documents.c.id == passages.c.document_id)
         .where(passages.c.id.in_(list(passage_ids))))
     return {r.id: r for r in rows}
@@ -357,12 +376,12 @@ def counts(conn: Connection, fingerprint: str | None) -> dict:
 def status(conn: Connection, fingerprint: str | None) -> dict:
     """What `kbd status` shows from the store: counts, backlog and files that failed."""
     return counts(conn, fingerprint) | {"failed_files": [
-        {"path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
+        {"node": f.node, "path": f.path, "stage": f.stage, "code": f.code, "message": f.message}
         for f in all_failures(conn)]}
 
 
 def documents_to_recut(conn: Connection, tokenizer: str) -> list[Row]:
     """Live documents not yet cut, or cut for another tokenizer."""
     return list(conn.execute(select(documents).where(
-        documents.c.deleted_at.is_(None),
+        documents.c.node == node_of(conn), documents.c.deleted_at.is_(None),
         or_(documents.c.tokenizer.is_(None), documents.c.tokenizer != tokenizer))))

@@ -234,7 +234,8 @@ def with_sources(conn: Connection, rows: list[Row]) -> list[dict]:
     if found:
         cited = conn.execute(
             select(answer_sources.c.answer_id, answer_sources.c.rank, answer_sources.c.score,
-                   answer_sources.c.passage_id, passages.c.document_id, documents.c.path,
+                   answer_sources.c.passage_id, passages.c.document_id, documents.c.node,
+                   documents.c.path,
                    passages.c.first_line, passages.c.last_line, passages.c.page,
                    passages.c.heading, passages.c.text, passages.c.live)
             .join(passages, passages.c.id == answer_sources.c.passage_id)
@@ -248,7 +249,9 @@ def with_sources(conn: Connection, rows: list[Row]) -> list[dict]:
         answer = row._asdict()
         answer["started_at"] = as_utc(row.started_at)
         answer["finished_at"] = as_utc(row.finished_at)
-        answer["sources"] = [{k: v for k, v in s.items() if k != "answer_id"}
+        # a source names its node only in a fleet (docs/fleet.md): a single host's has none
+        answer["sources"] = [{k: v for k, v in s.items()
+                              if k != "answer_id" and (k != "node" or v)}
                              for s in found[row.id]]
         out.append(answer)
     return out

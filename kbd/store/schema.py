@@ -5,7 +5,8 @@ A passage's memory is keyed by (text hash, model fingerprint), so identical pass
 are compressed once, and re-cutting or moving a file costs no compression when the text is
 the same. Passages of changed or deleted documents are retired (live = false), never deleted
 while an answer may cite them. Each answer, standing or ad hoc, keeps the passages it came
-from (answer_sources); deleting a standing question keeps its answers.
+from (answer_sources); deleting a standing question keeps its answers. In a fleet sharing one
+PostgreSQL store a document is one file at one path on one node (docs/fleet.md).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ sources = Table(
 documents = Table(
     "documents", metadata,
     Column("id", Integer, primary_key=True),
+    # the fleet node whose disk holds the file; "" for a single-host daemon (role all)
+    Column("node", String(63), nullable=False, server_default=""),
     Column("path", FsText, nullable=False),
     Column("folder", FsText),  # the watched folder it came through
     Column("kind", String(16), nullable=False),  # log | report
@@ -104,7 +107,7 @@ documents = Table(
     Column("last_seen", DateTime(timezone=True), nullable=False),
     Column("changed_at", DateTime(timezone=True), nullable=False),
     Column("deleted_at", DateTime(timezone=True)),
-    Index("ix_documents_live_path", "path", unique=True,
+    Index("ix_documents_live_node_path", "node", "path", unique=True,
           sqlite_where=text("deleted_at IS NULL"), postgresql_where=text("deleted_at IS NULL")),
     Index("ix_documents_identity", "device", "inode"),
     Index("ix_documents_content", "content_hash"),
@@ -139,7 +142,7 @@ memories = Table(
     "memories", metadata,
     Column("id", Integer, primary_key=True),
     Column("text_hash", String(64), nullable=False),
-    Column("fingerprint", String(32), nullable=False),
+    Column("fingerprint", String(96), nullable=False),  # memory id: model.dtype[@node]
     Column("row", BigInteger, nullable=False),  # row in the fingerprint's memory matrix file
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("fingerprint", "text_hash"),
@@ -148,13 +151,15 @@ memories = Table(
 failures = Table(
     "failures", metadata,
     Column("id", Integer, primary_key=True),
-    Column("path", FsText, nullable=False, unique=True),
+    Column("node", String(63), nullable=False, server_default=""),
+    Column("path", FsText, nullable=False),
     Column("stage", String(16), nullable=False),
     Column("code", String(32), nullable=False),
     Column("message", FsText, nullable=False),
     Column("size", BigInteger),
     Column("mtime_ns", BigInteger),
     Column("at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("node", "path"),
 )
 
 questions = Table(
@@ -241,6 +246,34 @@ events = Table(
     Column("last_error", Text),
     Column("receipt", Text),  # what the receiver said: HTTP 200, 250 ..., exit 0
     Index("ix_events_status_channel", "status", "channel", "id"),
+)
+
+nodes = Table(
+    "nodes", metadata,  # the daemons sharing this store, each upserted at start, heartbeating
+    Column("name", String(63), primary_key=True),
+    Column("role", String(16), nullable=False),  # all | ingest | model
+    Column("version", String(32), nullable=False),  # kbd's
+    Column("schema_revision", String(32), nullable=False),  # the newest its code knows
+    Column("pid", Integer),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_s", Float, nullable=False),  # its period: silent after 3 missed
+    Column("stopped_at", DateTime(timezone=True)),  # stopped as asked, not silent
+    Column("backlog", BigInteger),  # passages waiting for compression, as it last saw them
+    Column("documents", BigInteger),  # live documents of this node
+)
+
+firings = Table(
+    "firings", metadata,  # one row per scheduled firing some node claimed: run once per fleet
+    Column("job", String(64), primary_key=True),  # question-<id> | digest
+    Column("fire_time", DateTime(timezone=True), primary_key=True),
+    Column("question_id", Integer),  # no foreign key: the record outlives a deleted question
+    Column("node", String(63), nullable=False),  # who claimed it ...
+    Column("node_started_at", DateTime(timezone=True), nullable=False),  # ... in which life
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+    Column("done_at", DateTime(timezone=True)),  # its answer (or digest) was recorded
+    Column("answer_id", Integer),
+    Column("taken_over", Integer, nullable=False, server_default="0"),  # claims after the first
 )
 
 # Full-text search over live passages (migrations 0005, 0006) is dialect-specific and has no table
