@@ -21,13 +21,15 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from kbd.api.server import ApiError, Router
 from kbd.errors import InputError
 from kbd.retrieve import Scope
+from kbd.store import events as ev
 from kbd.store import queries as q
+from kbd.store import questions as qs
 
 if TYPE_CHECKING:
     from kbd.config import Config
@@ -224,9 +226,6 @@ def question_json(question: dict) -> dict:
 
 
 def questions_list(services) -> dict:
-    from kbd.store import events as ev
-    from kbd.store import questions as qs
-
     with services.store.read() as conn:
         return {"questions": [question_json(x) | {"last_delivery": ev.last_delivery(conn,
                                                                                     x["id"])}
@@ -234,8 +233,6 @@ def questions_list(services) -> dict:
 
 
 def get_or_404(services, groups: dict) -> dict:
-    from kbd.store import questions as qs
-
     question_id = int(groups["id"])
     with services.store.read() as conn:
         question = qs.get_question(conn, question_id) if question_id <= MAX_NUMBER else None
@@ -256,10 +253,6 @@ def _spec(services, body: dict, base=None):
 
 
 def question_create(services, body: dict) -> dict:
-    from dataclasses import asdict
-
-    from kbd.store import questions as qs
-
     spec = _spec(services, body)
     question_id = services.store.write(lambda conn: qs.create_question(conn, **asdict(spec)))
     services.scheduler.sync(question_id)
@@ -267,10 +260,7 @@ def question_create(services, body: dict) -> dict:
 
 
 def question_update(services, groups: dict, body: dict) -> dict:
-    from dataclasses import asdict
-
     from kbd.questions.specs import spec_of
-    from kbd.store import questions as qs
 
     spec = _spec(services, body, base=spec_of(get_or_404(services, groups)))
     question_id = int(groups["id"])
@@ -280,8 +270,6 @@ def question_update(services, groups: dict, body: dict) -> dict:
 
 
 def question_delete(services, groups: dict) -> dict:
-    from kbd.store import questions as qs
-
     question = get_or_404(services, groups)
     services.store.write(lambda conn: qs.delete_question(conn, question["id"]))
     services.scheduler.remove(question["id"])
@@ -289,8 +277,6 @@ def question_delete(services, groups: dict) -> dict:
 
 
 def question_enable(services, groups: dict, enabled: bool) -> dict:
-    from kbd.store import questions as qs
-
     question = get_or_404(services, groups)
     services.store.write(lambda conn: qs.set_enabled(conn, question["id"], enabled))
     services.scheduler.sync(question["id"])
@@ -302,8 +288,6 @@ def question_run(services, groups: dict) -> dict:
     result = services.scheduler.run(question["id"])
     if result is None:
         with services.store.read() as conn:
-            from kbd.store import questions as qs
-
             latest = qs.answers(conn, question["id"], limit=1)
         if not latest:
             raise ApiError(409, f"question {question['id']} is already running")
@@ -328,8 +312,6 @@ def answer_json(answer: dict) -> dict:
 
 
 def answers_list(services, query: dict) -> dict:
-    from kbd.store import questions as qs
-
     question_id = int_param(query, "question_id", 0) if "question_id" in query else None
     with services.store.read() as conn:
         found = qs.answers(conn, question_id, limit=int_param(query, "limit", 20))
@@ -337,8 +319,6 @@ def answers_list(services, query: dict) -> dict:
 
 
 def answer_one(services, groups: dict) -> dict:
-    from kbd.store import questions as qs
-
     answer_id = int(groups["id"])
     with services.store.read() as conn:
         found = qs.answer(conn, answer_id) if answer_id <= MAX_NUMBER else None
@@ -373,8 +353,6 @@ def event_json(event: dict) -> dict:
 
 
 def notify_list(services, query: dict) -> dict:
-    from kbd.store import events as ev
-
     limit = int_param(query, "limit", 20)
     with services.store.read() as conn:
         recent = ev.recent(conn, limit=limit)
@@ -386,7 +364,6 @@ def notify_list(services, query: dict) -> dict:
 def notify_test(services, body: dict) -> dict:
     """A test event through the outbox, like any other; the reply is its row once its first
     attempt is made (or after the wait, queued behind the channel's older events)."""
-    from kbd.store import events as ev
 
     name = field(body, "channel", str)
     channel = services.config().channel(name) if name else None
