@@ -233,12 +233,17 @@ def questions_list(services) -> dict:
 
 
 def get_or_404(services, groups: dict) -> dict:
-    question_id = int(groups["id"])
+    return stored_or_404(services, groups, qs.get_question, "no standing question")
+
+
+def stored_or_404(services, groups: dict, read: Callable, missing: str) -> dict:
+    """The stored row that `read(conn, id)` finds for the path's id, or a 404 saying so."""
+    row_id = int(groups["id"])
     with services.store.read() as conn:
-        question = qs.get_question(conn, question_id) if question_id <= MAX_NUMBER else None
-    if question is None:
-        raise ApiError(404, f"no standing question {groups['id']}")
-    return question
+        found = read(conn, row_id) if row_id <= MAX_NUMBER else None
+    if found is None:
+        raise ApiError(404, f"{missing} {groups['id']}")
+    return found
 
 
 def _spec(services, body: dict, base=None):
@@ -319,12 +324,7 @@ def answers_list(services, query: dict) -> dict:
 
 
 def answer_one(services, groups: dict) -> dict:
-    answer_id = int(groups["id"])
-    with services.store.read() as conn:
-        found = qs.answer(conn, answer_id) if answer_id <= MAX_NUMBER else None
-    if found is None:
-        raise ApiError(404, f"no answer {groups['id']}")
-    return answer_json(found)
+    return answer_json(stored_or_404(services, groups, qs.answer, "no answer"))
 
 
 # -- notifications ---------------------------------------------------------------------------
