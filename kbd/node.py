@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from kbd import __version__
-from kbd.errors import KbdError
+from kbd.errors import KbdError, ModelUnavailable
 from kbd.store import Store, fleet
 
 log = logging.getLogger("kbd.node")
@@ -92,8 +92,6 @@ class NoModel:
     dense = None
 
     def submit(self, request) -> None:
-        from kbd.errors import ModelUnavailable
-
         raise ModelUnavailable("this node has no model (node role ingest)",
                                hint="ask on a node with role model or all; asks routed "
                                     "through the store are not built yet", engine="none")
