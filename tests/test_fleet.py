@@ -548,6 +548,75 @@ def test_an_ingest_node_down_while_its_files_change_catches_up(fleet_url, tmp_pa
                  timeout=10, what="web-1's heartbeat with its 5 documents")
         engine.dispose()
 
+
+FLEET_DOC = Path(__file__).parent.parent / "docs" / "fleet.md"
+
+
+def documented_grants() -> list[str]:
+    """The statements of docs/fleet.md's SQL block that starts `-- fleet grants`."""
+    (block,) = [b for b in FLEET_DOC.read_text().split("```sql\n")[1:]
+                if b.startswith("-- fleet grants")]
+    code = "\n".join(line for line in block.split("```")[0].splitlines()
+                     if not line.startswith("--"))
+    return [s.strip() for s in code.split(";") if s.strip()]
+
+
+def test_node_kinds_run_on_the_documented_grants(fleet_url, tmp_path, tiny_model):
+    """docs/fleet.md's roles: an ingest node logged in as kbd_ingest and a model node as
+    kbd_model, on the grants the page shows, store, compress, answer and run a standing
+    question without one refused write; and the grants hold each kind to its own tables."""
+    admin = create_engine(fleet_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for role in ("kbd_ingest", "kbd_model"):  # the server outlives one test's database
+            conn.execute(text(f"DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN "
+                              "duplicate_object THEN NULL; END $$"))
+    Store.open(fleet_url, tmp_path / "owner").close()  # the owner makes the schema
+    with admin.connect() as conn:
+        for statement in documented_grants():
+            conn.execute(text(statement))
+    admin.dispose()
+
+    def as_role(role: str) -> str:
+        assert "://kbd@" in fleet_url
+        return fleet_url.replace("://kbd@", f"://{role}@")
+
+    with (Kbd(tmp_path / "w1", tiny_model,
+              extra=fleet_toml(as_role("kbd_ingest"), "web-1", "ingest")) as web,
+          Kbd(tmp_path / "g1", tiny_model,
+              extra=fleet_toml(as_role("kbd_model"), "gpu-1", "model")) as gpu):
+        make_logs(web.watched, 3, name="alpha")
+        web.start()
+        gpu.start()
+        gpu.settled(3, timeout=80)  # stored by web-1, compressed by gpu-1
+        asked = gpu.cli("ask", "which request failed with timeout ?", "--json")
+        assert asked.returncode == 0, asked.stderr[-2000:]
+        assert {s.get("node") for s in json.loads(asked.stdout)["sources"]} == {"web-1"}
+        question = gpu.client.request("POST", "/questions", {
+            "text": "which request failed ?", "every": f"{EVERY_S}s", "top_k": 2,
+            "max_new_tokens": 4})
+        wait_for(lambda: gpu.runs(question["id"]), timeout=30, what="a standing answer")
+        assert "web-1: ingest, alive" in gpu.cli("status").stdout
+        make_logs(web.watched, 1, first=5, name="alpha")  # still storing after the others
+        wait_for(lambda: web.live_documents() == 4, timeout=30, what="a fourth file stored")
+        for role, forbidden in (
+                ("kbd_ingest", ["UPDATE answers SET status = status",
+                                "UPDATE firings SET node = node",
+                                "INSERT INTO memories (text_hash) VALUES ('x')"]),
+                ("kbd_model", ["UPDATE documents SET size = size",
+                               "UPDATE passages SET live = live", "DELETE FROM failures"])):
+            engine = create_engine(as_role(role))
+            for statement in forbidden:
+                with engine.connect() as conn, pytest.raises(Exception, match="permission "
+                                                                                "denied"):
+                    conn.execute(text(statement))
+            engine.dispose()
+        for kbd in (web, gpu):
+            assert "permission denied" not in kbd.log_text()
+        # questions belong to the model nodes: the database refuses one added on an ingest node
+        refused = web.cli("questions", "add", "what failed ?", "--every", "1h")
+        assert refused.returncode != 0
+        assert "permission denied for table questions" in refused.stderr
+
 def test_fleet_status_survives_a_missing_store_row(fleet_url, tmp_path):
     """A heartbeat after the node row is gone (a store restored from a backup) is a no-op,
     not an error."""
