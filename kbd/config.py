@@ -73,6 +73,9 @@ class NodeConfig:
 
     name: str = ""  # empty: this machine's host name
     role: str = "all"  # all | ingest | model
+    # a model node's claim on a batch of the compression backlog: past it (the node died or
+    # stalled), another model node may take the batch over
+    lease_s: float = 300.0
 
     @property
     def node_name(self) -> str:
@@ -197,6 +200,7 @@ def drop_unusable_xdg_variables() -> None:
 # waits it is used in, killing the thread that waits.
 RANGES: dict[tuple[type, str], tuple[float, float]] = {
     (ModelConfig, "compress_batch_size"): (1, 4096),
+    (NodeConfig, "lease_s"): (1.0, 86400.0),  # up to a day
     (IngestConfig, "max_file_mb"): (1, 2**20),  # up to 1 TiB
     (IngestConfig, "debounce_s"): (0.0, 3600.0),
     (IngestConfig, "max_wait_s"): (0.1, 86400.0),  # and not below debounce_s

@@ -152,7 +152,8 @@ class Daemon:
             self.store.write(lambda conn: q.sync_sources(conn, config.folders))
         self.model = (NoModel() if role == "ingest" else
                       ModelWorker(config.model, self.store, self.revision, self.revision.bump,
-                                  on_ready=lambda: notify("READY=1")))
+                                  on_ready=lambda: notify("READY=1"),
+                                  lease_s=config.node.lease_s))
         self.ingest = self.watcher = None
         if role != "model":
             self._start_ingest(config)

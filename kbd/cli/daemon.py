@@ -96,8 +96,6 @@ def offline_status(config) -> dict:
 
         try:
             model = configured_memory_id(config)
-            if config.node.role == "model":  # a fleet's model node keeps its own memory
-                model += f"@{config.node.node_name}"
             model_state = f"{config.model.checkpoint} (memory {model})"
         except KbdError as e:
             model_state = f"cannot be loaded: {e.message}"

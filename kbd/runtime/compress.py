@@ -4,6 +4,10 @@ Runs on the model worker, in batches; ingest never waits for it. Identical texts
 compressed once (the backlog is distinct by text hash), and memory rows are written to the
 model's matrix file before the database maps them, so a crash costs at most two redone
 batches: the one being stored and the one the GPU is computing meanwhile.
+
+A fleet's model nodes share the backlog and the vectors (kbd.store.vectors): each batch is
+claimed under a lease, and its vectors go into the store, written only while the lease is
+still this node's. A node killed or stopped past its lease loses its batches to the others.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from dataclasses import dataclass
 
 import torch
 
+from kbd.config import NodeConfig
 from kbd.model.clara import memory_to_bytes
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.matrix import MemoryFileError, MemoryMatrix
+from kbd.store.vectors import Lease, SharedMatrix, claim_batch, store_vectors
 
 log = logging.getLogger("kbd.memory")
 
@@ -25,11 +31,10 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def memory_id(clara, node: str = "") -> str:
-    """Memory differs with the weights and with the dtype that computed it. A fleet's model
-    node keeps its memory rows in a matrix file on its own disk, so its rows are its own:
-    the id names the node (memory vectors shared in the store are not built yet)."""
-    return f"{clara.fingerprint}.{dtype_name(clara.dtype)}" + (f"@{node}" if node else "")
+def memory_id(clara) -> str:
+    """Memory differs with the weights and with the dtype that computed it, not with the
+    node that computed it: a fleet's model nodes share it."""
+    return f"{clara.fingerprint}.{dtype_name(clara.dtype)}"
 
 
 def configured_memory_id(config) -> str:
@@ -43,8 +48,14 @@ def configured_memory_id(config) -> str:
 
 
 def open_matrix(store: Store, clara) -> MemoryMatrix:
-    return MemoryMatrix(store.memory_dir, memory_id(clara, store.node), (clara.n_mem, clara.hidden),
-                        dtype_name(clara.dtype))
+    """The matrix the memory index reads: a single host's matrix file, or a fleet node's copy
+    of the rows shared in the store, brought up to date now."""
+    shape, dtype = (clara.n_mem, clara.hidden), dtype_name(clara.dtype)
+    if not store.shares_memory:
+        return MemoryMatrix(store.memory_dir, memory_id(clara), shape, dtype)
+    matrix = SharedMatrix(store, memory_id(clara), shape, dtype)
+    matrix.sync()
+    return matrix
 
 
 @dataclass
@@ -54,48 +65,63 @@ class Batch:
     hashes: list[str]
     memory: torch.Tensor  # [n, m, d] in host memory once `copied` has happened
     copied: torch.cuda.Event | None  # None: already there (a CPU model)
+    lease: Lease | None = None  # a fleet's claim on these texts
 
 
 class Compressor:
     """Compresses the backlog one batch ahead: while the GPU computes a batch, the host stores
     the one before it (rows to the matrix file, then the database) and fetches and tokenizes
-    the next, so the GPU never waits on the store (a tenth of the daemon's time otherwise)."""
+    the next, so the GPU never waits on the store (a tenth of the daemon's time otherwise).
+    On a fleet each batch is claimed for lease_s seconds before it is computed."""
 
-    def __init__(self, store: Store, clara):
+    def __init__(self, store: Store, clara, lease_s: float = NodeConfig.lease_s):
         self.store = store
         self.clara = clara
-        self.matrix, self.model = open_matrix(store, clara), memory_id(clara, store.node)
+        self.model = memory_id(clara)
+        self.lease_s = lease_s
+        self.matrix = None if store.shares_memory else open_matrix(store, clara)
         self.pending: Batch | None = None
 
     def step(self, batch_size: int) -> int:
         """Start the next batch, then store the one before it; returns how many passages were
         stored. 0 with nothing pending: the backlog is done."""
-        busy = set(self.pending.hashes) if self.pending else set()
-        with self.store.read() as conn:
-            items = [(h, text) for h, text in q.backlog(conn, self.model, batch_size + len(busy))
-                     if h not in busy][:batch_size]
-        started = self._start(items) if items else None
+        lease, items = self._take(batch_size)
+        started = self._start(items, lease) if items else None
         previous, self.pending = self.pending, started
         return self._store(previous) if previous else 0
+
+    def _take(self, batch_size: int) -> tuple[Lease | None, list[tuple[str, str]]]:
+        """The next batch of the backlog: claimed on a fleet, else past the one in flight."""
+        if self.store.shares_memory:
+            lease = self.store.write(lambda conn: claim_batch(
+                conn, self.model, self.store.node, self.lease_s, batch_size))
+            return lease, lease.items if lease else []
+        busy = set(self.pending.hashes) if self.pending else set()
+        with self.store.read() as conn:
+            return None, [(h, text) for h, text in q.backlog(conn, self.model,
+                                                             batch_size + len(busy))
+                          if h not in busy][:batch_size]
 
     def finish(self) -> int:
         """Store the batch in flight, if any (stopping: it would be redone otherwise)."""
         previous, self.pending = self.pending, None
         return self._store(previous) if previous else 0
 
-    def _start(self, items: list[tuple[str, str]]) -> Batch:
+    def _start(self, items: list[tuple[str, str]], lease: Lease | None) -> Batch:
         memory = self.clara.compress([text for _, text in items])
         if not memory.is_cuda:
-            return Batch([h for h, _ in items], memory, None)
+            return Batch([h for h, _ in items], memory, None, lease)
         host = torch.empty(memory.shape, dtype=memory.dtype, pin_memory=True)
         host.copy_(memory, non_blocking=True)
         copied = torch.cuda.Event()
         copied.record()
-        return Batch([h for h, _ in items], host, copied)
+        return Batch([h for h, _ in items], host, copied, lease)
 
     def _store(self, batch: Batch) -> int:
         if batch.copied is not None:
             batch.copied.synchronize()
+        if batch.lease is not None:
+            return self._store_shared(batch)
         try:
             rows = self.matrix.append([memory_to_bytes(m) for m in batch.memory])
         except MemoryFileError as e:
@@ -106,6 +132,19 @@ class Compressor:
             conn, self.model, zip(batch.hashes, rows, strict=True)))
         log.info("compressed %d passages", len(batch.hashes))
         return len(batch.hashes)
+
+    def _store_shared(self, batch: Batch) -> int:
+        """Into the store, for the texts whose lease is still this batch's."""
+        vectors = dict(zip(batch.hashes, (memory_to_bytes(m) for m in batch.memory),
+                           strict=True))
+        written, lost = self.store.write(lambda conn: store_vectors(conn, batch.lease, vectors))
+        if lost:
+            log.warning("stale lease: %d of %d passages of this batch were taken over by "
+                        "another node after the lease expired; their vectors are not written",
+                        len(lost), len(batch.hashes))
+        if written:
+            log.info("compressed %d passages", len(written))
+        return len(written)
 
 
 def compress_backlog(store: Store, clara, batch_size: int = 64) -> int:

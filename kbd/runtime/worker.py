@@ -4,7 +4,8 @@ One thread loads the configured engine's model (CLaRa, or the text engine's inst
 kbd/runtime/engines.py) and then serves, in this order: questions asked now (`kbd ask`),
 scheduled questions, and, with CLaRa, compression of the ingest backlog, then the dense
 ranker's passage vectors (kbd.retrieve), one batch at a time so that a question never waits
-behind more than one batch. Questions asked now never get
+behind more than one batch. On a fleet, a MemoryFollower keeps the memory index in step with
+the vectors other model nodes write to the store. Questions asked now never get
 two batches in a row while scheduled ones wait, so a steady stream of `kbd ask` delays
 standing questions by one batch but cannot starve them. Questions waiting together are
 answered as one batch. Every answer is recorded in the store with its sources
@@ -26,7 +27,7 @@ from datetime import UTC, datetime
 import torch
 from transformers import TextStreamer
 
-from kbd.config import ModelConfig
+from kbd.config import ModelConfig, NodeConfig
 from kbd.errors import KbdError, ModelUnavailable
 from kbd.model.text import SMOLLM2_INSTALL
 from kbd.retrieve import Scope, dense_model, embed_backlog
@@ -34,6 +35,7 @@ from kbd.runtime.answers import answer_json, record
 from kbd.runtime.compress import Compressor, memory_id
 from kbd.runtime.engines import Engine, Reply, load_engine
 from kbd.store import Store
+from kbd.store.vectors import MemoryFollower
 
 log = logging.getLogger("kbd.model")
 
@@ -70,12 +72,15 @@ class QueueStreamer(TextStreamer):
 
 class ModelWorker:
     def __init__(self, config: ModelConfig, store: Store, revision: Callable[[], int],
-                 on_change: Callable[[], None], on_ready: Callable[[], None] | None = None):
+                 on_change: Callable[[], None], on_ready: Callable[[], None] | None = None,
+                 lease_s: float = NodeConfig.lease_s):
         self.config = config
         self.store = store
         self.revision = revision  # moves whenever ingest changed the store
-        self.on_change = on_change  # we changed it (new memory)
+        self.on_change = on_change  # we (or, on a fleet, another model node) added memory
         self.on_ready = on_ready
+        self.lease_s = lease_s  # a fleet's claim on a batch of the backlog
+        self.follower: MemoryFollower | None = None
         self.engine_name = config.active_engine
         self.state = ("not configured" if self.engine_name == "clara" and config.checkpoint is None
                       else "loading")
@@ -102,6 +107,8 @@ class ModelWorker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
+        if self.follower is not None:
+            self.follower.stop()
         self._fail_waiting(lambda: ModelUnavailable("kbd is shutting down",
                                                     engine=self.engine_name))
 
@@ -119,7 +126,7 @@ class ModelWorker:
         self._wake.set()
 
     def backlog_model(self) -> str | None:
-        return memory_id(self.clara, self.store.node) if self.clara is not None else None
+        return memory_id(self.clara) if self.clara is not None else None
 
     def _unavailable(self) -> ModelUnavailable:
         """Why questions cannot be answered: no model configured, or it failed to load."""
@@ -171,7 +178,10 @@ class ModelWorker:
             return False
         self.engine, self.clara = engine, engine.clara
         if self.clara is not None:
-            self.compressor = Compressor(self.store, self.clara)
+            self.compressor = Compressor(self.store, self.clara, self.lease_s)
+            if self.store.shares_memory:
+                self.follower = MemoryFollower(engine.index.matrix, lambda _: self.on_change())
+                self.follower.start()
         self.dense = dense_model() if self.clara is None else None  # CLaRa ranks by itself
         self.state = "ready"
         log.info("%s engine: model %s ready on %s in %.1f s", engine.name, engine.model,

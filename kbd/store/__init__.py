@@ -173,6 +173,12 @@ class Store:
         return ScriptDirectory.from_config(config).get_current_head() or ""
 
     @property
+    def shares_memory(self) -> bool:
+        """A fleet node keeps memory vectors in the store, shared (kbd.store.vectors); a
+        single host keeps them in its matrix files."""
+        return bool(self.node) and self.dialect == "postgresql"
+
+    @property
     def safe_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 

@@ -214,7 +214,8 @@ def all_failures(conn: Connection) -> list[Row]:
 
 # -- memory ----------------------------------------------------------------------------------
 
-def _missing_memory(fingerprint: str):
+def missing_memory(fingerprint: str):
+    """A condition on passages: the text has no memory under this model yet."""
     return ~select(memories.c.id).where(memories.c.fingerprint == fingerprint,
                                         memories.c.text_hash == passages.c.text_hash).exists()
 
@@ -222,7 +223,7 @@ def _missing_memory(fingerprint: str):
 def backlog(conn: Connection, fingerprint: str, limit: int) -> list[tuple[str, str]]:
     """(text hash, text) of live passages with no memory under this model, oldest first."""
     first = (select(passages.c.text_hash, func.min(passages.c.id).label("id"))
-             .where(passages.c.live, _missing_memory(fingerprint))
+             .where(passages.c.live, missing_memory(fingerprint))
              .group_by(passages.c.text_hash).order_by(func.min(passages.c.id)).limit(limit)
              .subquery())
     rows = conn.execute(select(passages.c.text_hash, passages.c.text)
@@ -234,7 +235,7 @@ def backlog_size(conn: Connection, fingerprint: str | None) -> int:
     """Distinct live texts waiting for compression (with no model: all of them)."""
     query = select(func.count(func.distinct(passages.c.text_hash))).where(passages.c.live)
     if fingerprint is not None:
-        query = query.where(_missing_memory(fingerprint))
+        query = query.where(missing_memory(fingerprint))
     return conn.execute(query).scalar_one()
 
 
@@ -276,7 +277,7 @@ def candidates_through(conn: Connection, model: str | None) -> int:
     if model is None:
         return newest
     waiting = conn.execute(select(func.min(passages.c.id))
-                           .where(passages.c.live, _missing_memory(model))).scalar()
+                           .where(passages.c.live, missing_memory(model))).scalar()
     return newest if waiting is None else waiting - 1
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -145,7 +146,23 @@ memories = Table(
     Column("fingerprint", String(96), nullable=False),  # memory id: model.dtype[@node]
     Column("row", BigInteger, nullable=False),  # row in the fingerprint's memory matrix file
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # a fleet's memory, shared in the store (bf16 bytes); its row is then the fleet's row
+    # number, which each model node's copy of the matrix follows. Null: in the matrix file
+    Column("vector", LargeBinary),
     UniqueConstraint("fingerprint", "text_hash"),
+    Index("ix_memories_fingerprint_row", "fingerprint", "row", unique=True,
+          sqlite_where=text("vector IS NOT NULL"), postgresql_where=text("vector IS NOT NULL")),
+)
+
+leases = Table(
+    "leases", metadata,  # texts of the backlog a fleet's model node is compressing now
+    Column("fingerprint", String(96), primary_key=True),  # memory id
+    Column("text_hash", String(64), primary_key=True),
+    Column("node", String(63), nullable=False),
+    Column("token", String(32), nullable=False),  # the claim: its batch's vectors are written
+    Column("claimed_at", DateTime(timezone=True), nullable=False),  # only while it holds
+    Column("expires_at", DateTime(timezone=True), nullable=False),  # database clock
+    Column("taken_over", Integer, nullable=False, server_default="0"),  # claims after the first
 )
 
 failures = Table(

@@ -1,0 +1,227 @@
+"""A fleet's memory vectors, shared in the store, and the compression backlog shared by its
+model nodes under leases (docs/fleet.md).
+
+A model node claims a batch of the backlog: the passages are read `FOR UPDATE SKIP LOCKED`
+(two nodes claiming at once take different ones) and a `leases` row per text is written
+with the node, a token naming the claim and an expiry `lease_s` ahead on the database's
+clock. A lease past its expiry can be claimed by another node (`taken_over` counts that).
+The vectors are written in one transaction with the release of the lease, and only for the
+texts whose lease is still the claim's: a node that wakes after its lease was taken writes
+nothing stale. Writers take turns under an advisory lock, so each memory id's rows are
+numbered 0, 1, 2 ... with no gap and commit in that order; the commit NOTIFYs `kbd_memory`.
+
+Each model node keeps a copy of the rows in a local matrix file (a SharedMatrix, which the
+memory index reads as it reads a single host's matrix file), appended in row order from the
+store: on a notification, and at least every POLL_S seconds in case one was lost
+(MemoryFollower).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Connection, delete, func, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+from kbd.store import Store, lock_key
+from kbd.store.matrix import MemoryMatrix
+from kbd.store.queries import missing_memory, utcnow
+from kbd.store.schema import leases, memories, passages
+
+log = logging.getLogger("kbd.memory")
+
+CHANNEL = "kbd_memory"  # NOTIFY channel: new vectors were committed (payload: memory id)
+POLL_S = 2.0  # the store is read for new rows at least this often, notified or not
+FETCH_ROWS = 256  # rows read from the store at a time while catching up
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A batch of the backlog a node claimed: (text hash, text) pairs, held until the claim's
+    expiry and afterwards until another node takes them."""
+
+    fingerprint: str
+    node: str
+    token: str
+    items: list[tuple[str, str]]
+
+
+def claim_batch(conn: Connection, fingerprint: str, node: str, lease_s: float,
+                limit: int) -> Lease | None:
+    """Claim the texts of up to `limit` passages of the backlog that no node holds a live
+    lease on, oldest first; None when there are none. The passages read are locked to the
+    claim's commit, so a claim beside it reads others."""
+    live = select(leases.c.text_hash).where(
+        leases.c.fingerprint == fingerprint, leases.c.text_hash == passages.c.text_hash,
+        leases.c.expires_at > func.now()).exists()
+    rows = conn.execute(
+        select(passages.c.text_hash, passages.c.text)
+        .where(passages.c.live, missing_memory(fingerprint), ~live).order_by(passages.c.id)
+        .limit(limit).with_for_update(of=passages, skip_locked=True))
+    texts: dict[str, str] = {}
+    for text_hash, passage_text in rows:  # identical texts are compressed once
+        texts.setdefault(text_hash, passage_text)
+    if not texts:
+        return None
+    token = uuid.uuid4().hex
+    statement = postgresql_insert(leases).values(
+        [{"fingerprint": fingerprint, "text_hash": h, "node": node, "token": token,
+          "claimed_at": func.now(), "expires_at": func.now() + timedelta(seconds=lease_s)}
+         for h in texts])
+    # a lease row already there is taken over only once it expired: whichever claim
+    # updates it first has it
+    claimed = conn.execute(statement.on_conflict_do_update(
+        index_elements=["fingerprint", "text_hash"],
+        set_={"node": statement.excluded.node, "token": statement.excluded.token,
+              "claimed_at": statement.excluded.claimed_at,
+              "expires_at": statement.excluded.expires_at,
+              "taken_over": leases.c.taken_over + 1},
+        where=leases.c.expires_at <= func.now()).returning(leases.c.text_hash)).scalars()
+    mine = set(claimed)
+    items = [(h, t) for h, t in texts.items() if h in mine]
+    return Lease(fingerprint, node, token, items) if items else None
+
+
+def store_vectors(conn: Connection, lease: Lease,
+                  vectors: dict[str, bytes]) -> tuple[list[str], list[str]]:
+    """Write the vectors of the texts whose lease is still this claim's, and release them.
+    Returns (hashes written, hashes lost): a lost lease was taken over by another node, and
+    nothing of its text is written here."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                 {"key": lock_key(f"kbd memory {lease.fingerprint}")})
+    held = set(conn.execute(delete(leases).where(
+        leases.c.fingerprint == lease.fingerprint, leases.c.text_hash.in_(list(vectors)),
+        leases.c.token == lease.token).returning(leases.c.text_hash)).scalars())
+    done = set(conn.execute(select(memories.c.text_hash).where(
+        memories.c.fingerprint == lease.fingerprint,
+        memories.c.text_hash.in_(list(held)))).scalars())
+    hashes = [h for h in vectors if h in held and h not in done]
+    if hashes:
+        first = shared_rows(conn, lease.fingerprint)
+        at = utcnow()
+        conn.execute(memories.insert(), [
+            {"text_hash": h, "fingerprint": lease.fingerprint, "row": first + i,
+             "vector": vectors[h], "created_at": at} for i, h in enumerate(hashes)])
+        conn.execute(select(func.pg_notify(CHANNEL, lease.fingerprint)))  # sent at commit
+    return hashes, [h for h in vectors if h not in held]
+
+
+def shared_rows(conn: Connection, fingerprint: str) -> int:
+    """How many rows the store holds for this memory id (they are numbered from 0)."""
+    top = conn.execute(select(func.max(memories.c.row)).where(
+        memories.c.fingerprint == fingerprint, memories.c.vector.is_not(None))).scalar()
+    return 0 if top is None else top + 1
+
+
+def read_rows(conn: Connection, fingerprint: str, start: int, limit: int) -> list[bytes]:
+    """The vectors of rows start, start + 1 ... (up to limit), in row order."""
+    return list(conn.execute(
+        select(memories.c.vector).where(memories.c.fingerprint == fingerprint,
+                                        memories.c.vector.is_not(None),
+                                        memories.c.row >= start)
+        .order_by(memories.c.row).limit(limit)).scalars())
+
+
+def lease_rows(conn: Connection, fingerprint: str | None = None) -> list[dict]:
+    query = select(leases).order_by(leases.c.claimed_at)
+    if fingerprint is not None:
+        query = query.where(leases.c.fingerprint == fingerprint)
+    return [r._asdict() for r in conn.execute(query)]
+
+
+class SharedMatrix(MemoryMatrix):
+    """This node's copy of a memory id's shared rows: a matrix file (read by the memory index
+    as a single host's is) whose row n is the store's row n, filled in row order. A copy
+    that does not end as the store's rows do (another store, or one restored from a backup)
+    is dropped and read again."""
+
+    def __init__(self, store: Store, fingerprint: str, shape: tuple[int, int], dtype: str):
+        super().__init__(store.memory_dir, f"{fingerprint}.shared", shape, dtype)
+        self.store = store
+        self.fingerprint = fingerprint
+        self._lock = threading.Lock()
+        n = self.rows()
+        if n:
+            with store.read() as conn:
+                last = read_rows(conn, fingerprint, n - 1, 1)
+            if last != self.read([n - 1]):
+                log.warning("%s does not match the store's rows: reading them again",
+                            self.path)
+                self.path.unlink()
+
+    def sync(self) -> int:
+        """Append the rows the store has and this copy lacks; returns how many."""
+        added = 0
+        with self._lock:
+            while True:
+                with self.store.read() as conn:
+                    blobs = read_rows(conn, self.fingerprint, self.rows(), FETCH_ROWS)
+                if not blobs:
+                    return added
+                self.append(blobs)
+                added += len(blobs)
+
+
+class MemoryFollower:
+    """Keeps a SharedMatrix in step with the store: LISTEN on its own connection, and a sync
+    on each notification or every POLL_S seconds (a notification sent while the connection
+    was down is lost; the poll catches up). on_new(n) follows each sync that added rows."""
+
+    def __init__(self, matrix: SharedMatrix, on_new: Callable[[int], None],
+                 poll_s: float = POLL_S):
+        self.matrix = matrix
+        self.on_new = on_new
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kbd-memory-follow", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception as e:  # a lost connection, a server restarting: again soon
+                log.warning("following the store's memory vectors: %s; again in %.0f s", e,
+                            self.poll_s)
+                self._stop.wait(self.poll_s)
+
+    def _listen(self) -> None:
+        raw = self.matrix.store.engine.raw_connection()
+        pg = raw.driver_connection
+        raw.detach()  # this connection is the listener's alone, outside the pool
+        try:
+            pg.rollback()
+            pg.autocommit = True
+            pg.execute(f"LISTEN {CHANNEL}")
+            self._catch_up()  # rows committed before LISTEN took effect
+            polled = time.monotonic()
+            while not self._stop.is_set():
+                # waits of a second at most: stop() is not kept waiting for a poll
+                heard = any(n.payload == self.matrix.fingerprint
+                            for n in pg.notifies(timeout=min(1.0, self.poll_s)))
+                if heard or time.monotonic() - polled >= self.poll_s:
+                    polled = time.monotonic()
+                    self._catch_up(heard)
+        finally:
+            pg.close()
+
+    def _catch_up(self, heard: bool = False) -> None:
+        added = self.matrix.sync()
+        if added:
+            log.debug("%d memory rows from the store (%s)", added,
+                      "notified" if heard else "polled")
+            self.on_new(added)
+
