@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import create_engine, func, select, update
 from support.harness import Kbd, make_logs, postgresql_database, wait_for
 
 from kbd.store import Store
@@ -144,3 +144,136 @@ def test_a_node_copy_follows_the_store_by_notify_and_by_poll(fleet_url, tmp_path
             follower.stop()
         gpu1.close()
         gpu2.close()
+
+
+# -- daemons --------------------------------------------------------------------------------
+
+LEASE_S = 3
+
+
+def node_toml(url: str, name: str, role: str) -> str:
+    return (f'[store]\nurl = "{url}"\n[node]\nname = "{name}"\nrole = "{role}"\n'
+            f"lease_s = {LEASE_S}\n")
+
+
+class Fleet:
+    """What the store says of the compression: read directly, as an operator would."""
+
+    def __init__(self, url: str):
+        self.engine = create_engine(url)
+
+    def held(self, node: str) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(leases.c.text_hash)
+                                    .where(leases.c.node == node)).scalars())
+
+    def documents(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(documents)
+                                .where(documents.c.status == "ready")).scalar_one()
+
+    def compressed(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(memories.c.text_hash)
+                                    .where(memories.c.vector.is_not(None))).scalars())
+
+    def texts(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(passages.c.text_hash)
+                                    .where(passages.c.live)).scalars())
+
+    def check_once_each(self) -> int:
+        """Every live text has exactly one memory row, rows numbered 0.. with none twice;
+        returns how many."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(memories.c.text_hash, memories.c.row,
+                                       memories.c.fingerprint)).all()
+        assert len({r.fingerprint for r in rows}) == 1, "memory under more than one id"
+        hashes = [r.text_hash for r in rows]
+        assert len(hashes) == len(set(hashes)), "a text compressed into two memory rows"
+        assert set(hashes) == self.texts(), "a text left uncompressed"
+        assert sorted(r.row for r in rows) == list(range(len(rows)))
+        return len(rows)
+
+    def catch(self, node: str, timeout: float = 60) -> None:
+        """Wait until `node` holds a lease (it is compressing a batch)."""
+        wait_for(lambda: self.held(node), timeout=timeout, what=f"{node} to hold a lease")
+
+
+def start_fleet(url: str, root: Path, tiny_model, files: int) -> tuple[Kbd, Kbd, Kbd]:
+    web = Kbd(root / "w1", tiny_model, extra=node_toml(url, "web-1", "ingest"))
+    a = Kbd(root / "g1", tiny_model, extra=node_toml(url, "gpu-1", "model"))
+    b = Kbd(root / "g2", tiny_model, extra=node_toml(url, "gpu-2", "model"))
+    make_logs(web.watched, files, lines=200)
+    web.start()
+    fleet = Fleet(url)
+    wait_for(lambda: fleet.documents() == files, timeout=120, what="the logs ingested")
+    fleet.engine.dispose()
+    a.launch()
+    b.launch()
+    for node in (a, b):
+        node.answering()
+        wait_for(lambda node=node: node.status()["model"] == "ready", timeout=60,
+                 what="the model loaded")
+    return web, a, b
+
+
+def test_a_killed_model_node_loses_its_lease_and_a_late_node_reads_the_store(
+        fleet_url, tmp_path, tiny_model):
+    """kill -9 of a model node holding a batch: past its lease the other node compresses it,
+    and every passage has one memory row. A model node started afterwards builds its index
+    from the store, compresses nothing, and answers citing the ingest node's files."""
+    fleet = Fleet(fleet_url)
+    web, a, b = start_fleet(fleet_url, tmp_path, tiny_model, files=30)
+    with web, a, b:
+        wait_for(lambda: "compressed" in a.log_text() and "compressed" in b.log_text(),
+                 timeout=60, what="both model nodes compressing")
+        fleet.catch("gpu-1")
+        a.stop(signal.SIGKILL)
+        orphaned = fleet.held("gpu-1")  # the batch it was compressing, and the next
+        assert orphaned, "gpu-1 held no lease when killed"
+        wait_for(lambda: fleet.compressed() >= fleet.texts(), timeout=120,
+                 what="the backlog compressed by gpu-2")
+        assert orphaned <= fleet.compressed() and not fleet.held("gpu-1")
+        total = fleet.check_once_each()
+        assert "compressed" in b.log_text()
+
+        late = Kbd(tmp_path / "g3", tiny_model, extra=node_toml(fleet_url, "gpu-3", "model"))
+        with late:
+            late.start()
+            wait_for(lambda: late.status()["model"] == "ready", timeout=120,
+                     what="gpu-3 ready")
+            asked = late.cli("ask", "which request failed with timeout ?", "--json")
+            assert asked.returncode == 0, asked.stderr[-2000:]
+            sources = json.loads(asked.stdout)["sources"]
+            assert sources and {s["node"] for s in sources} == {"web-1"}, sources
+            assert all(Path(s["path"]).parent == web.watched for s in sources)
+            assert "compressed" not in late.log_text()
+            assert late.status()["backlog"] == 0
+        assert fleet.check_once_each() == total
+    fleet.engine.dispose()
+
+
+def test_a_stopped_model_node_finds_its_lease_gone(fleet_url, tmp_path, tiny_model):
+    """SIGSTOP of a model node holding a batch, past its lease: the other node takes the
+    batch over and compresses it; woken (SIGCONT), the stopped node writes none of its
+    stale vectors and says so."""
+    fleet = Fleet(fleet_url)
+    web, a, b = start_fleet(fleet_url, tmp_path, tiny_model, files=30)
+    with web, a, b:
+        fleet.catch("gpu-1")
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            stalled = fleet.held("gpu-1")
+            assert stalled, "gpu-1 held no lease when stopped"
+            wait_for(lambda: stalled <= fleet.compressed(), timeout=60,
+                     what="gpu-2 to take gpu-1's batch over")
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: "stale lease" in a.log_text(), timeout=30,
+                 what="gpu-1 to find its lease gone")
+        wait_for(lambda: fleet.compressed() >= fleet.texts(), timeout=120,
+                 what="the backlog compressed")
+        fleet.check_once_each()
+        assert a.proc.poll() is None  # it goes on
+    fleet.engine.dispose()

@@ -49,6 +49,7 @@ class Lease:
     fingerprint: str
     node: str
     token: str
+    lease_s: float
     items: list[tuple[str, str]]
 
 
@@ -57,6 +58,7 @@ def claim_batch(conn: Connection, fingerprint: str, node: str, lease_s: float,
     """Claim the texts of up to `limit` passages of the backlog that no node holds a live
     lease on, oldest first; None when there are none. The passages read are locked to the
     claim's commit, so a claim beside it reads others."""
+    _hold_no_longer_than(conn, lease_s)
     live = select(leases.c.text_hash).where(
         leases.c.fingerprint == fingerprint, leases.c.text_hash == passages.c.text_hash,
         leases.c.expires_at > func.now()).exists()
@@ -85,7 +87,7 @@ def claim_batch(conn: Connection, fingerprint: str, node: str, lease_s: float,
         where=leases.c.expires_at <= func.now()).returning(leases.c.text_hash)).scalars()
     mine = set(claimed)
     items = [(h, t) for h, t in texts.items() if h in mine]
-    return Lease(fingerprint, node, token, items) if items else None
+    return Lease(fingerprint, node, token, lease_s, items) if items else None
 
 
 def store_vectors(conn: Connection, lease: Lease,
@@ -93,6 +95,7 @@ def store_vectors(conn: Connection, lease: Lease,
     """Write the vectors of the texts whose lease is still this claim's, and release them.
     Returns (hashes written, hashes lost): a lost lease was taken over by another node, and
     nothing of its text is written here."""
+    _hold_no_longer_than(conn, lease.lease_s)
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
                  {"key": lock_key(f"kbd memory {lease.fingerprint}")})
     held = set(conn.execute(delete(leases).where(
@@ -110,6 +113,14 @@ def store_vectors(conn: Connection, lease: Lease,
              "vector": vectors[h], "created_at": at} for i, h in enumerate(hashes)])
         conn.execute(select(func.pg_notify(CHANNEL, lease.fingerprint)))  # sent at commit
     return hashes, [h for h in vectors if h not in held]
+
+
+def _hold_no_longer_than(conn: Connection, lease_s: float) -> None:
+    """A node stopped (SIGSTOP, a VM paused) inside this transaction would hold its locks
+    and keep the other nodes' claims and writes waiting: the server ends its session once
+    it has idled a lease long in the transaction, and its work is rolled back."""
+    conn.execute(select(func.set_config("idle_in_transaction_session_timeout",
+                                        f"{int(lease_s * 1000)}", True)))
 
 
 def shared_rows(conn: Connection, fingerprint: str) -> int:

@@ -118,12 +118,21 @@ class Kbd:
     # -- the process -------------------------------------------------------------------------
 
     def start(self) -> subprocess.Popen:
+        self.launch()
+        return self.answering()
+
+    def launch(self) -> None:
+        """Start the daemon without waiting for it: daemons launched together start at once
+        (a start takes seconds on a busy machine)."""
         self.log = open(self.home / "daemon.log", "ab")  # noqa: SIM115 - closed in stop()
         # setpriv execs the interpreter, so the pid stays the daemon's (kill -9 hits it)
         prefix = UNPRIVILEGED if self.unprivileged and os.geteuid() == 0 else []
         self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "kbd", "daemon"],
                                      env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      umask=self.umask)
+
+    def answering(self) -> subprocess.Popen:
+        """Wait until the launched daemon answers on its socket."""
         wait_for(self._answering, timeout=120, what="the daemon's socket", tolerate=(KbdError,))
         return self.proc
 
