@@ -66,7 +66,8 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
 
         clara = load_clara(config.model.checkpoint, config.model.base, config.model.device,
                            config.model.dtype)
-        compressed = compress_backlog(store, clara, config.model.compress_batch_size)
+        compressed = compress_backlog(store, clara, config.model.compress_batch_size,
+                                      config.node.lease_s)
     result = {"files": len(files), "outcomes": outcomes, "compressed": compressed}
     if as_json:
         print_json(result)

@@ -31,10 +31,15 @@ def dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def memory_id(clara) -> str:
+SHARED = "@shared"  # a fleet's memory id: rows numbered by the store, not by a matrix file
+
+
+def memory_id(clara, shared: bool = False) -> str:
     """Memory differs with the weights and with the dtype that computed it, not with the
-    node that computed it: a fleet's model nodes share it."""
-    return f"{clara.fingerprint}.{dtype_name(clara.dtype)}"
+    node that computed it: a fleet's model nodes share it. A fleet's rows are numbered by
+    the store, a single host's by its matrix file; the id says which, so the two never mix
+    on one database."""
+    return f"{clara.fingerprint}.{dtype_name(clara.dtype)}" + (SHARED if shared else "")
 
 
 def configured_memory_id(config) -> str:
@@ -44,16 +49,18 @@ def configured_memory_id(config) -> str:
     checkpoint = read_checkpoint(config.model.checkpoint)
     _, dtype = pick_device(config.model.device, config.model.dtype)
     base = resolve_base(checkpoint, config.model.base)
-    return f"{fingerprint(checkpoint.path, base)}.{dtype_name(dtype)}"
+    shared = SHARED if config.node.fleet else ""
+    return f"{fingerprint(checkpoint.path, base)}.{dtype_name(dtype)}{shared}"
 
 
 def open_matrix(store: Store, clara) -> MemoryMatrix:
     """The matrix the memory index reads: a single host's matrix file, or a fleet node's copy
     of the rows shared in the store, brought up to date now."""
     shape, dtype = (clara.n_mem, clara.hidden), dtype_name(clara.dtype)
+    name = memory_id(clara, store.shares_memory)
     if not store.shares_memory:
-        return MemoryMatrix(store.memory_dir, memory_id(clara), shape, dtype)
-    matrix = SharedMatrix(store, memory_id(clara), shape, dtype)
+        return MemoryMatrix(store.memory_dir, name, shape, dtype)
+    matrix = SharedMatrix(store, name, shape, dtype)
     matrix.sync()
     return matrix
 
@@ -77,7 +84,7 @@ class Compressor:
     def __init__(self, store: Store, clara, lease_s: float = NodeConfig.lease_s):
         self.store = store
         self.clara = clara
-        self.model = memory_id(clara)
+        self.model = memory_id(clara, store.shares_memory)
         self.lease_s = lease_s
         self.matrix = None if store.shares_memory else open_matrix(store, clara)
         self.pending: Batch | None = None
@@ -147,9 +154,10 @@ class Compressor:
         return len(written)
 
 
-def compress_backlog(store: Store, clara, batch_size: int = 64) -> int:
+def compress_backlog(store: Store, clara, batch_size: int = 64,
+                     lease_s: float = NodeConfig.lease_s) -> int:
     """Compress every waiting passage; returns how many texts were compressed."""
-    compressor = Compressor(store, clara)
+    compressor = Compressor(store, clara, lease_s)
     done = 0
     while True:
         done += compressor.step(batch_size)

@@ -123,7 +123,7 @@ class ClaraEngine:
 
     def __init__(self, clara: Clara, store: Store):
         self.clara = clara
-        self.model = memory_id(clara)
+        self.model = memory_id(clara, store.shares_memory)
         self.top_k = clara.config.generation_top_k
         self.tokenizer = clara.tokenizer
         self.device = clara.device

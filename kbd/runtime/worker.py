@@ -126,7 +126,7 @@ class ModelWorker:
         self._wake.set()
 
     def backlog_model(self) -> str | None:
-        return memory_id(self.clara) if self.clara is not None else None
+        return memory_id(self.clara, self.store.shares_memory) if self.clara is not None else None
 
     def _unavailable(self) -> ModelUnavailable:
         """Why questions cannot be answered: no model configured, or it failed to load."""

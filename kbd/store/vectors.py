@@ -75,7 +75,7 @@ def claim_batch(conn: Connection, fingerprint: str, node: str, lease_s: float,
     statement = postgresql_insert(leases).values(
         [{"fingerprint": fingerprint, "text_hash": h, "node": node, "token": token,
           "claimed_at": func.now(), "expires_at": func.now() + timedelta(seconds=lease_s)}
-         for h in texts])
+         for h in sorted(texts)])  # in one order for every claim: two never deadlock
     # a lease row already there is taken over only once it expired: whichever claim
     # updates it first has it
     claimed = conn.execute(statement.on_conflict_do_update(
