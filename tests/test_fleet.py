@@ -52,6 +52,7 @@ def fleet_url(postgres_server):
     ('name = "web:1"', "node.name must be a short name"),
     ('name = "a/b"', "node.name must be a short name"),
     ('colour = "red"', "node.colour: unknown key"),
+    ("lease_s = 0.5", "node.lease_s = 0.5 is out of range: it must be from 1 to 86400"),
 ])
 def test_bad_node_settings_are_refused(tmp_path, node, refused):
     config = tmp_path / "config.toml"
