@@ -3,9 +3,11 @@ leases (docs/fleet.md): real daemons on a throwaway PostgreSQL server, the tiny 
 checkpoint on the CPU. An ingest node stores the logs first; then the model nodes start
 together and compress them. The rate is the distinct texts compressed over the span from
 the first memory row written to the last (the database's times), so start-up is not in it.
-Writes bench/results/fleet_compress.json.
+Each case runs with one torch thread per node (as if each node had a core of its own) and
+with torch's default (every node takes every core: on one small machine two nodes then
+fight over the cores). Writes bench/results/fleet_compress.json.
 
-    PYTHONPATH=. python3 bench/fleet_compress.py             # about 3 minutes on 2 cores
+    PYTHONPATH=. python3 bench/fleet_compress.py             # about 4 minutes on 2 cores
     PYTHONPATH=. python3 bench/fleet_compress.py --files 10  # smaller
 
 compress_rate() is the measurement, for bench/fleet.py to call.
@@ -46,9 +48,10 @@ def node_toml(url: str, name: str, role: str) -> str:
 
 
 def compress_rate(server: str, model: TinyModel, root: Path, model_nodes: int, files: int,
-                  lines: int = 200) -> dict:
-    """Compress `files` logs of `lines` lines with this many model nodes; the texts, the
-    seconds from the first memory row to the last, the rate, and each node's share."""
+                  lines: int = 200, threads: int | None = None) -> dict:
+    """Compress `files` logs of `lines` lines with this many model nodes (each with this
+    many torch threads; None: torch's default); the texts, the seconds from the first memory
+    row to the last, the rate, and each node's share."""
     with postgresql_database(server) as url:
         engine = create_engine(url)
 
@@ -59,6 +62,9 @@ def compress_rate(server: str, model: TinyModel, root: Path, model_nodes: int, f
         web = Kbd(root / "web", model, extra=node_toml(url, "web-1", "ingest"))
         gpus = [Kbd(root / f"gpu{i}", model, extra=node_toml(url, f"gpu-{i}", "model"))
                 for i in range(1, model_nodes + 1)]
+        for gpu in gpus:
+            gpu.env.pop("OMP_NUM_THREADS", None)
+            gpu.env |= {"OMP_NUM_THREADS": str(threads)} if threads else {}
         make_logs(web.watched, files, lines=lines)
         try:
             web.start()
@@ -86,7 +92,8 @@ def compress_rate(server: str, model: TinyModel, root: Path, model_nodes: int, f
                 daemon.__exit__()
             engine.dispose()
     seconds = (last - first).total_seconds()
-    return {"model_nodes": model_nodes, "texts": texts, "seconds": round(seconds, 2),
+    return {"model_nodes": model_nodes, "threads_per_node": threads or "torch default",
+            "texts": texts, "seconds": round(seconds, 2),
             "texts_per_s": round(texts / seconds, 1), "per_node": shares}
 
 
@@ -99,13 +106,16 @@ def main() -> None:
             postgresql_server() as server:
         base = write_base_model(Path(tmp) / "base")
         model = TinyModel(write_checkpoint(Path(tmp) / "clara", base), base)
-        runs = [compress_rate(server, model, Path(tmp) / f"run{n}", n, args.files, args.lines)
-                for n in (1, 2)]
+        runs = [compress_rate(server, model, Path(tmp) / f"run{n}-{threads}", n, args.files,
+                              args.lines, threads)
+                for threads in (1, None) for n in (1, 2)]
     result = {"when": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "model": "tiny CLaRa checkpoint (tests/support/tiny.py), CPU, batch 16",
               "files": args.files, "lines": args.lines, "runs": runs,
-              "speedup": round(runs[1]["texts_per_s"] / runs[0]["texts_per_s"], 2)}
+              "speedup_2_nodes": {str(one["threads_per_node"]): round(
+                  two["texts_per_s"] / one["texts_per_s"], 2)
+                  for one, two in zip(runs[::2], runs[1::2], strict=True)}}
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
