@@ -49,8 +49,9 @@ def vector(text_hash: str) -> bytes:
     return text_hash.encode()[:16]
 
 
-def claim(store: Store, node: str, limit: int, lease_s: float = 60) -> v.Lease | None:
-    return store.write(lambda conn: v.claim_batch(conn, MODEL, node, lease_s, limit))
+def claim(store: Store, limit: int, lease_s: float = 60) -> v.Lease | None:
+    """The next batch for the store's node, as its compressor claims it."""
+    return v.claim_next(store, MODEL, lease_s, limit)
 
 
 def write(store: Store, lease: v.Lease) -> tuple[list[str], list[str]]:
@@ -63,15 +64,15 @@ def test_leases_split_the_backlog_and_a_stale_batch_is_not_written(fleet_url, tm
     gpu2 = Store.open(fleet_url, tmp_path / "g2", node="gpu-2")
     try:
         add_passages(gpu1, [f"line {i}" for i in range(10)] + ["line 0"])  # one text twice
-        first, second = claim(gpu1, "gpu-1", 4), claim(gpu2, "gpu-2", 4)
-        third, nothing = claim(gpu2, "gpu-2", 4), claim(gpu1, "gpu-1", 4)
+        first, second = claim(gpu1, 4), claim(gpu2, 4)
+        third, nothing = claim(gpu2, 4), claim(gpu1, 4)
         assert nothing is None  # every text is held
         held = [h for lease in (first, second, third) for h, _ in lease.items]
         assert len(held) == len(set(held)) == 10
         # gpu-1's lease expires (it stalled); gpu-2 takes its batch over, and writes it
         gpu1.write(lambda conn: conn.execute(update(leases).where(leases.c.node == "gpu-1")
                                              .values(expires_at=func.now())))
-        taken = claim(gpu2, "gpu-2", 8)
+        taken = claim(gpu2, 8)
         assert sorted(taken.items) == sorted(first.items)
         assert write(gpu2, taken) == ([h for h, _ in taken.items], [])
         # gpu-1 wakes: its batch is no longer its own, nothing of it is written
@@ -92,15 +93,16 @@ def test_leases_split_the_backlog_and_a_stale_batch_is_not_written(fleet_url, tm
 
 def test_a_claim_in_flight_is_skipped_not_waited_for(fleet_url, tmp_path):
     """FOR UPDATE SKIP LOCKED: a claim not yet committed neither blocks another node's claim
-    nor shares its passages with it."""
-    store = Store.open(fleet_url, tmp_path / "m", node="gpu-1")
+    nor shares its texts with it."""
+    store = Store.open(fleet_url, tmp_path / "m", node="gpu-2")
     try:
         add_passages(store, [f"line {i}" for i in range(6)])
+        assert store.write(lambda conn: v.queue_backlog(conn, MODEL, 100)) == 6
         with store.engine.connect() as slow:
             with slow.begin():
                 first = v.claim_batch(slow, MODEL, "gpu-1", 60, 3)
                 started = time.monotonic()
-                other = claim(store, "gpu-2", 6)  # while gpu-1's claim is open
+                other = claim(store, 6)  # gpu-2's, while gpu-1's claim is open
                 assert time.monotonic() - started < 5
             assert {h for h, _ in first.items}.isdisjoint(h for h, _ in other.items)
             assert len(first.items) + len(other.items) == 6
@@ -114,15 +116,14 @@ def test_a_node_copy_follows_the_store_by_notify_and_by_poll(fleet_url, tmp_path
     followers = []
     try:
         add_passages(gpu1, [f"line {i}" for i in range(4)])
-        write(gpu1, claim(gpu1, "gpu-1", 2))
+        write(gpu1, claim(gpu1, 2))
         copy = v.SharedMatrix(gpu2, MODEL, SHAPE, "bfloat16")
         assert copy.sync() == 2 and copy.rows() == 2  # built from the store
         heard = threading.Event()
         followers.append(v.MemoryFollower(copy, lambda n: heard.set(), poll_s=60))
         followers[0].start()
         time.sleep(0.5)  # listening
-        lease = claim(gpu1, "gpu-1", 2)
-        write(gpu1, lease)
+        write(gpu1, claim(gpu1, 2))
         assert heard.wait(10), "no notification within 10 s (the poll is 60 s away)"
         with gpu1.read() as conn:
             assert copy.read([0, 1, 2, 3]) == v.read_rows(conn, MODEL, 0, 4)

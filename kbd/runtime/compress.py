@@ -22,7 +22,7 @@ from kbd.model.clara import memory_to_bytes
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.matrix import MemoryFileError, MemoryMatrix
-from kbd.store.vectors import Lease, SharedMatrix, claim_batch, store_vectors
+from kbd.store.vectors import Lease, SharedMatrix, claim_next, store_vectors
 
 log = logging.getLogger("kbd.memory")
 
@@ -100,8 +100,7 @@ class Compressor:
     def _take(self, batch_size: int) -> tuple[Lease | None, list[tuple[str, str]]]:
         """The next batch of the backlog: claimed on a fleet, else past the one in flight."""
         if self.store.shares_memory:
-            lease = self.store.write(lambda conn: claim_batch(
-                conn, self.model, self.store.node, self.lease_s, batch_size))
+            lease = claim_next(self.store, self.model, self.lease_s, batch_size)
             return lease, lease.items if lease else []
         busy = set(self.pending.hashes) if self.pending else set()
         with self.store.read() as conn:

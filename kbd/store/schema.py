@@ -155,10 +155,11 @@ memories = Table(
 )
 
 leases = Table(
-    "leases", metadata,  # texts of the backlog a fleet's model node is compressing now
+    "leases", metadata,  # a fleet's compression backlog, queued; held by a model node
     Column("fingerprint", String(96), primary_key=True),  # memory id
     Column("text_hash", String(64), primary_key=True),
-    Column("node", String(63), nullable=False),
+    Column("passage_id", Integer, nullable=False),  # its oldest passage: claims go in order
+    Column("node", String(63), nullable=False),  # "": queued, no node has claimed it
     Column("token", String(32), nullable=False),  # the claim: its batch's vectors are written
     Column("claimed_at", DateTime(timezone=True), nullable=False),  # only while it holds
     Column("expires_at", DateTime(timezone=True), nullable=False),  # database clock

@@ -1,10 +1,12 @@
 """A fleet's memory vectors, shared in the store, and the compression backlog shared by its
 model nodes under leases (docs/fleet.md).
 
-A model node claims a batch of the backlog: the passages are read `FOR UPDATE SKIP LOCKED`
-(two nodes claiming at once take different ones) and a `leases` row per text is written
-with the node, a token naming the claim and an expiry `lease_s` ahead on the database's
-clock. A lease past its expiry can be claimed by another node (`taken_over` counts that).
+The backlog is queued as `leases` rows, a text each, held by no node at first. A model node
+claims a batch of them: the rows are read `FOR UPDATE SKIP LOCKED` (two nodes claiming at
+once take different ones) and given the node, a token naming the claim and an expiry
+`lease_s` ahead on the database's clock. A lease past its expiry can be claimed by another
+node (`taken_over` counts that). Locking rows of its own table only, a model node needs no
+write grant on the ingest nodes' passages.
 The vectors are written in one transaction with the release of the lease, and only for the
 texts whose lease is still the claim's: a node that wakes after its lease was taken writes
 nothing stale. Writers take turns under an advisory lock, so each memory id's rows are
@@ -24,9 +26,9 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, delete, func, select, text
+from sqlalchemy import Connection, and_, case, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
 from kbd.store import Store, lock_key
@@ -39,6 +41,7 @@ log = logging.getLogger("kbd.memory")
 CHANNEL = "kbd_memory"  # NOTIFY channel: new vectors were committed (payload: memory id)
 POLL_S = 2.0  # the store is read for new rows at least this often, notified or not
 FETCH_ROWS = 256  # rows read from the store at a time while catching up
+QUEUE_BATCHES = 8  # the backlog is queued for claims this many batches at a time
 
 
 @dataclass(frozen=True)
@@ -53,41 +56,67 @@ class Lease:
     items: list[tuple[str, str]]
 
 
+def queue_backlog(conn: Connection, fingerprint: str, limit: int) -> int:
+    """Queue up to `limit` texts of the backlog, oldest first, that are neither compressed nor
+    queued: lease rows that no node holds yet (node "", expired from the start). Returns
+    how many were queued; a text another node queued at the same moment is skipped."""
+    queued = select(leases.c.text_hash).where(
+        leases.c.fingerprint == fingerprint, leases.c.text_hash == passages.c.text_hash).exists()
+    rows = conn.execute(
+        select(passages.c.text_hash, func.min(passages.c.id))
+        .where(passages.c.live, missing_memory(fingerprint), ~queued)
+        .group_by(passages.c.text_hash).order_by(func.min(passages.c.id)).limit(limit)).all()
+    if not rows:
+        return 0
+    never = datetime(1970, 1, 1, tzinfo=UTC)
+    # RETURNING counts the rows that went in (rowcount is -1 for a multi-row INSERT)
+    return len(conn.execute(postgresql_insert(leases).values(
+        [{"fingerprint": fingerprint, "text_hash": h, "passage_id": first, "node": "",
+          "token": "", "claimed_at": never, "expires_at": never}
+         for h, first in sorted(rows)])  # one order for every node: two never deadlock
+        .on_conflict_do_nothing().returning(leases.c.text_hash)).all())
+
+
 def claim_batch(conn: Connection, fingerprint: str, node: str, lease_s: float,
                 limit: int) -> Lease | None:
-    """Claim the texts of up to `limit` passages of the backlog that no node holds a live
-    lease on, oldest first; None when there are none. The passages read are locked to the
-    claim's commit, so a claim beside it reads others."""
+    """Claim up to `limit` queued texts that no node holds a live lease on, oldest first:
+    never claimed, or their lease expired (taken over). The lease rows are read
+    `FOR UPDATE SKIP LOCKED`, so a claim beside this one, not yet committed, is skipped
+    rather than waited for, and the two claim different texts. None: nothing to claim."""
     _hold_no_longer_than(conn, lease_s)
-    live = select(leases.c.text_hash).where(
-        leases.c.fingerprint == fingerprint, leases.c.text_hash == passages.c.text_hash,
-        leases.c.expires_at > func.now()).exists()
-    rows = conn.execute(
-        select(passages.c.text_hash, passages.c.text)
-        .where(passages.c.live, missing_memory(fingerprint), ~live).order_by(passages.c.id)
-        .limit(limit).with_for_update(of=passages, skip_locked=True))
-    texts: dict[str, str] = {}
-    for text_hash, passage_text in rows:  # identical texts are compressed once
-        texts.setdefault(text_hash, passage_text)
-    if not texts:
+    free = list(conn.execute(
+        select(leases.c.text_hash)
+        .where(leases.c.fingerprint == fingerprint, leases.c.expires_at <= func.now())
+        .order_by(leases.c.passage_id).limit(limit)
+        .with_for_update(skip_locked=True)).scalars())
+    if not free:
         return None
     token = uuid.uuid4().hex
-    statement = postgresql_insert(leases).values(
-        [{"fingerprint": fingerprint, "text_hash": h, "node": node, "token": token,
-          "claimed_at": func.now(), "expires_at": func.now() + timedelta(seconds=lease_s)}
-         for h in sorted(texts)])  # in one order for every claim: two never deadlock
-    # a lease row already there is taken over only once it expired: whichever claim
-    # updates it first has it
-    claimed = conn.execute(statement.on_conflict_do_update(
-        index_elements=["fingerprint", "text_hash"],
-        set_={"node": statement.excluded.node, "token": statement.excluded.token,
-              "claimed_at": statement.excluded.claimed_at,
-              "expires_at": statement.excluded.expires_at,
-              "taken_over": leases.c.taken_over + 1},
-        where=leases.c.expires_at <= func.now()).returning(leases.c.text_hash)).scalars()
-    mine = set(claimed)
-    items = [(h, t) for h, t in texts.items() if h in mine]
-    return Lease(fingerprint, node, token, lease_s, items) if items else None
+    mine = and_(leases.c.fingerprint == fingerprint, leases.c.text_hash.in_(free))
+    conn.execute(update(leases).where(mine).values(
+        node=node, token=token, claimed_at=func.now(),
+        expires_at=func.now() + timedelta(seconds=lease_s),
+        taken_over=leases.c.taken_over + case((leases.c.node == "", 0), else_=1)))
+    texts = dict(conn.execute(select(passages.c.text_hash, passages.c.text).where(
+        passages.c.text_hash.in_(free), passages.c.live, missing_memory(fingerprint))).all())
+    # a text compressed meanwhile, or no longer in any live passage, leaves the queue
+    conn.execute(delete(leases).where(mine, leases.c.text_hash.not_in(list(texts))))
+    items = [(h, texts[h]) for h in free if h in texts]
+    return Lease(fingerprint, node, token, lease_s, items)
+
+
+def claim_next(store: Store, fingerprint: str, lease_s: float, limit: int) -> Lease | None:
+    """Claim the next batch for this node (store.node), queueing more of the backlog first
+    when nothing queued is free. The queueing commits on its own: a claim held open never
+    keeps another node's queueing waiting."""
+    def claim(conn: Connection) -> Lease | None:
+        return claim_batch(conn, fingerprint, store.node, lease_s, limit)
+
+    lease = store.write(claim)
+    if lease is None and store.write(lambda conn: queue_backlog(conn, fingerprint,
+                                                                QUEUE_BATCHES * limit)):
+        lease = store.write(claim)
+    return lease
 
 
 def store_vectors(conn: Connection, lease: Lease,

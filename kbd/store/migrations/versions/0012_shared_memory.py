@@ -1,8 +1,9 @@
 """A fleet's memory vectors live in the store, and model nodes share the compression backlog
 under leases. `memories.vector` holds a passage's memory (bf16 bytes) when it is shared: its
 `row` is then the fleet-wide row number, dense and unique per memory id, from which each
-model node keeps its own copy of the matrix in step. `leases` holds the backlog's texts a
-model node is compressing now, until `expires_at` (the database's clock). A single-host
+model node keeps its own copy of the matrix in step. `leases` queues the backlog's texts for
+the model nodes, and holds the ones a node is compressing now until `expires_at` (the
+database's clock). A single-host
 store keeps its vectors in its matrix file: `vector` stays null there.
 
 Revision ID: 0012
@@ -27,6 +28,7 @@ def upgrade() -> None:
         "leases",
         sa.Column("fingerprint", sa.String(96), nullable=False),
         sa.Column("text_hash", sa.String(64), nullable=False),
+        sa.Column("passage_id", sa.Integer, nullable=False),
         sa.Column("node", sa.String(63), nullable=False),
         sa.Column("token", sa.String(32), nullable=False),
         sa.Column("claimed_at", TS, nullable=False),
