@@ -5,7 +5,8 @@ together and compress them. The rate is the distinct texts compressed over the s
 the first memory row written to the last (the database's times), so start-up is not in it.
 Each case runs with one torch thread per node (as if each node had a core of its own) and
 with torch's default (every node takes every core: on one small machine two nodes then
-fight over the cores). Writes bench/results/fleet_compress.json.
+fight over the cores). Writes bench/results/fleet_compress.json, and the same as the
+`compression` section of bench/results/fleet.json (bench/fleet.py writes the others).
 
     PYTHONPATH=. python3 bench/fleet_compress.py             # about 4 minutes on 2 cores
     PYTHONPATH=. python3 bench/fleet_compress.py --files 10  # smaller
@@ -41,6 +42,7 @@ from support.tiny import write_base_model, write_checkpoint  # noqa: E402
 from kbd.store.schema import documents, memories, passages  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "fleet_compress.json"
+FLEET = ROOT / "bench" / "results" / "fleet.json"  # its `compression` section
 
 
 def node_toml(url: str, name: str, role: str) -> str:
@@ -117,6 +119,8 @@ def main() -> None:
                   two["texts_per_s"] / one["texts_per_s"], 2)
                   for one, two in zip(runs[::2], runs[1::2], strict=True)}}
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    fleet = json.loads(FLEET.read_text()) if FLEET.exists() else {}
+    FLEET.write_text(json.dumps(fleet | {"compression": result}, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
