@@ -8,7 +8,7 @@ with torch's default (every node takes every core: on one small machine two node
 fight over the cores). Writes bench/results/fleet_compress.json, and the same as the
 `compression` section of bench/results/fleet.json (bench/fleet.py writes the others).
 
-    PYTHONPATH=. python3 bench/fleet_compress.py             # about 4 minutes on 2 cores
+    PYTHONPATH=. python3 bench/fleet_compress.py             # about 5 minutes on 2 cores
     PYTHONPATH=. python3 bench/fleet_compress.py --files 10  # smaller
 
 compress_rate() is the measurement, for bench/fleet.py to call.
@@ -101,7 +101,7 @@ def compress_rate(server: str, model: TinyModel, root: Path, model_nodes: int, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=40)
+    parser.add_argument("--files", type=int, default=100)
     parser.add_argument("--lines", type=int, default=200)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kbd-fleet-compress-") as tmp, \
