@@ -171,6 +171,7 @@ class RemoteModel:
             error = json.loads(body)
             request.future.set_exception(KbdError(error["message"], error.get("hint"),
                                                   error["code"]))
+        self._delete(ask_id)  # after the answer is handed on: its client waits for no write
 
     def _check(self) -> None:
         """Fail the asks that can no longer be answered, or waited too long."""
@@ -201,16 +202,18 @@ class RemoteModel:
         if waiting is not None and not waiting.request.future.done():
             log.warning("ask %d failed: %s", ask_id, error.message)
             waiting.request.future.set_exception(error)
+        self._delete(ask_id)
 
     def _forget(self, ask_id: int) -> Waiting | None:
-        """Stop waiting for an ask, and delete it from the store (its chunks go with it)."""
         with self._lock:
-            waiting = self._waiting.pop(ask_id, None)
+            return self._waiting.pop(ask_id, None)
+
+    def _delete(self, ask_id: int) -> None:
+        """The ask is done with: delete it from the store (its chunks go with it)."""
         try:
             self.store.write(lambda conn: asks.delete_ask(conn, ask_id))
-        except KbdError as e:  # swept later (KEEP_S)
+        except KbdError as e:  # a model node sweeps it later (KEEP_S)
             log.warning("deleting ask %d failed: %s", ask_id, e)
-        return waiting
 
 
 # -- the model node -------------------------------------------------------------------------
@@ -303,7 +306,7 @@ class AskServer:
                 if request.future.done() and request.tokens.empty():
                     break
                 continue
-            gathered = time.monotonic() + CHUNK_S
+            gathered = time.monotonic() + (CHUNK_S if seq else 0.0)  # the first at once
             while (left := gathered - time.monotonic()) > 0:
                 try:
                     pieces.append(request.tokens.get(timeout=left))

@@ -58,7 +58,7 @@ def insert_ask(conn: Connection, asker: str, question: str, options: dict) -> in
     """A new ask, announced to the model nodes at commit; its id."""
     ask_id = conn.execute(insert(asks).values(
         asker=asker, question=question, options=json.dumps(options),
-        created_at=fleet.db_now(conn)).returning(asks.c.id)).scalar_one()
+        created_at=func.now()).returning(asks.c.id)).scalar_one()  # the database's clock
     _notify(conn, ASKS_CHANNEL, str(ask_id))
     return ask_id
 
@@ -116,7 +116,7 @@ def claim_ask(conn: Connection, node: str, node_started_at: datetime) -> Claimed
     if row is None:
         return None
     conn.execute(update(asks).where(asks.c.id == row.id).values(
-        claimed_by=node, claimer_started_at=node_started_at, claimed_at=fleet.db_now(conn)))
+        claimed_by=node, claimer_started_at=node_started_at, claimed_at=func.now()))
     return Claimed(row.id, row.asker, row.question, json.loads(row.options))
 
 

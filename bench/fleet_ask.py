@@ -1,0 +1,130 @@
+"""CPU: ask latency through the database hop (an ingest node's `kbd ask`, answered by a model
+node through PostgreSQL: docs/fleet.md "Routed asks") against the same ask made locally on
+the model node. Real daemons on a throwaway PostgreSQL server, the tiny CLaRa checkpoint on
+the CPU; writes p50 / p95 / mean per path to bench/results/fleet_ask.json.
+
+    PYTHONPATH=. python3 bench/fleet_ask.py                     # about two minutes on 2 cores
+
+Each question of the set is asked --rounds times on each path, the two paths alternating, over
+the daemon's socket API as `kbd ask` sends it (the CLI's own start-up is not timed): whole
+answers (POST /ask) and, streamed, the time to the first text piece.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the daemon harness
+
+from support.harness import (  # noqa: E402
+    Kbd,
+    TinyModel,
+    make_logs,
+    postgresql_database,
+    postgresql_server,
+)
+from support.tiny import write_base_model, write_checkpoint  # noqa: E402
+
+QUESTIONS = [
+    "which request failed with timeout ?", "which worker failed ?", "what happened at 10:05 ?",
+    "did service 3 fail ?", "which requests were ok ?", "what failed on worker 2 ?",
+    "how many requests timed out ?", "which service had a timeout at 10:15 ?",
+    "was request 20 ok ?", "what did worker 6 do ?",
+]
+
+
+def node_toml(url: str, name: str, role: str) -> str:
+    return f'[store]\nurl = "{url}"\n[node]\nname = "{name}"\nrole = "{role}"\n'
+
+
+def timed_ask(node: Kbd, question: str, max_new_tokens: int) -> float:
+    began = time.perf_counter()
+    reply = node.client.request("POST", "/ask", {"question": question,
+                                                 "max_new_tokens": max_new_tokens})
+    assert reply["status"] == "answered", reply
+    return time.perf_counter() - began
+
+
+def first_piece(node: Kbd, question: str, max_new_tokens: int) -> float:
+    """Seconds to the first streamed text piece (the rest of the stream is read, untimed)."""
+    began, first = time.perf_counter(), None
+    for event in node.client.stream("/ask", {"question": question, "stream": True,
+                                             "max_new_tokens": max_new_tokens}):
+        assert "error" not in event, event
+        if first is None:
+            first = time.perf_counter() - began
+    return first
+
+
+def summary(seconds: list[float]) -> dict:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"n": len(ms), "p50_ms": round(statistics.median(ms), 1),
+            "p95_ms": round(ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))], 1),
+            "mean_ms": round(statistics.fmean(ms), 1), "max_ms": round(ms[-1], 1)}
+
+
+def measure(ingest: Kbd, model: Kbd, rounds: int, max_new_tokens: int) -> dict:
+    paths = {"local (model node)": model, "routed (ingest -> model node)": ingest}
+    whole = {name: [] for name in paths}
+    streamed = {name: [] for name in paths}
+    for node in paths.values():  # warm up: first asks load caches on both sides
+        for question in QUESTIONS[:2]:
+            timed_ask(node, question, max_new_tokens)
+    for _ in range(rounds):
+        for question in QUESTIONS:
+            for name, node in paths.items():
+                whole[name].append(timed_ask(node, question, max_new_tokens))
+                streamed[name].append(first_piece(node, question, max_new_tokens))
+    out = {"whole_answer": {n: summary(s) for n, s in whole.items()},
+           "first_piece_streamed": {n: summary(s) for n, s in streamed.items()}}
+    local, routed = paths
+    out["hop_p50_ms"] = {kind: round(out[kind][routed]["p50_ms"] - out[kind][local]["p50_ms"], 1)
+                         for kind in ("whole_answer", "first_piece_streamed")}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--files", type=int, default=20, help="logs on the ingest node")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet_ask.json")
+    args = parser.parse_args()
+    with (tempfile.TemporaryDirectory(prefix="kbd-bench-fleet-ask-") as folder,
+          postgresql_server() as server, postgresql_database(server) as url):
+        tmp = Path(folder)
+        base = write_base_model(tmp / "base")
+        model = TinyModel(write_checkpoint(tmp / "checkpoint", base), base)
+        with (Kbd(tmp / "web", model, extra=node_toml(url, "web-1", "ingest")) as ingest,
+              Kbd(tmp / "gpu", model, extra=node_toml(url, "gpu-1", "model")) as gpu):
+            make_logs(ingest.watched, args.files)
+            ingest.start()
+            gpu.start()
+            gpu.settled(args.files, timeout=300)
+            results = measure(ingest, gpu, args.rounds, args.max_new_tokens)
+            ingest.stop()
+            gpu.stop()
+    print(json.dumps(results, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "setting": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "store": "PostgreSQL 15 on a Unix socket, same host",
+                    "model": "tiny CLaRa, CPU", "files": args.files, "rounds": args.rounds,
+                    "questions": len(QUESTIONS), "max_new_tokens": args.max_new_tokens,
+                    "command": " ".join(["python3", *sys.argv])},
+        "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
