@@ -186,6 +186,7 @@ def test_asks_on_ingest_nodes_are_answered_by_a_model_node(fleet_url, tmp_path, 
         # two model nodes: each of 8 concurrent asks answered by exactly one
         gpu2.start()
         wait_for(lambda: gpu2.status()["model"] == "ready", timeout=60, what="gpu-2 ready")
+        assert tcp_listeners(gpu2.proc.pid) == []
         replies = {}
 
         def ask_one(n: int) -> None:

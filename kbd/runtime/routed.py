@@ -66,6 +66,7 @@ class Waiting:
     request: AskRequest
     deadline: float  # time.monotonic() past which the ask fails
     seq: int = 0  # the next chunk to read
+    sent: bool = False  # committed: until then the ask's row is not there to check
 
 
 class RemoteModel:
@@ -97,16 +98,18 @@ class RemoteModel:
                          "`kbd status` lists the nodes and their heartbeats")
             ask_id = asks.insert_ask(conn, self.node, request.question, options_of(request))
             with self._lock:  # before the commit: its first chunk can come right after
-                self._waiting[ask_id] = Waiting(request, time.monotonic() + GIVE_UP_S)
+                self._waiting[ask_id] = waiting
             return ask_id
 
+        waiting = Waiting(request, time.monotonic() + GIVE_UP_S)
         try:
             ask_id = self.store.write(send)
         except Exception:
             with self._lock:  # an insert rolled back: forget it
-                for ask_id in [i for i, w in self._waiting.items() if w.request is request]:
+                for ask_id in [i for i, w in self._waiting.items() if w is waiting]:
                     del self._waiting[ask_id]
             raise
+        waiting.sent = True
         log.debug("ask %d sent to the model nodes", ask_id)
         return request.future
 
@@ -176,7 +179,7 @@ class RemoteModel:
     def _check(self) -> None:
         """Fail the asks that can no longer be answered, or waited too long."""
         with self._lock:
-            waiting = dict(self._waiting)
+            waiting = {i: w for i, w in self._waiting.items() if w.sent}
         if not waiting:
             return
         now = time.monotonic()
