@@ -87,10 +87,10 @@ class RemoteModel:
 
     def submit(self, request: AskRequest) -> Future:
         """Send the question to the model nodes; refused at once when none is alive."""
+        waiting = Waiting(request, time.monotonic() + GIVE_UP_S)
 
         def send(conn) -> int:
-            alive = asks.live_model_nodes(conn)
-            if not alive:
+            if not asks.live_model_nodes(conn):
                 raise ModelUnavailable(
                     "no model node is alive in the fleet to answer (this node's role is "
                     "ingest)", engine="none",
@@ -101,7 +101,6 @@ class RemoteModel:
                 self._waiting[ask_id] = waiting
             return ask_id
 
-        waiting = Waiting(request, time.monotonic() + GIVE_UP_S)
         try:
             ask_id = self.store.write(send)
         except Exception:
