@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, insert, select, text
 from support.harness import Kbd, postgresql_database, wait_for
 
+from kbd.config import ModelConfig
+from kbd.runtime.routed import AskServer, RemoteModel, options_of
+from kbd.runtime.worker import AskRequest, ModelWorker
 from kbd.store import Store
 from kbd.store import asks as ak
 from kbd.store import fleet as fl
@@ -98,6 +101,63 @@ def test_an_ask_stalls_when_its_node_stops_and_its_chunks_go_with_it(fleet_url, 
         assert store.write(lambda conn: ak.sweep(conn, -1)) == 1  # the second, unclaimed
     finally:
         store.close()
+
+
+def test_a_lost_notification_delays_an_ask_by_a_poll_never_hangs_it(fleet_url, tmp_path,
+                                                                     tiny_model):
+    """Rows written with no NOTIFY (as if it was lost on a dropped connection): a model node
+    finds the ask, and the asker its answer, by their polls within a second or so. The model
+    node is in process: the real model worker (tiny checkpoint), on a store with no passages,
+    so it answers "nothing-new" at once."""
+    web = Store.open(fleet_url, tmp_path / "web", node="web-1")
+    gpu = Store.open(fleet_url, tmp_path / "gpu", node="gpu-1")
+    remote = RemoteModel(web, "web-1")
+    worker = ModelWorker(ModelConfig(checkpoint=tiny_model.checkpoint, base=tiny_model.base,
+                                     device="cpu"), gpu, revision=lambda: 0,
+                         on_change=lambda: None)
+    server = AskServer(gpu, "gpu-1", register(gpu, "gpu-1"), worker.submit)
+    try:
+        worker.start()
+        wait_for(lambda: worker.state == "ready", timeout=120, what="the model loaded")
+        remote.start()
+        server.start()
+        time.sleep(0.5)  # both LISTEN now, and poll
+        # an ask whose NOTIFY was lost: the model node claims and answers it on its poll
+        began = time.monotonic()
+        ask_id = web.write(lambda conn: conn.execute(insert(asks).values(
+            asker="web-9", question="which disk ?", options=json.dumps(options_of(
+                AskRequest("which disk ?"))), created_at=fl.db_now(conn))
+            .returning(asks.c.id)).scalar_one())
+        done = wait_for(lambda: chunks(web, ask_id), timeout=10, what="the ask answered")
+        assert time.monotonic() - began < ak.POLL_S + 1.5
+        (seq, kind, body), = done
+        assert (seq, kind, json.loads(body)["status"]) == (0, "done", "nothing-new")
+        # an answer whose NOTIFY was lost: the asker reads it on its poll
+        server.stop()
+        gpu.write(lambda conn: fl.heartbeat(conn, "gpu-1", None))  # alive, however long it took
+        request = AskRequest("which volume ?")
+        remote.submit(request)
+        claimed = gpu.write(lambda conn: ak.claim_ask(conn, "gpu-1", fl.db_now(conn)))
+        began = time.monotonic()
+        gpu.write(lambda conn: conn.execute(insert(ask_chunks).values(
+            ask_id=claimed.id, seq=0, kind="done", body=json.dumps({"answer": "disk 3"}))))
+        assert request.future.result(timeout=10) == {"answer": "disk 3"}
+        assert time.monotonic() - began < ak.POLL_S + 1.5
+        wait_for(lambda: chunks(web, claimed.id) is None, timeout=5, what="the ask deleted")
+    finally:
+        server.stop()
+        remote.stop()
+        worker.stop()
+        web.close()
+        gpu.close()
+
+
+def chunks(store: Store, ask_id: int) -> list | None:
+    """The ask's chunks; None when the ask is gone."""
+    with store.read() as conn:
+        if conn.execute(select(asks.c.id).where(asks.c.id == ask_id)).first() is None:
+            return None
+        return ak.chunks_after(conn, ask_id, 0)
 
 
 # -- daemons --------------------------------------------------------------------------------
