@@ -1,7 +1,8 @@
 """CPU: ask latency through the database hop (an ingest node's `kbd ask`, answered by a model
 node through PostgreSQL: docs/fleet.md "Routed asks") against the same ask made locally on
 the model node. Real daemons on a throwaway PostgreSQL server, the tiny CLaRa checkpoint on
-the CPU; writes p50 / p95 / mean per path to bench/results/fleet_ask.json.
+the CPU; writes p50 / p95 / mean per path to bench/results/fleet_ask.json, and the same as the
+`ask_latency` section of bench/results/fleet.json (whose other sections it keeps).
 
     PYTHONPATH=. python3 bench/fleet_ask.py                     # about two minutes on 2 cores
 
@@ -164,6 +165,8 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=20, help="logs on the ingest node")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet_ask.json")
+    parser.add_argument("--fleet", type=Path, default=ROOT / "bench/results/fleet.json",
+                        help="the fleet figures, whose ask_latency section this writes")
     args = parser.parse_args()
     with (tempfile.TemporaryDirectory(prefix="kbd-bench-fleet-ask-") as folder,
           postgresql_server() as server, postgresql_database(server) as url):
@@ -185,8 +188,7 @@ def main() -> int:
             gpu.stop()
     results["db_steps_p50_ms"] = steps
     print(json.dumps(results, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    record = {
         "setting": {"machine": platform.machine(), "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                     "load_average_1min_before_after": load,  # other work on the same cores
@@ -194,7 +196,11 @@ def main() -> int:
                     "model": "tiny CLaRa, CPU", "files": args.files, "rounds": args.rounds,
                     "questions": len(QUESTIONS), "max_new_tokens": args.max_new_tokens,
                     "command": " ".join(["python3", *sys.argv])},
-        "results": results}, indent=2) + "\n")
+        "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    fleet = json.loads(args.fleet.read_text()) if args.fleet.exists() else {}
+    args.fleet.write_text(json.dumps(fleet | {"ask_latency": record}, indent=2) + "\n")
     return 0
 
 

@@ -14,14 +14,20 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select, text
-from support.harness import Kbd, make_logs, postgresql_database, wait_for
+from support.harness import (
+    Kbd,
+    check_consistent,
+    make_logs,
+    postgresql_database,
+    wait_for,
+)
 
 from kbd.config import load_config
 from kbd.errors import ConfigError, KbdError, StoreError
 from kbd.store import Store
 from kbd.store import fleet as fl
 from kbd.store import queries as q
-from kbd.store.schema import answers, documents, firings
+from kbd.store.schema import answers, documents, firings, passages
 
 EVERY_S = 3
 
@@ -446,6 +452,173 @@ def _catch(rows, node: str, timeout: float) -> bool:
         time.sleep(0.02)
     return False
 
+
+
+def _node_rows(engine, node: str) -> tuple[list, list]:
+    """A node's documents and passages, every column: what another node must never change."""
+    with engine.connect() as conn:
+        docs = conn.execute(select(documents).where(documents.c.node == node)
+                            .order_by(documents.c.id)).all()
+        rows = conn.execute(select(passages).join(documents)
+                            .where(documents.c.node == node).order_by(passages.c.id)).all()
+    return [tuple(d) for d in docs], [tuple(r) for r in rows]
+
+
+def _append(path: Path, word: str, count: int) -> None:
+    with path.open("a") as f:
+        for i in range(count):
+            f.write(f"2026-11-23 11:{i % 60:02d}:00 service 0 request {9000 + i} {word} ok\n")
+
+
+def test_an_ingest_node_down_while_its_files_change_catches_up(fleet_url, tmp_path,
+                                                               tiny_model):
+    """web-1 stopped (SIGTERM) while its folder changes (lines appended, a file deleted, one
+    added, one rotated as logrotate `create` does), then started again: its start-up scan
+    catches up (appended and new lines searchable, the deleted file's document retired, the
+    rotated file followed to its new name, every line of every file live exactly once), and
+    web-2, running throughout, keeps every row of its documents and passages as they were."""
+    with (Kbd(tmp_path / "w1", tiny_model, extra=fleet_toml(fleet_url, "web-1", "ingest"))
+          as web1,
+          Kbd(tmp_path / "w2", tiny_model, extra=fleet_toml(fleet_url, "web-2", "ingest"))
+          as web2):
+        grown, deleted, kept = make_logs(web1.watched, 3, name="app")
+        (rotated,) = make_logs(web1.watched, 1, name="rot")
+        make_logs(web2.watched, 2, name="other")
+        web1.start()
+        web2.start()
+        engine = create_engine(fleet_url)
+        config = web1.loaded_config()
+
+        def caught_up():
+            found = check_consistent(fleet_url, config.memory_dir, web1.files())
+            return found if found.clean else None
+        wait_for(caught_up, timeout=60, what="web-1's files stored")
+        wait_for(lambda: len(_node_rows(engine, "web-2")[0]) == 2, timeout=60,
+                 what="web-2's files stored")
+        other = _node_rows(engine, "web-2")
+        with engine.connect() as conn:
+            rotated_id = conn.execute(select(documents.c.id).where(
+                documents.c.path == str(rotated))).scalar_one()
+
+        assert web1.stop() == 0  # SIGTERM: stopped as asked
+        assert "web-1: ingest, stopped" in web2.cli("status").stdout
+        _append(grown, "catchupzebra", 30)
+        # the new file first: made after the delete it could take the deleted file's inode,
+        # which kbd reads as the file moved (a rename keeps its document)
+        (added,) = make_logs(web1.watched, 1, first=7, name="app")
+        deleted.unlink()
+        rotated.rename(rotated.with_name(rotated.name + ".1"))
+        _append(rotated, "rotatedfresh", 12)  # the new file at the rotated path
+        time.sleep(3)  # a stretch with the node down, web-2 still running
+        assert _node_rows(engine, "web-2") == other
+
+        began = time.monotonic()
+        web1.start()
+        found = wait_for(caught_up, timeout=60, what="web-1 caught up")
+        print(f"caught up {time.monotonic() - began:.1f} s after the start")
+        assert found.lost_lines == 0 and found.problems == []
+        assert {p.name for p in web1.files()} == {
+            grown.name, kept.name, added.name, rotated.name, rotated.name + ".1"}
+        store = Store(fleet_url, tmp_path / "m")
+        try:
+            with store.read() as conn:
+                zebra = q.passages_with_all(conn, ["catchupzebra"], 1000)
+                fresh = q.passages_with_all(conn, ["rotatedfresh"], 1000)
+                added_rows = q.passages_with_all(conn, ["service 7"], 1000)
+        finally:
+            store.close()
+        assert {p.path for p in zebra} == {str(grown)}
+        assert sorted(n for p in zebra for n in range(p.first_line, p.last_line + 1)
+                      if n > 40) == list(range(41, 71))  # the 30 appended lines, each once
+        assert {p.path for p in fresh} == {str(rotated)}
+        assert {p.path for p in added_rows} == {str(added)}
+        with engine.connect() as conn:
+            by_path = {r.path: r for r in conn.execute(select(documents).where(
+                documents.c.node == "web-1"))}
+        assert by_path[str(deleted)].deleted_at is not None
+        with engine.connect() as conn:  # its passages kept for old answers, never live again
+            assert {r.live for r in conn.execute(select(passages.c.live).where(
+                passages.c.document_id == by_path[str(deleted)].id))} == {False}
+        moved = by_path[str(rotated) + ".1"]  # the old document followed its file
+        assert (moved.id, moved.deleted_at) == (rotated_id, None)
+        assert by_path[str(rotated)].id != rotated_id
+        assert _node_rows(engine, "web-2") == other  # untouched throughout
+        wait_for(lambda: {(n["silent"], n["documents"]) for n in web1.status()["fleet"]["nodes"]
+                          if n["name"] == "web-1"} == {(False, 5)},
+                 timeout=10, what="web-1's heartbeat with its 5 documents")
+        engine.dispose()
+
+
+FLEET_DOC = Path(__file__).parent.parent / "docs" / "fleet.md"
+
+
+def documented_grants() -> list[str]:
+    """The statements of docs/fleet.md's SQL block that starts `-- fleet grants`."""
+    (block,) = [b for b in FLEET_DOC.read_text().split("```sql\n")[1:]
+                if b.startswith("-- fleet grants")]
+    code = "\n".join(line for line in block.split("```")[0].splitlines()
+                     if not line.startswith("--"))
+    return [s.strip() for s in code.split(";") if s.strip()]
+
+
+def test_node_kinds_run_on_the_documented_grants(fleet_url, tmp_path, tiny_model):
+    """docs/fleet.md's roles: an ingest node logged in as kbd_ingest and a model node as
+    kbd_model, on the grants the page shows, store, compress, answer and run a standing
+    question without one refused write; and the grants hold each kind to its own tables."""
+    admin = create_engine(fleet_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for role in ("kbd_ingest", "kbd_model"):  # the server outlives one test's database
+            conn.execute(text(f"DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN "
+                              "duplicate_object THEN NULL; END $$"))
+    Store.open(fleet_url, tmp_path / "owner").close()  # the owner makes the schema
+    with admin.connect() as conn:
+        for statement in documented_grants():
+            conn.execute(text(statement))
+    admin.dispose()
+
+    def as_role(role: str) -> str:
+        assert "://kbd@" in fleet_url
+        return fleet_url.replace("://kbd@", f"://{role}@")
+
+    with (Kbd(tmp_path / "w1", tiny_model,
+              extra=fleet_toml(as_role("kbd_ingest"), "web-1", "ingest")) as web,
+          Kbd(tmp_path / "g1", tiny_model,
+              extra=fleet_toml(as_role("kbd_model"), "gpu-1", "model")) as gpu):
+        make_logs(web.watched, 3, name="alpha")
+        web.start()
+        gpu.start()
+        gpu.settled(3, timeout=80)  # stored by web-1, compressed by gpu-1
+        asked = gpu.cli("ask", "which request failed with timeout ?", "--json")
+        assert asked.returncode == 0, asked.stderr[-2000:]
+        assert {s.get("node") for s in json.loads(asked.stdout)["sources"]} == {"web-1"}
+        routed = web.cli("ask", "which request failed with timeout ?", "--json")  # asks rows
+        assert routed.returncode == 0, routed.stderr[-2000:]
+        assert json.loads(routed.stdout)["model"].endswith("@gpu-1")
+        question = gpu.client.request("POST", "/questions", {
+            "text": "which request failed ?", "every": f"{EVERY_S}s", "top_k": 2,
+            "max_new_tokens": 4})
+        wait_for(lambda: gpu.runs(question["id"]), timeout=30, what="a standing answer")
+        assert "web-1: ingest, alive" in gpu.cli("status").stdout
+        make_logs(web.watched, 1, first=5, name="alpha")  # still storing after the others
+        wait_for(lambda: web.live_documents() == 4, timeout=30, what="a fourth file stored")
+        for role, forbidden in (
+                ("kbd_ingest", ["UPDATE answers SET status = status",
+                                "UPDATE firings SET node = node",
+                                "INSERT INTO memories (text_hash) VALUES ('x')"]),
+                ("kbd_model", ["UPDATE documents SET size = size",
+                               "UPDATE passages SET live = live", "DELETE FROM failures"])):
+            engine = create_engine(as_role(role))
+            for statement in forbidden:
+                with engine.connect() as conn, pytest.raises(Exception, match="permission "
+                                                                                "denied"):
+                    conn.execute(text(statement))
+            engine.dispose()
+        for kbd in (web, gpu):
+            assert "permission denied" not in kbd.log_text()
+        # questions belong to the model nodes: the database refuses one added on an ingest node
+        refused = web.cli("questions", "add", "what failed ?", "--every", "1h")
+        assert refused.returncode != 0
+        assert "permission denied for table questions" in refused.stderr
 
 def test_fleet_status_survives_a_missing_store_row(fleet_url, tmp_path):
     """A heartbeat after the node row is gone (a store restored from a backup) is a no-op,

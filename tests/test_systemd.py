@@ -44,7 +44,9 @@ def verify(unit: Path, user: bool, runtime_dir: Path) -> tuple[int, list[str]]:
 
 
 @needs_analyze
-@pytest.mark.parametrize("name, user", [("kbd.service", True), ("kbd-system.service", False)])
+@pytest.mark.parametrize("name, user", [("kbd.service", True), ("kbd-system.service", False),
+                                        ("kbd-ingest.service", False),
+                                        ("kbd-model.service", False)])
 def test_unit_verifies(tmp_path, name, user):
     assert KBD_SCRIPT.exists(), f"{KBD_SCRIPT} missing: pip install -e . in this environment"
     code, problems = verify(with_exec_start(name, tmp_path), user, tmp_path / "run")
@@ -110,3 +112,45 @@ def test_system_unit_is_hardened():
     assert "Service.MemoryDenyWriteExecute" not in found
     assert found.get("Service.PrivateDevices", ["no"]) == ["no"]
     assert "Service.DeviceAllow" not in found and "Service.ProtectClock" not in found
+
+
+FLEET_SANDBOX = {
+    "User": "kbd", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
+    "ProtectHome": "read-only", "ReadWritePaths": "/var/lib/kbd", "PrivateTmp": "yes",
+    "UMask": "0077", "StateDirectoryMode": "0700", "Restart": "on-failure",
+    "CapabilityBoundingSet": "", "EnvironmentFile": "-/etc/kbd/pg.env",
+}
+
+
+@pytest.mark.parametrize("name", ["kbd-ingest.service", "kbd-model.service"])
+def test_fleet_units_are_hardened_and_hold_no_secret(name):
+    """A fleet node's unit (docs/fleet.md, Deployment): sandboxed as the system unit, its
+    PostgreSQL login from credentials systemd hands the service, never a password inline."""
+    found = settings(name)
+    assert {k: found.get(k) for k in COMMON} == COMMON
+    assert {k: found.get(f"Service.{k}") for k in FLEET_SANDBOX} == {
+        k: [v] for k, v in FLEET_SANDBOX.items()}
+    assert "network-online.target" in found["Unit.After"][0].split()
+    assert sorted(v.split(":")[0] for v in found["Service.LoadCredential"]) == [
+        "ca.crt", "client.crt", "client.key"]
+    assert set(" ".join(found["Service.Environment"]).split()) >= {
+        "PGSSLROOTCERT=%d/ca.crt", "PGSSLCERT=%d/client.crt", "PGSSLKEY=%d/client.key"}
+    text = (UNITS / name).read_text()
+    assert "sslmode=verify-full" in text  # the URL the header tells to write
+    assert not re.search(r"postgresql\S*://[^@\s/]*:[^@\s/]*@", text)  # user:password@
+    assert "Service.MemoryDenyWriteExecute" not in found  # PyTorch's JIT (see the comments)
+
+
+def test_the_ingest_unit_has_no_devices_and_the_model_unit_keeps_the_gpu():
+    ingest, model = settings("kbd-ingest.service"), settings("kbd-model.service")
+    assert ingest["Service.PrivateDevices"] == ["yes"]
+    assert ingest["Service.SupplementaryGroups"] == ["adm"]  # /var/log
+    assert ingest["Service.SystemCallFilter"] == ["@system-service"]
+    assert "# ReadOnlyPaths=/var/log/myapp /srv/reports" in (
+        UNITS / "kbd-ingest.service").read_text().splitlines()
+    # CUDA needs /dev/nvidia*: any device rule would close it
+    assert model.get("Service.PrivateDevices", ["no"]) == ["no"]
+    assert "Service.DeviceAllow" not in model and "Service.ProtectClock" not in model
+    assert "nvidia-persistenced.service" in model["Unit.After"][0].split()
+    assert model["Unit.Wants"] == ["network-online.target", "nvidia-persistenced.service"]
+    assert model["Service.TimeoutStartSec"] == ["600"]  # a 7B model loads in minutes
