@@ -11,8 +11,9 @@ count and backlog, and pings the watchdog. A second daemon on the same data refu
 and names the first one's pid.
 
 In a fleet on one PostgreSQL store ([node] role, docs/fleet.md) an ingest node builds the
-watcher and ingest worker only, a model node the model worker and the scheduler only; each
-claims its node name instead of the whole store, and heartbeats its `nodes` row.
+watcher and ingest worker only (its questions go to a model node through the store), a model
+node the model worker, the scheduler and the server of those routed asks only; each claims
+its node name instead of the whole store, and heartbeats its `nodes` row.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from kbd.api.server import serve
 from kbd.config import Config, check_secrets, check_watchable, load_config
 from kbd.errors import AlreadyRunning, KbdError
 from kbd.ingest.pipeline import Ingester, IngestWorker, Limits
-from kbd.node import Heartbeat, NoModel, NoScheduler, fleet_status
+from kbd.node import Heartbeat, NoScheduler, fleet_status
 from kbd.private import private_fd, private_home, write_private
 from kbd.questions.scheduler import FleetNode, Scheduler
+from kbd.runtime.routed import AskServer, RemoteModel
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.watch import Watcher
@@ -150,7 +152,8 @@ class Daemon:
             self.heartbeat.register()
         if not fleet:  # the sources table is one host's watched folders
             self.store.write(lambda conn: q.sync_sources(conn, config.folders))
-        self.model = (NoModel() if role == "ingest" else
+        # an ingest node has no model: its questions go to a model node through the store
+        self.model = (RemoteModel(self.store, node) if role == "ingest" else
                       ModelWorker(config.model, self.store, self.revision, self.revision.bump,
                                   on_ready=lambda: notify("READY=1"),
                                   lease_s=config.node.lease_s))
@@ -160,6 +163,9 @@ class Daemon:
         self.scheduler = NoScheduler() if role == "ingest" else Scheduler(
             self.store, self.model.submit, misfire_grace_s=config.scheduler.misfire_grace_s,
             node=FleetNode(node, self.heartbeat.started_at) if fleet else None)
+        # a model node answers the questions asked on the ingest nodes
+        self.asks = AskServer(self.store, node, self.heartbeat.started_at,
+                              self.model.submit) if role == "model" else None
         self.sender = Sender(self.store, config.notify)
         services = Services(store=self.store, submit=self.model.submit, scheduler=self.scheduler,
                             wake_sender=self.sender.wake, config=lambda: self.config,
@@ -168,6 +174,8 @@ class Daemon:
         self.server.start()
         self.sender.start()
         self.model.start()
+        if self.asks is not None:
+            self.asks.start()
         self.scheduler.start()
         if config.scheduler.digest_cron and role != "ingest":
             self.scheduler.add_job(partial(self.write_digest, notify=True),
@@ -298,8 +306,10 @@ class Daemon:
 
     def _shutdown(self) -> None:
         notify("STOPPING=1")
-        # the heartbeat last but one: a node is marked stopped once its runs have ended
-        for name in ("server", "scheduler", "watcher", "ingest", "model", "heartbeat", "sender"):
+        # the heartbeat last but one: a node is marked stopped once its runs have ended; asks
+        # from other nodes are answered (or given up) before the model stops
+        for name in ("server", "asks", "scheduler", "watcher", "ingest", "model", "heartbeat",
+                     "sender"):
             part = getattr(self, name, None)
             if part is None:
                 continue

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from kbd import __version__
-from kbd.errors import KbdError, ModelUnavailable
+from kbd.errors import KbdError
 from kbd.store import Store, fleet
 
 log = logging.getLogger("kbd.node")
@@ -81,32 +81,6 @@ def fleet_status(store: Store) -> list[dict]:
         for key in ("started_at", "heartbeat_at", "stopped_at"):
             node[key] = node[key].isoformat() if node[key] else None
     return nodes
-
-
-class NoModel:
-    """An ingest node's model worker: none. Questions asked here are refused at once (asks
-    routed to a model node through the store are not built yet)."""
-
-    engine_name = "none"
-    state = "none (node role ingest)"
-    dense = None
-
-    def submit(self, request) -> None:
-        raise ModelUnavailable("this node has no model (node role ingest)",
-                               hint="ask on a node with role model or all; asks routed "
-                                    "through the store are not built yet", engine="none")
-
-    def backlog_model(self) -> None:
-        return None
-
-    def wake(self) -> None:
-        pass
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 class NoScheduler:

@@ -13,7 +13,7 @@ node running the scheduler takes it over and runs the firing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -123,25 +123,30 @@ def release_firing(conn: Connection, claim: Claim) -> None:
         firings.c.done_at.is_(None)).values(node_started_at=datetime(1970, 1, 1, tzinfo=UTC)))
 
 
+def gone(node: dict | None, life: datetime) -> str | None:
+    """Why a node (as list_nodes gives it) no longer holds what it claimed in the life that
+    started at `life`, in words; None while it does."""
+    if node is None:
+        return "is gone from the store"
+    if node["stopped_at"] is not None:
+        return "stopped"
+    if node["started_at"] > life:
+        return "restarted"
+    if node["silent"]:
+        return f"went silent (no heartbeat for {node['heartbeat_age_s']:.0f} s)"
+    return None
+
+
 def dead_claims(conn: Connection, now: datetime | None = None) -> list[Claim]:
     """Claims of firings not done whose node is silent, gone or restarted since the claim,
     oldest first."""
-    now = now or db_now(conn)
+    nodes = {n["name"]: n for n in list_nodes(conn, now)}
     rows = conn.execute(
         select(firings.c.job, firings.c.fire_time, firings.c.node, firings.c.claimed_at,
-               firings.c.node_started_at, nodes.c.started_at, nodes.c.heartbeat_at,
-               nodes.c.heartbeat_s, nodes.c.stopped_at)
-        .join(nodes, nodes.c.name == firings.c.node, isouter=True)
+               firings.c.node_started_at)
         .where(firings.c.done_at.is_(None)).order_by(firings.c.fire_time))
-    dead = []
-    for r in rows:
-        gone = (r.started_at is None or r.stopped_at is not None
-                or as_utc(r.started_at) > as_utc(r.node_started_at))
-        silent = r.heartbeat_at is not None and (now - as_utc(r.heartbeat_at)) > timedelta(
-            seconds=SILENT_PERIODS * r.heartbeat_s)
-        if gone or silent:
-            dead.append(Claim(r.job, as_utc(r.fire_time), r.node, as_utc(r.claimed_at)))
-    return dead
+    return [Claim(r.job, as_utc(r.fire_time), r.node, as_utc(r.claimed_at)) for r in rows
+            if gone(nodes.get(r.node), as_utc(r.node_started_at))]
 
 
 def take_over(conn: Connection, dead: Claim, node: str,

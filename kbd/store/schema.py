@@ -294,6 +294,26 @@ firings = Table(
     Column("taken_over", Integer, nullable=False, server_default="0"),  # claims after the first
 )
 
+asks = Table(
+    "asks", metadata,  # a question asked on a node without a model, until its answer is relayed
+    Column("id", Integer, primary_key=True),
+    Column("asker", String(63), nullable=False),  # the node whose client waits
+    Column("question", Text, nullable=False),
+    Column("options", Text, nullable=False),  # JSON: top_k, max_new_tokens, scope, stream ...
+    Column("created_at", DateTime(timezone=True), nullable=False),  # the database's clock
+    Column("claimed_by", String(63)),  # the model node answering it ...
+    Column("claimer_started_at", DateTime(timezone=True)),  # ... in which life
+    Column("claimed_at", DateTime(timezone=True)),
+)
+
+ask_chunks = Table(
+    "ask_chunks", metadata,  # an ask's answer as it comes: text pieces, then done or error
+    Column("ask_id", ForeignKey("asks.id", ondelete="CASCADE"), primary_key=True),
+    Column("seq", Integer, primary_key=True),  # 0, 1, 2 ... in the order written
+    Column("kind", String(8), nullable=False),  # token | done | error
+    Column("body", Text, nullable=False),  # the text piece, or the answer's (error's) JSON
+)
+
 # Full-text search over live passages (migrations 0005, 0006) is dialect-specific and has no table
 # here: on SQLite the FTS5 table passages_fts, its shadow tables and triggers; on PostgreSQL
 # the generated column passages.search_vector and its GIN index. Queries name them in SQL.
