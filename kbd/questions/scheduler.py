@@ -200,7 +200,7 @@ class Scheduler:
             if question_id is None:
                 self.store.write(lambda conn, c=mine: fleet.finish_firing(conn, c))
                 continue
-            log.info("%s firing at %s: its node died before answering, running it here",
+            log.info("%s firing at %s: its node died or gave it up unanswered, running it here",
                      claim.job, f"{claim.fire_time:%H:%M:%S}")
             at = claim.fire_time.timestamp()
             self._aps.add_job(self.run, id=f"{claim.job}-take-over-{at:.0f}",
@@ -263,6 +263,8 @@ class Scheduler:
         if running:
             if claim is not None:  # a take-over: let it be taken again once this run ends
                 self.store.write(lambda conn: fleet.release_firing(conn, claim))
+            elif fire_time is not None:
+                self._defer(question_id, [fire_time])
             self._note_skip(question_id, [self.now()])
             return None
         try:
@@ -286,7 +288,22 @@ class Scheduler:
             self._note_skip(question_id, [event.scheduled_run_time])
             self._record_skips(question_id)
         else:
+            self._defer(question_id, event.scheduled_run_times)
             self._note_skip(question_id, event.scheduled_run_times)
+
+    def _defer(self, question_id: int, fire_times: list[datetime]) -> None:
+        """In a fleet, a firing that falls due while this node still runs the question is
+        claimed and released for a free node (this one, once its run ends) to take over at
+        a heartbeat: the other nodes may all be down or restarting, and a firing no node
+        claims is lost. One waits per question; the rest are skipped as on a single host."""
+        if self.node is None:
+            return
+        for fire_time in fire_times:
+            if self.store.write(lambda conn, t=fire_time: fleet.defer_firing(
+                    conn, job_id(question_id), t, self.node.name, question_id)):
+                log.info("question %d firing at %s: this node is still running it, left "
+                         "for a free node to take over", question_id,
+                         f"{fire_time.astimezone(UTC):%H:%M:%S}")
 
     def _note_skip(self, question_id: int, times: list[datetime]) -> None:
         times = [t.astimezone(UTC) for t in times]  # triggers fire in the question's zone

@@ -115,12 +115,30 @@ def finish_firing(conn: Connection, claim: Claim, answer_id: int | None = None) 
         firings.c.done_at.is_(None)).values(done_at=utcnow(), answer_id=answer_id)).rowcount == 1
 
 
+RELEASED = datetime(1970, 1, 1, tzinfo=UTC)  # a released claim's node life: dead at once
+
+
 def release_firing(conn: Connection, claim: Claim) -> None:
     """Give a claimed firing up unanswered: it counts as dead, and is taken over."""
     conn.execute(update(firings).where(
         firings.c.job == claim.job, firings.c.fire_time == claim.fire_time,
         firings.c.node == claim.node, firings.c.claimed_at == claim.claimed_at,
-        firings.c.done_at.is_(None)).values(node_started_at=datetime(1970, 1, 1, tzinfo=UTC)))
+        firings.c.done_at.is_(None)).values(node_started_at=RELEASED))
+
+
+def defer_firing(conn: Connection, job: str, fire_time: datetime, node: str,
+                 question_id: int) -> bool:
+    """Claim a firing that this node cannot run now and release it at once, for a free node
+    to take over; False (nothing claimed) when the job already has a released firing
+    waiting, or another node claimed this one: one waits per job, as a single host skips
+    the firings that fall due while a run goes on."""
+    waiting = conn.execute(select(firings.c.job).where(
+        firings.c.job == job, firings.c.done_at.is_(None),
+        firings.c.node_started_at == RELEASED).limit(1)).first()
+    if waiting is not None:
+        return False
+    claim = claim_firing(conn, job, fire_time, node, RELEASED, question_id)
+    return claim is not None
 
 
 def gone(node: dict | None, life: datetime) -> str | None:
