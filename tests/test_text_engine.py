@@ -32,7 +32,7 @@ from kbd.model.text import (
 from kbd.model.tokens import PassageTokenizer
 from kbd.retrieve import DENSE_WEIGHT, Scope, asked_terms, search
 from kbd.runtime.compress import compress_backlog, memory_id
-from kbd.runtime.engines import FREQUENCY_CAP, NOT_FOUND, gather
+from kbd.runtime.engines import FREQUENCY_CAP, NOT_FOUND, gather, load_engine
 from kbd.runtime.worker import AskRequest, ModelUnavailable, ModelWorker
 from kbd.store import Store
 from kbd.store import queries as q
@@ -89,7 +89,9 @@ def setup(tmp_path_factory, e2e_dir, base_dir):
     folder = tmp_path_factory.mktemp("text-engine")
     hdfs, openssh = write_logs(folder)
     store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
-    config = ModelConfig(checkpoint=e2e_dir, base=base_dir, engine="text", device="cpu")
+    # generate loads the weights (quote, the default, reads none): these tests run both
+    config = ModelConfig(checkpoint=e2e_dir, base=base_dir, engine="text", device="cpu",
+                         answer="generate")
     ingester = Ingester(store, PassageTokenizer.configured(config))
     assert ingester.ingest_many([(hdfs, None, "log"), (openssh, None, "log")]) == {"added": 2}
     worker = ModelWorker(config, store, revision=lambda: 1, on_change=lambda: None)
@@ -101,7 +103,8 @@ def setup(tmp_path_factory, e2e_dir, base_dir):
     store.close()
 
 
-def test_planted_fact_is_found_and_told(setup):
+def test_planted_fact_is_found_and_told(setup, monkeypatch):
+    monkeypatch.setattr(setup.worker.engine, "answer_by", "quote")  # the default
     reply = setup.ask(QUESTION)
     assert reply["status"] == "ok" and reply["engine"] == "text"
     assert reply["model"] == SMOLLM2_NAME
@@ -155,6 +158,7 @@ def test_weak_evidence_is_declined_without_the_model(setup, monkeypatch):
 
 
 def test_the_default_answer_quotes_the_best_line_without_the_model(setup, monkeypatch):
+    monkeypatch.setattr(setup.worker.engine, "answer_by", "quote")  # the default
     model = setup.worker.engine.text_model
     calls = []
     monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(a) or [])
@@ -232,7 +236,8 @@ def test_a_looping_answer_is_cut(setup):
     assert text.count("incident-2041.md") <= 2, text
 
 
-def test_streamed_pieces_make_the_answer(setup):
+def test_streamed_pieces_make_the_answer(setup, monkeypatch):
+    monkeypatch.setattr(setup.worker.engine, "answer_by", "quote")  # the default
     pieces: queue.Queue = queue.Queue()
     reply = setup.ask(QUESTION, tokens=pieces, max_new_tokens=16)
     streamed = "".join(pieces.get() for _ in range(pieces.qsize()))
@@ -379,3 +384,16 @@ def test_readme_quickstart_on_a_cpu(tmp_path, kbd_home):
     finally:
         daemon.terminate()
         assert daemon.wait(timeout=60) == 0, (tmp_path / "daemon.log").read_text()[-3000:]
+
+
+def test_the_default_engine_loads_no_weights(tmp_path):
+    """The quote answer reads no model: the text engine holds the tokenizer alone (SmolLM2's
+    weights are half a minute of a 2-core daemon's start and half a GB), and its answers
+    still name the model and kbd's answerer."""
+    store = Store.open(f"sqlite:///{tmp_path / 'kbd.sqlite3'}", tmp_path / "memory")
+    try:
+        engine = load_engine(ModelConfig(engine="text", device="cpu"), store)
+        assert engine.text_model.model is None and engine.model == SMOLLM2_NAME
+        assert engine.text_model.tokenizer("dn-17 full")["input_ids"]
+    finally:
+        store.close()

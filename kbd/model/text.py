@@ -170,29 +170,39 @@ def describe(spec: str) -> dict:
 class TextModel:
     """A causal LM answering questions from passages given as text in its chat prompt."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer, name: str, cited_end: bool = False):
-        self.model = model.eval()
+    def __init__(self, model: PreTrainedModel | None, tokenizer, name: str,
+                 cited_end: bool = False, device: str = "cpu"):
+        """model None: the tokenizer alone, for an engine that quotes and never generates (a
+        135M model's weights are half a minute of start-up and half a GB on 2 cores)."""
+        self.model = model.eval() if model is not None else None
         self.tokenizer = tokenizer
         self.name = name
-        self.device = model.get_input_embeddings().weight.device
-        self.context = model.config.max_position_embeddings  # tokens: prompt + answer
+        self.device = (model.get_input_embeddings().weight.device if model is not None
+                       else torch.device(device))
+        # tokens: prompt + answer
+        self.context = (model.config.max_position_embeddings if model is not None
+                        else tokenizer.model_max_length)
         # kbd's answerer says the specific and its [n], then quotes the line that the sources
         # list anyway: the answer ends at its first citation, and so does generation
         self.cited_end = cited_end
 
     @classmethod
-    def load(cls, spec: str, device: str = "auto", dtype: str = "auto") -> TextModel:
+    def load(cls, spec: str, device: str = "auto", dtype: str = "auto",
+             weights: bool = True) -> TextModel:
+        """The model and its tokenizer; the tokenizer alone where weights is False."""
         files = locate(spec)
         tokenizer = load_tokenizer(files)
         device, torch_dtype = pick_device(device, dtype)
+        adapter = adapter_for(spec)
+        name = files.name if adapter is None else f"{files.name}+{adapter_id(adapter)}"
+        if not weights:
+            return cls(None, tokenizer, name, cited_end=adapter is not None, device=device)
         model = files.from_pretrained(
             AutoModelForCausalLM, dtype=torch_dtype, device_map={"": device},
             attn_implementation=attention_implementation(device))
-        adapter = adapter_for(spec)
-        if adapter is None:
-            return cls(model, tokenizer, files.name)
-        apply_adapter(model, adapter, files)
-        return cls(model, tokenizer, f"{files.name}+{adapter_id(adapter)}", cited_end=True)
+        if adapter is not None:
+            apply_adapter(model, adapter, files)
+        return cls(model, tokenizer, name, cited_end=adapter is not None)
 
     def _chat_ids(self, question: str, passages: Sequence[Passage]) -> list[int]:
         return self.tokenizer(chat_prompt(self.tokenizer, question, passages),

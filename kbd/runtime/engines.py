@@ -102,7 +102,9 @@ class Engine(Protocol):
 def load_engine(config: ModelConfig, store: Store) -> Engine:
     """Load the configured engine's model (the one that answers; only one is loaded)."""
     if config.active_engine == "text":
-        return TextEngine(TextModel.load(config.text_model, config.device, config.dtype), store,
+        # the quote answer reads no model: its weights are not loaded
+        return TextEngine(TextModel.load(config.text_model, config.device, config.dtype,
+                                         weights=config.answer != "quote"), store,
                           answer=config.answer)
     return ClaraEngine(Clara.load(config.checkpoint, config.base, config.device, config.dtype),
                        store)
