@@ -216,9 +216,10 @@ class Daemon:
             return q.backlog_size(conn, model)
 
     def _on_beat(self) -> None:
-        """Each heartbeat of a node that runs the scheduler: questions changed on other
-        nodes, and firings whose node died."""
-        if isinstance(self.scheduler, Scheduler):
+        """Each heartbeat of a model node: its compression leases renewed, questions changed
+        on other nodes, and firings whose node died."""
+        if isinstance(self.scheduler, Scheduler):  # a model node: a ModelWorker, a scheduler
+            self.model.renew_leases()
             self.scheduler.refresh()
             self.scheduler.take_over_dead()
 
