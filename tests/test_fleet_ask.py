@@ -220,7 +220,7 @@ def test_asks_on_ingest_nodes_are_answered_by_a_model_node(fleet_url, tmp_path, 
 
         # an ingest node asks; the model node answers from every node's files
         reply, took = ask_json(web1, "which volume quota exceeded ?", "--top-k", "50")
-        assert reply["status"] == "answered" and reply["model"].endswith("@gpu-1"), reply
+        assert reply["status"] == "answered" and reply["model"].endswith("@shared"), reply
         cited = {(s["node"], Path(s["path"]).name) for s in reply["sources"]}
         assert cited == {(n, f"{n}.log") for n in webs}, cited
         plain = web1.cli("ask", "which volume quota exceeded ?", "--top-k", "50")
@@ -263,9 +263,8 @@ def test_asks_on_ingest_nodes_are_answered_by_a_model_node(fleet_url, tmp_path, 
                                     .where(answers.c.question.like("%on disk %"))).all()
         assert sorted(q for q, _ in recorded) == sorted(
             f"which volume quota exceeded on disk {n} ?" for n in range(8)), recorded
-        answered_by = {n: r["model"].rsplit("@", 1)[1] for n, r in replies.items()}
-        assert set(answered_by.values()) <= {"gpu-1", "gpu-2"}
-        print("answered by", answered_by)
+        # the fleet's memory id, whichever model node answered (recorded once each, above)
+        assert {r["model"] for r in replies.values()} == {reply["model"]}
 
         # the node answering a long streamed ask is killed -9 mid-answer
         stream = web1.client.stream("/ask", {"question": "which volume ?", "stream": True,

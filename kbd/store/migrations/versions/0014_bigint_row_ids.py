@@ -21,7 +21,7 @@ from alembic import op
 revision = "0014"
 down_revision = "0013"
 
-# referenced tables first, so each foreign key is rebuilt once against its widened key
+# a table's columns change in one ALTER TABLE, so each table is rewritten once
 WIDENED = {
     "documents": ["id"],
     "passages": ["id", "document_id"],
