@@ -59,7 +59,7 @@ CLARA_GPU = ROOT / "bench" / "results" / "clara_gpu.json"
 # PostgreSQL's manual (5.11 Table Partitioning): partitioning pays "when a table would
 # otherwise be very large", as a rule of thumb when it exceeds the server's memory
 SERVER_MEMORY_GIB = 128
-INT4_MAX = 2**31 - 1  # passages.id and memories' keys are `integer` columns
+INT4_MAX = 2**31 - 1  # passages.id and memories' keys were `integer` columns before 0014
 
 
 def loghub_files() -> list[Path]:
@@ -217,9 +217,9 @@ def paper(cost: dict, ceiling_mb_per_s: float) -> dict:
                     "recent-first reads touch the newest partition's indexes only; not by "
                     "node: every ask searches every node's passages, so all node partitions "
                     "would be scanned, and hosts join and leave too rarely for it to pay"),
-            "needs": ("a migration not made here: bigint passage and memory ids (integer "
-                      f"ids run out after {INT4_MAX / passages_day:.0f} days at this rate), "
-                      "and the partition key in the passages primary key"),
+            "needs": ("a migration not made here: the partition key in the passages primary "
+                      "key; the ids are bigint since migration 0014 (integer ids ran out "
+                      f"after {INT4_MAX / passages_day:.0f} days at this rate)"),
         },
     }
 

@@ -36,6 +36,7 @@ from kbd.ingest.pipeline import Ingester, IngestWorker, Limits
 from kbd.node import Heartbeat, NoScheduler, fleet_status
 from kbd.private import private_fd, private_home, write_private
 from kbd.questions.scheduler import FleetNode, Scheduler
+from kbd.retrieve import dense_id
 from kbd.runtime.routed import AskServer, RemoteModel
 from kbd.store import Store
 from kbd.store import queries as q
@@ -215,9 +216,10 @@ class Daemon:
             return q.backlog_size(conn, model)
 
     def _on_beat(self) -> None:
-        """Each heartbeat of a node that runs the scheduler: questions changed on other
-        nodes, and firings whose node died."""
-        if isinstance(self.scheduler, Scheduler):
+        """Each heartbeat of a model node: its compression leases renewed, questions changed
+        on other nodes, and firings whose node died."""
+        if isinstance(self.scheduler, Scheduler):  # a model node: a ModelWorker, a scheduler
+            self.model.renew_leases()
             self.scheduler.refresh()
             self.scheduler.take_over_dead()
 
@@ -292,7 +294,8 @@ class Daemon:
         with self.store.read() as conn:
             stored = q.status(conn, self.model.backlog_model())
             # texts still ranked by BM25 alone: their vectors are computed while the GPU/CPU idles
-            stored["dense_backlog"] = q.backlog_size(conn, dense.id) if dense else None
+            stored["dense_backlog"] = (q.backlog_size(conn, dense_id(self.store, dense))
+                                       if dense else None)
             stored["notify"] = notify_status(conn, self.config)
         faults = [{"place": place, "code": e.code, "message": e.message, "hint": e.hint}
                   for place, e in list(self.store.faults.items())]

@@ -230,8 +230,16 @@ def dense_model() -> DenseModel | None:
     return load_dense_model()
 
 
+def dense_id(store: Store, model: DenseModel) -> str:
+    """The memory id of the dense vectors in this store. Each daemon keeps them in a matrix
+    file of its own, whose rows it numbers as it appends, so on a fleet the id carries the
+    node: under one id, a text embedded by one model node would map to a row of that node's
+    file alone, and the other node would rank it from whatever its own file holds there."""
+    return f"{model.id}@{store.node}" if store.node else model.id
+
+
 def dense_matrix(store: Store, model: DenseModel) -> MemoryMatrix:
-    return MemoryMatrix(store.memory_dir, model.id, (1, DIM), "float32")
+    return MemoryMatrix(store.memory_dir, dense_id(store, model), (1, DIM), "float32")
 
 
 def embed_backlog(store: Store, model: DenseModel, batch_size: int) -> int:
@@ -239,7 +247,7 @@ def embed_backlog(store: Store, model: DenseModel, batch_size: int) -> int:
     returns how many (0: none waits). Rows reach the matrix file before the store maps them,
     so a crash leaves at worst an unmapped row."""
     with store.read() as conn:
-        items = q.backlog(conn, model.id, batch_size)
+        items = q.backlog(conn, dense_id(store, model), batch_size)
     if not items:
         return 0
     vectors = model.embed([text for _, text in items])
@@ -250,7 +258,7 @@ def embed_backlog(store: Store, model: DenseModel, batch_size: int) -> int:
         raise
     store.note_fault("dense vectors", None)
     store.write(lambda conn: q.add_memories(
-        conn, model.id, zip([h for h, _ in items], rows, strict=True)))
+        conn, dense_id(store, model), zip([h for h, _ in items], rows, strict=True)))
     return len(items)
 
 
@@ -259,7 +267,8 @@ def dense_ranking(store: Store, model: DenseModel, question: str, allowed: set[i
     """The k allowed passages (id, cosine) nearest the question, among those with a vector,
     one per distinct text (its newest passage)."""
     with store.read() as conn:
-        pairs = q.memory_rows(conn, model.id)  # (passage id, row), oldest passage first
+        # (passage id, row), oldest passage first
+        pairs = q.memory_rows(conn, dense_id(store, model))
     passage_of = {row: pid for pid, row in pairs if allowed is None or pid in allowed}
     if not passage_of:
         return []

@@ -263,7 +263,8 @@ def test_asks_on_ingest_nodes_are_answered_by_a_model_node(fleet_url, tmp_path, 
                                     .where(answers.c.question.like("%on disk %"))).all()
         assert sorted(q for q, _ in recorded) == sorted(
             f"which volume quota exceeded on disk {n} ?" for n in range(8)), recorded
-        assert all(r["model"].endswith("@shared") for r in replies.values()), replies
+        # the fleet's memory id, whichever model node answered (recorded once each, above)
+        assert {r["model"] for r in replies.values()} == {reply["model"]}
 
         # the node answering a long streamed ask is killed -9 mid-answer
         stream = web1.client.stream("/ask", {"question": "which volume ?", "stream": True,

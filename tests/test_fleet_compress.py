@@ -19,6 +19,8 @@ import pytest
 from sqlalchemy import create_engine, func, select, update
 from support.harness import Kbd, make_logs, postgresql_database, wait_for
 
+from kbd.node import Heartbeat
+from kbd.runtime.compress import Compressor
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store import vectors as v
@@ -108,6 +110,44 @@ def test_a_claim_in_flight_is_skipped_not_waited_for(fleet_url, tmp_path):
             assert len(first.items) + len(other.items) == 6
     finally:
         store.close()
+
+
+def test_a_live_node_renews_its_lease_and_keeps_a_slow_batch(fleet_url, tmp_path, e2e):
+    """A batch computed and stored over three times lease_s stays its node's while the node
+    beats: each heartbeat renews the lease, so another node claiming meanwhile takes the
+    other texts, and the slow batch is written whole (not taken over and computed twice).
+    A lease nobody renews lapses: the other node's unrenewed claim is then taken over."""
+    gpu1 = Store.open(fleet_url, tmp_path / "g1", node="gpu-1")
+    gpu2 = Store.open(fleet_url, tmp_path / "g2", node="gpu-2")
+    compressor = Compressor(gpu1, e2e, lease_s=1.0)
+    heartbeat = Heartbeat(gpu1, "gpu-1", "model", on_beat=compressor.renew, every_s=0.3)
+    try:
+        add_passages(gpu1, [f"line {i} of a slow batch" for i in range(6)])
+        heartbeat.register()
+        heartbeat.start()
+        assert compressor.step(3) == 0  # claimed and computed, not yet stored
+        slow = set(compressor.pending.hashes)
+        time.sleep(3)  # three leases long
+        other = v.claim_next(gpu2, compressor.model, 1.0, 6)
+        assert {h for h, _ in other.items}.isdisjoint(slow) and len(other.items) == 3
+        assert compressor.finish() == 3  # its own still: nothing stale, nothing lost
+        assert compressor.renew() == 0  # written and released: nothing held
+        heartbeat.stop()
+        time.sleep(1.2)  # gpu-2 renews nothing here: its claim lapses
+        compressor.step(3)
+        taken = set(compressor.pending.hashes)
+        assert taken == {h for h, _ in other.items}
+        assert compressor.finish() == 3
+        with gpu1.read() as conn:
+            rows = conn.execute(select(memories.c.text_hash, memories.c.row).where(
+                memories.c.fingerprint == compressor.model)).all()
+            assert v.lease_rows(conn) == []
+        assert sorted(r.row for r in rows) == list(range(6))
+        assert {r.text_hash for r in rows} == slow | taken
+    finally:
+        heartbeat.stop()
+        gpu1.close()
+        gpu2.close()
 
 
 def test_a_node_copy_follows_the_store_by_notify_and_by_poll(fleet_url, tmp_path):

@@ -11,11 +11,14 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import select, text
-from support.harness import database_at
+from support.harness import database_at, postgresql_database
 
+from kbd.retrieve import bm25
 from kbd.store import Store, sqlite_url
 from kbd.store import queries as q
 from kbd.store.matrix import MemoryFileError, MemoryMatrix
+from kbd.store.queries import utcnow
+from kbd.store.questions import answer, record_answer
 from kbd.store.schema import include_object, metadata, passages
 
 
@@ -40,12 +43,21 @@ def add_document(store: Store, path: str, texts: list[str]) -> int:
     return store.write(work)
 
 
+# the ids that grow with the logs, and every column that refers to one (migration 0014)
+ROW_IDS = [("documents", "id"), ("passages", "id"), ("passages", "document_id"),
+           ("memories", "id"), ("leases", "passage_id"), ("answers", "id"),
+           ("answers", "covered_through"), ("answer_sources", "id"),
+           ("answer_sources", "answer_id"), ("answer_sources", "passage_id"), ("events", "id"),
+           ("events", "answer_id"), ("firings", "answer_id"), ("asks", "id"),
+           ("ask_chunks", "ask_id")]
+
+
 class TestSchema:
     def test_migrations_match_the_tables(self, store):
         with store.engine.connect() as conn:
             assert compare_metadata(autogenerate_context(conn), metadata) == []
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0013"
+                == "0014"
 
     def test_older_database_upgrades_on_open(self, store_url, tmp_path):
         """A database left by a kbd at revision 0001, with data, is upgraded in place."""
@@ -73,6 +85,51 @@ class TestSchema:
         with store.read() as conn:
             assert [d.path for d in q.live_documents(conn)] == ["/w/a\\xff.log"]
         store.close()
+
+    def test_row_ids_become_bigint_on_postgresql(self, postgres_server, tmp_path):
+        """0014: a PostgreSQL store left at 0013 with data keeps its rows, and the ids that
+        grow with the logs become bigint, their sequences too; a passage numbered past 2^31
+        is stored, found by full-text search and cited by an answer numbered past it."""
+        with postgresql_database(postgres_server) as url:
+            with database_at(url, "0013") as conn:
+                conn.execute(text(
+                    "INSERT INTO documents (path, kind, size, mtime_ns, status, \"offset\", "
+                    "rotations, first_seen, last_seen, changed_at) VALUES ('/old.log', 'log', "
+                    "1, 1, 'ready', 0, 0, now(), now(), now())"))
+                conn.execute(text(
+                    "INSERT INTO passages (document_id, ordinal, text, text_hash, token_count, "
+                    "tokenizer, created_at) SELECT id, 0, 'an old quokka line', 'h', 4, 'tok', "
+                    "now() FROM documents"))
+            store = Store.open(url, tmp_path / "memory")
+            with store.engine.connect() as conn:
+                assert compare_metadata(autogenerate_context(conn), metadata) == []
+                types = {(r.table_name, r.column_name): r.data_type for r in conn.execute(text(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                    " WHERE table_schema = 'public'"))}
+                sequences = dict(conn.execute(text(
+                    "SELECT sequence_name, data_type FROM information_schema.sequences")).all())
+                conn.execute(text(f"SELECT setval('passages_id_seq', {2**31 + 7}), "
+                                  f"setval('answers_id_seq', {2**31 + 70})"))
+                conn.commit()
+            assert {tc: types[tc] for tc in ROW_IDS} == dict.fromkeys(ROW_IDS, "bigint")
+            assert types[("questions", "id")] == "integer"  # questions do not grow with logs
+            assert {sequences[f"{t}_id_seq"] for t, c in ROW_IDS if c == "id"} == {"bigint"}
+            add_document(store, "/big.log", ["a quokka line past two billion"])
+            with store.read() as conn:
+                assert [p.text for p in q.passages_with_all(conn, ["quokka"], 10)] == [
+                    "an old quokka line", "a quokka line past two billion"]
+            found = bm25(store, "quokka billion", None, 1)
+            assert found[0][0] > 2**31, found
+            answer_id = store.write(lambda conn: record_answer(
+                conn, question_id=None, question="quokka ?", started_at=utcnow(),
+                finished_at=utcnow(), model="m", engine="text", status="ok", error=None, text="it",
+                candidates=2, sources=[(1, found[0][0], found[0][1])],
+                covered_through=found[0][0]))
+            with store.read() as conn:
+                cited = answer(conn, answer_id)
+            assert answer_id > 2**31
+            assert [s["passage_id"] for s in cited["sources"]] == [found[0][0]]
+            store.close()
 
     def test_paths_round_trip_whatever_their_bytes(self, store):
         """A Linux file name need not be UTF-8: os.fsdecode carries such bytes as lone

@@ -7,12 +7,15 @@ batches: the one being stored and the one the GPU is computing meanwhile.
 
 A fleet's model nodes share the backlog and the vectors (kbd.store.vectors): each batch is
 claimed under a lease, and its vectors go into the store, written only while the lease is
-still this node's. A node killed or stopped past its lease loses its batches to the others.
+still this node's. A live node renews the leases it holds at each heartbeat, so a batch
+slower than the lease is not taken over; a node killed or stopped past its lease loses its
+batches to the others.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +25,7 @@ from kbd.model.clara import memory_to_bytes
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.matrix import MemoryFileError, MemoryMatrix
-from kbd.store.vectors import Lease, SharedMatrix, claim_next, store_vectors
+from kbd.store.vectors import Lease, SharedMatrix, claim_next, renew_leases, store_vectors
 
 log = logging.getLogger("kbd.memory")
 
@@ -88,12 +91,20 @@ class Compressor:
         self.lease_s = lease_s
         self.matrix = None if store.shares_memory else open_matrix(store, clara)
         self.pending: Batch | None = None
+        # the tokens of the leases this node holds now (the batch computing, the one being
+        # stored), renewed from the heartbeat's thread
+        self._held: set[str] = set()
+        self._held_lock = threading.Lock()
 
     def step(self, batch_size: int) -> int:
         """Start the next batch, then store the one before it; returns how many passages were
         stored. 0 with nothing pending: the backlog is done."""
         lease, items = self._take(batch_size)
-        started = self._start(items, lease) if items else None
+        try:
+            started = self._start(items, lease) if items else None
+        except BaseException:  # out of memory, a model error: the batch is given up
+            self._let_go(lease)  # unrenewed, its lease expires and any node claims it again
+            raise
         previous, self.pending = self.pending, started
         return self._store(previous) if previous else 0
 
@@ -101,12 +112,30 @@ class Compressor:
         """The next batch of the backlog: claimed on a fleet, else past the one in flight."""
         if self.store.shares_memory:
             lease = claim_next(self.store, self.model, self.lease_s, batch_size)
+            if lease and lease.items:
+                with self._held_lock:
+                    self._held.add(lease.token)
             return lease, lease.items if lease else []
         busy = set(self.pending.hashes) if self.pending else set()
         with self.store.read() as conn:
             return None, [(h, text) for h, text in q.backlog(conn, self.model,
                                                              batch_size + len(busy))
                           if h not in busy][:batch_size]
+
+    def renew(self) -> int:
+        """Move the leases this node holds lease_s ahead (each heartbeat of a model node);
+        returns how many texts they hold. A lease another node took over meanwhile is not
+        this node's to renew: its rows carry the other claim's token."""
+        with self._held_lock:
+            tokens = sorted(self._held)
+        if not tokens:
+            return 0
+        return self.store.write(lambda conn: renew_leases(conn, tokens, self.lease_s))
+
+    def _let_go(self, lease: Lease | None) -> None:
+        if lease is not None:
+            with self._held_lock:
+                self._held.discard(lease.token)
 
     def finish(self) -> int:
         """Store the batch in flight, if any (stopping: it would be redone otherwise)."""
@@ -143,7 +172,11 @@ class Compressor:
         """Into the store, for the texts whose lease is still this batch's."""
         vectors = dict(zip(batch.hashes, (memory_to_bytes(m) for m in batch.memory),
                            strict=True))
-        written, lost = self.store.write(lambda conn: store_vectors(conn, batch.lease, vectors))
+        try:
+            written, lost = self.store.write(lambda conn: store_vectors(conn, batch.lease,
+                                                                        vectors))
+        finally:  # written and released, or given up: its lease is no longer renewed
+            self._let_go(batch.lease)
         if lost:
             log.warning("stale lease: %d of %d passages of this batch were taken over by "
                         "another node after the lease expired; their vectors are not written",

@@ -125,6 +125,11 @@ class ModelWorker:
         """The backlog may have grown."""
         self._wake.set()
 
+    def renew_leases(self) -> None:
+        """A fleet model node's heartbeat: its leases on the compression backlog live on."""
+        if self.compressor is not None and self.store.shares_memory:
+            self.compressor.renew()
+
     def backlog_model(self) -> str | None:
         return memory_id(self.clara, self.store.shares_memory) if self.clara is not None else None
 

@@ -65,6 +65,12 @@ class FsText(TypeDecorator):
         return None if value is None else loaded_text(value)
 
 
+# A row id that grows with the logs (passages, their memory, answers, their sources, events,
+# asks): 64 bits, as a fleet's passages pass 2^31 within days (docs/fleet.md, migration 0014).
+# SQLite's INTEGER is 64 bits already, and INTEGER PRIMARY KEY is its rowid (AUTOINCREMENT
+# only on INTEGER): there it stays INTEGER.
+ROW_ID = BigInteger().with_variant(Integer, "sqlite")
+
 metadata = MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -86,7 +92,7 @@ sources = Table(
 
 documents = Table(
     "documents", metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     # the fleet node whose disk holds the file; "" for a single-host daemon (role all)
     Column("node", String(63), nullable=False, server_default=""),
     Column("path", FsText, nullable=False),
@@ -116,7 +122,7 @@ documents = Table(
 
 passages = Table(
     "passages", metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("document_id", ForeignKey("documents.id", ondelete="CASCADE"), nullable=False),
     Column("ordinal", Integer, nullable=False),
     Column("text", Text, nullable=False),
@@ -141,7 +147,7 @@ passages = Table(
 
 memories = Table(
     "memories", metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("text_hash", String(64), nullable=False),
     Column("fingerprint", String(96), nullable=False),  # memory id: model.dtype[@node]
     Column("row", BigInteger, nullable=False),  # row in the fingerprint's memory matrix file
@@ -158,7 +164,7 @@ leases = Table(
     "leases", metadata,  # a fleet's compression backlog, queued; held by a model node
     Column("fingerprint", String(96), primary_key=True),  # memory id
     Column("text_hash", String(64), primary_key=True),
-    Column("passage_id", Integer, nullable=False),  # its oldest passage: claims go in order
+    Column("passage_id", ROW_ID, nullable=False),  # its oldest passage: claims go in order
     Column("node", String(63), nullable=False),  # "": queued, no node has claimed it
     Column("token", String(32), nullable=False),  # the claim: its batch's vectors are written
     Column("claimed_at", DateTime(timezone=True), nullable=False),  # only while it holds
@@ -208,7 +214,7 @@ questions = Table(
 
 answers = Table(
     "answers", metadata,  # every answer given, standing or ad hoc (question_id null)
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("question_id", ForeignKey("questions.id", ondelete="SET NULL")),
     Column("question", Text, nullable=False),  # the text as asked
     Column("started_at", DateTime(timezone=True), nullable=False),
@@ -222,13 +228,13 @@ answers = Table(
     Column("candidates", Integer, nullable=False),  # passages ranked
     # every live passage with an id up to this one was a candidate: a since-last-run window
     # starts after it (null: no snapshot, as for failed and skipped runs)
-    Column("covered_through", Integer),
+    Column("covered_through", ROW_ID),
     Index("ix_answers_question_id_started_at", "question_id", "started_at"),
 )
 
 answer_sources = Table(
     "answer_sources", metadata,  # the passages an answer came from, best first
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("answer_id", ForeignKey("answers.id", ondelete="CASCADE"), nullable=False),
     Column("rank", Integer, nullable=False),  # 1-based
     Column("passage_id", ForeignKey("passages.id"), nullable=False),  # cited: never deleted
@@ -247,13 +253,13 @@ digests = Table(
 
 events = Table(
     "events", metadata,  # the outbox: what is to be sent, one row per event and channel
-    Column("id", Integer, primary_key=True),  # a channel gets its events in id order
+    Column("id", ROW_ID, primary_key=True),  # a channel gets its events in id order
     # the stable id: a repeat after a crash carries it (Message-ID, the webhook's key)
     Column("key", String(64), nullable=False, unique=True),
     Column("channel", String(128), nullable=False),  # a [notify.NAME] of the config
     Column("kind", String(16), nullable=False),  # answer | failed | skipped | digest | test
     Column("question_id", Integer),  # no foreign key: the event outlives a deleted question
-    Column("answer_id", Integer),
+    Column("answer_id", ROW_ID),
     Column("digest_id", Integer),
     Column("payload", Text, nullable=False),  # JSON, fixed when the event is made
     Column("status", String(16), nullable=False),  # pending | delivered | failed
@@ -290,13 +296,13 @@ firings = Table(
     Column("node_started_at", DateTime(timezone=True), nullable=False),  # ... in which life
     Column("claimed_at", DateTime(timezone=True), nullable=False),
     Column("done_at", DateTime(timezone=True)),  # its answer (or digest) was recorded
-    Column("answer_id", Integer),
+    Column("answer_id", ROW_ID),
     Column("taken_over", Integer, nullable=False, server_default="0"),  # claims after the first
 )
 
 asks = Table(
     "asks", metadata,  # a question asked on a node without a model, until its answer is relayed
-    Column("id", Integer, primary_key=True),
+    Column("id", ROW_ID, primary_key=True),
     Column("asker", String(63), nullable=False),  # the node whose client waits
     Column("question", Text, nullable=False),
     Column("options", Text, nullable=False),  # JSON: top_k, max_new_tokens, scope, stream ...

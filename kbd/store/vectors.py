@@ -9,8 +9,10 @@ node (`taken_over` counts that). Locking rows of its own table only, a model nod
 write grant on the ingest nodes' passages.
 The vectors are written in one transaction with the release of the lease, and only for the
 texts whose lease is still the claim's: a node that wakes after its lease was taken writes
-nothing stale. Writers take turns under an advisory lock, so each memory id's rows are
-numbered 0, 1, 2 ... with no gap and commit in that order; the commit NOTIFYs `kbd_memory`.
+nothing stale. A live node renews its claims at each heartbeat (`renew_leases`), so only a
+node that stopped beating loses them. Writers take turns under an advisory lock, so each
+memory id's rows are numbered 0, 1, 2 ... with no gap and commit in that order; the commit
+NOTIFYs `kbd_memory`.
 
 Each model node keeps a copy of the rows in a local matrix file (a SharedMatrix, which the
 memory index reads as it reads a single host's matrix file), appended in row order from the
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, and_, case, delete, func, select, text, update
+from sqlalchemy import Connection, and_, case, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
 from kbd.store import Store, lock_key
@@ -142,6 +144,19 @@ def store_vectors(conn: Connection, lease: Lease,
              "vector": vectors[h], "created_at": at} for i, h in enumerate(hashes)])
         conn.execute(select(func.pg_notify(CHANNEL, lease.fingerprint)))  # sent at commit
     return hashes, [h for h in vectors if h not in held]
+
+
+def renew_leases(conn: Connection, tokens: list[str], lease_s: float) -> int:
+    """Move the expiry of the claims named by their tokens lease_s ahead (a live node's, at
+    each heartbeat); returns how many texts they still hold. A claim taken over has another
+    token and is left alone. Rows locked by a claim or a write beside this one are skipped,
+    not waited for: a write is releasing them, and a claim taking them over wins."""
+    mine = (select(leases.c.fingerprint, leases.c.text_hash)
+            .where(leases.c.token.in_(tokens)).with_for_update(skip_locked=True))
+    return len(conn.execute(
+        update(leases).where(tuple_(leases.c.fingerprint, leases.c.text_hash).in_(mine))
+        .values(expires_at=func.now() + timedelta(seconds=lease_s))
+        .returning(leases.c.text_hash)).all())
 
 
 def _hold_no_longer_than(conn: Connection, lease_s: float) -> None:
