@@ -519,8 +519,8 @@ def _append(path: Path, word: str, count: int) -> None:
 
 def test_an_ingest_node_down_while_its_files_change_catches_up(fleet_url, tmp_path,
                                                                tiny_model):
-    """web-1 stopped (SIGTERM) while its folder changes (lines appended, a file deleted, one
-    added, one rotated as logrotate `create` does), then started again: its start-up scan
+    """web-1 stopped (SIGTERM) for a minute while its folder changes (lines appended, a file
+    deleted, one added, one rotated as logrotate `create` does), then started again: its scan
     catches up (appended and new lines searchable, the deleted file's document retired, the
     rotated file followed to its new name, every line of every file live exactly once), and
     web-2, running throughout, keeps every row of its documents and passages as they were."""
@@ -556,7 +556,11 @@ def test_an_ingest_node_down_while_its_files_change_catches_up(fleet_url, tmp_pa
         deleted.unlink()
         rotated.rename(rotated.with_name(rotated.name + ".1"))
         _append(rotated, "rotatedfresh", 12)  # the new file at the rotated path
-        time.sleep(3)  # a stretch with the node down, web-2 still running
+        # the issue's minute down, past the silent window, web-2 still running; the file
+        # keeps growing meanwhile
+        time.sleep(30)
+        _append(grown, "latezebra", 10)
+        time.sleep(30)
         assert _node_rows(engine, "web-2") == other
 
         began = time.monotonic()
@@ -569,14 +573,15 @@ def test_an_ingest_node_down_while_its_files_change_catches_up(fleet_url, tmp_pa
         store = Store(fleet_url, tmp_path / "m")
         try:
             with store.read() as conn:
-                zebra = q.passages_with_all(conn, ["catchupzebra"], 1000)
+                zebra = {(p.path, p.first_line, p.last_line): p for word in (
+                    "catchupzebra", "latezebra") for p in q.passages_with_all(conn, [word], 1000)}
                 fresh = q.passages_with_all(conn, ["rotatedfresh"], 1000)
                 added_rows = q.passages_with_all(conn, ["service 7"], 1000)
         finally:
             store.close()
-        assert {p.path for p in zebra} == {str(grown)}
-        assert sorted(n for p in zebra for n in range(p.first_line, p.last_line + 1)
-                      if n > 40) == list(range(41, 71))  # the 30 appended lines, each once
+        assert {p.path for p in zebra.values()} == {str(grown)}
+        assert sorted(n for p in zebra.values() for n in range(p.first_line, p.last_line + 1)
+                      if n > 40) == list(range(41, 81))  # the 40 appended lines, each once
         assert {p.path for p in fresh} == {str(rotated)}
         assert {p.path for p in added_rows} == {str(added)}
         with engine.connect() as conn:
