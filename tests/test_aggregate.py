@@ -118,7 +118,10 @@ def engine(tmp_path_factory, logs, e2e_dir):
     store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
     ingester = Ingester(store, PassageTokenizer.load(e2e_dir))
     assert ingester.ingest_many([(path, None, "log") for path in logs.values()]) == {"added": 3}
-    text = load_engine(ModelConfig(engine="text", device="cpu"), store)
+    # weights loaded (generate) for the test that has the model write; the others quote, as
+    # the default answer does
+    text = load_engine(ModelConfig(engine="text", device="cpu", answer="generate"), store)
+    text.answer_by = "quote"
     yield text
     store.close()
 
