@@ -142,10 +142,10 @@ class Daemon:
 
         node, role = config.node.node_name, config.node.role
         fleet = config.node.fleet
-        self.store = Store.open(config.database_url, config.memory_dir, node if fleet else "")
         # one daemon per store, or in a fleet one per node name
-        self.store.claim(f"kbd daemon pid {os.getpid()}" + (f" node {node}" if fleet else ""),
-                         node=node if fleet else None)
+        self.store = Store.open(config.database_url, config.memory_dir, node if fleet else "",
+                                owner=f"kbd daemon pid {os.getpid()}"
+                                + (f" node {node}" if fleet else ""))
         self.heartbeat = None
         if fleet:
             self.heartbeat = Heartbeat(self.store, node, role, backlog=self._backlog,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -139,7 +140,14 @@ def test_a_second_ingest_once_is_refused_naming_the_first(tmp_path, kbd_home):
                  what="the first ingest to claim the store")
         first.send_signal(signal.SIGSTOP)  # held mid-ingest, however fast this machine is
         assert first.poll() is None, "the first ingest ended before the second could start"
+        # the database's write lock held too (by the stopped ingest, or else here), as when
+        # the first is stopped mid-transaction: the second is refused by name all the same
+        writer = sqlite3.connect(kbd_home / "data" / "kbd.sqlite3", timeout=0,
+                                 isolation_level=None)
+        with contextlib.suppress(sqlite3.OperationalError):
+            writer.execute("BEGIN IMMEDIATE")
         second = kbd(env, "ingest", "--once")
+        writer.close()
     finally:
         first.send_signal(signal.SIGCONT)
     out, err = first.communicate(timeout=300)

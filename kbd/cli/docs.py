@@ -37,11 +37,9 @@ def ingest_once(once: bool, no_compress: bool, paths: tuple[Path, ...], as_json:
     from kbd.store import queries as q
 
     config = get_config()
-    store = open_store(config)
-    fleet = config.node.fleet  # a fleet node's ingest claims its node name, as its daemon
-    store.claim(f"kbd ingest --once pid {os.getpid()}",  # as a daemon does: one writer
-                node=config.node.node_name if fleet else None)
-    if not fleet:  # the sources table is one host's watched folders
+    # one writer, as a daemon; a fleet node's ingest claims its node name, as its daemon
+    store = open_store(config, owner=f"kbd ingest --once pid {os.getpid()}")
+    if not config.node.fleet:  # the sources table is one host's watched folders
         store.write(lambda conn: q.sync_sources(conn, config.folders))
     from kbd.model.tokens import PassageTokenizer
 

@@ -59,14 +59,14 @@ def get_config():
     return load_config(click.get_current_context().find_root().obj)
 
 
-def open_store(config):
+def open_store(config, owner: str = ""):
     from kbd.private import private_home
     from kbd.store import Store
 
     private_home(config.home)
     # a fleet node reads and writes its own documents (docs/fleet.md)
     node = config.node.node_name if config.node.fleet else ""
-    return Store.open(config.database_url, config.memory_dir, node)
+    return Store.open(config.database_url, config.memory_dir, node, owner)
 
 
 def client(config):

@@ -125,8 +125,11 @@ class Store:
         self._claim: Connection | int | None = None  # a daemon's hold on the store
 
     @classmethod
-    def open(cls, url: str, memory_dir: Path, node: str = "") -> Store:
-        """Connect and bring the schema up to date (a database made by an older kbd upgrades)."""
+    def open(cls, url: str, memory_dir: Path, node: str = "", owner: str = "") -> Store:
+        """Connect and bring the schema up to date (a database made by an older kbd upgrades).
+        An `owner` (a daemon, `kbd ingest --once`) claims the store first: a second one is
+        refused naming the first, rather than waiting on the first one's write lock to
+        upgrade."""
         database = sqlite_file(url)
         if database is not None:
             private_folder(database.parent)
@@ -134,7 +137,13 @@ class Store:
             os.close(private_fd(database, os.O_RDONLY))
         private_folder(memory_dir)
         store = cls(url, memory_dir, node)
-        store.migrate()
+        try:
+            if owner:
+                store.claim(owner, node=node or None)
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def migrate(self) -> None:
