@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
 
 from kbd import __version__
+from kbd.background import Background
 from kbd.errors import KbdError
 from kbd.store import Store, fleet
 
@@ -22,7 +22,7 @@ HEARTBEAT_S = 3.0
 BACKLOG_EVERY_S = 30.0  # the backlog is counted this often (a count over every passage)
 
 
-class Heartbeat:
+class Heartbeat(Background):
     def __init__(self, store: Store, name: str, role: str,
                  backlog: Callable[[], int | None] = lambda: None,
                  on_beat: Callable[[], object] = lambda: None, every_s: float = HEARTBEAT_S):
@@ -33,8 +33,7 @@ class Heartbeat:
         self.every_s = every_s
         self.started_at: datetime | None = None
         self._backlog: tuple[float, int | None] = (float("-inf"), None)  # (counted at, value)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="kbd-heartbeat", daemon=True)
+        super().__init__("kbd-heartbeat")
 
     def register(self) -> datetime:
         """This node's row, new life: claims of its earlier life are dead from now on."""
@@ -43,19 +42,14 @@ class Heartbeat:
             schema_revision=Store.schema_head(), pid=os.getpid(), heartbeat_s=self.every_s))
         return self.started_at
 
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        super().stop()
         try:
             self.store.write(lambda conn: fleet.stopped(conn, self.name))
         except KbdError as e:  # it will look silent instead
             log.warning("node %s could not record its stop: %s", self.name, e)
 
-    def _loop(self) -> None:
+    def _run(self) -> None:
         while not self._stop.wait(self.every_s):
             self.beat()
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kbd.background import Background
 from kbd.errors import IngestFailure
 from kbd.folders import WatchedFolder, folder_for, scan, spelled_inside
 from kbd.ingest.chunk import Passage, chunk
@@ -455,7 +456,7 @@ def vanish(ing: Ingester, path: Path) -> str:
 RESCAN = Path("\0rescan")  # a queue item, not a path: reconcile everything with the store
 
 
-class IngestWorker:
+class IngestWorker(Background):
     """One thread that ingests queued paths in order. A path already waiting is not queued
     twice, so a burst of events for one file costs one ingest; a path being ingested is queued
     again by an event, since the ingest may have read the file before what the event reports.
@@ -464,6 +465,8 @@ class IngestWorker:
     When the store cannot be written (disk full, locked, read-only), the path goes back in the
     queue and the worker waits, longer each time up to STORE_RETRY_S[1], so nothing is dropped
     while it lasts."""
+
+    join_s = None  # the file in hand is finished: stopping never cuts an ingest short
 
     def __init__(self, ingester: Ingester, folders: Sequence[WatchedFolder],
                  on_done: Callable[[Path, str], None] | None = None):
@@ -476,9 +479,8 @@ class IngestWorker:
         self._growing: set[Path] = set()  # queued paths that are still being written
         self._current: Path | None = None  # the path being ingested
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._retry_s = STORE_RETRY_S[0]
-        self._thread = threading.Thread(target=self._run, name="kbd-ingest", daemon=True)
+        super().__init__("kbd-ingest")
 
     @property
     def folders(self) -> tuple[WatchedFolder, ...]:
@@ -502,14 +504,6 @@ class IngestWorker:
 
     def rescan(self) -> None:
         self.submit([RESCAN])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
 
     def idle(self) -> bool:
         with self._lock:

@@ -26,6 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 
+from kbd.background import Background
 from kbd.errors import KbdError, ModelUnavailable
 from kbd.retrieve import Scope
 from kbd.runtime.worker import AskRequest
@@ -69,12 +70,13 @@ class Waiting:
     sent: bool = False  # committed: until then the ask's row is not there to check
 
 
-class RemoteModel:
+class RemoteModel(Background):
     """An ingest node's model worker: there is no model here, so each question goes to a model
     node through the store and its answer comes back the same way. One thread reads the
     answers, woken by NOTIFY on this node's reply channel or every POLL_S."""
 
     engine_name = "none"
+    join_s = asks.POLL_S + 5  # its loop waits on the listener POLL_S at a time
     state = "none here: asks go to the model nodes (node role ingest)"
     dense = None
 
@@ -82,8 +84,7 @@ class RemoteModel:
         self.store, self.node = store, node
         self._waiting: dict[int, Waiting] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kbd-asks", daemon=True)
+        super().__init__("kbd-asks")
 
     def submit(self, request: AskRequest) -> Future:
         """Send the question to the model nodes; refused at once when none is alive."""
@@ -118,13 +119,8 @@ class RemoteModel:
     def wake(self) -> None:
         pass
 
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=asks.POLL_S + 5)
+        super().stop()
         with self._lock:
             ask_ids = list(self._waiting)
         for ask_id in ask_ids:
@@ -220,11 +216,13 @@ class RemoteModel:
 
 # -- the model node -------------------------------------------------------------------------
 
-class AskServer:
+class AskServer(Background):
     """A model node's side: claims the asks other nodes route through the store, up to
     MAX_IN_FLIGHT at once, has its model worker answer each as a local ask (recorded in the
     answer history the same way), and writes the answer back in chunks, one relay thread
     per ask. It also sweeps asks left by askers that died."""
+
+    join_s = asks.POLL_S + 5
 
     def __init__(self, store: Store, node: str, started_at: datetime,
                  submit: Callable[[AskRequest], Future]):
@@ -232,17 +230,11 @@ class AskServer:
         self.submit = submit
         self._relays: set[threading.Thread] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kbd-ask-server", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__("kbd-ask-server")
 
     def stop(self) -> None:
         """Claim no more; answers under way get RELAY_GRACE_S to be written back."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=asks.POLL_S + 5)
+        super().stop()
         deadline = time.monotonic() + RELAY_GRACE_S
         with self._lock:
             relays = list(self._relays)

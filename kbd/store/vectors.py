@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Connection, and_, case, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 
+from kbd.background import Background
 from kbd.store import Store, lock_key
 from kbd.store.matrix import MemoryMatrix
 from kbd.store.queries import missing_memory, utcnow
@@ -223,7 +224,7 @@ class SharedMatrix(MemoryMatrix):
                 added += len(blobs)
 
 
-class MemoryFollower:
+class MemoryFollower(Background):
     """Keeps a SharedMatrix in step with the store: LISTEN on its own connection, and a sync
     on each notification or every POLL_S seconds (a notification sent while the connection
     was down is lost; the poll catches up). on_new(n) follows each sync that added rows."""
@@ -233,16 +234,7 @@ class MemoryFollower:
         self.matrix = matrix
         self.on_new = on_new
         self.poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kbd-memory-follow", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        super().__init__("kbd-memory-follow")
 
     def _run(self) -> None:
         while not self._stop.is_set():
