@@ -33,17 +33,16 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # support.harness, support.tiny, test_fleet
+sys.path.insert(0, str(ROOT / "tests"))  # support.harness
 from support.harness import (  # noqa: E402
     Kbd,
     TinyModel,
     check_consistent,
+    fleet_toml,
     postgresql_database,
     postgresql_server,
     wait_for,
 )
-from support.tiny import write_base_model, write_checkpoint  # noqa: E402
-from test_fleet import fleet_toml  # noqa: E402
 
 LOGHUB = ROOT.parents[0] / "shared" / "data" / "loghub"
 SECTIONS = {"ingest": "bench/fleet.py", "paper": "bench/fleet.py",
@@ -224,6 +223,16 @@ def paper(cost: dict, ceiling_mb_per_s: float) -> dict:
     }
 
 
+def write_sections(path: Path, sections: dict) -> dict:
+    """Write these sections into the fleet figures at `path`, keeping the other scripts'."""
+    results = (json.loads(path.read_text()) if path.exists() else {}) | sections
+    for name in SECTIONS:
+        results.setdefault(name, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/fleet.json")
@@ -231,11 +240,9 @@ def main() -> None:
                         help="copies of each loghub log in all (a multiple of 3)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, median kept")
     args = parser.parse_args()
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
     with tempfile.TemporaryDirectory(prefix="kbd-fleet-") as tmp:
         work = Path(tmp)
-        base = write_base_model(work / "base")
-        model = TinyModel(write_checkpoint(work / "ck", base), base)
+        model = TinyModel.written(work)
         load_before = os.getloadavg()
         tries: dict[int, list[dict]] = {1: [], 3: []}
         cost = None
@@ -249,7 +256,7 @@ def main() -> None:
                         cost = cost or store_cost(url, tries[1][0]["lines"])
     runs = {f"nodes_{n}": median_run(each) for n, each in tries.items()}
     ceiling = max(r["mb_per_s"] for r in runs.values())
-    results |= {
+    results = write_sections(args.out, {
         "sections": SECTIONS,
         "ingest": {
             "setting": {
@@ -268,11 +275,7 @@ def main() -> None:
             "store_cost": cost,
         },
         "paper": paper(cost, ceiling),
-    }
-    for name in ("ask_latency", "compression"):
-        results.setdefault(name, None)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    })
     print(json.dumps({k: results[k] for k in ("ingest", "paper")}, indent=2))
 
 

@@ -30,14 +30,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the daemon harness
 
+from fleet import write_sections  # noqa: E402
 from support.harness import (  # noqa: E402
     Kbd,
     TinyModel,
+    fleet_toml,
     make_logs,
     postgresql_database,
     postgresql_server,
 )
-from support.tiny import write_base_model, write_checkpoint  # noqa: E402
 
 from kbd.store import Store  # noqa: E402
 from kbd.store import asks as ak  # noqa: E402
@@ -49,10 +50,6 @@ QUESTIONS = [
     "how many requests timed out ?", "which service had a timeout at 10:15 ?",
     "was request 20 ok ?", "what did worker 6 do ?",
 ]
-
-
-def node_toml(url: str, name: str, role: str) -> str:
-    return f'[store]\nurl = "{url}"\n[node]\nname = "{name}"\nrole = "{role}"\n'
 
 
 def timed_ask(node: Kbd, question: str, max_new_tokens: int) -> float:
@@ -173,10 +170,9 @@ def main() -> int:
         tmp = Path(folder)
         with postgresql_database(server) as steps_url:
             steps = db_steps(steps_url, tmp / "steps")
-        base = write_base_model(tmp / "base")
-        model = TinyModel(write_checkpoint(tmp / "checkpoint", base), base)
-        with (Kbd(tmp / "web", model, extra=node_toml(url, "web-1", "ingest")) as ingest,
-              Kbd(tmp / "gpu", model, extra=node_toml(url, "gpu-1", "model")) as gpu):
+        model = TinyModel.written(tmp)
+        with (Kbd(tmp / "web", model, extra=fleet_toml(url, "web-1", "ingest")) as ingest,
+              Kbd(tmp / "gpu", model, extra=fleet_toml(url, "gpu-1", "model")) as gpu):
             make_logs(ingest.watched, args.files)
             ingest.start()
             gpu.start()
@@ -199,8 +195,7 @@ def main() -> int:
         "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    fleet = json.loads(args.fleet.read_text()) if args.fleet.exists() else {}
-    args.fleet.write_text(json.dumps(fleet | {"ask_latency": record}, indent=2) + "\n")
+    write_sections(args.fleet, {"ask_latency": record})
     return 0
 
 

@@ -10,8 +10,6 @@ fight over the cores). Writes bench/results/fleet_compress.json, and the same as
 
     PYTHONPATH=. python3 bench/fleet_compress.py             # about 5 minutes on 2 cores
     PYTHONPATH=. python3 bench/fleet_compress.py --files 10  # smaller
-
-compress_rate() is the measurement, for bench/fleet.py to call.
 """
 
 from __future__ import annotations
@@ -28,25 +26,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the daemon harness
 
+from fleet import write_sections  # noqa: E402
 from sqlalchemy import create_engine, func, select  # noqa: E402
 from support.harness import (  # noqa: E402
     Kbd,
     TinyModel,
+    fleet_toml,
     make_logs,
     postgresql_database,
     postgresql_server,
     wait_for,
 )
-from support.tiny import write_base_model, write_checkpoint  # noqa: E402
 
 from kbd.store.schema import documents, memories, passages  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "fleet_compress.json"
 FLEET = ROOT / "bench" / "results" / "fleet.json"  # its `compression` section
-
-
-def node_toml(url: str, name: str, role: str) -> str:
-    return f'[store]\nurl = "{url}"\n[node]\nname = "{name}"\nrole = "{role}"\n'
 
 
 def compress_rate(server: str, model: TinyModel, root: Path, model_nodes: int, files: int,
@@ -61,8 +56,8 @@ def compress_rate(server: str, model: TinyModel, root: Path, model_nodes: int, f
             with engine.connect() as conn:
                 return conn.execute(query).scalar_one()
 
-        web = Kbd(root / "web", model, extra=node_toml(url, "web-1", "ingest"))
-        gpus = [Kbd(root / f"gpu{i}", model, extra=node_toml(url, f"gpu-{i}", "model"))
+        web = Kbd(root / "web", model, extra=fleet_toml(url, "web-1", "ingest"))
+        gpus = [Kbd(root / f"gpu{i}", model, extra=fleet_toml(url, f"gpu-{i}", "model"))
                 for i in range(1, model_nodes + 1)]
         for gpu in gpus:
             gpu.env.pop("OMP_NUM_THREADS", None)
@@ -106,8 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kbd-fleet-compress-") as tmp, \
             postgresql_server() as server:
-        base = write_base_model(Path(tmp) / "base")
-        model = TinyModel(write_checkpoint(Path(tmp) / "clara", base), base)
+        model = TinyModel.written(Path(tmp))
         runs = [compress_rate(server, model, Path(tmp) / f"run{n}-{threads}", n, args.files,
                               args.lines, threads)
                 for threads in (1, None) for n in (1, 2)]
@@ -119,8 +113,7 @@ def main() -> None:
                   two["texts_per_s"] / one["texts_per_s"], 2)
                   for one, two in zip(runs[::2], runs[1::2], strict=True)}}
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    fleet = json.loads(FLEET.read_text()) if FLEET.exists() else {}
-    FLEET.write_text(json.dumps(fleet | {"compression": result}, indent=2) + "\n")
+    write_sections(FLEET, {"compression": result})
     print(json.dumps(result, indent=2))
 
 

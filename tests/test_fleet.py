@@ -20,6 +20,7 @@ from support.harness import (
     Kbd,
     TinyModel,
     check_consistent,
+    fleet_toml,
     make_logs,
     memory_matrix,
     postgresql_database,
@@ -37,11 +38,6 @@ from kbd.store.schema import answers, documents, firings, memories, passages
 
 EVERY_S = 3
 FOUR_EVERY_S = 5  # issue 25: 4 questions every 5 s for 60 s
-
-
-def fleet_toml(url: str, name: str, role: str, *folders: Path) -> str:
-    return (f'[store]\nurl = "{url}"\n[node]\nname = "{name}"\nrole = "{role}"\n'
-            + "".join(f'[[folders]]\npath = "{f}"\n' for f in folders))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, insert, select, text
-from support.harness import Kbd, postgresql_database, wait_for
+from support.harness import Kbd, fleet_toml, postgresql_database, wait_for
 
 from kbd.config import ModelConfig
 from kbd.runtime.routed import AskServer, RemoteModel, options_of
@@ -23,10 +23,6 @@ from kbd.store import Store
 from kbd.store import asks as ak
 from kbd.store import fleet as fl
 from kbd.store.schema import answers, ask_chunks, asks
-
-
-def fleet_toml(url: str, name: str, role: str) -> str:
-    return f'[store]\nurl = "{url}"\n[node]\nname = "{name}"\nrole = "{role}"\n'
 
 
 @pytest.fixture

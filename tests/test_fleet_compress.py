@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, func, select, update
-from support.harness import Kbd, make_logs, postgresql_database, wait_for
+from support.harness import Kbd, fleet_toml, make_logs, postgresql_database, wait_for
 
 from kbd.node import Heartbeat
 from kbd.runtime.compress import Compressor
@@ -192,11 +192,6 @@ def test_a_node_copy_follows_the_store_by_notify_and_by_poll(fleet_url, tmp_path
 LEASE_S = 3
 
 
-def node_toml(url: str, name: str, role: str) -> str:
-    return (f'[store]\nurl = "{url}"\n[node]\nname = "{name}"\nrole = "{role}"\n'
-            f"lease_s = {LEASE_S}\n")
-
-
 class Fleet:
     """What the store says of the compression: read directly, as an operator would."""
 
@@ -242,9 +237,9 @@ class Fleet:
 
 
 def start_fleet(url: str, root: Path, tiny_model, files: int) -> tuple[Kbd, Kbd, Kbd]:
-    web = Kbd(root / "w1", tiny_model, extra=node_toml(url, "web-1", "ingest"))
-    a = Kbd(root / "g1", tiny_model, extra=node_toml(url, "gpu-1", "model"))
-    b = Kbd(root / "g2", tiny_model, extra=node_toml(url, "gpu-2", "model"))
+    web = Kbd(root / "w1", tiny_model, extra=fleet_toml(url, "web-1", "ingest", lease_s=LEASE_S))
+    a = Kbd(root / "g1", tiny_model, extra=fleet_toml(url, "gpu-1", "model", lease_s=LEASE_S))
+    b = Kbd(root / "g2", tiny_model, extra=fleet_toml(url, "gpu-2", "model", lease_s=LEASE_S))
     make_logs(web.watched, files, lines=200)
     web.start()
     fleet = Fleet(url)
@@ -279,7 +274,8 @@ def test_a_killed_model_node_loses_its_lease_and_a_late_node_reads_the_store(
         total = fleet.check_once_each()
         assert "compressed" in b.log_text()
 
-        late = Kbd(tmp_path / "g3", tiny_model, extra=node_toml(fleet_url, "gpu-3", "model"))
+        late = Kbd(tmp_path / "g3", tiny_model,
+                   extra=fleet_toml(fleet_url, "gpu-3", "model", lease_s=LEASE_S))
         with late:
             late.start()
             wait_for(lambda: late.status()["model"] == "ready", timeout=120,

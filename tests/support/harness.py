@@ -70,6 +70,15 @@ class TinyModel:
     checkpoint: Path
     base: Path
 
+    @classmethod
+    def written(cls, folder: Path) -> TinyModel:
+        """A tiny base and checkpoint written under `folder`, for a run outside pytest's
+        fixtures (the benchmarks)."""
+        from support.tiny import write_base_model, write_checkpoint
+
+        base = write_base_model(folder / "base")
+        return cls(write_checkpoint(folder / "checkpoint", base), base)
+
     def toml(self) -> str:
         return (f'[model]\ncheckpoint = "{self.checkpoint}"\nbase = "{self.base}"\n'
                 f'device = "cpu"\ncompress_batch_size = 16\n')
@@ -221,6 +230,14 @@ def started(answer: dict) -> datetime:
 
 
 # -- files -------------------------------------------------------------------------------------
+
+def fleet_toml(url: str, name: str, role: str, *folders: Path,
+               lease_s: int | None = None) -> str:
+    """A fleet node's config: the shared store, its [node] name and role, its folders."""
+    return (f'[store]\nurl = "{url}"\n[node]\nname = "{name}"\nrole = "{role}"\n'
+            + (f"lease_s = {lease_s}\n" if lease_s is not None else "")
+            + "".join(f'[[folders]]\npath = "{f}"\n' for f in folders))
+
 
 def make_logs(folder: Path, files: int, lines: int = 40, first: int = 0,
               name: str = "svc") -> list[Path]:
