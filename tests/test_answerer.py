@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -19,9 +20,10 @@ sys.path.insert(0, str(ROOT))
 from train import examples  # noqa: E402
 
 
-def test_examples_answer_from_the_shown_lines_or_say_not_found():
+def test_examples_answer_from_the_shown_lines_or_say_not_found_the_same_for_one_seed():
     made = examples.make([], synthetic=7, count=200, negatives=0.2, seed=3)
     assert len(made) == 200
+    assert examples.make([], synthetic=7, count=200, negatives=0.2, seed=3) == made  # seeded
     for e in made:
         assert [p[0] for p in e["passages"]] == list(range(1, len(e["passages"]) + 1))
         if e["answer"] == examples.NOT_FOUND:
@@ -33,7 +35,7 @@ def test_examples_answer_from_the_shown_lines_or_say_not_found():
     assert 0.1 < sum(e["answer"] == examples.NOT_FOUND for e in made) / len(made) < 0.5
 
 
-def test_fit_writes_a_small_adapter_with_its_training_metadata(tmp_path):
+def test_fit_writes_a_small_adapter_with_its_training_metadata_the_same_for_one_seed(tmp_path):
     base = tmp_path / "tiny"
     LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
                                  num_hidden_layers=2, num_attention_heads=4,
@@ -44,14 +46,17 @@ def test_fit_writes_a_small_adapter_with_its_training_metadata(tmp_path):
     starts = np.cumsum([0] + [len(r) for r in rows])
     np.savez_compressed(tmp_path / "ex.npz", ids=np.array(ids), starts=starts,
                         answer_at=np.array([len(r) - 4 for r in rows]), pad=0, eos=2)
-    out = tmp_path / "adapter.safetensors"
-    subprocess.run([sys.executable, str(ROOT / "train" / "answerer.py"), "fit",
-                    str(tmp_path / "ex.npz"), "--base", str(base), "--out", str(out),
-                    "--steps", "3", "--batch", "4", "--rank", "4", "--eval-examples", "2",
-                    "--device", "cpu"], check=True, capture_output=True, cwd=ROOT)
-    with safe_open(out, "pt") as f:
+    outs = [tmp_path / "adapter.safetensors", tmp_path / "again.safetensors"]
+    for out in outs:  # twice, the same seed: the same adapter
+        subprocess.run([sys.executable, str(ROOT / "train" / "answerer.py"), "fit",
+                        str(tmp_path / "ex.npz"), "--base", str(base), "--out", str(out),
+                        "--steps", "3", "--batch", "4", "--rank", "4", "--eval-examples", "2",
+                        "--device", "cpu"], check=True, capture_output=True, cwd=ROOT)
+    with safe_open(outs[0], "pt") as f, safe_open(outs[1], "pt") as again:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
         keys = list(f.keys())
+        assert all(torch.equal(f.get_tensor(k), again.get_tensor(k)) for k in keys)
+        assert json.loads(again.metadata()["final_loss"]) == meta["final_loss"]
     assert meta["steps"] == 3 and meta["seed"] == 0 and meta["examples"] == 10
     assert len(meta["base_sha256"]) == 64
     assert "model.layers.0.self_attn.q_proj.lora_A.weight" in keys
