@@ -2,6 +2,7 @@
 loghub logs and the reports in bench/qa/reports/, asked the questions by `kbd eval`.
 
     python bench/answers.py [--split dev|heldout] [--sample N] [--settings baseline,current]
+    python bench/answers.py --before HEAD~1 --settings baseline,before,current   # a change
 
 A setting is a name, the code its daemon runs (a commit, or None for this working tree) and
 config overrides ({section: {key: value}}). `baseline` is main's behaviour at f955b7f, before
@@ -140,8 +141,14 @@ def main() -> None:
                         help="Stop each setting's questions after this long; its row then "
                              "holds the questions answered so far (complete: false).")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "answers.json")
+    parser.add_argument("--before", metavar="COMMIT",
+                        help="Add a setting `before`: the defaults of kbd at COMMIT (a change's "
+                             "parent, to judge the change in the same run).")
     args = parser.parse_args()
     by_name = {s["name"]: s for s in SETTINGS}
+    if args.before:
+        by_name["before"] = {"name": "before", "code": args.before,
+                             "config": {"model": {"engine": "text"}}}
     chosen = [by_name[name] for name in args.settings.split(",")]
     results = {"setting": {
         "python": platform.python_version(), "machine": platform.machine(),
