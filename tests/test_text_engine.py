@@ -184,13 +184,10 @@ def test_generate_has_the_model_write_the_answer(setup, monkeypatch):
     ("Which IP address tried to log in as the invalid user test9?", "52.80.34.196"),
     ("Which IP address tried to log in as the invalid user jenkins?", None),
     ("Which datanode was declared dead by the NameNode?", None),
-    ("Which block did PacketResponder 2 terminate?", "PacketResponder 2 for block blk_"),
-    ("Which block did PacketResponder 7 terminate?", None),
 ])
 def test_a_line_that_misses_what_the_question_turns_on_is_no_answer(setup, question, answer):
     """`jenkins` is in no line, and no line says a node is dead: lines with "invalid user"
-    and an IP, or with "NameNode", are nearest, but hold too little of the question. Nor is
-    PacketResponder 7 in any (0 to 2 are): a line of PacketResponder 1 shares all the rest."""
+    and an IP, or with "NameNode", are nearest, but hold too little of the question."""
     reply = setup.ask(question)
     if answer is None:
         assert (reply["status"], reply["answer"]) == ("not-found", NOT_FOUND)

@@ -289,8 +289,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
            frequencies: dict[str, int], passages: int) -> Evidence:
     """The question's evidence: each passage's matching lines, unless it is weak: no asked
     term or name in the passages, or a best line that holds too little of the question
-    (evidence.coverage, weighed by the terms' passage counts in the store) or not every id
-    and number it gives (evidence.given_specifics)."""
+    (evidence.coverage, weighed by the terms' passage counts in the store)."""
     texts = [about(places[pid]) for pid, _ in hits]
     if not matched or weak_evidence(question, texts):
         return Evidence(question, ranked(hits), [], {})
@@ -312,10 +311,8 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         source, best = evidence.best_line(list(shown.values()), weights)
         pid = next(pid for pid, s in shown.items() if s is source)
         held = f"{best.text}\n{places[pid].heading or ''}\n{Path(source.where).stem}"
-        asked = asked_terms(question)
-        specifics = evidence.given_specifics(question, asked)
-        if (evidence.coverage(asked, held, frequencies, passages) < evidence.COVERAGE_FLOOR
-                or evidence.matched_terms(specifics, held) != set(specifics)):
+        if evidence.coverage(asked_terms(question), held, frequencies,
+                             passages) < evidence.COVERAGE_FLOOR:
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)

@@ -34,9 +34,6 @@ TIME_OF_DAY = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d])")  #
 CITATION = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
 MAX_LINE_CHARS = 240  # a longer line (a report's paragraph) is shown by its sentences
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
-MONTH = re.compile(r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?")
-YEAR = re.compile(r"(?:19|20)\d\d")
-ORDINAL = re.compile(r"\d+(?:st|nd|rd|th)")
 SPECIFIC_WEIGHT = 3.0  # an id, number or address in the question says more than a word
 # Words that name what is asked or frame the question ("which IP", "what time", "someone"):
 # the line holds the answer, not these words, so their absence says nothing
@@ -95,18 +92,6 @@ def term_weights(terms: Sequence[str], lines: Sequence[str]) -> dict[str, float]
         for term in matched_terms(terms, line):
             counts[term] += 1
     return {t: math.log(1 + len(lines) / (1 + n)) * emphasis(t) for t, n in counts.items()}
-
-
-def given_specifics(question: str, terms: Sequence[str]) -> list[str]:
-    """The ids and numbers among the question's asked terms that a line answering it must
-    hold: "How many tasks of stage 99 ran?" is not answered by a line of stage 12, however
-    much else it shares. Left out: a date's day and year (`Nov 10` is `081110` in HDFS's
-    log, `2005` may be `05`) and ordinals ("the 3rd attempt")."""
-    words = [w.strip(".,;:!?()\"'").lower() for w in question.split()]
-    dated = {w for i, w in enumerate(words) if w.isdigit() and any(
-        MONTH.fullmatch(n) for n in words[max(i - 1, 0):i] + words[i + 1:i + 2])}
-    return [t for t in terms if re.search(r"\d", t) and t.lower() not in dated
-            and not YEAR.fullmatch(t) and not ORDINAL.fullmatch(t.lower())]
 
 
 def emphasis(term: str) -> float:
