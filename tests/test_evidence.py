@@ -42,6 +42,12 @@ def test_a_matching_term_is_evidence(question, text):
     assert not weak_evidence(question, [text])
 
 
+def test_a_camel_case_word_is_found_inside_a_longer_one():
+    line = "Warning NodeNotReady pod/web-1 Node node-4 status is now: NodeNotReady, stage R12"
+    assert evidence.matched_terms(["NotReady", "R1", "Ready", "dead"], line) == {
+        "NotReady", "Ready"}
+
+
 def test_a_long_report_line_is_shown_by_its_sentences():
     text = ("The backup ran at 02:00. " * 8 + "It failed: the quota of nas-07 was exceeded. "
             "Nobody was paged.")

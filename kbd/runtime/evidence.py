@@ -77,11 +77,19 @@ def tokens(text: str) -> set[str]:
 
 
 def matched_terms(terms: Iterable[str], text: str) -> set[str]:
-    """The terms (as given) that the text holds."""
+    """The terms (as given) that the text holds; a glued term also inside a longer glued word
+    (`NotReady` in Kubernetes' `NodeNotReady`, `OOMKill` in `OOMKilling`)."""
     words = tokens(text)
     folded = text.lower()
     return {t for t in terms
-            if (t.lower() in folded if re.search(r"\W", t) else stem(t.lower()) in words)}
+            if (t.lower() in folded if re.search(r"\W", t) else stem(t.lower()) in words
+                or camel_case(t) and t.lower() in folded)}
+
+
+def camel_case(term: str) -> bool:
+    """A word of letters glued at case changes (`NotReady`): found inside a longer one, it is
+    that word, as a short id (`R1`) inside another word is not."""
+    return term.isalpha() and len(term) >= 5 and len(GLUED_PART.findall(term)) > 1
 
 
 def term_weights(terms: Sequence[str], lines: Sequence[str]) -> dict[str, float]:
