@@ -147,8 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     by_name = {s["name"]: s for s in SETTINGS}
     if args.before:
-        by_name["before"] = {"name": "before", "code": args.before,
-                             "config": {"model": {"engine": "text"}}}
+        by_name["before"] = by_name["current"] | {"name": "before", "code": args.before}
     chosen = [by_name[name] for name in args.settings.split(",")]
     results = {"setting": {
         "python": platform.python_version(), "machine": platform.machine(),

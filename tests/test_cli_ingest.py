@@ -142,12 +142,11 @@ def test_a_second_ingest_once_is_refused_naming_the_first(tmp_path, kbd_home):
         assert first.poll() is None, "the first ingest ended before the second could start"
         # the database's write lock held too (by the stopped ingest, or else here), as when
         # the first is stopped mid-transaction: the second is refused by name all the same
-        writer = sqlite3.connect(kbd_home / "data" / "kbd.sqlite3", timeout=0,
-                                 isolation_level=None)
-        with contextlib.suppress(sqlite3.OperationalError):
-            writer.execute("BEGIN IMMEDIATE")
-        second = kbd(env, "ingest", "--once")
-        writer.close()
+        with contextlib.closing(sqlite3.connect(kbd_home / "data" / "kbd.sqlite3", timeout=0,
+                                                isolation_level=None)) as writer:
+            with contextlib.suppress(sqlite3.OperationalError):
+                writer.execute("BEGIN IMMEDIATE")
+            second = kbd(env, "ingest", "--once")
     finally:
         first.send_signal(signal.SIGCONT)
     out, err = first.communicate(timeout=300)

@@ -77,13 +77,17 @@ def tokens(text: str) -> set[str]:
 
 
 def matched_terms(terms: Iterable[str], text: str) -> set[str]:
-    """The terms (as given) that the text holds; a glued term also inside a longer glued word
+    """The terms (as given) that the text holds; a camelCase term also inside a longer word
     (`NotReady` in Kubernetes' `NodeNotReady`, `OOMKill` in `OOMKilling`)."""
     words = tokens(text)
     folded = text.lower()
-    return {t for t in terms
-            if (t.lower() in folded if re.search(r"\W", t) else stem(t.lower()) in words
-                or camel_case(t) and t.lower() in folded)}
+
+    def held(term: str) -> bool:
+        if re.search(r"\W", term):  # an address, a path, a phrase: as written
+            return term.lower() in folded
+        return stem(term.lower()) in words or camel_case(term) and term.lower() in folded
+
+    return {t for t in terms if held(t)}
 
 
 def camel_case(term: str) -> bool:
