@@ -231,7 +231,7 @@ class Fleet:
         assert sorted(r.row for r in rows) == list(range(len(rows)))
         return len(rows)
 
-    def catch(self, node: str, timeout: float = 60) -> None:
+    def catch(self, node: str, timeout: float = 180) -> None:
         """Wait until `node` holds a lease (it is compressing a batch)."""
         wait_for(lambda: self.held(node), timeout=timeout, what=f"{node} to hold a lease")
 
