@@ -23,6 +23,7 @@ with `jenkins`, the rarest term and the one the question turns on.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -115,17 +116,12 @@ def compounds(terms: Iterable[str], text: str, words: Sequence[str] = ()) -> dic
     terms; default the terms), which hold words no line need hold (`user` of "user name",
     ANSWER_WORDS) but which still make a compound with a term."""
     terms = list(terms)
-    order = list(dict.fromkeys([*words, *terms]))
+    order = tuple(dict.fromkeys([*words, *terms]))
     position = {word: i for i, word in enumerate(order)}
-    forms: dict[str, list[str]] = {}  # a word's lower case and its stem -> the words
-    for word in order:
-        if word.isalpha():
-            for form in dict.fromkeys((word.lower(), stem(word.lower()))):
-                forms.setdefault(form, []).append(word)
+    forms = word_forms(order)
     found: dict[str, str] = {}
-    pieces = (p for word in WORD.findall(text) for p in (word, *GLUED_PART.findall(word))
-              if p.isalpha())
-    for piece in dict.fromkeys(pieces):
+    pieces, pairs = compound_shapes(text)
+    for piece in pieces:
         lower = piece.lower()
         for cut in range(COMPOUND_PART, len(lower) - COMPOUND_PART + 1):
             left = forms.get(lower[:cut])
@@ -135,11 +131,35 @@ def compounds(terms: Iterable[str], text: str, words: Sequence[str] = ()) -> dic
                 if position[a] < position[b]:  # "named log" is no `logname`
                     found.setdefault(a, piece)
                     found.setdefault(b, piece)
-    for pair in ADJACENT_WORDS.finditer(text):
-        for term in forms.get(stem((pair[1] + pair[2]).lower()), ()):
-            found.setdefault(term, text[pair.start(1):pair.end(2)])
+    for joined, written_as in pairs:
+        for term in forms.get(joined, ()):
+            found.setdefault(term, written_as)
     written = written_terms(found, text) if found else set()
     return {t: compound for t, compound in found.items() if t in terms and t not in written}
+
+
+@functools.lru_cache(maxsize=256)
+def word_forms(words: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each word of letters by its lower case and its stem (cached: the same question's words
+    are matched against every line read)."""
+    forms: dict[str, list[str]] = {}
+    for word in words:
+        if word.isalpha():
+            for form in dict.fromkeys((word.lower(), stem(word.lower()))):
+                forms.setdefault(form, []).append(word)
+    return forms
+
+
+@functools.lru_cache(maxsize=4096)
+def compound_shapes(text: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The words of letters of a text (and the parts of its glued ones) long enough to cut in
+    two, and each two adjacent words as one (stemmed, and as written). Cached: a line is
+    matched against the question's terms a few times over (weights, shown lines, the best)."""
+    words = (p for word in WORD.findall(text) for p in (word, *GLUED_PART.findall(word))
+             if p.isalpha() and len(p) >= 2 * COMPOUND_PART)
+    pairs = ((stem((m[1] + m[2]).lower()), text[m.start(1):m.end(2)])
+             for m in ADJACENT_WORDS.finditer(text))
+    return tuple(dict.fromkeys(words)), tuple(pairs)
 
 
 def camel_case(term: str) -> bool:
