@@ -7,7 +7,8 @@ a stream of questions costs no database reads; a filter is then a few array oper
 
 Ranking fuses rankings by reciprocal rank (`fuse`), so that each finds what the other misses:
 - BM25 (`bm25`, the store's full-text search): the question's words, common English words
-  left out, each matched as a phrase, any of them. It finds exact ids, IPs and block numbers.
+  left out, each matched as a phrase, any of them, with its compounds written the other way
+  (`compound_forms`). It finds exact ids, IPs and block numbers.
 - dense (`dense_ranking`): cosine between the question's vector and each passage's, from a
   small sentence model (kbd.model.dense), so a paraphrase finds the line. Passage vectors are
   computed once, in the background (`embed_backlog`), and stored like CLaRa's memory: rows of
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kbd.model.dense import DIM, DenseModel, load_dense_model
-from kbd.runtime.evidence import ANSWER_WORDS, TIME_OF_DAY, matched_terms
+from kbd.runtime.evidence import ANSWER_WORDS, COMPOUND_PART, TIME_OF_DAY, matched_terms
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.matrix import MemoryFileError, MemoryMatrix
@@ -160,6 +161,27 @@ def word_pairs(question: str) -> list[str]:
             and a.lower() not in STOP_WORDS and b.lower() not in STOP_WORDS]
 
 
+def joined_words(question: str) -> list[str]:
+    """Each two adjacent words of letters of the question, neither a stop word, as one word,
+    lower case (`public key`: publickey): a compound as a log may write it."""
+    words = [chunk.strip(string.punctuation) for chunk in question.split()]
+    words = [w if w.isalpha() and w.lower() not in STOP_WORDS else "" for w in words]
+    return list(dict.fromkeys((a + b).lower() for a, b in zip(words, words[1:], strict=False)
+                              if a and b))
+
+
+def compound_forms(question: str) -> list[str]:
+    """The question's compounds as a log may write them otherwise (evidence.compounds): its
+    joined words, and each word of letters cut in two (`publickey`: public key, and cuts
+    such as `publi ckey`, which no line holds: without a word list every cut is tried, each
+    part COMPOUND_PART letters or more and no stop word)."""
+    words = [chunk.strip(string.punctuation) for chunk in question.split()]
+    cut = [f"{w[:i]} {w[i:]}" for w in words if w.isalpha()
+           for i in range(COMPOUND_PART, len(w) - COMPOUND_PART + 1)
+           if w[:i].lower() not in STOP_WORDS and w[i:].lower() not in STOP_WORDS]
+    return list(dict.fromkeys(joined_words(question) + cut))
+
+
 def split_glued(word: str) -> list[str]:
     """The parts of the glued tokens inside a word."""
     return [part for token in q.TOKEN.findall(word) for part in q.glued_parts(token)]
@@ -192,9 +214,9 @@ def above_floor(hits: list[tuple[int, float]], floor: float) -> list[tuple[int, 
 def bm25(store: Store, question: str, allowed: set[int] | None,
          k: int) -> list[tuple[int, float]]:
     """The k best (passage id, BM25 score) by the store's full-text search, as `search`: any of
-    the question's terms or adjacent word pairs."""
+    the question's terms, adjacent word pairs or compounds written the other way."""
     terms = search_terms(question)
-    terms += word_pairs(question)[:MAX_TERMS - len(terms)]
+    terms += (word_pairs(question) + compound_forms(question))[:MAX_TERMS - len(terms)]
     limit = SEARCH_FETCH * k
     while True:
         with store.read() as conn:
@@ -293,7 +315,8 @@ def weak_evidence(question: str, texts: list[str]) -> bool:
     did the Spark job read from?" over Spark's logs: they are about something else of the
     same kind."""
     terms = asked_terms(question)
-    matched = set().union(*(matched_terms(terms, text) for text in texts))
+    words = search_terms(question)  # `user` of "user name" makes `username` a match
+    matched = set().union(*(matched_terms(terms, text, words) for text in texts))
     first = question.split()[0].strip(string.punctuation + "¿¡") if question.split() else ""
     return not matched or any(is_name(t) and t != first for t in set(terms) - matched)
 

@@ -13,7 +13,7 @@ from support.harness import database_at
 
 from kbd.ingest.pipeline import Ingester
 from kbd.model.tokens import PassageTokenizer
-from kbd.retrieve import bm25, search_terms
+from kbd.retrieve import bm25, compound_forms, joined_words, search_terms
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.schema import documents
@@ -60,6 +60,15 @@ class TestTerms:
     def test_only_stop_words_are_kept_rather_than_nothing(self):
         assert search_terms("Who was it? who") == ["Who", "was", "it"]
         assert search_terms("??? - -- ...") == []
+
+    def test_compounds_are_searched_written_the_other_way(self):
+        """Adjacent words joined (not across a stop word), and a word cut in two, every cut
+        with parts of three letters or more that are no stop words."""
+        assert joined_words("Who logged in with a public key?") == ["publickey"]
+        assert compound_forms("Who logged in with a public key?") == [
+            "publickey", "log ged", "pub lic"]
+        assert compound_forms("Which timeout?") == ["tim eout", "time out"]
+        assert compound_forms("10.0.0.5 ssh2") == []
 
 
 @pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present")
@@ -112,6 +121,27 @@ def test_adjacent_question_words_rank_as_a_phrase(sqlite_ingester, tmp_path):
     found = texts(ingester.store, bm25(ingester.store, "How long did reading broadcast "
                                                        "variable 2 take?", None, 3))
     assert "variable 2 took" in found[0]
+
+
+@pytest.mark.parametrize("question, line", [
+    ("Who logged in with a public key?", "Accepted publickey for git from 10.0.0.5 port 51000"),
+    ("Who logged in with publickey?", "Accepted public key for git from 10.0.0.5 port 51000"),
+    ("Which host name was wrong?", "bad hostname in the certificate: web-1"),
+])
+def test_a_compound_is_found_however_it_is_written(ingester, tmp_path, question, line):
+    """No word of the question but its compound, written the other way, is in the line."""
+    ingester.ingest(log(tmp_path / "auth.log", [line]))
+    ingester.ingest(log(tmp_path / "other.log", [
+        f"Dec 10 06:55:{i:02d} sshd[24200]: Failed password for root from 10.0.0.{i}"
+        for i in range(20)]))
+    assert texts(ingester.store, bm25(ingester.store, question, None, 5)) == [line]
+
+
+def test_a_cut_is_not_searched_for_its_one_word(ingester, tmp_path):
+    """`timeout` cut as "time out": PostgreSQL drops `out` as a stop word, and the phrase
+    must not then find every passage with `time`."""
+    ingester.ingest(log(tmp_path / "ntp.log", ["Dec 10 06:55:46 ntpd[311]: time synchronized"]))
+    assert bm25(ingester.store, "Which timeout?", None, 5) == []
 
 
 def test_stop_words_do_not_dominate(ingester, tmp_path):

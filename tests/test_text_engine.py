@@ -291,6 +291,73 @@ def test_switching_engines_needs_no_reingest(setup, e2e):
     assert {Path(s["path"]) for s in reply["sources"]} <= {setup.hdfs, setup.openssh}
 
 
+@dataclass
+class Logins:
+    worker: ModelWorker
+    openssh: Path  # loghub's, with git's public-key logins planted
+    bastion: Path  # a log that writes `public key` as two words
+    planted: dict[int, str]  # line number -> line
+
+
+@pytest.fixture(scope="module")
+def logins(tmp_path_factory):
+    """The model worker on the default text engine (quote: no weights read) over the two
+    logs in a SQLite store cut for SmolLM2, as a daemon with no checkpoint has it."""
+    folder = tmp_path_factory.mktemp("logins")
+    lines = (LOGHUB / "OpenSSH_2k.log").read_text().splitlines()
+    planted = {n: f"Dec 10 09:{n // 100:02d}:01 LabSZ sshd[245{n % 97:02d}]: Accepted publickey "
+                  f"for git from 10.0.0.5 port {51000 + n} ssh2" for n in (501, 1201, 1801)}
+    for n, line in planted.items():
+        lines.insert(n - 1, line)
+    openssh = folder / "OpenSSH_2k.log"
+    openssh.write_text("".join(f"{line}\n" for line in lines))
+    bastion = folder / "bastion.log"
+    bastion.write_text("Dec 10 11:00:00 bastion gitd[311]: connection from 10.0.0.7 port 40022\n"
+                       "Dec 10 11:00:01 bastion gitd[311]: accepted public key for git from "
+                       "10.0.0.7\n")
+    config = ModelConfig(engine="text", device="cpu")
+    store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
+    ingester = Ingester(store, PassageTokenizer.configured(config))
+    assert ingester.ingest_many([(openssh, None, "log"), (bastion, None, "log")]) == {"added": 2}
+    worker = ModelWorker(config, store, revision=lambda: 1, on_change=lambda: None)
+    worker.start()
+    wait_for(lambda: worker.state != "loading", timeout=300, what="the text engine ready")
+    yield Logins(worker, openssh, bastion, planted)
+    worker.stop()
+    store.close()
+
+
+def ask_in(logins: Logins, question: str, path: Path) -> dict:
+    scope = Scope(paths=(str(path),))
+    return logins.worker.submit(AskRequest(question=question, scope=scope)).result(timeout=300)
+
+
+def test_two_words_of_the_question_are_one_of_the_log(logins):
+    """sshd's `publickey` is the question's "public key": declined before, as `public` and
+    `key`, the rarest terms, were in no line."""
+    reply = ask_in(logins, "Who logged in with a public key as git?", logins.openssh)
+    assert reply["status"] == "ok" and not reply["aggregate"], reply["answer"]
+    (number,) = reply["sources"][0]["cited_lines"][:1]
+    assert reply["answer"] == f'OpenSSH_2k.log:{number}: "{logins.planted[number]}" [1]'
+
+
+def test_one_word_of_the_question_is_two_of_the_log(logins):
+    reply = ask_in(logins, "Who logged in with publickey as git?", logins.bastion)
+    assert reply["status"] == "ok", reply["answer"]
+    assert reply["answer"] == ('bastion.log:2: "Dec 10 11:00:01 bastion gitd[311]: accepted '
+                               'public key for git from 10.0.0.7" [1]')
+
+
+def test_a_count_looks_for_the_compound_as_the_log_writes_it(logins):
+    """Every line holding `publickey` and `git` is counted: the full-text index has no
+    `public` or `key` in them."""
+    reply = ask_in(logins, "How many times did git log in with a public key?", logins.openssh)
+    assert reply["aggregate"] == "count", reply["answer"]
+    assert reply["answer"].startswith(
+        '3 lines match "git", "publickey" (first OpenSSH_2k.log:501, last '
+        f'OpenSSH_2k.log:1801): "{logins.planted[501]}" [1]'), reply["answer"]
+
+
 def test_missing_text_model_is_a_clear_error(store, tmp_path):
     worker = ModelWorker(ModelConfig(text_model=str(tmp_path / "nowhere")), store,
                          revision=lambda: 0, on_change=lambda: None)

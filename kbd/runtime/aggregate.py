@@ -173,9 +173,13 @@ def terms_to_match(shown: Sequence[evidence.Shown], weights: dict[str, float],
     if not asked:
         return []
     _, best = evidence.best_line(shown, asked)
-    held = evidence.matched_terms(asked, best.text)
-    terms = [t for t in asked if t in held]
-    return terms if 2 * len(terms) >= len(asked) else []
+    matched = evidence.matched_terms(asked, best.text, list(weights))
+    held = [t for t in asked if t in matched]
+    # a term the line holds in a compound is looked for as the line writes it: the full-text
+    # index finds `publickey`, not `public` and `key`
+    written = evidence.compounds(asked, best.text, list(weights))
+    terms = list(dict.fromkeys(written.get(t, t) for t in held))
+    return terms if 2 * len(held) >= len(asked) else []
 
 
 def holds_all(terms: Sequence[str], text: str) -> bool:

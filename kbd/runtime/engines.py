@@ -32,6 +32,7 @@ from kbd.retrieve import (
     Scope,
     asked_terms,
     fuse,
+    joined_words,
     lexical_ranking,
     search,
     search_terms,
@@ -211,7 +212,9 @@ class TextEngine:
                  for question, pool in zip(questions, pools, strict=True)]
         with self.store.read() as conn:
             places = q.passage_places(conn, [pid for hits, _ in picks for pid, _ in hits])
-            terms = {t for question in questions for t in asked_terms(question)}
+            # the asked terms, and the compounds a line may write two of them as (coverage)
+            terms = {t for question in questions
+                     for t in (*asked_terms(question), *joined_words(question))}
             frequencies = q.term_frequencies(conn, sorted(terms), FREQUENCY_CAP)
             passages = q.count_live_passages(conn)
         found = [gather(question, hits, matched, places, frequencies, passages)
@@ -311,8 +314,8 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         source, best = evidence.best_line(list(shown.values()), weights)
         pid = next(pid for pid, s in shown.items() if s is source)
         held = f"{best.text}\n{places[pid].heading or ''}\n{Path(source.where).stem}"
-        if evidence.coverage(asked_terms(question), held, frequencies,
-                             passages) < evidence.COVERAGE_FLOOR:
+        if evidence.coverage(asked_terms(question), held, frequencies, passages,
+                             search_terms(question)) < evidence.COVERAGE_FLOOR:
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)

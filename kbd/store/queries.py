@@ -294,7 +294,13 @@ def search_passages(conn: Connection, terms: Sequence[str], limit: int) -> list[
             "JOIN passages p ON p.id = passages_fts.rowid WHERE passages_fts MATCH :match "
             "ORDER BY score DESC, p.id DESC LIMIT :limit"), {"match": match, "limit": limit}))
     params = {f"t{i}": t for i, t in enumerate(terms)}
-    query = " || ".join(f"phraseto_tsquery('english', :{name})" for name in params)
+    # a phrase PostgreSQL would cut short, dropping a stop word of its own (`out` of "time
+    # out", a cut of the question's `timeout`), is left out: the word left is a term already
+    # or one the question does not have, which would find every passage holding it
+    query = " || ".join(
+        f"(CASE WHEN numnode(phraseto_tsquery('english', :{name})) = "
+        f"numnode(phraseto_tsquery('simple', :{name})) THEN phraseto_tsquery('english', :{name}) "
+        "ELSE ''::tsquery END)" for name in params)
     return list(conn.execute(sql(
         f"SELECT p.id, p.text_hash, ts_rank_cd(p.search_vector, q.query) AS score "
         f"FROM passages p, (SELECT {query} AS query) q "
