@@ -92,6 +92,28 @@ def test_a_compound_counts_once_in_coverage():
         "publickey", "public key")) >= evidence.COVERAGE_FLOOR
 
 
+def test_a_number_that_is_only_another_fields_value_weighs_less_in_choosing_the_line():
+    """"Which IP got a 403?" of a store with JSON request logs and an access log: the line
+    whose 403 is a latency (ingested JSON reads key=value) ranks first and holds every term,
+    yet the access log's 403 is the status asked for. A field the question names, or a bare
+    number, counts whole."""
+    question = "Which IP got a 403 on /admin/settings?"
+    latency = ("2022-02-15T16:02:08.870Z info request served path=/admin/settings status=500 "
+               "latency_ms=403 client_ip=10.153.28.155")
+    access = ('198.136.179.134 - backup [16/Dec/2022:04:19:41 +0000] "GET /admin/settings '
+              'HTTP/1.1" 403 87672 "-" "python-requests/2.31"')
+    weights = evidence.term_weights(search_terms(question), [latency, access])
+    shown = [Shown(1, "orders.jsonl", [Line(280, latency)], [Line(280, latency)]),
+             Shown(2, "access.log", [Line(6, access)], [Line(6, access)])]
+    assert evidence.best_line(shown, weights)[1].number == 6
+    assert {"403", "admin/settings"} <= evidence.matched_terms(weights, latency)  # coverage
+    words = search_terms("Which request got status 403?")
+    assert evidence.other_fields(words, 'path=/metrics "status": 403', words) == set()
+    words = search_terms("How many steps were 7163?")
+    assert evidence.other_fields(words, FITBIT, words) == set()
+    assert evidence.other_fields(["403"], "took 403 ms, latency_ms=403", ["403"]) == set()
+
+
 def test_a_long_report_line_is_shown_by_its_sentences():
     text = ("The backup ran at 02:00. " * 8 + "It failed: the quota of nas-07 was exceeded. "
             "Nobody was paged.")

@@ -37,6 +37,8 @@ COMPOUND_PART = 3  # the shortest part of a compound: `timeout` is time+out, `lo
 # two words of letters with only spaces or hyphens between: a compound may be written so
 ADJACENT_WORDS = re.compile(
     rf"(?<!\w)([^\W\d_]{{{COMPOUND_PART},}})[\s-]+(?=([^\W\d_]{{{COMPOUND_PART},}})(?!\w))")
+FIELD_MARK = re.compile(r"\w\"?\s*[=:]")
+FIELD_BEFORE = re.compile(r"([A-Za-z][\w.]*)\"?\s*[=:]\s*\"?$")  # a field's name, then its value
 SPECIFIC = re.compile(r"\w*\d[\w.:/-]*")  # numbers, ids, addresses, times, dates
 TIME_OF_DAY = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d])")  # 10:32[:05]
 CITATION = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
@@ -90,6 +92,25 @@ def matched_terms(terms: Iterable[str], text: str, words: Sequence[str] = ()) ->
     terms = list(terms)
     held = written_terms(terms, text)
     return held if held.issuperset(terms) else held | compounds(terms, text, words).keys()
+
+
+def other_fields(terms: Sequence[str], text: str, words: Sequence[str]) -> set[str]:
+    """The numbers among the terms that the text holds only as the values of fields the
+    question's words do not name: `latency_ms=403` is a weaker 403 for "Which IP got a
+    403?" than an access log's bare status, as `"status": 403` is not for "Which request got
+    status 403?", nor `totalSteps=7163` for "How many steps?". Structured logs (JSON,
+    key=value) hold many numbers, each meaning what its field says."""
+    numbers = [t for t in terms if t.isdigit()]
+    if not numbers or not FIELD_MARK.search(text):
+        return set()
+    named = tokens(" ".join(words))
+    out = set()
+    for number in numbers:
+        places = [m.start() for m in re.finditer(rf"(?<![\d.]){number}(?!\d)", text)]
+        fields = [FIELD_BEFORE.search(text, max(0, at - 64), at) for at in places]
+        if places and all(f and not tokens(f[1]) & named for f in fields):
+            out.add(number)
+    return out
 
 
 def written_terms(terms: Iterable[str], text: str) -> set[str]:
@@ -287,9 +308,15 @@ def grounded(answer: str, best: Line, shown: Sequence[Shown], question: str) -> 
 
 
 def line_weight(text: str, weights: dict[str, float]) -> float:
+    """The matched terms' weight; a number that is only another field's value counts half
+    (`other_fields`): of two lines with the question's 403, the one whose 403 is not a
+    latency is the better. It still counts, and coverage counts it whole: a user asking for
+    "a 403" of JSON logs means their `"status": 403`."""
     # summed in one order: a set's order follows the process's string hashing, and floats
     # summed in another order can break a tie between lines otherwise
-    return sum(weights[t] for t in sorted(matched_terms(weights, text)))
+    keyed = other_fields(list(weights), text, list(weights))
+    return sum(weights[t] / (2 if t in keyed else 1)
+               for t in sorted(matched_terms(weights, text)))
 
 
 def best_line(shown: Sequence[Shown], weights: dict[str, float]) -> tuple[Shown, Line]:
