@@ -139,8 +139,7 @@ def search_terms(question: str) -> list[str]:
     distinct, and without stop words unless nothing else is left. A glued word is followed by
     its parts (`7163Calories`: 7163, Calories), stop words or not: they were written as one."""
     words: dict[str, str] = {}
-    for chunk in question.split():
-        word = chunk.strip(string.punctuation)
+    for word in question_words(question):
         if re.search(r"\w", word):
             words.setdefault(word.lower(), word)
     content = [w for key, w in words.items() if key not in STOP_WORDS] or list(words.values())
@@ -151,11 +150,16 @@ def search_terms(question: str) -> list[str]:
     return list(terms.values())[:MAX_TERMS]
 
 
+def question_words(question: str) -> list[str]:
+    """The question's whitespace-separated words, outer punctuation stripped, in order."""
+    return [chunk.strip(string.punctuation) for chunk in question.split()]
+
+
 def word_pairs(question: str) -> list[str]:
     """Each two adjacent words of the question, neither a stop word, as one phrase: a passage
     that has "variable 2" or "TID 1200" as the question words them ranks above one that only
     has "variable" and some "2"."""
-    words = [chunk.strip(string.punctuation) for chunk in question.split()]
+    words = question_words(question)
     return [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)
             if re.search(r"\w", a) and re.search(r"\w", b)
             and a.lower() not in STOP_WORDS and b.lower() not in STOP_WORDS]
@@ -164,7 +168,7 @@ def word_pairs(question: str) -> list[str]:
 def joined_words(question: str) -> list[str]:
     """Each two adjacent words of letters of the question, neither a stop word, as one word,
     lower case (`public key`: publickey): a compound as a log may write it."""
-    words = [chunk.strip(string.punctuation) for chunk in question.split()]
+    words = question_words(question)
     words = [w if w.isalpha() and w.lower() not in STOP_WORDS else "" for w in words]
     return list(dict.fromkeys((a + b).lower() for a, b in zip(words, words[1:], strict=False)
                               if a and b))
@@ -175,7 +179,7 @@ def compound_forms(question: str) -> list[str]:
     joined words, and each word of letters cut in two (`publickey`: public key, and cuts
     such as `publi ckey`, which no line holds: without a word list every cut is tried, each
     part COMPOUND_PART letters or more and no stop word)."""
-    words = [chunk.strip(string.punctuation) for chunk in question.split()]
+    words = question_words(question)
     cut = [f"{w[:i]} {w[i:]}" for w in words if w.isalpha()
            for i in range(COMPOUND_PART, len(w) - COMPOUND_PART + 1)
            if w[:i].lower() not in STOP_WORDS and w[i:].lower() not in STOP_WORDS]

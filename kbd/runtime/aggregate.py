@@ -173,12 +173,14 @@ def terms_to_match(shown: Sequence[evidence.Shown], weights: dict[str, float],
     if not asked:
         return []
     _, best = evidence.best_line(shown, asked)
-    matched = evidence.matched_terms(asked, best.text, list(weights))
-    held = [t for t in asked if t in matched]
     # a term the line holds in a compound is looked for as the line writes it: the full-text
     # index finds `publickey`, not `public` and `key`
     written = evidence.compounds(asked, best.text, list(weights))
-    terms = list(dict.fromkeys(written.get(t, t) for t in held))
+    plain = evidence.written_terms(asked, best.text)
+    held = [t for t in asked if t in plain or t in written]
+    # one term a case: two words of the line may write one compound two ways (`NameSystem`,
+    # `FSNamesystem`), and the full-text index folds case
+    terms = list({written.get(t, t).lower(): written.get(t, t) for t in held}.values())
     return terms if 2 * len(held) >= len(asked) else []
 
 

@@ -298,7 +298,8 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         return Evidence(question, ranked(hits), [], {})
     lines = {pid: evidence.units(places[pid].text, places[pid].first_line,
                                  file_line_numbers(places[pid])) for pid, _ in hits}
-    weights = evidence.term_weights(search_terms(question),
+    words = search_terms(question)
+    weights = evidence.term_weights(words,
                                     [line.text for ls in lines.values() for line in ls])
     shown: dict[int, evidence.Shown] = {}
     for pid, _ in hits:
@@ -315,7 +316,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         pid = next(pid for pid, s in shown.items() if s is source)
         held = f"{best.text}\n{places[pid].heading or ''}\n{Path(source.where).stem}"
         if evidence.coverage(asked_terms(question), held, frequencies, passages,
-                             search_terms(question)) < evidence.COVERAGE_FLOOR:
+                             words) < evidence.COVERAGE_FLOOR:
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)

@@ -103,7 +103,7 @@ def other_fields(terms: Sequence[str], text: str, words: Sequence[str]) -> set[s
     numbers = [t for t in terms if t.isdigit()]
     if not numbers or not FIELD_MARK.search(text):
         return set()
-    named = tokens(" ".join(words))
+    named = word_tokens(tuple(words))
     out = set()
     for number in numbers:
         places = [m.start() for m in re.finditer(rf"(?<![\d.]){number}(?!\d)", text)]
@@ -111,6 +111,12 @@ def other_fields(terms: Sequence[str], text: str, words: Sequence[str]) -> set[s
         if places and all(f and not tokens(f[1]) & named for f in fields):
             out.add(number)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def word_tokens(words: tuple[str, ...]) -> frozenset[str]:
+    """The tokens of the question's words (cached: read against every line with a field)."""
+    return frozenset(tokens(" ".join(words)))
 
 
 def written_terms(terms: Iterable[str], text: str) -> set[str]:
