@@ -195,22 +195,28 @@ def camel_case(term: str) -> bool:
     return term.isalpha() and len(term) >= 5 and len(GLUED_PART.findall(term)) > 1
 
 
-def term_weights(terms: Sequence[str], lines: Sequence[str]) -> dict[str, float]:
+def term_weights(terms: Sequence[str], lines: Sequence[str],
+                 names: frozenset[str] = frozenset()) -> dict[str, float]:
     """Rarer terms among the lines read weigh more (inverse line frequency); specifics
-    (ids, numbers, addresses) weigh more again."""
+    (ids, numbers, addresses) and the question's quoted `names` weigh more again."""
     counts = dict.fromkeys(terms, 0)
     for line in lines:
         for term in matched_terms(terms, line):
             counts[term] += 1
-    return {t: math.log(1 + len(lines) / (1 + n)) * emphasis(t) for t, n in counts.items()}
+    return {t: math.log(1 + len(lines) / (1 + n)) * emphasis(t, names)
+            for t, n in counts.items()}
 
 
-def emphasis(term: str) -> float:
-    return SPECIFIC_WEIGHT if SPECIFIC.fullmatch(term) else 1.0
+def emphasis(term: str, names: frozenset[str] = frozenset()) -> float:
+    """A specific, or a word the question quotes, says more than a word: the user named it
+    ("the nonexistent account 'chen'"), and a paraphrase of the rest ("nonexistent account"
+    for sshd's "Invalid user") holds none of the other words."""
+    return SPECIFIC_WEIGHT if SPECIFIC.fullmatch(term) or term.lower() in names else 1.0
 
 
 def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
-             passages: int, words: Sequence[str] = ()) -> float:
+             passages: int, words: Sequence[str] = (),
+             names: frozenset[str] = frozenset()) -> float:
     """The share of the terms' weight that the text holds, each term weighing
     log(1 + passages / (1 + the passages holding it)), a specific three times that: one the
     store lacks weighs most, and "stage 99" is not answered by a line of stage 12. A compound
@@ -219,7 +225,7 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
     `publickey` would otherwise hold `public` and `key` each as rare as a word the store
     lacks (on the dev questions, two unanswerable ones were then answered)."""
     def weight(term: str) -> float:
-        return math.log(1 + passages / (1 + frequencies.get(term, 0))) * emphasis(term)
+        return math.log(1 + passages / (1 + frequencies.get(term, 0))) * emphasis(term, names)
 
     total = sum(weight(t) for t in terms)
     if not total:
