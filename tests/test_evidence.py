@@ -136,6 +136,24 @@ def test_a_quoted_name_no_passage_holds_is_weak_evidence():
     assert not weak_evidence("Where did the account zed log in from?", [text])
 
 
+SPARK_TASK = ("17/06/09 20:10:55 INFO executor.Executor: Finished task 0.0 in stage 12.0 "
+              "(TID 480). 2155 bytes result sent to driver")
+
+
+@pytest.mark.parametrize("question, held", [
+    # the line's 12 is the stage's, not the executor's the question gives it to
+    ("How many tasks of stage 99 ran on executor 12?", {"tasks", "stage", "executor"}),
+    ("How many tasks of stage 12 ran?", {"tasks", "stage", "12"}),
+    ("Which task ran on executor 480?", {"task", "executor", "480"}),  # TID: no word of ours
+    ("How many tasks sent 12 bytes?", {"tasks", "sent", "12", "bytes"}),  # no label given
+])
+def test_a_number_after_another_of_the_questions_words_is_not_held(question, held):
+    words = search_terms(question)
+    assert evidence.matched_terms(asked_terms(question), SPARK_TASK, words) == held
+    full = evidence.coverage(asked_terms(question), SPARK_TASK, {}, 3788, words)
+    assert (full == 1.0) == (held == set(asked_terms(question)))
+
+
 def test_a_number_that_is_only_another_fields_value_weighs_less_in_choosing_the_line():
     """"Which IP got a 403?" of a store with JSON request logs and an access log: the line
     whose 403 is a latency (ingested JSON reads key=value) ranks first and holds every term,

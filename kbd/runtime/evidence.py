@@ -38,6 +38,7 @@ COMPOUND_PART = 3  # the shortest part of a compound: `timeout` is time+out, `lo
 ADJACENT_WORDS = re.compile(
     rf"(?<!\w)([^\W\d_]{{{COMPOUND_PART},}})[\s-]+(?=([^\W\d_]{{{COMPOUND_PART},}})(?!\w))")
 FIELD_MARK = re.compile(r"\w\"?\s*[=:]")
+WORD_BEFORE = re.compile(r"([A-Za-z]+)[\s:=#_-]*$")  # the word a number follows: `stage 12`
 FIELD_BEFORE = re.compile(r"([A-Za-z][\w.]*)\"?\s*[=:]\s*\"?$")  # a field's name, then its value
 SPECIFIC = re.compile(r"\w*\d[\w.:/-]*")  # numbers, ids, addresses, times, dates
 TIME_OF_DAY = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d])")  # 10:32[:05]
@@ -88,10 +89,35 @@ def tokens(text: str) -> set[str]:
 
 def matched_terms(terms: Iterable[str], text: str, words: Sequence[str] = ()) -> set[str]:
     """The terms (as given) that the text holds, as written or in a compound written the
-    other way (`compounds`, of the question's words)."""
+    other way (`compounds`, of the question's words), less numbers it holds only as
+    another thing's (`misbound`)."""
     terms = list(terms)
     held = written_terms(terms, text)
-    return held if held.issuperset(terms) else held | compounds(terms, text, words).keys()
+    if not held.issuperset(terms):
+        held |= compounds(terms, text, words).keys()
+    return held - misbound(held, text, words)
+
+
+def misbound(terms: Iterable[str], text: str, words: Sequence[str]) -> set[str]:
+    """The numbers among the terms that the question gives after one of its words ("stage
+    99", "executor 12") and that the text holds only after another of them: "How many tasks
+    of stage 99 ran on executor 12?" is not answered by "Finished task 0.0 in stage 12.0",
+    whose 12 is a stage's."""
+    words = list(words)
+    label = {number: word for word, number in zip(words, words[1:], strict=False)
+             if word.isalpha() and number.isdigit()}
+    numbers = [t for t in terms if t in label]
+    if not numbers:
+        return set()
+    asked = word_tokens(tuple(words))
+    out = set()
+    for number in numbers:
+        before = [WORD_BEFORE.search(text, max(0, m.start() - 40), m.start())
+                  for m in re.finditer(rf"(?<![\w.]){number}(?![\d])", text)]
+        others = {stem(b[1].lower()) for b in before if b} - {stem(label[number].lower())}
+        if before and all(b and stem(b[1].lower()) in others & asked for b in before):
+            out.add(number)
+    return out
 
 
 def other_fields(terms: Sequence[str], text: str, words: Sequence[str]) -> set[str]:
@@ -230,7 +256,8 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
     total = sum(weight(t) for t in terms)
     if not total:
         return 1.0
-    held = sum(weight(t) for t in sorted(written_terms(terms, text)))
+    written = written_terms(terms, text)
+    held = sum(weight(t) for t in sorted(written - misbound(written, text, words)))
     joined: dict[str, list[str]] = {}  # a compound of the text -> the terms it holds
     for term, compound in compounds(terms, text, words).items():
         joined.setdefault(compound, []).append(term)
