@@ -154,6 +154,29 @@ def test_a_number_after_another_of_the_questions_words_is_not_held(question, hel
     assert (full == 1.0) == (held == set(asked_terms(question)))
 
 
+BROADCAST = "17/06/09 20:10:48 INFO broadcast.TorrentBroadcast: Reading broadcast variable 4"
+
+
+def test_a_unit_is_held_as_a_log_abbreviates_it():
+    """"How many milliseconds ...?" is answered by the line that says "took 19 ms", not by
+    the one that says the same without a time; in coverage, `ms` counts as rare as it is."""
+    question = "How many milliseconds did reading broadcast variable 4 take?"
+    started, took = BROADCAST.replace("Reading", "Started reading"), f"{BROADCAST} took 19 ms"
+    weights = evidence.term_weights(search_terms(question), [started, took])
+    shown = [Shown(1, "Spark_2k.log", [Line(58, started), Line(60, took)],
+                   [Line(58, started), Line(60, took)])]
+    assert evidence.best_line(shown, weights)[1].number == 60
+    assert "milliseconds" in evidence.matched_terms(["milliseconds"], "took 19ms")
+    assert not evidence.matched_terms(["milliseconds"], "19 minutes")
+    frequencies = {"milliseconds": 0, "ms": 40, "reading": 60, "broadcast": 60,
+                   "variable": 60, "4": 900}
+    as_rare = dict(frequencies, ms=0)
+    terms = asked_terms(question)
+    spelled = took.replace(" ms", " milliseconds")
+    assert evidence.coverage(terms, took, frequencies, 3788) < evidence.coverage(
+        terms, took, as_rare, 3788) == evidence.coverage(terms, spelled, frequencies, 3788)
+
+
 def test_a_number_that_is_only_another_fields_value_weighs_less_in_choosing_the_line():
     """"Which IP got a 403?" of a store with JSON request logs and an access log: the line
     whose 403 is a latency (ingested JSON reads key=value) ranks first and holds every term,

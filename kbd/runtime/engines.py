@@ -213,9 +213,11 @@ class TextEngine:
                  for question, pool in zip(questions, pools, strict=True)]
         with self.store.read() as conn:
             places = q.passage_places(conn, [pid for hits, _ in picks for pid, _ in hits])
-            # the asked terms, and the compounds a line may write two of them as (coverage)
+            # the asked terms, the compounds a line may write two of them as, and the
+            # abbreviations of the units they name (coverage)
             terms = {t for question in questions
                      for t in (*asked_terms(question), *joined_words(question))}
+            terms |= {form for t in terms for form in evidence.unit_forms(t)}
             frequencies = q.term_frequencies(conn, sorted(terms), FREQUENCY_CAP)
             passages = q.count_live_passages(conn)
         found = [gather(question, hits, matched, places, frequencies, passages)

@@ -78,6 +78,20 @@ def stem(word: str) -> str:
     return word
 
 
+# units as logs write them, by the stem of the word a question uses
+UNITS = {stem(word): forms for words, forms in [
+    (("millisecond", "milliseconds"), ("ms", "msec", "msecs")),
+    (("microsecond", "microseconds"), ("µs", "usec", "usecs")),
+    (("second", "seconds"), ("sec", "secs")),
+    (("minute", "minutes"), ("min", "mins")),
+    (("hour", "hours"), ("hr", "hrs")),
+    (("kilobyte", "kilobytes"), ("kb", "kib")),
+    (("megabyte", "megabytes"), ("mb", "mib")),
+    (("gigabyte", "gigabytes"), ("gb", "gib")),
+    (("terabyte", "terabytes"), ("tb", "tib")),
+] for word in words}
+
+
 def tokens(text: str) -> set[str]:
     """The stemmed, case-folded words of a text, with the parts of its glued tokens."""
     out = set()
@@ -94,8 +108,26 @@ def matched_terms(terms: Iterable[str], text: str, words: Sequence[str] = ()) ->
     terms = list(terms)
     held = written_terms(terms, text)
     if not held.issuperset(terms):
-        held |= compounds(terms, text, words).keys()
+        held |= compounds(terms, text, words).keys() | abbreviated(terms, text).keys()
     return held - misbound(held, text, words)
+
+
+def unit_forms(term: str) -> tuple[str, ...]:
+    """How a log abbreviates the unit the term names (`milliseconds`: ms, msec)."""
+    return UNITS.get(stem(term.lower()), ())
+
+
+def abbreviated(terms: Iterable[str], text: str) -> dict[str, str]:
+    """The terms that the text holds only as their unit's abbreviation, each with the one it
+    writes: "How many milliseconds did reading broadcast variable 4 take?" is answered by
+    Spark's "took 19 ms"."""
+    words = tokens(text)
+    found = {}
+    for term in terms:
+        form = next((f for f in unit_forms(term) if stem(f) in words), None)
+        if form and stem(term.lower()) not in words:
+            found[term] = form
+    return found
 
 
 def misbound(terms: Iterable[str], text: str, words: Sequence[str]) -> set[str]:
@@ -263,6 +295,9 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
         joined.setdefault(compound, []).append(term)
     held += sum(min(sum(weight(t) for t in held_by), weight(compound.lower()))
                 for compound, held_by in sorted(joined.items()))
+    # an abbreviation counts as rare as it is: `ms` is in most logs, `milliseconds` in few
+    held += sum(min(weight(t), weight(form)) for t, form in sorted(abbreviated(
+        set(terms) - written, text).items()))
     return held / total
 
 
