@@ -145,6 +145,7 @@ def main() -> None:
                         help="Add a setting `before`: the defaults of kbd at COMMIT (a change's "
                              "parent, to judge the change in the same run).")
     args = parser.parse_args()
+    out = args.out.resolve()  # before the working folder moves to a temporary one (below)
     by_name = {s["name"]: s for s in SETTINGS}
     if args.before:
         by_name["before"] = by_name["current"] | {"name": "before", "code": args.before}
@@ -167,8 +168,8 @@ def main() -> None:
         for setting in chosen:
             results["rows"].append(run_setting(setting, questions, workdir, args.top_k,
                                                args.max_new_tokens, args.time_limit_s))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
     for row in results["rows"]:
         print(row["name"], json.dumps(row["overall"]))
 

@@ -150,6 +150,16 @@ def search_terms(question: str) -> list[str]:
     return list(terms.values())[:MAX_TERMS]
 
 
+QUOTED = re.compile(r"""(?<!\w)(['"‘“`])([^'"‘’“”`\n]{1,80}?)['"’”`](?!\w)""")
+
+
+def quoted_words(question: str) -> frozenset[str]:
+    """The words the question quotes ('chen', "disk quota exceeded", `publickey`), case-folded:
+    written as the user expects a line to write them, they are names, as an id is."""
+    return frozenset(word.lower() for match in QUOTED.finditer(question)
+                     for word in question_words(match[2]))
+
+
 def question_words(question: str) -> list[str]:
     """The question's whitespace-separated words, outer punctuation stripped, in order."""
     return [chunk.strip(string.punctuation) for chunk in question.split()]
@@ -315,14 +325,16 @@ def asked_terms(question: str) -> list[str]:
 def weak_evidence(question: str, texts: list[str]) -> bool:
     """Whether the texts (passages with their headings and file names) are no evidence for
     the question: none holds any of its asked terms, or one of its names (an id, a version,
-    an acronym, a capitalized word) is in none of them, as `Kafka` is in "Which Kafka topic
-    did the Spark job read from?" over Spark's logs: they are about something else of the
-    same kind."""
+    an acronym, a capitalized word, a quoted word) is in none of them, as `Kafka` is in
+    "Which Kafka topic did the Spark job read from?" over Spark's logs: they are about
+    something else of the same kind."""
     terms = asked_terms(question)
     words = search_terms(question)  # `user` of "user name" makes `username` a match
     matched = set().union(*(matched_terms(terms, text, words) for text in texts))
     first = question.split()[0].strip(string.punctuation + "¿¡") if question.split() else ""
-    return not matched or any(is_name(t) and t != first for t in set(terms) - matched)
+    quoted = quoted_words(question)
+    return not matched or any((is_name(t) or t.lower() in quoted) and t != first
+                              for t in set(terms) - matched)
 
 
 def is_name(term: str) -> bool:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from kbd.model.text import before_loop, loop_start
-from kbd.retrieve import asked_terms, search_terms, weak_evidence
+from kbd.retrieve import asked_terms, quoted_words, search_terms, weak_evidence
 from kbd.runtime import evidence
 from kbd.runtime.engines import file_line_numbers
 from kbd.runtime.evidence import Line, Shown
@@ -90,6 +90,91 @@ def test_a_compound_counts_once_in_coverage():
     assert covered(asked, SSHD.replace("publickey", "password")) < evidence.COVERAGE_FLOOR
     assert covered("Who logged in with publickey as git?", SSHD.replace(
         "publickey", "public key")) >= evidence.COVERAGE_FLOOR
+
+
+@pytest.mark.parametrize("question, quoted", [
+    ("Someone used the nonexistent account name 'chen'. Where from?", {"chen"}),
+    ('Why did "disk quota exceeded" appear?', {"disk", "quota", "exceeded"}),
+    ("Who ran `systemctl restart`?", {"systemctl", "restart"}),
+    ("Which of the user's jobs failed, and what's the ‘users’ count?", {"users"}),
+    ("What's Bob's IP?", set()),  # apostrophes quote nothing
+])
+def test_quoted_words(question, quoted):
+    assert quoted_words(question) == quoted
+
+
+CHEN = "Dec 10 07:11:42 LabSZ sshd[24224]: Invalid user chen from 202.100.179.208"
+
+
+def test_a_quoted_word_weighs_as_a_name():
+    """A paraphrase holds few of the line's words: "nonexistent account name 'chen'" is
+    sshd's "Invalid user chen". The quoted name is what the user expects the line to write,
+    and weighs as an id does; unquoted, the line holds too little of the question.
+    Frequencies: the answer benchmark's store (3788 passages); the text is held with its
+    file's name, as the engine weighs it."""
+    frequencies = {"SSH": 538, "account": 1, "attempt": 423, "attempted": 423, "chen": 2,
+                   "come": 1, "login": 4, "name": 447, "nonexistent": 0}
+    question = ("Someone attempted an SSH login with the nonexistent account name 'chen'. "
+                "Where did that attempt come from?")
+
+    def covered(asked: str) -> float:
+        return evidence.coverage(asked_terms(asked), f"{CHEN}\n\nOpenSSH_2k", frequencies, 3788,
+                                 search_terms(asked), quoted_words(asked))
+
+    assert covered(question) >= evidence.COVERAGE_FLOOR
+    assert covered(question.replace("'chen'", "chen")) < evidence.COVERAGE_FLOOR
+    weights = evidence.term_weights(search_terms(question), [CHEN, "POSSIBLE BREAK-IN ATTEMPT "
+                                    "from an SSH login account"], quoted_words(question))
+    assert weights["chen"] == 3 * weights["account"]
+
+
+def test_a_quoted_name_no_passage_holds_is_weak_evidence():
+    """As an id the store lacks: the passages are about another account."""
+    text = f"{CHEN}: account locked"
+    assert weak_evidence("Where did the account 'zed' log in from?", [text])
+    assert not weak_evidence("Where did the account 'chen' log in from?", [text])
+    assert not weak_evidence("Where did the account zed log in from?", [text])
+
+
+SPARK_TASK = ("17/06/09 20:10:55 INFO executor.Executor: Finished task 0.0 in stage 12.0 "
+              "(TID 480). 2155 bytes result sent to driver")
+
+
+@pytest.mark.parametrize("question, held", [
+    # the line's 12 is the stage's, not the executor's the question gives it to
+    ("How many tasks of stage 99 ran on executor 12?", {"tasks", "stage", "executor"}),
+    ("How many tasks of stage 12 ran?", {"tasks", "stage", "12"}),
+    ("Which task ran on executor 480?", {"task", "executor", "480"}),  # TID: no word of ours
+    ("How many tasks sent 12 bytes?", {"tasks", "sent", "12", "bytes"}),  # no label given
+])
+def test_a_number_after_another_of_the_questions_words_is_not_held(question, held):
+    words = search_terms(question)
+    assert evidence.matched_terms(asked_terms(question), SPARK_TASK, words) == held
+    full = evidence.coverage(asked_terms(question), SPARK_TASK, {}, 3788, words)
+    assert (full == 1.0) == (held == set(asked_terms(question)))
+
+
+BROADCAST = "17/06/09 20:10:48 INFO broadcast.TorrentBroadcast: Reading broadcast variable 4"
+
+
+def test_a_unit_is_held_as_a_log_abbreviates_it():
+    """"How many milliseconds ...?" is answered by the line that says "took 19 ms", not by
+    the one that says the same without a time; in coverage, `ms` counts as rare as it is."""
+    question = "How many milliseconds did reading broadcast variable 4 take?"
+    started, took = BROADCAST.replace("Reading", "Started reading"), f"{BROADCAST} took 19 ms"
+    weights = evidence.term_weights(search_terms(question), [started, took])
+    shown = [Shown(1, "Spark_2k.log", [Line(58, started), Line(60, took)],
+                   [Line(58, started), Line(60, took)])]
+    assert evidence.best_line(shown, weights)[1].number == 60
+    assert "milliseconds" in evidence.matched_terms(["milliseconds"], "took 19ms")
+    assert not evidence.matched_terms(["milliseconds"], "19 minutes")
+    frequencies = {"milliseconds": 0, "ms": 40, "reading": 60, "broadcast": 60,
+                   "variable": 60, "4": 900}
+    as_rare = dict(frequencies, ms=0)
+    terms = asked_terms(question)
+    spelled = took.replace(" ms", " milliseconds")
+    assert evidence.coverage(terms, took, frequencies, 3788) < evidence.coverage(
+        terms, took, as_rare, 3788) == evidence.coverage(terms, spelled, frequencies, 3788)
 
 
 def test_a_number_that_is_only_another_fields_value_weighs_less_in_choosing_the_line():

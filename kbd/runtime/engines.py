@@ -34,6 +34,7 @@ from kbd.retrieve import (
     fuse,
     joined_words,
     lexical_ranking,
+    quoted_words,
     search,
     search_terms,
     unique_rows,
@@ -212,9 +213,11 @@ class TextEngine:
                  for question, pool in zip(questions, pools, strict=True)]
         with self.store.read() as conn:
             places = q.passage_places(conn, [pid for hits, _ in picks for pid, _ in hits])
-            # the asked terms, and the compounds a line may write two of them as (coverage)
+            # the asked terms, the compounds a line may write two of them as, and the
+            # abbreviations of the units they name (coverage)
             terms = {t for question in questions
                      for t in (*asked_terms(question), *joined_words(question))}
+            terms |= {form for t in terms for form in evidence.unit_forms(t)}
             frequencies = q.term_frequencies(conn, sorted(terms), FREQUENCY_CAP)
             passages = q.count_live_passages(conn)
         found = [gather(question, hits, matched, places, frequencies, passages)
@@ -298,9 +301,9 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         return Evidence(question, ranked(hits), [], {})
     lines = {pid: evidence.units(places[pid].text, places[pid].first_line,
                                  file_line_numbers(places[pid])) for pid, _ in hits}
-    words = search_terms(question)
+    words, names = search_terms(question), quoted_words(question)
     weights = evidence.term_weights(words,
-                                    [line.text for ls in lines.values() for line in ls])
+                                    [line.text for ls in lines.values() for line in ls], names)
     shown: dict[int, evidence.Shown] = {}
     for pid, _ in hits:
         if len(shown) == PROMPT_SOURCES:
@@ -316,7 +319,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         pid = next(pid for pid, s in shown.items() if s is source)
         held = f"{best.text}\n{places[pid].heading or ''}\n{Path(source.where).stem}"
         if evidence.coverage(asked_terms(question), held, frequencies, passages,
-                             words) < evidence.COVERAGE_FLOOR:
+                             words, names) < evidence.COVERAGE_FLOOR:
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)

@@ -38,6 +38,7 @@ COMPOUND_PART = 3  # the shortest part of a compound: `timeout` is time+out, `lo
 ADJACENT_WORDS = re.compile(
     rf"(?<!\w)([^\W\d_]{{{COMPOUND_PART},}})[\s-]+(?=([^\W\d_]{{{COMPOUND_PART},}})(?!\w))")
 FIELD_MARK = re.compile(r"\w\"?\s*[=:]")
+WORD_BEFORE = re.compile(r"([A-Za-z]+)[\s:=#_-]*$")  # the word a number follows: `stage 12`
 FIELD_BEFORE = re.compile(r"([A-Za-z][\w.]*)\"?\s*[=:]\s*\"?$")  # a field's name, then its value
 SPECIFIC = re.compile(r"\w*\d[\w.:/-]*")  # numbers, ids, addresses, times, dates
 TIME_OF_DAY = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d])")  # 10:32[:05]
@@ -77,6 +78,20 @@ def stem(word: str) -> str:
     return word
 
 
+# units as logs write them, by the stem of the word a question uses
+UNITS = {stem(word): forms for words, forms in [
+    (("millisecond", "milliseconds"), ("ms", "msec", "msecs")),
+    (("microsecond", "microseconds"), ("µs", "usec", "usecs")),
+    (("second", "seconds"), ("sec", "secs")),
+    (("minute", "minutes"), ("min", "mins")),
+    (("hour", "hours"), ("hr", "hrs")),
+    (("kilobyte", "kilobytes"), ("kb", "kib")),
+    (("megabyte", "megabytes"), ("mb", "mib")),
+    (("gigabyte", "gigabytes"), ("gb", "gib")),
+    (("terabyte", "terabytes"), ("tb", "tib")),
+] for word in words}
+
+
 def tokens(text: str) -> set[str]:
     """The stemmed, case-folded words of a text, with the parts of its glued tokens."""
     out = set()
@@ -88,10 +103,53 @@ def tokens(text: str) -> set[str]:
 
 def matched_terms(terms: Iterable[str], text: str, words: Sequence[str] = ()) -> set[str]:
     """The terms (as given) that the text holds, as written or in a compound written the
-    other way (`compounds`, of the question's words)."""
+    other way (`compounds`, of the question's words), less numbers it holds only as
+    another thing's (`misbound`)."""
     terms = list(terms)
     held = written_terms(terms, text)
-    return held if held.issuperset(terms) else held | compounds(terms, text, words).keys()
+    if not held.issuperset(terms):
+        held |= compounds(terms, text, words).keys() | abbreviated(terms, text).keys()
+    return held - misbound(held, text, words)
+
+
+def unit_forms(term: str) -> tuple[str, ...]:
+    """How a log abbreviates the unit the term names (`milliseconds`: ms, msec)."""
+    return UNITS.get(stem(term.lower()), ())
+
+
+def abbreviated(terms: Iterable[str], text: str) -> dict[str, str]:
+    """The terms that the text holds only as their unit's abbreviation, each with the one it
+    writes: "How many milliseconds did reading broadcast variable 4 take?" is answered by
+    Spark's "took 19 ms"."""
+    words = tokens(text)
+    found = {}
+    for term in terms:
+        form = next((f for f in unit_forms(term) if stem(f) in words), None)
+        if form and stem(term.lower()) not in words:
+            found[term] = form
+    return found
+
+
+def misbound(terms: Iterable[str], text: str, words: Sequence[str]) -> set[str]:
+    """The numbers among the terms that the question gives after one of its words ("stage
+    99", "executor 12") and that the text holds only after another of them: "How many tasks
+    of stage 99 ran on executor 12?" is not answered by "Finished task 0.0 in stage 12.0",
+    whose 12 is a stage's."""
+    words = list(words)
+    label = {number: word for word, number in zip(words, words[1:], strict=False)
+             if word.isalpha() and number.isdigit()}
+    numbers = [t for t in terms if t in label]
+    if not numbers:
+        return set()
+    asked = word_tokens(tuple(words))
+    out = set()
+    for number in numbers:
+        before = [WORD_BEFORE.search(text, max(0, m.start() - 40), m.start())
+                  for m in re.finditer(rf"(?<![\w.]){number}(?![\d])", text)]
+        others = {stem(b[1].lower()) for b in before if b} - {stem(label[number].lower())}
+        if before and all(b and stem(b[1].lower()) in others & asked for b in before):
+            out.add(number)
+    return out
 
 
 def other_fields(terms: Sequence[str], text: str, words: Sequence[str]) -> set[str]:
@@ -195,22 +253,28 @@ def camel_case(term: str) -> bool:
     return term.isalpha() and len(term) >= 5 and len(GLUED_PART.findall(term)) > 1
 
 
-def term_weights(terms: Sequence[str], lines: Sequence[str]) -> dict[str, float]:
+def term_weights(terms: Sequence[str], lines: Sequence[str],
+                 names: frozenset[str] = frozenset()) -> dict[str, float]:
     """Rarer terms among the lines read weigh more (inverse line frequency); specifics
-    (ids, numbers, addresses) weigh more again."""
+    (ids, numbers, addresses) and the question's quoted `names` weigh more again."""
     counts = dict.fromkeys(terms, 0)
     for line in lines:
         for term in matched_terms(terms, line):
             counts[term] += 1
-    return {t: math.log(1 + len(lines) / (1 + n)) * emphasis(t) for t, n in counts.items()}
+    return {t: math.log(1 + len(lines) / (1 + n)) * emphasis(t, names)
+            for t, n in counts.items()}
 
 
-def emphasis(term: str) -> float:
-    return SPECIFIC_WEIGHT if SPECIFIC.fullmatch(term) else 1.0
+def emphasis(term: str, names: frozenset[str] = frozenset()) -> float:
+    """A specific, or a word the question quotes, says more than a word: the user named it
+    ("the nonexistent account 'chen'"), and a paraphrase of the rest ("nonexistent account"
+    for sshd's "Invalid user") holds none of the other words."""
+    return SPECIFIC_WEIGHT if SPECIFIC.fullmatch(term) or term.lower() in names else 1.0
 
 
 def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
-             passages: int, words: Sequence[str] = ()) -> float:
+             passages: int, words: Sequence[str] = (),
+             names: frozenset[str] = frozenset()) -> float:
     """The share of the terms' weight that the text holds, each term weighing
     log(1 + passages / (1 + the passages holding it)), a specific three times that: one the
     store lacks weighs most, and "stage 99" is not answered by a line of stage 12. A compound
@@ -219,17 +283,21 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
     `publickey` would otherwise hold `public` and `key` each as rare as a word the store
     lacks (on the dev questions, two unanswerable ones were then answered)."""
     def weight(term: str) -> float:
-        return math.log(1 + passages / (1 + frequencies.get(term, 0))) * emphasis(term)
+        return math.log(1 + passages / (1 + frequencies.get(term, 0))) * emphasis(term, names)
 
     total = sum(weight(t) for t in terms)
     if not total:
         return 1.0
-    held = sum(weight(t) for t in sorted(written_terms(terms, text)))
+    written = written_terms(terms, text)
+    held = sum(weight(t) for t in sorted(written - misbound(written, text, words)))
     joined: dict[str, list[str]] = {}  # a compound of the text -> the terms it holds
     for term, compound in compounds(terms, text, words).items():
         joined.setdefault(compound, []).append(term)
     held += sum(min(sum(weight(t) for t in held_by), weight(compound.lower()))
                 for compound, held_by in sorted(joined.items()))
+    # an abbreviation counts as rare as it is: `ms` is in most logs, `milliseconds` in few
+    held += sum(min(weight(t), weight(form)) for t, form in sorted(abbreviated(
+        set(terms) - written, text).items()))
     return held / total
 
 
