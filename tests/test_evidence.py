@@ -4,6 +4,9 @@ text engine's tests run them with SmolLM2)."""
 
 from __future__ import annotations
 
+import random
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +14,15 @@ import pytest
 from kbd.model.text import before_loop, loop_start
 from kbd.retrieve import asked_terms, quoted_words, search_terms, weak_evidence
 from kbd.runtime import evidence
-from kbd.runtime.engines import file_line_numbers
+from kbd.runtime.engines import file_line_numbers, gather
 from kbd.runtime.evidence import Line, Shown
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from train import formats  # noqa: E402
+
+LOGHUB = ROOT.parent / "shared" / "data" / "loghub"
 
 FITBIT = ("20171224-0:10:02:436|Step_StandReportReceiver|onReceive action: "
           "android.intent.action.SCREEN_ON totalSteps=7163Calories:153367")
@@ -205,9 +215,11 @@ def test_a_long_report_line_is_shown_by_its_sentences():
     lines = evidence.units(f"# Backups\n\n{text}", 40, None)
     assert lines[0] == Line(40, "# Backups")
     assert all(line.number == 42 for line in lines[1:]) and len(lines) == 11
+    records = evidence.records(f"# Backups\n\n{text}", 40, None)
+    assert records == [(line,) for line in lines]  # no head shape: a line is a record
     weights = evidence.term_weights(search_terms("Why did the backup fail?"),
                                     [line.text for line in lines])
-    shown = evidence.show(1, "backups.md", lines, weights, matches=1, context=0)
+    shown = evidence.show(1, "backups.md", records, weights, matches=1, context=0)
     assert shown.cited == [Line(42, "It failed: the quota of nas-07 was exceeded.")]
 
 
@@ -217,10 +229,12 @@ def test_lines_shown_are_the_matching_ones_with_context():
     lines[12] = Line(112, DISK)
     weights = evidence.term_weights(search_terms("Which node had a full disk?"),
                                     [line.text for line in lines])
-    shown = evidence.show(1, "HDFS_2k.log", lines, weights, matches=2, context=1)
+    shown = evidence.show(1, "HDFS_2k.log", [(line,) for line in lines], weights, matches=2,
+                          context=1)
     assert shown.cited == [lines[12]]  # the others hold only node (of DataNode)
     assert [line.number for line in shown.lines] == [111, 112, 113]
-    assert evidence.show(2, "a.log", [Line(1, "eth0 up")], weights, matches=2, context=1) is None
+    assert evidence.show(2, "a.log", [(Line(1, "eth0 up"),)], weights, matches=2,
+                         context=1) is None
 
 
 def test_citations_of_sources_not_held_are_dropped_and_counted():
@@ -263,6 +277,124 @@ def test_the_extractive_answer_quotes_the_best_line_with_its_place():
     weights = evidence.term_weights(search_terms("Which node ran out of disk space?"),
                                     [DISK, "disk check ok"])
     assert evidence.extractive_answer(shown, weights) == f'HDFS_2k.log:1001: "{DISK}" [1]'
+
+
+def generated(make, count: int) -> str:
+    """The first lines of a file that train/formats.py makes, as a log's passage holds them:
+    a log's blank lines are not stored."""
+    _, lines = make(random.Random(123))
+    return "\n".join(line for line in lines[:count] if line.strip())
+
+
+def lines_of(records: list[evidence.Record]) -> list[list[str]]:
+    return [[line.text for line in record] for record in records]
+
+
+def test_a_stack_trace_is_one_record_with_its_head_line():
+    text = generated(formats.java_trace, 40)
+    records = evidence.records(text, 1, None)
+    assert lines_of(records)[2] == [
+        "2021-02-25 13:17:42,311 ERROR [http-nio-8080-exec-24] com.example.billing."
+        "PaymentClient - Failed to process order 45618",
+        "java.sql.SQLTimeoutException: row locked by another",
+        "at com.example.billing.Dao.load(PaymentClient.java:290)",
+        "at com.example.billing.PaymentClient.call(PaymentClient.java:532)",
+        "at com.example.billing.PaymentClient.process(PaymentClient.java:537)",
+        "Caused by: java.io.IOException: Broken pipe"]
+    assert [r[0].number for r in records[:5]] == [1, 2, 3, 9, 10]
+    assert all(r[0].text.startswith("2021-02-25 ") for r in records)
+    assert [line for r in records for line in r] == evidence.units(text, 1, None)
+
+
+def test_a_journal_export_record_is_one_record_of_its_fields():
+    """Export records (`FIELD=value` lines) among journalctl's short-iso lines, with no blank
+    line between them as a log's passage has them: a field seen again starts the next."""
+    records = lines_of(evidence.records(generated(formats.journal_export, 60), 1, None))
+    assert records[:3] == [
+        ["2021-02-25T13:17:06+0000 web-01 orders[22657]: orders.service failed with result "
+         "'exit-code'."],
+        ["__REALTIME_TIMESTAMP=1614259056963000", "_HOSTNAME=web-01", "_PID=57129",
+         "_SYSTEMD_UNIT=payments.service", "PRIORITY=5",
+         "MESSAGE=Listening on 203.114.64.157:80"],
+        ["2021-02-25T13:17:42+0000 web-01 inventory[45898]: inventory.service: Main process "
+         "exited, code=exited, status=32/FAILURE"]]
+    assert {len(r) for r in records[:-1]} == {1, 6}  # the last one is cut
+    exports = [r for r in records if len(r) == 6]
+    assert all(r[0].startswith("__REALTIME_TIMESTAMP=") for r in exports) and len(exports) > 5
+    # as exported, blank-separated, the records are the same
+    _, lines = formats.journal_export(random.Random(123))
+    assert lines_of(evidence.records("\n".join(lines[:60]), 1, None)) == records
+
+
+PYTHON_LOG = """\
+2024-05-02 10:15:01,220 INFO worker: job 812 started
+2024-05-02 10:15:02,004 ERROR worker: job 812 failed
+Traceback (most recent call last):
+  File "/srv/app/jobs.py", line 88, in run
+    total = parse(row)
+  File "/srv/app/jobs.py", line 41, in parse
+    return int(field)
+ValueError: invalid literal for int() with base 10: 'n/a'
+2024-05-02 10:15:03,117 INFO worker: job 813 started"""
+
+
+def test_a_python_traceback_is_one_record():
+    records = evidence.records(PYTHON_LOG, 1, None)
+    assert [(r[0].number, r[-1].number) for r in records] == [(1, 1), (2, 8), (9, 9)]
+    weights = evidence.term_weights(search_terms("Which job failed with an invalid literal?"),
+                                    PYTHON_LOG.split("\n"))
+    shown = evidence.show(1, "worker.log", records, weights, matches=1, context=1)
+    # cited by the line that matches best, then the head, which adds the job and `failed`;
+    # the prompt shows the head as the context of the record's last line
+    assert [line.number for line in shown.cited] == [8, 2]
+    assert [line.number for line in shown.lines] == [2, 7, 8, 9]
+    assert evidence.extractive_answer([shown], weights) == (
+        'worker.log:2-8: "2024-05-02 10:15:02,004 ERROR worker: job 812 failed" … '
+        '"ValueError: invalid literal for int() with base 10: \'n/a\'" [1]')
+
+
+@pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present")
+@pytest.mark.parametrize("name", ["Apache_2k.log", "HDFS_2k.log", "Hadoop_2k.log",
+                                  "Linux_2k.log", "OpenSSH_2k.log", "Spark_2k.log"])
+def test_every_line_of_a_loghub_log_is_a_record_of_its_own(name):
+    """Every line starts with its time: records change nothing for these logs."""
+    lines = (LOGHUB / name).read_text().split("\n")
+    for size in (7, 40):
+        for start in range(0, len(lines), size):
+            text = "\n".join(lines[start:start + size])
+            assert evidence.records(text, 1, None) == [
+                (line,) for line in evidence.units(text, 1, None)]
+
+
+JAVA_PAYMENT = generated(formats.java_trace, 140).split("\n")[130:137]  # lines 131 to 137
+SOCKET = "Which payment failed because the socket closed?"
+
+
+def test_a_record_is_quoted_by_its_head_and_its_matching_lines():
+    """The `Caused by:` line matches best, but the payment is named by the head line: both
+    are quoted, with the record's lines; its `at ...` lines hold only the head's terms."""
+    assert JAVA_PAYMENT[1].endswith("Failed to process payment 78123")
+    records = evidence.records("\n".join(JAVA_PAYMENT), 131, None)
+    assert [(r[0].number, r[-1].number) for r in records] == [(131, 131), (132, 136),
+                                                              (137, 137)]
+    weights = evidence.term_weights(search_terms(SOCKET), JAVA_PAYMENT)
+    shown = evidence.show(1, "billing-app.log", records, weights, matches=2, context=1)
+    assert evidence.best_line([shown], weights)[1].text.endswith("socket closed")
+    assert evidence.extractive_answer([shown], weights) == (
+        f'billing-app.log:132-136: "{JAVA_PAYMENT[1]}" … "{JAVA_PAYMENT[5]}" [1]')
+
+
+def test_coverage_reads_the_record_not_the_best_line_alone():
+    """The payment and its failure are in the head line: the `Caused by:` line alone holds
+    too little of the question (frequencies: rare `payment`, common `closed`)."""
+    frequencies = {"payment": 3, "failed": 40, "because": 0, "socket": 5, "closed": 100}
+    place = SimpleNamespace(text="\n".join(JAVA_PAYMENT), first_line=131, last_line=137,
+                            path="/logs/billing-app.log", heading=None, kind="log")
+    found = gather(SOCKET, [(7, 1.0)], True, {7: place}, frequencies, 4000)
+    assert [line.number for line in found.shown[0].cited] == [136, 132]
+    line_only = evidence.coverage(asked_terms(SOCKET), JAVA_PAYMENT[5], frequencies, 4000,
+                                  search_terms(SOCKET))
+    assert line_only < evidence.COVERAGE_FLOOR
 
 
 def test_a_loop_is_cut_to_one_saying():

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -37,6 +39,10 @@ from kbd.runtime.worker import AskRequest, ModelUnavailable, ModelWorker
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store import questions as qs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train import formats  # noqa: E402
 
 LOGHUB = Path(__file__).resolve().parents[2] / "shared" / "data" / "loghub"
 PLANTED = ("081109 214043 2561 ERROR dfs.DataNode: Disk full on datanode 10.251.91.84: "
@@ -327,7 +333,7 @@ def logins(tmp_path_factory):
     store.close()
 
 
-def ask_in(logins: Logins, question: str, path: Path) -> dict:
+def ask_in(logins: Logins | Records, question: str, path: Path) -> dict:
     scope = Scope(paths=(str(path),))
     return logins.worker.submit(AskRequest(question=question, scope=scope)).result(timeout=300)
 
@@ -356,6 +362,61 @@ def test_a_count_looks_for_the_compound_as_the_log_writes_it(logins):
     assert reply["answer"].startswith(
         '3 lines match "git", "publickey" (first OpenSSH_2k.log:501, last '
         f'OpenSSH_2k.log:1801): "{logins.planted[501]}" [1]'), reply["answer"]
+
+
+@dataclass
+class Records:
+    worker: ModelWorker
+    java: Path  # train/formats.py's Java log: stack traces under their head lines
+    journal: Path  # ... and its journal: short-iso lines and export records
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    """The model worker on the default text engine (quote) over a Java log and a journal
+    of train/formats.py (random.Random(123) each) in a SQLite store cut for SmolLM2."""
+    folder = tmp_path_factory.mktemp("records")
+    paths = []
+    for make in (formats.java_trace, formats.journal_export):
+        name, lines = make(random.Random(123))
+        paths.append(folder / name)
+        paths[-1].write_text("".join(f"{line}\n" for line in lines))
+    config = ModelConfig(engine="text", device="cpu")
+    store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
+    ingester = Ingester(store, PassageTokenizer.configured(config))
+    assert ingester.ingest_many([(path, None, "log") for path in paths]) == {"added": 2}
+    worker = ModelWorker(config, store, revision=lambda: 1, on_change=lambda: None)
+    worker.start()
+    wait_for(lambda: worker.state != "loading", timeout=300, what="the text engine ready")
+    yield Records(worker, *paths)
+    worker.stop()
+    store.close()
+
+
+def test_a_stack_trace_is_quoted_with_its_head_line(records):
+    """The `Caused by:` line says the socket closed; the head line above it names what
+    failed. Before, the best line alone held too little of the question: declined."""
+    reply = ask_in(records, "Which payment failed because the socket closed?", records.java)
+    assert reply["status"] == "ok", reply["answer"]
+    found = re.fullmatch(r'billing-app\.log:(\d+)-(\d+): "(.+)" … "(Caused by: .+)" \[1\]',
+                         reply["answer"])
+    assert found, reply["answer"]
+    lines = records.java.read_text().split("\n")
+    first, last = int(found[1]), int(found[2])
+    assert (found[3], found[4]) == (lines[first - 1], lines[last - 1])
+    assert re.search(r"Failed to process \w+ \d+$", found[3]), found[3]
+    assert found[4].endswith("socket closed")
+    assert "payment" in found[3].lower()  # the failure's, or its class's (PaymentClient)
+    assert first in reply["sources"][0]["cited_lines"]
+
+
+def test_a_journal_export_record_is_quoted_with_its_unit(records):
+    """The unit is in the `_SYSTEMD_UNIT=` line of the record whose `MESSAGE=` has the
+    restart counter. Before, only the `MESSAGE=` line was quoted."""
+    reply = ask_in(records, "Which unit had a restart counter at 42?", records.journal)
+    assert reply["status"] == "ok", reply["answer"]
+    assert '"_SYSTEMD_UNIT=orders.service"' in reply["answer"], reply["answer"]
+    assert "restart counter is at 42." in reply["answer"], reply["answer"]
 
 
 def test_missing_text_model_is_a_clear_error(store, tmp_path):

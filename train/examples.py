@@ -159,7 +159,7 @@ def held(terms: list[str], tokens: set[str], lower: str) -> set[str]:
 
 def shown_sources(question: str, log: LogFile):
     """The sources the prompt would show, as engines.gather picks them: the top passages by
-    the question's terms (BM25-like: rarer terms count more), their matching lines."""
+    the question's terms (BM25-like: rarer terms count more), their matching records."""
     terms = search_terms(question)
     holds = [held(terms, tokens, lower)
              for tokens, lower in zip(log.chunk_tokens, log.chunk_lower, strict=True)]
@@ -168,15 +168,16 @@ def shown_sources(question: str, log: LogFile):
     scores = sorted(((sum(math.log(1 + n / (1 + df[t])) for t in sorted(h)), -i, i)
                      for i, h in enumerate(holds) if h), reverse=True)
     top = [i for _, _, i in scores[:TOP_PASSAGES]]
-    units = {i: evidence.units("\n".join(log.chunks[i][1]), log.chunks[i][0], None)
-             for i in top}
-    weights = evidence.term_weights(terms, [u.text for us in units.values() for u in us])
+    records = {i: evidence.records("\n".join(log.chunks[i][1]), log.chunks[i][0], None)
+               for i in top}
+    weights = evidence.term_weights(terms, [line.text for rs in records.values()
+                                            for record in rs for line in record])
     shown = []
     for i in top:
         if len(shown) == PROMPT_SOURCES:
             break
         first = not shown
-        found = evidence.show(len(shown) + 1, log.name, units[i], weights,
+        found = evidence.show(len(shown) + 1, log.name, records[i], weights,
                               BEST_LINES if first else OTHER_LINES, CONTEXT if first else 0)
         if found is not None:
             shown.append(found)

@@ -263,7 +263,7 @@ class Evidence:
                      status="not-found")
 
     def quote(self) -> Reply:
-        """The best line quoted with its place: the answer without the model."""
+        """The best record quoted with its place: the answer without the model."""
         return self.checked(evidence.extractive_answer(self.shown, self.weights), self.shown,
                             dropped=0, extractive=True)
 
@@ -293,31 +293,32 @@ class Evidence:
 
 def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: dict,
            frequencies: dict[str, int], passages: int) -> Evidence:
-    """The question's evidence: each passage's matching lines, unless it is weak: no asked
-    term or name in the passages, or a best line that holds too little of the question
-    (evidence.coverage, weighed by the terms' passage counts in the store)."""
+    """The question's evidence: each passage's matching records, unless it is weak: no asked
+    term or name in the passages, or a best record whose quoted lines hold too little of the
+    question (evidence.coverage, weighed by the terms' passage counts in the store)."""
     texts = [about(places[pid]) for pid, _ in hits]
     if not matched or weak_evidence(question, texts):
         return Evidence(question, ranked(hits), [], {})
-    lines = {pid: evidence.units(places[pid].text, places[pid].first_line,
-                                 file_line_numbers(places[pid])) for pid, _ in hits}
+    records = {pid: evidence.records(places[pid].text, places[pid].first_line,
+                                     file_line_numbers(places[pid])) for pid, _ in hits}
     words, names = search_terms(question), quoted_words(question)
-    weights = evidence.term_weights(words,
-                                    [line.text for ls in lines.values() for line in ls], names)
+    weights = evidence.term_weights(words, [line.text for rs in records.values()
+                                            for record in rs for line in record], names)
     shown: dict[int, evidence.Shown] = {}
     for pid, _ in hits:
         if len(shown) == PROMPT_SOURCES:
             break
         first = not shown
-        found = evidence.show(len(shown) + 1, Path(places[pid].path).name, lines[pid],
+        found = evidence.show(len(shown) + 1, Path(places[pid].path).name, records[pid],
                               weights, BEST_SOURCE_LINES if first else SOURCE_LINES,
                               CONTEXT_LINES if first else 0)
         if found is not None:
             shown[pid] = found
     if shown:
-        source, best = evidence.best_line(list(shown.values()), weights)
+        source, best = evidence.best_record(list(shown.values()), weights)
         pid = next(pid for pid, s in shown.items() if s is source)
-        held = f"{best.text}\n{places[pid].heading or ''}\n{Path(source.where).stem}"
+        held = (f"{evidence.record_text(best, weights)}\n{places[pid].heading or ''}\n"
+                f"{Path(source.where).stem}")
         if evidence.coverage(asked_terms(question), held, frequencies, passages,
                              words, names) < evidence.COVERAGE_FLOOR:
             return Evidence(question, ranked(hits), [], {})

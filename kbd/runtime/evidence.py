@@ -19,6 +19,13 @@ The best line is evidence only where it holds most of what the question asks abo
 term weighed by how rare it is in the store (`coverage`): "Which IP tried to log in as the
 invalid user jenkins?" over an SSH log finds lines with "invalid user" and an IP, but none
 with `jenkins`, the rarest term and the one the question turns on.
+
+Evidence is chosen, weighed and quoted by record, not by line: a Java stack trace or a
+journal export record spreads one event over lines, and "Which payment failed because the
+socket closed?" is answered by the head line's payment and its `Caused by:` line together.
+Coverage reads the record's quoted lines. Records are told by the lines' leading shape, with
+no list of formats (`line_groups`); a log whose every line starts with its time keeps each
+line a record of its own, and is answered as before.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from itertools import product
+from dataclasses import dataclass, field
+from itertools import accumulate, product
 
 GLUED_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")  # camelCase, letters|digits
 WORD = re.compile(r"\w+")
@@ -42,6 +50,16 @@ WORD_BEFORE = re.compile(r"([A-Za-z]+)[\s:=#_-]*$")  # the word a number follows
 FIELD_BEFORE = re.compile(r"([A-Za-z][\w.]*)\"?\s*[=:]\s*\"?$")  # a field's name, then its value
 SPECIFIC = re.compile(r"\w*\d[\w.:/-]*")  # numbers, ids, addresses, times, dates
 TIME_OF_DAY = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d])")  # 10:32[:05]
+# a date (2005.06.04, 17/06/09, Jun 14) or a time of day, with no field's `=` or `:` before
+# it, near the line's start: a record's first line, whatever words come before its time
+STAMP_NEAR_START = re.compile(
+    r"[^=:\n]{0,24}?(?<![\w.])(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}"
+    r"|(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+\d{1,2}\b|\d{1,2}:\d{2}(?!\d))")
+SHAPE_RUN = re.compile(r"\d+|[^\W\d_]+|\s+|.")
+SHAPE_RUNS = 6  # `2020-02-23 07:37:23,771 ERROR` is `9-9-9 `, `Jun 14 15:16:01` is `a 9 9:`
+FIELD_START = re.compile(r"([A-Za-z_][\w.]*)=")  # a `FIELD=value` line's field
+HEAD_SHARE = 1 / 3  # a stack trace's head, exception and `Caused by:` lines are a third each
+MAX_RECORD_LINES = 50  # a longer run of continuation lines is cut: no head was seen for long
 CITATION = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
 MAX_LINE_CHARS = 240  # a longer line (a report's paragraph) is shown by its sentences
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
@@ -61,6 +79,9 @@ class Line:
     text: str
 
 
+Record = tuple[Line, ...]  # one logged event's lines in file order, its head (first) line first
+
+
 @dataclass
 class Shown:
     """One source as the prompt shows it: its rank is the number it is cited by."""
@@ -69,6 +90,11 @@ class Shown:
     where: str  # the file's name
     lines: list[Line]  # in file order, matching lines and their context
     cited: list[Line]  # the matching lines, best first
+    records: list[Record] = field(default_factory=list)  # the matching records, best first;
+    # none given: each cited line is one
+
+    def __post_init__(self) -> None:
+        self.records = self.records or [(line,) for line in self.cited]
 
 
 def stem(word: str) -> str:
@@ -305,30 +331,117 @@ def units(text: str, first_line: int | None, numbers: Sequence[int | None] | Non
     """A passage's text as lines with their file line numbers (given, or counted from
     first_line); a long line is cut into its sentences, which keep its number."""
     texts = text.split("\n")
-    if numbers is None:
-        numbers = [None if first_line is None else first_line + i for i in range(len(texts))]
-    out = []
-    for number, line in zip(numbers, texts, strict=True):
-        if not line.strip():
-            continue
-        pieces = SENTENCE_END.split(line) if len(line) > MAX_LINE_CHARS else [line]
-        out.extend(Line(number, piece.strip()) for piece in pieces if piece.strip())
+    numbers = line_numbers(texts, first_line, numbers)
+    return [Line(number, piece) for number, line in zip(numbers, texts, strict=True)
+            for piece in pieces(line)]
+
+
+def records(text: str, first_line: int | None,
+            numbers: Sequence[int | None] | None) -> list[Record]:
+    """A passage's units grouped into records (`line_groups`); a record of one line is one
+    record per sentence, as `units` cuts it."""
+    texts = text.split("\n")
+    numbers = line_numbers(texts, first_line, numbers)
+    out: list[Record] = []
+    for group in line_groups(texts):
+        lines = [Line(numbers[i], piece) for i in group for piece in pieces(texts[i])]
+        out.extend([(line,) for line in lines] if len(group) == 1 else [tuple(lines)])
     return out
 
 
-def show(rank: int, where: str, lines: list[Line], weights: dict[str, float],
+def line_numbers(texts: Sequence[str], first_line: int | None,
+                 numbers: Sequence[int | None] | None) -> Sequence[int | None]:
+    if numbers is not None:
+        return numbers
+    return [None if first_line is None else first_line + i for i in range(len(texts))]
+
+
+def pieces(line: str) -> list[str]:
+    """A line's text, stripped, or its sentences where it is long; none where it is blank."""
+    cut = SENTENCE_END.split(line) if len(line) > MAX_LINE_CHARS else [line]
+    return [piece.strip() for piece in cut if piece.strip()]
+
+
+def line_groups(texts: Sequence[str]) -> list[list[int]]:
+    """The non-blank lines (by index) grouped into records, in order. With a head shape
+    (`head_shape`), a record starts at a head line: one of that shape, or one with a date or
+    time near its start (BGL's lines start with level words of many shapes, then their
+    time); a line that starts otherwise, or indented, continues it: a stack trace's `at` and
+    `Caused by:` lines, a traceback's `File` and `ValueError:`. Without one (Markdown,
+    prose, a report), each line is a record of its own. A run of `FIELD=value` lines is a
+    record too, and a field it already holds starts the next: a journal export record (a
+    log's passage keeps no blank line between them). After a blank line, a record starts."""
+    # a field's line is no head: `_PID=23663` holds a value, not the time of a record
+    head = head_shape([shape(text) for text in texts if text.strip() and not text[0].isspace()
+                       and not FIELD_START.match(text)])
+    groups: list[list[int]] = []
+    fields: set[str] = set()  # the names of the current record's fields
+    for i, text in enumerate(texts):
+        if not text.strip():
+            continue
+        if not groups or len(groups[-1]) >= MAX_RECORD_LINES or not continues(
+                text, texts[i - 1], head, fields):
+            groups.append([])
+            fields = set()
+        groups[-1].append(i)
+        if named := FIELD_START.match(text):
+            fields.add(named[1])
+    return groups
+
+
+def continues(text: str, above: str, head: str | None, fields: set[str]) -> bool:
+    """Whether the line continues the record of the line above it (`line_groups`)."""
+    if not above.strip():
+        return False
+    if named := FIELD_START.match(text):
+        return FIELD_START.match(above) is not None and named[1] not in fields
+    return head is not None and (text[0].isspace() or shape(text) != head
+                                 and STAMP_NEAR_START.match(text) is None)
+
+
+def shape(text: str) -> str:
+    """The line's leading character classes, runs collapsed: digits 9, letters a, spaces one
+    space, other characters as they are. `2020-02-23 07:37:23,771 ERROR` and `2021-11-02
+    10:01:09,004 INFO` are both `9-9-9 `."""
+    runs = SHAPE_RUN.findall(text[:64])[:SHAPE_RUNS]
+    return "".join("9" if r[0].isdigit() else "a" if r[0].isalpha() else " " if r.isspace()
+                   else r for r in runs)
+
+
+def head_shape(shapes: Sequence[str]) -> str | None:
+    """The most common of the lines' shapes where it holds a digit (a timestamp, a date, a
+    counter) and starts two lines and HEAD_SHARE of them at least; of equally common
+    shapes, one with a digit. Prose is mostly `a a a ` (words and spaces), and the odd `a a
+    9 ` of a table's rows or a sentence is not a log's time."""
+    counts = Counter(shapes)
+    top = max(counts, key=lambda s: (counts[s], "9" in s), default="")
+    return top if "9" in top and counts[top] >= max(2, HEAD_SHARE * len(shapes)) else None
+
+
+def show(rank: int, where: str, records: list[Record], weights: dict[str, float],
          matches: int, context: int) -> Shown | None:
-    """The source's best `matches` lines by matched weight (the others at least half the
-    best one's: a line holding only a common term is no match), each with `context` lines
-    before and after; None when no line matches."""
-    scored = sorted(((line_weight(line.text, weights), -i, i) for i, line in enumerate(lines)),
+    """The source's best `matches` records by matched weight (the others at least half the
+    best one's: a record holding only a common term is no match), each cited by its best
+    line, and its head where that holds terms the best line lacks; shown by its best line
+    with `context` lines before and after, and its head. None when no record matches."""
+    scored = sorted(((record_weight(r, weights), -i, i) for i, r in enumerate(records)),
                     reverse=True)
     if not scored or scored[0][0] <= 0:
         return None
     best = [i for score, _, i in scored[:matches] if score >= scored[0][0] / 2]
-    keep = sorted({j for i in best for j in range(max(0, i - context),
-                                                   min(len(lines), i + context + 1))})
-    return Shown(rank, where, [lines[j] for j in keep], [lines[i] for i in best])
+    lines = [line for record in records for line in record]
+    starts = list(accumulate((len(r) for r in records), initial=0))
+    keep, cited = set(), []
+    for i in best:
+        at = starts[i] + records[i].index(best_in(records[i], weights))
+        keep.update(range(max(0, at - context), min(len(lines), at + context + 1)))
+        keep.add(starts[i])
+        cited.append(lines[at])
+        if at != starts[i] and matched_terms(weights, records[i][0].text) - matched_terms(
+                weights, lines[at].text):
+            cited.append(records[i][0])
+    return Shown(rank, where, [lines[j] for j in sorted(keep)], cited,
+                 [records[i] for i in best])
 
 
 def drop_citations(text: str, held: set[int]) -> tuple[str, int]:
@@ -393,14 +506,61 @@ def line_weight(text: str, weights: dict[str, float]) -> float:
                for t in sorted(matched_terms(weights, text)))
 
 
+def record_weight(record: Record, weights: dict[str, float]) -> float:
+    """The weight of the terms matched anywhere in the record (`line_weight`)."""
+    return line_weight("\n".join(line.text for line in record), weights)
+
+
+def best_in(record: Record, weights: dict[str, float]) -> Line:
+    """The record's line with the most matched weight; of equals, the first."""
+    return max(record, key=lambda line: line_weight(line.text, weights))
+
+
+def best_record(shown: Sequence[Shown], weights: dict[str, float]) -> tuple[Shown, Record]:
+    """The matching record with the most matched weight; of equals, the better-ranked."""
+    return max(((s, record) for s in shown for record in s.records),
+               key=lambda p: (record_weight(p[1], weights), -p[0].rank))
+
+
 def best_line(shown: Sequence[Shown], weights: dict[str, float]) -> tuple[Shown, Line]:
-    """The matching line with the most matched weight; of equals, the better-ranked."""
-    return max(((s, line) for s in shown for line in s.cited),
-               key=lambda p: (line_weight(p[1].text, weights), -p[0].rank))
+    """The best record's best line."""
+    source, record = best_record(shown, weights)
+    return source, best_in(record, weights)
+
+
+def quoted(record: Record, weights: dict[str, float]) -> list[Line]:
+    """The record's lines an answer quotes, in file order: its head, its best line, and any
+    other line holding a term that the lines before it do not (a stack trace's many `at
+    ...PaymentClient` lines repeat the head's `payment`)."""
+    best = best_in(record, weights)
+    held = matched_terms(weights, record[0].text) | matched_terms(weights, best.text)
+    out = []
+    for line in record:
+        new = matched_terms(weights, line.text) - held
+        if line is record[0] or line is best or new:
+            out.append(line)
+            held |= new
+    return out
+
+
+def record_text(record: Record, weights: dict[str, float]) -> str:
+    """What the record says of the question: its quoted lines."""
+    return "\n".join(line.text for line in quoted(record, weights))
 
 
 def extractive_answer(shown: Sequence[Shown], weights: dict[str, float]) -> str:
-    """The best matching line, quoted with its place and source number."""
-    source, line = best_line(shown, weights)
-    place = f"{source.where}:{line.number}" if line.number is not None else source.where
-    return f'{place}: "{line.text}" [{source.rank}]'
+    """The best record quoted with its place and source number: its one line, or its quoted
+    lines with the record's line range."""
+    source, record = best_record(shown, weights)
+    said = " … ".join(f'"{line.text}"' for line in quoted(record, weights))
+    return f"{place(source.where, record)}: {said} [{source.rank}]"
+
+
+def place(where: str, record: Record) -> str:
+    """The file's name with the record's line, or its first and last lines, where known."""
+    numbers = [line.number for line in record if line.number is not None]
+    if not numbers:
+        return where
+    if numbers[0] == numbers[-1]:
+        return f"{where}:{numbers[0]}"
+    return f"{where}:{numbers[0]}-{numbers[-1]}"
