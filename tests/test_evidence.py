@@ -416,3 +416,21 @@ def test_report_lines_are_found_in_the_file(tmp_path):
     assert file_line_numbers(place) == [1, None, 4, 5, None, 8, None, 9]
     report.unlink()
     assert file_line_numbers(place) is None
+
+
+def test_log_lines_after_blank_lines_keep_their_numbers(tmp_path):
+    """A log's passage holds its non-blank lines only: a journal export's records are
+    separated by blank lines, and counting from the first line would cite the line above."""
+    log = tmp_path / "journal.log"
+    log.write_text("_PID=1\nMESSAGE=started\n\n_PID=2\nMESSAGE=restart counter is at 42\n")
+    place = SimpleNamespace(path=str(log), kind="log", first_line=1, last_line=5,
+                            text="_PID=1\nMESSAGE=started\n_PID=2\n"
+                                 "MESSAGE=restart counter is at 42")
+    assert file_line_numbers(place) == [1, 2, 4, 5]
+    lines = evidence.units(place.text, place.first_line, file_line_numbers(place))
+    assert lines[-1] == Line(5, "MESSAGE=restart counter is at 42")
+    whole = SimpleNamespace(path=str(log), kind="log", first_line=4, last_line=5,
+                            text="_PID=2\nMESSAGE=restart counter is at 42")
+    assert file_line_numbers(whole) is None  # nothing skipped: counted, the file not read
+    log.write_text("rotated\n")  # changed since: counted rather than guessed
+    assert file_line_numbers(place) is None

@@ -347,17 +347,23 @@ def ranked(hits: list[tuple[int, float]]) -> list[Source]:
 
 
 def file_line_numbers(place) -> list[int | None] | None:
-    """The file line of each line of a report passage's text, whose paragraphs are joined
-    by one blank line whatever the file had; None where they are counted from first_line
-    (a log's lines are the file's, one for one) or unknown (a PDF)."""
-    if place.kind == "log" or place.first_line is None:
-        return None
+    """The file line of each line of a passage's text, where the text skips some: a log's
+    passage holds its non-blank lines (a journal export's records are separated by blank
+    ones), a report's its paragraphs joined by one blank line whatever the file had. None
+    where they are counted from first_line (a log with no blank line between them) or
+    unknown (a PDF, or a file gone or changed since it was ingested)."""
     texts = place.text.split("\n")
+    if place.first_line is None or place.kind == "log" and (
+            place.last_line - place.first_line + 1 == len(texts)):
+        return None
     try:
         with open(place.path, encoding="utf-8", errors="replace") as f:
             file_lines = f.read().split("\n")[place.first_line - 1:place.last_line]
     except OSError:  # gone or unreadable since it was ingested: lines are counted instead
         return None
+    if place.kind == "log":  # one line of text per non-blank line (JSON is rendered anew)
+        numbers = [place.first_line + i for i, line in enumerate(file_lines) if line.strip()]
+        return numbers if len(numbers) == len(texts) else None
     numbers, at = [], 0
     for text in (t.strip() for t in texts):
         # a heading's line ends with its title; marks such as "## " are not in the text
