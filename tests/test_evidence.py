@@ -12,7 +12,13 @@ from types import SimpleNamespace
 import pytest
 
 from kbd.model.text import before_loop, loop_start
-from kbd.retrieve import asked_terms, quoted_words, search_terms, weak_evidence
+from kbd.retrieve import (
+    asked_terms,
+    question_words,
+    quoted_words,
+    search_terms,
+    weak_evidence,
+)
 from kbd.runtime import evidence
 from kbd.runtime.engines import file_line_numbers, gather
 from kbd.runtime.evidence import Line, Shown
@@ -185,6 +191,28 @@ def test_a_unit_is_held_as_a_log_abbreviates_it():
     spelled = took.replace(" ms", " milliseconds")
     assert evidence.coverage(terms, took, frequencies, 3788) < evidence.coverage(
         terms, took, as_rare, 3788) == evidence.coverage(terms, spelled, frequencies, 3788)
+
+
+@pytest.mark.parametrize("question, text, contradicted", [
+    ("Which block was reported corrupt by the DataBlockScanner?",
+     "081110 083453 13 INFO dfs.DataBlockScanner: Verification succeeded for blk_314",
+     {"corrupt"}),
+    ("Which datanode was declared dead by the NameNode?",
+     "The NameNode did not mark dn-17 as dead because its heartbeats went on", {"dead"}),
+    ("Which user logged in successfully?", "Failed password for root from 10.0.0.5",
+     {"successfully"}),
+    ("Which user logged in successfully?", "Accepted password for root from 10.0.0.5", set()),
+    ("Why did the backup fail?", "nightly backup to nas-07 failed: disk quota exceeded", set()),
+    ("Why did the backup fail?", "the backup did not fail, it was never started", {"fail"}),
+    # both outcomes written: the line may still tell which; not the opposite alone
+    ("Which job failed?", "job 7 failed after 3 tries succeeded", set()),
+    # a name is no outcome: `Failures` of maxTaskFailuresPerNode
+    ("What is maxTaskFailuresPerNode?", "RMContainerRequestor: maxTaskFailuresPerNode is 3", set()),
+])
+def test_a_line_that_states_the_other_outcome_contradicts_the_question(question, text,
+                                                                       contradicted):
+    terms = [t for t in asked_terms(question) if t in question_words(question)]
+    assert evidence.contradicted(terms, text) == contradicted
 
 
 def test_a_number_that_is_only_another_fields_value_weighs_less_in_choosing_the_line():

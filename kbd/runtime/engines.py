@@ -34,6 +34,7 @@ from kbd.retrieve import (
     fuse,
     joined_words,
     lexical_ranking,
+    question_words,
     quoted_words,
     search,
     search_terms,
@@ -320,7 +321,8 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         held = (f"{evidence.record_text(best, weights)}\n{places[pid].heading or ''}\n"
                 f"{Path(source.where).stem}")
         if evidence.coverage(asked_terms(question), held, frequencies, passages,
-                             words, names) < evidence.COVERAGE_FLOOR:
+                             words, names) < evidence.COVERAGE_FLOOR or evidence.contradicted(
+                [t for t in asked_terms(question) if t in question_words(question)], held):
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)

@@ -118,6 +118,21 @@ UNITS = {stem(word): forms for words, forms in [
 ] for word in words}
 
 
+# outcomes a question may ask about, each with what a line says when the other one happened
+OUTCOMES = [
+    ("fail failed fails failing failure failures unsuccessful",
+     "succeed succeeded succeeds success successful successfully passed completed"),
+    ("corrupt corrupted corruption", "verified verification valid intact healthy succeeded"),
+    ("dead died", "alive healthy"),
+    ("refused rejected denied", "accepted allowed granted permitted"),
+    ("disabled", "enabled"),
+]
+OPPOSITES = {stem(word): frozenset(stem(w) for w in other.split())
+             for pair in OUTCOMES for side, other in (pair, pair[::-1]) for word in side.split()}
+NEGATION = re.compile(r"\b(?:not|never|no|cannot|didn't|wasn't|isn't|won't)\W+(?:\w+\W+){0,4}?$",
+                      re.IGNORECASE)
+
+
 def tokens(text: str) -> set[str]:
     """The stemmed, case-folded words of a text, with the parts of its glued tokens."""
     out = set()
@@ -325,6 +340,24 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
     held += sum(min(weight(t), weight(form)) for t, form in sorted(abbreviated(
         set(terms) - written, text).items()))
     return held / total
+
+
+def contradicted(terms: Iterable[str], text: str) -> set[str]:
+    """The outcomes the question asks about that the text states otherwise: it holds the
+    opposite and not the outcome ("Which block was reported corrupt?" over "Verification
+    succeeded for blk_..."), or the outcome only negated ("Which datanode was declared
+    dead?" over "The NameNode did not mark dn-17 as dead"). Whole words only: the
+    `Failures` of `maxTaskFailuresPerNode` is a name, not an outcome."""
+    words = tokens(text)
+    return {term for term in terms if (opposite := OPPOSITES.get(stem(term.lower())))
+            and (opposite & words and stem(term.lower()) not in words
+                 or negated(stem(term.lower()), text))}
+
+
+def negated(outcome: str, text: str) -> bool:
+    """Whether the text writes the outcome as a word, and only after a negation."""
+    places = [m.start() for m in re.finditer(rf"\b{re.escape(outcome)}\w*", text, re.I)]
+    return bool(places) and all(NEGATION.search(text, 0, at) for at in places)
 
 
 def units(text: str, first_line: int | None, numbers: Sequence[int | None] | None) -> list[Line]:
