@@ -215,6 +215,21 @@ def test_a_line_that_states_the_other_outcome_contradicts_the_question(question,
     assert evidence.contradicted(terms, text) == contradicted
 
 
+def test_a_word_weighs_more_than_the_same_part_of_a_glued_name():
+    """"Which payment failed?": a user's failure logged by the class PaymentClient holds
+    `payment` only inside a name; the line that says a payment failed is the answer. A glued
+    part still counts, half: `7163Calories` holds the calories asked about."""
+    question = "Which payment failed?"
+    by_class = "ERROR com.example.PaymentClient - Failed to process user 35070"
+    by_word = "ERROR com.example.OrderService - Failed to process payment 78123"
+    weights = evidence.term_weights(search_terms(question), [by_class, by_word])
+    shown = [Shown(1, "billing.log", [Line(1, by_class), Line(2, by_word)],
+                   [Line(1, by_class), Line(2, by_word)])]
+    assert evidence.best_line(shown, weights)[1].number == 2
+    assert evidence.line_weight(by_class, weights) == weights["failed"] + weights["payment"] / 2
+    assert evidence.line_weight(FITBIT, {"calories": 1.0}) == 0.5
+
+
 def test_a_number_that_is_only_another_fields_value_weighs_less_in_choosing_the_line():
     """"Which IP got a 403?" of a store with JSON request logs and an access log: the line
     whose 403 is a latency (ingested JSON reads key=value) ranks first and holds every term,

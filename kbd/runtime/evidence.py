@@ -531,11 +531,15 @@ def line_weight(text: str, weights: dict[str, float]) -> float:
     """The matched terms' weight; a number that is only another field's value counts half
     (`other_fields`): of two lines with the question's 403, the one whose 403 is not a
     latency is the better. It still counts, and coverage counts it whole: a user asking for
-    "a 403" of JSON logs means their `"status": 403`."""
+    "a 403" of JSON logs means their `"status": 403`. So does a word held only as a part of a
+    glued name: "Which payment failed?" is told by "Failed to process payment 78123", not by
+    a user's failure that the class `PaymentClient` logged."""
     # summed in one order: a set's order follows the process's string hashing, and floats
     # summed in another order can break a tie between lines otherwise
     keyed = other_fields(list(weights), text, list(weights))
-    return sum(weights[t] / (2 if t in keyed else 1)
+    whole = {stem(word.lower()) for word in WORD.findall(text)}
+    return sum(weights[t] / (2 if t in keyed or t.isalpha() and stem(t.lower()) not in whole
+                             else 1)
                for t in sorted(matched_terms(weights, text)))
 
 
