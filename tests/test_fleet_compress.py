@@ -298,8 +298,13 @@ def test_a_stopped_model_node_finds_its_lease_gone(fleet_url, tmp_path, tiny_mod
     fleet = Fleet(fleet_url)
     web, a, b = start_fleet(fleet_url, tmp_path, tiny_model, files=30)
     with web, a, b:
-        fleet.catch("gpu-1")
-        a.proc.send_signal(signal.SIGSTOP)
+        # gpu-2 paused while gpu-1 is caught: racing for the batches, gpu-2 could take them all
+        b.proc.send_signal(signal.SIGSTOP)
+        try:
+            fleet.catch("gpu-1")
+            a.proc.send_signal(signal.SIGSTOP)
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
         try:
             stalled = fleet.held("gpu-1")
             assert stalled, "gpu-1 held no lease when stopped"
