@@ -320,9 +320,11 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         pid = next(pid for pid, s in shown.items() if s is source)
         held = (f"{evidence.record_text(best, weights)}\n{places[pid].heading or ''}\n"
                 f"{Path(source.where).stem}")
-        if evidence.coverage(asked_terms(question), held, frequencies, passages,
-                             words, names) < evidence.COVERAGE_FLOOR or evidence.contradicted(
-                [t for t in asked_terms(question) if t in question_words(question)], held):
+        asked, written = asked_terms(question), question_words(question)
+        # an outcome is a whole word of the question, not a part of a glued name
+        outcomes = [t for t in asked if t in written]
+        if (evidence.coverage(asked, held, frequencies, passages, words, names)
+                < evidence.COVERAGE_FLOOR or evidence.contradicted(outcomes, held)):
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)
