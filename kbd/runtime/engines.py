@@ -286,7 +286,9 @@ class Evidence:
 
     def checked(self, text: str, shown: list[evidence.Shown], dropped: int,
                 extractive: bool) -> Reply:
-        lines = {s.rank: [number for line in s.cited for number in line.span()] for s in shown}
+        # two of a report's sentences may share the line one ends and the next starts on
+        lines = {s.rank: list(dict.fromkeys(n for line in s.cited for n in line.span()))
+                 for s in shown}
         return Reply(text, [Cited(rank, pid, score, lines.get(rank, []), rank in lines)
                             for rank, pid, score in self.sources],
                      citations_dropped=dropped, extractive=extractive)
