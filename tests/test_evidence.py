@@ -549,7 +549,8 @@ def test_the_best_record_holds_what_the_question_names():
     shown = [Shown(1, "runbook.pdf", [runbook], [runbook]), Shown(2, "sshd.log", [sshd], [sshd])]
     weights = evidence.term_weights(search_terms(question), [runbook.text, sshd.text],
                                     quoted_words(question))
-    assert evidence.best_record(shown, weights, quoted_words(question))[1] == (sshd,)
+    assert evidence.best_record(shown, weights, evidence.Focus(quoted_words(question)))[1] == (
+        sshd,)
     assert evidence.best_record(shown, weights)[1] == (runbook,)  # 'chen' weighed, not named
 
 
@@ -566,3 +567,41 @@ def test_a_reports_line_is_weighed_with_its_title_and_section():
     assert evidence.best_record(shown, weights)[1] == (advice,)
     bare = [Shown(s.rank, s.where, s.lines, s.cited) for s in shown]
     assert evidence.best_record(bare, weights)[1] == (title,)
+
+
+@pytest.mark.parametrize("question, lines, answer", [
+    ("Which IP address tried to log in as the invalid user pgadmin?",
+     ["Dec 10 07:28:03 LabSZ sshd[24245]: input_userauth_request: invalid user pgadmin "
+      "[preauth]",
+      "Dec 10 07:28:01 LabSZ sshd[24245]: Invalid user pgadmin from 112.95.230.3"], 1),
+    ("How long did reading broadcast variable 2 take?",
+     ["17/06/09 20:10:48 INFO broadcast.TorrentBroadcast: Started reading broadcast variable 2",
+      "17/06/09 20:10:48 INFO broadcast.TorrentBroadcast: Reading broadcast variable 2 took "
+      "16 ms"], 1),
+    # the shape alone does not choose a line that holds too little of the question
+    ("How long did reading broadcast variable 2 take?",
+     ["17/06/09 20:10:48 INFO broadcast.TorrentBroadcast: Started reading broadcast variable 2",
+      "17/06/09 20:10:49 INFO storage.MemoryStore: Block taken in 16 ms"], 0),
+])
+def test_a_line_of_the_asked_shape_answers(question, lines, answer):
+    records = [(Line(i + 1, text),) for i, text in enumerate(lines)]
+    shown = [Shown(1, "x.log", [r[0] for r in records], [r[0] for r in records], records)]
+    weights = evidence.term_weights(search_terms(question), lines)
+    focus = evidence.Focus(shape=evidence.answer_shape(question))
+    assert evidence.best_record(shown, weights, focus)[1] == records[answer]
+    assert evidence.best_record(shown, weights)[1] == records[0]  # shape unasked: the first
+
+
+@pytest.mark.parametrize("question, written, other", [
+    ("Which IP address did it come from?", "from 10.4.17.22 port 22", "from host-7"),
+    ("What is the MAC address of eth0?", None, None),
+    ("Which port did the listener start on?", "listener on port 62270", "listener started"),
+    ("How long did the stall last?", "stalled for 2 hours 35 minutes", "stalled on dn-17"),
+    ("What phone number do you call?", "call +44 20 7946 0321", "call the lead"),
+    ("Which user logged in?", None, None),
+])
+def test_the_answer_shape_a_question_asks_for(question, written, other):
+    shape = evidence.answer_shape(question)
+    assert (shape is None) == (written is None)
+    if shape is not None:
+        assert shape.search(written) and not shape.search(other)

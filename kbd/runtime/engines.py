@@ -254,7 +254,7 @@ class Evidence:
     sources: list[Source]
     shown: list[evidence.Shown]  # empty: the evidence is weak, the model is not asked
     weights: dict[str, float]  # the question's terms by weight
-    names: frozenset[str] = frozenset()  # the words the question quotes
+    focus: evidence.Focus = evidence.Focus()
 
     def passages(self) -> list[Passage]:
         """The sources as the prompt shows them."""
@@ -266,7 +266,7 @@ class Evidence:
 
     def quote(self) -> Reply:
         """The best record quoted with its place: the answer without the model."""
-        return self.checked(evidence.extractive_answer(self.shown, self.weights, self.names),
+        return self.checked(evidence.extractive_answer(self.shown, self.weights, self.focus),
                             self.shown, dropped=0, extractive=True)
 
     def reply(self, text: str, held: int) -> Reply:
@@ -278,10 +278,10 @@ class Evidence:
         if not shown or SAID_NOT_FOUND.match(text):
             return self.not_found()
         text, dropped = evidence.drop_citations(text, {s.rank for s in shown})
-        _, best = evidence.best_line(shown, self.weights, self.names)
+        _, best = evidence.best_line(shown, self.weights, self.focus)
         extractive = not evidence.grounded(text, best, shown, self.question)
         if extractive:
-            text = evidence.extractive_answer(shown, self.weights, self.names)
+            text = evidence.extractive_answer(shown, self.weights, self.focus)
         return self.checked(text, shown, dropped, extractive)
 
     def checked(self, text: str, shown: list[evidence.Shown], dropped: int,
@@ -306,6 +306,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
                                      file_line_numbers(places[pid]), places[pid].kind != "log")
                for pid, _ in hits}
     words, names = search_terms(question), quoted_words(question)
+    focus = evidence.Focus(names, evidence.answer_shape(question))
     weights = evidence.term_weights(words, [line.text for rs in records.values()
                                             for record in rs for line in record], names)
     shown: dict[int, evidence.Shown] = {}
@@ -319,7 +320,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         if found is not None:
             shown[pid] = found
     if shown:
-        source, best = evidence.best_record(list(shown.values()), weights, names)
+        source, best = evidence.best_record(list(shown.values()), weights, focus)
         pid = next(pid for pid, s in shown.items() if s is source)
         held = (f"{evidence.record_text(best, weights)}\n{places[pid].heading or ''}\n"
                 f"{Path(source.where).stem}")
@@ -331,7 +332,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)
-    return Evidence(question, ranked(hits), list(shown.values()), weights, names)
+    return Evidence(question, ranked(hits), list(shown.values()), weights, focus)
 
 
 def about(place) -> str:

@@ -74,6 +74,17 @@ SPECIFIC_WEIGHT = 3.0  # an id, number or address in the question says more than
 # the line holds the answer, not these words, so their absence says nothing
 ANSWER_WORDS = frozenset("""address addresses ip port ports host machine node user client value
 number date day hour time times first last many much someone us""".split())
+# what a question asks for, and how a line writes it
+ANSWER_SHAPES = [(re.compile(asks, re.I), re.compile(shape, re.I)) for asks, shape in [
+    (r"\bip\b|(?<!mail )(?<!mac )(?<!memory )\baddress(?:es)?\b",
+     r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])"),
+    (r"\bports?\b", r"\bport\W{0,3}\d{1,5}\b|(?<=[\w\]]):\d{2,5}\b"),
+    (r"\bhow long\b|\bduration\b",
+     r"\b\d+(?:\.\d+)?\s?(?:ms|msecs?|µs|us|ns|s|secs?|seconds?|mins?|minutes?|h|hrs?|hours?"
+     r"|days?)\b"),
+    (r"\bphone\b", r"\+?\d[\d ()-]{6,}\d"),
+]]
+SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
 COVERAGE_FLOOR = 0.36  # the share of the question's weight the best line must hold. On the
 # dev questions, quoting: 0.34 declined 39 of 50 unanswerable ones and 15 of 189 answerable,
 # 0.36 and 0.38 43 and 14 to 17, 0.40 43 and 19 (bench/results/answers.json has the held-out)
@@ -109,6 +120,20 @@ class Shown:
 
     def __post_init__(self) -> None:
         self.records = self.records or [(line,) for line in self.cited]
+
+
+@dataclass(frozen=True)
+class Focus:
+    """What the question names and asks for, beyond its weighed words."""
+
+    names: frozenset[str] = frozenset()  # the words it quotes
+    shape: re.Pattern | None = None  # what a line answering it writes (`answer_shape`)
+
+
+def answer_shape(question: str) -> re.Pattern | None:
+    """What a line answering the question writes, where its words say: an IP address for
+    "Which IP address", a port's number, a duration for "How long", a phone number."""
+    return next((shape for asks, shape in ANSWER_SHAPES if asks.search(question)), None)
 
 
 def stem(word: str) -> str:
@@ -602,20 +627,26 @@ def best_in(record: Record, weights: dict[str, float]) -> Line:
 
 
 def best_record(shown: Sequence[Shown], weights: dict[str, float],
-                names: frozenset[str] = frozenset()) -> tuple[Shown, Record]:
+                focus: Focus = Focus()) -> tuple[Shown, Record]:
     """The matching record holding the most of what the question names (`named`), then with
     the most matched weight; of equals, the better-ranked. A report's long sentence holds
     many of a question's words, and the log line holding its quoted 'chen' only that. A
     report's line is weighed with its title and section: else its title, which names the
-    report's subject, would answer every question about the report."""
-    named_weights = {t: weights[t] for t in named(weights, names)}
+    report's subject, would answer every question about the report. Where the question asks
+    for a shape (`answer_shape`), a record writing it is chosen over a better one that does
+    not, if it holds as much of what is named and SHAPE_SHARE of the weight: sshd's "Invalid
+    user pgadmin from 112.95.230.3" over "invalid user pgadmin [preauth]" for the IP."""
+    named_weights = {t: weights[t] for t in named(weights, focus.names)}
 
-    def weight(source: Shown, record: Record, weights: dict[str, float]) -> float:
-        return line_weight("\n".join([source.heading, *(line.text for line in record)]),
-                           weights)
+    def text(source: Shown, record: Record) -> str:
+        return "\n".join([source.heading, *(line.text for line in record)])
 
-    return max(((s, record) for s in shown for record in s.records),
-               key=lambda p: (weight(*p, named_weights), weight(*p, weights), -p[0].rank))
+    scored = [(line_weight(text(s, r), named_weights), line_weight(text(s, r), weights), -s.rank,
+               s, r) for s in shown for r in s.records]
+    top = max(scored, key=lambda x: x[:3])
+    shaped = [x for x in scored if x[0] == top[0] and x[1] >= SHAPE_SHARE * top[1]
+              and focus.shape is not None and focus.shape.search(text(x[3], x[4]))]
+    return max(shaped or [top], key=lambda x: x[:3])[3:]
 
 
 def named(terms: Iterable[str], names: frozenset[str]) -> list[str]:
@@ -625,9 +656,9 @@ def named(terms: Iterable[str], names: frozenset[str]) -> list[str]:
 
 
 def best_line(shown: Sequence[Shown], weights: dict[str, float],
-              names: frozenset[str] = frozenset()) -> tuple[Shown, Line]:
+              focus: Focus = Focus()) -> tuple[Shown, Line]:
     """The best record's best line."""
-    source, record = best_record(shown, weights, names)
+    source, record = best_record(shown, weights, focus)
     return source, best_in(record, weights)
 
 
@@ -652,10 +683,10 @@ def record_text(record: Record, weights: dict[str, float]) -> str:
 
 
 def extractive_answer(shown: Sequence[Shown], weights: dict[str, float],
-                      names: frozenset[str] = frozenset()) -> str:
+                      focus: Focus = Focus()) -> str:
     """The best record quoted with its place and source number: its one line, or its quoted
     lines with the record's line range."""
-    source, record = best_record(shown, weights, names)
+    source, record = best_record(shown, weights, focus)
     said = " … ".join(f'"{line.text}"' for line in quoted(record, weights))
     return f"{place(source.where, record)}: {said} [{source.rank}]"
 
