@@ -228,22 +228,37 @@ def above_floor(hits: list[tuple[int, float]], floor: float) -> list[tuple[int, 
 def bm25(store: Store, question: str, allowed: set[int] | None,
          k: int) -> list[tuple[int, float]]:
     """The k best (passage id, BM25 score) by the store's full-text search, as `search`: any of
-    the question's terms, adjacent word pairs or compounds written the other way."""
+    the question's terms, adjacent word pairs or compounds written the other way; those
+    holding a number as the question binds it to a word (`bound_numbers`) first."""
     terms = search_terms(question)
     terms += (word_pairs(question) + compound_forms(question))[:MAX_TERMS - len(terms)]
+    bound = bound_numbers(question)
     limit = SEARCH_FETCH * k
     while True:
         with store.read() as conn:
-            hits = q.search_passages(conn, terms, limit)
+            # the passages writing a number after its word as the question does come first
+            first = q.search_passages(conn, terms, limit, bound) if bound else []
+            rest = q.search_passages(conn, terms, limit)
+        ahead = {hit.id for hit in first}
+        hits = first + [hit for hit in rest if hit.id not in ahead]
         picked: dict[str, tuple[int, float]] = {}
         for hit in hits:
             if (allowed is None or hit.id in allowed) and hit.text_hash not in picked:
                 picked[hit.text_hash] = (hit.id, float(hit.score))
             if len(picked) == k:
                 return list(picked.values())
-        if len(hits) < limit:  # every match was read
+        if len(rest) < limit:  # every match was read
             return list(picked.values())
         limit *= 8
+
+
+def bound_numbers(question: str) -> list[str]:
+    """The numbers the question gives after a word, with the word, as phrases: "TID 3" of
+    "How many bytes did TID 3 send?". A passage holding one names what the question names;
+    Spark's many passages of "(TID 838)" hold more of its other words, and a 3 elsewhere."""
+    words = question_words(question)
+    return [f"{word} {number}" for word, number in zip(words, words[1:], strict=False)
+            if word.isalpha() and word.lower() not in STOP_WORDS and number.isdigit()]
 
 
 def fuse(rankings: Sequence[Sequence[tuple[int, float]]], k: int,

@@ -477,3 +477,131 @@ def test_log_lines_after_blank_lines_keep_their_numbers(tmp_path):
     assert file_line_numbers(whole) is None  # nothing skipped: counted, the file not read
     log.write_text("rotated\n")  # changed since: counted rather than guessed
     assert file_line_numbers(place) is None
+
+
+ROOT_CAUSE = """Root cause
+
+The datanode stored its block files on the root volume because the mount of /data3 failed at
+boot on 2026-03-02 and nobody noticed. For twelve days the root volume filled at about
+4.1 GB per hour of load. When it was full, the DataXceiver threads raised exceptions on each
+block, yet the datanode process stayed up and kept sending heartbeats."""
+
+
+def test_a_reports_sentence_wrapped_over_lines_is_one_record(tmp_path):
+    """A sentence cut by the report's line wrap is quoted whole and cited by every line it
+    is written on: the half before the wrap held the question's words, the half after the
+    answer."""
+    report = tmp_path / "postmortem.md"
+    report.write_text(f"# Postmortem INC-2041\n\n## {ROOT_CAUSE}\n")
+    place = SimpleNamespace(text=ROOT_CAUSE, first_line=3, last_line=8, path=str(report),
+                            heading="Postmortem INC-2041 > Root cause", kind="report")
+    question = "How fast did the root volume of the datanode fill up?"
+    frequencies = {"root": 9, "volume": 7, "datanode": 40, "fast": 1, "fill": 1, "up": 150}
+    found = gather(question, [(7, 1.0)], True, {7: place}, frequencies, 4000)
+    reply = found.quote()
+    assert reply.text == ('postmortem.md:6-7: "For twelve days the root volume filled at about '
+                          '4.1 GB per hour of load." [1]')
+    assert reply.sources[0].cited_lines[:2] == [6, 7]  # the best first, each line once
+    assert sorted(reply.sources[0].cited_lines) == [5, 6, 7]
+    # as a log, the same lines are a record each: the number is cut off the line quoted
+    as_log = evidence.records(ROOT_CAUSE, 3, file_line_numbers(place))
+    assert (Line(6, "boot on 2026-03-02 and nobody noticed. For twelve days the root volume "
+                    "filled at about"),) in as_log
+
+
+def test_a_reports_headings_tables_and_list_items_are_not_joined_into_sentences():
+    text = "\n".join([
+        "Capacity test CT-77: Spark log aggregation",  # a title: no sentence goes on below
+        "This report measures the job.",
+        "| R1 | 24 executors | 41 min",
+        "| R2 | 48 executors | 47 min",
+        "1. The daily volume fits the window with a margin of 3 hours 8 minutes at",
+        "   96 executors.",
+        "* Raise executor memory to 16 GB",
+        "* Repeat the test as CT-78. It runs in August 2026 or when the daily volume passes",
+        "2.5 TB.",
+        "===============",
+    ])
+    records = evidence.records(text, 1, None, prose=True)
+    assert [(line.number, line.last, line.text) for (line,) in records] == [
+        (1, None, "Capacity test CT-77: Spark log aggregation"),
+        (2, None, "This report measures the job."),
+        (3, None, "| R1 | 24 executors | 41 min"),
+        (4, None, "| R2 | 48 executors | 47 min"),
+        (5, 6, "1. The daily volume fits the window with a margin of 3 hours 8 minutes at "
+               "96 executors."),
+        (7, None, "* Raise executor memory to 16 GB"),
+        (8, None, "* Repeat the test as CT-78."),
+        (8, 9, "It runs in August 2026 or when the daily volume passes 2.5 TB."),
+        (10, None, "==============="),
+    ]
+    assert evidence.place("ct-77.rst", records[4]) == "ct-77.rst:5-6"
+
+
+def test_the_best_record_holds_what_the_question_names():
+    """A report's sentence holds many of the question's words; the log line holding the one
+    it quotes is the answer."""
+    question = ("Someone attempted an SSH login with the nonexistent account name 'chen'. "
+                "Where did that attempt come from?")
+    runbook = Line(None, "Each SSH login attempt of an account name that does not exist is "
+                         "counted, and someone is paged when an attempt comes from the VPN.")
+    sshd = Line(22, "Dec 10 07:11:42 LabSZ sshd[24224]: Invalid user chen from 202.100.179.208")
+    shown = [Shown(1, "runbook.pdf", [runbook], [runbook]), Shown(2, "sshd.log", [sshd], [sshd])]
+    weights = evidence.term_weights(search_terms(question), [runbook.text, sshd.text],
+                                    quoted_words(question))
+    assert evidence.best_record(shown, weights, evidence.Focus(quoted_words(question)))[1] == (
+        sshd,)
+    assert evidence.best_record(shown, weights)[1] == (runbook,)  # 'chen' weighed, not named
+
+
+def test_a_reports_line_is_weighed_with_its_title_and_section():
+    """The title names the report's subject, so it holds words of every question about the
+    report; a line under it holds them too."""
+    question = "How many executors does the capacity test recommend for logagg-daily?"
+    title = Line(2, "Capacity test CT-77: Spark log aggregation on ETL")
+    advice = Line(57, "* Run logagg-daily with 96 executors; do not go above 100.")
+    head = "Capacity test CT-77: Spark log aggregation on ETL"
+    weights = evidence.term_weights(search_terms(question), [title.text, advice.text])
+    shown = [Shown(1, "ct-77.rst", [title], [title], heading=head),
+             Shown(2, "ct-77.rst", [advice], [advice], heading=f"{head} > Recommendations")]
+    assert evidence.best_record(shown, weights)[1] == (advice,)
+    bare = [Shown(s.rank, s.where, s.lines, s.cited) for s in shown]
+    assert evidence.best_record(bare, weights)[1] == (title,)
+
+
+@pytest.mark.parametrize("question, lines, answer", [
+    ("Which IP address tried to log in as the invalid user pgadmin?",
+     ["Dec 10 07:28:03 LabSZ sshd[24245]: input_userauth_request: invalid user pgadmin "
+      "[preauth]",
+      "Dec 10 07:28:01 LabSZ sshd[24245]: Invalid user pgadmin from 112.95.230.3"], 1),
+    ("How long did reading broadcast variable 2 take?",
+     ["17/06/09 20:10:48 INFO broadcast.TorrentBroadcast: Started reading broadcast variable 2",
+      "17/06/09 20:10:48 INFO broadcast.TorrentBroadcast: Reading broadcast variable 2 took "
+      "16 ms"], 1),
+    # the shape alone does not choose a line that holds too little of the question
+    ("How long did reading broadcast variable 2 take?",
+     ["17/06/09 20:10:48 INFO broadcast.TorrentBroadcast: Started reading broadcast variable 2",
+      "17/06/09 20:10:49 INFO storage.MemoryStore: Block taken in 16 ms"], 0),
+])
+def test_a_line_of_the_asked_shape_answers(question, lines, answer):
+    records = [(Line(i + 1, text),) for i, text in enumerate(lines)]
+    shown = [Shown(1, "x.log", [r[0] for r in records], [r[0] for r in records], records)]
+    weights = evidence.term_weights(search_terms(question), lines)
+    focus = evidence.Focus(shape=evidence.answer_shape(question))
+    assert evidence.best_record(shown, weights, focus)[1] == records[answer]
+    assert evidence.best_record(shown, weights)[1] == records[0]  # shape unasked: the first
+
+
+@pytest.mark.parametrize("question, written, other", [
+    ("Which IP address did it come from?", "from 10.4.17.22 port 22", "from host-7"),
+    ("What is the MAC address of eth0?", None, None),
+    ("Which port did the listener start on?", "listener on port 62270", "listener started"),
+    ("How long did the stall last?", "stalled for 2 hours 35 minutes", "stalled on dn-17"),
+    ("What phone number do you call?", "call +44 20 7946 0321", "call the lead"),
+    ("Which user logged in?", None, None),
+])
+def test_the_answer_shape_a_question_asks_for(question, written, other):
+    shape = evidence.answer_shape(question)
+    assert (shape is None) == (written is None)
+    if shape is not None:
+        assert shape.search(written) and not shape.search(other)

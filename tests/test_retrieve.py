@@ -23,6 +23,8 @@ from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.matrix import MemoryFileError
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # one line a file, so that each is a passage of its own
 LINES = {
     "cups.log": "Jul  3 04:07:55 combo cups: cupsd startup succeeded",
@@ -188,3 +190,20 @@ def test_clara_ranking_is_fused_with_bm25(sqlite_ingester, e2e, e2e_dir, base_di
     assert [r["sources"][0]["passage_id"] for r in replies] == [
         ids["b3.log"], ids["b11.log"], ids["b17.log"]]
     assert all(len(r["sources"]) == 5 for r in replies)
+
+
+def test_a_number_written_after_its_word_ranks_first(ingester, tmp_path):
+    """"TID 3" names task 3: the passage that writes it so comes before Spark's many that hold
+    more of the question's other words and a 3 that belongs to something else."""
+    spark = ROOT.parent / "shared" / "data" / "loghub" / "Spark_2k.log"
+    if not spark.exists():
+        pytest.skip("the shared loghub logs are not here")
+    (tmp_path / "spark.log").write_bytes(spark.read_bytes())
+    ingester.ingest(tmp_path / "spark.log")
+    question = "How many bytes of result did TID 3 send to the driver?"
+    (best, _), *_ = bm25(ingester.store, question, None, 5)
+    with ingester.store.read() as conn:
+        assert "(TID 3)." in q.passage_places(conn, [best])[best].text
+    assert retrieve.bound_numbers(question) == ["TID 3"]
+    assert retrieve.bound_numbers("How many tasks of stage 99 ran on executor 12?") == [
+        "stage 99", "executor 12"]

@@ -254,6 +254,7 @@ class Evidence:
     sources: list[Source]
     shown: list[evidence.Shown]  # empty: the evidence is weak, the model is not asked
     weights: dict[str, float]  # the question's terms by weight
+    focus: evidence.Focus = evidence.Focus()
 
     def passages(self) -> list[Passage]:
         """The sources as the prompt shows them."""
@@ -265,8 +266,8 @@ class Evidence:
 
     def quote(self) -> Reply:
         """The best record quoted with its place: the answer without the model."""
-        return self.checked(evidence.extractive_answer(self.shown, self.weights), self.shown,
-                            dropped=0, extractive=True)
+        return self.checked(evidence.extractive_answer(self.shown, self.weights, self.focus),
+                            self.shown, dropped=0, extractive=True)
 
     def reply(self, text: str, held: int) -> Reply:
         """The generated text checked: citations of sources not held dropped, and an
@@ -277,15 +278,16 @@ class Evidence:
         if not shown or SAID_NOT_FOUND.match(text):
             return self.not_found()
         text, dropped = evidence.drop_citations(text, {s.rank for s in shown})
-        _, best = evidence.best_line(shown, self.weights)
+        _, best = evidence.best_line(shown, self.weights, self.focus)
         extractive = not evidence.grounded(text, best, shown, self.question)
         if extractive:
-            text = evidence.extractive_answer(shown, self.weights)
+            text = evidence.extractive_answer(shown, self.weights, self.focus)
         return self.checked(text, shown, dropped, extractive)
 
     def checked(self, text: str, shown: list[evidence.Shown], dropped: int,
                 extractive: bool) -> Reply:
-        lines = {s.rank: [line.number for line in s.cited if line.number is not None]
+        # two of a report's sentences may share the line one ends and the next starts on
+        lines = {s.rank: list(dict.fromkeys(n for line in s.cited for n in line.span()))
                  for s in shown}
         return Reply(text, [Cited(rank, pid, score, lines.get(rank, []), rank in lines)
                             for rank, pid, score in self.sources],
@@ -301,8 +303,10 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
     if not matched or weak_evidence(question, texts):
         return Evidence(question, ranked(hits), [], {})
     records = {pid: evidence.records(places[pid].text, places[pid].first_line,
-                                     file_line_numbers(places[pid])) for pid, _ in hits}
+                                     file_line_numbers(places[pid]), places[pid].kind != "log")
+               for pid, _ in hits}
     words, names = search_terms(question), quoted_words(question)
+    focus = evidence.Focus(names, evidence.answer_shape(question))
     weights = evidence.term_weights(words, [line.text for rs in records.values()
                                             for record in rs for line in record], names)
     shown: dict[int, evidence.Shown] = {}
@@ -312,11 +316,11 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         first = not shown
         found = evidence.show(len(shown) + 1, Path(places[pid].path).name, records[pid],
                               weights, BEST_SOURCE_LINES if first else SOURCE_LINES,
-                              CONTEXT_LINES if first else 0)
+                              CONTEXT_LINES if first else 0, places[pid].heading or "")
         if found is not None:
             shown[pid] = found
     if shown:
-        source, best = evidence.best_record(list(shown.values()), weights)
+        source, best = evidence.best_record(list(shown.values()), weights, focus)
         pid = next(pid for pid, s in shown.items() if s is source)
         held = (f"{evidence.record_text(best, weights)}\n{places[pid].heading or ''}\n"
                 f"{Path(source.where).stem}")
@@ -328,7 +332,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)
-    return Evidence(question, ranked(hits), list(shown.values()), weights)
+    return Evidence(question, ranked(hits), list(shown.values()), weights, focus)
 
 
 def about(place) -> str:

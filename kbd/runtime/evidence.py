@@ -63,11 +63,28 @@ MAX_RECORD_LINES = 50  # a longer run of continuation lines is cut: no head was 
 CITATION = re.compile(r"\s?\[(\d+(?:\s*,\s*\d+)*)\]")
 MAX_LINE_CHARS = 240  # a longer line (a report's paragraph) is shown by its sentences
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+SENTENCE_STOP = re.compile(r"[.!?:][\"')\]]*$")  # a line ending so ends its sentence
+LIST_ITEM = re.compile(r"\s*(?:[*+-]|\d{1,3}[.)])\s+")
+# a report's line of words, a list item's or not; not a table's row, a rule, a Markdown
+# heading or a field (`:Author:`)
+PROSE = re.compile(r"\s*(?:(?:[*+-]|\d{1,3}[.)])\s+)?[\w(\"'`“‘]")
+WRAP_WIDTH = 60  # a line this long that ends mid-sentence was wrapped; a title is shorter
 SPECIFIC_WEIGHT = 3.0  # an id, number or address in the question says more than a word
 # Words that name what is asked or frame the question ("which IP", "what time", "someone"):
 # the line holds the answer, not these words, so their absence says nothing
 ANSWER_WORDS = frozenset("""address addresses ip port ports host machine node user client value
 number date day hour time times first last many much someone us""".split())
+# what a question asks for, and how a line writes it
+ANSWER_SHAPES = [(re.compile(asks, re.I), re.compile(shape, re.I)) for asks, shape in [
+    (r"\bip\b|(?<!mail )(?<!mac )(?<!memory )\baddress(?:es)?\b",
+     r"(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])"),
+    (r"\bports?\b", r"\bport\W{0,3}\d{1,5}\b|(?<=[\w\]]):\d{2,5}\b"),
+    (r"\bhow long\b|\bduration\b",
+     r"\b\d+(?:\.\d+)?\s?(?:ms|msecs?|µs|us|ns|s|secs?|seconds?|mins?|minutes?|h|hrs?|hours?"
+     r"|days?)\b"),
+    (r"\bphone\b", r"\+?\d[\d ()-]{6,}\d"),
+]]
+SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
 COVERAGE_FLOOR = 0.36  # the share of the question's weight the best line must hold. On the
 # dev questions, quoting: 0.34 declined 39 of 50 unanswerable ones and 15 of 189 answerable,
 # 0.36 and 0.38 43 and 14 to 17, 0.40 43 and 19 (bench/results/answers.json has the held-out)
@@ -77,6 +94,13 @@ COVERAGE_FLOOR = 0.36  # the share of the question's weight the best line must h
 class Line:
     number: int | None  # the file's line (1-based); None where unknown (a PDF's page)
     text: str
+    last: int | None = None  # the line a report's sentence wrapped onto ends on
+
+    def span(self) -> list[int]:
+        """The file lines it is written on."""
+        if self.number is None:
+            return []
+        return list(range(self.number, (self.last or self.number) + 1))
 
 
 Record = tuple[Line, ...]  # one logged event's lines in file order, its head (first) line first
@@ -92,9 +116,24 @@ class Shown:
     cited: list[Line]  # the matching lines, best first
     records: list[Record] = field(default_factory=list)  # the matching records, best first;
     # none given: each cited line is one
+    heading: str = ""  # a report's title and section the lines are under
 
     def __post_init__(self) -> None:
         self.records = self.records or [(line,) for line in self.cited]
+
+
+@dataclass(frozen=True)
+class Focus:
+    """What the question names and asks for, beyond its weighed words."""
+
+    names: frozenset[str] = frozenset()  # the words it quotes
+    shape: re.Pattern | None = None  # what a line answering it writes (`answer_shape`)
+
+
+def answer_shape(question: str) -> re.Pattern | None:
+    """What a line answering the question writes, where its words say: an IP address for
+    "Which IP address", a port's number, a duration for "How long", a phone number."""
+    return next((shape for asks, shape in ANSWER_SHAPES if asks.search(question)), None)
 
 
 def stem(word: str) -> str:
@@ -369,17 +408,51 @@ def units(text: str, first_line: int | None, numbers: Sequence[int | None] | Non
             for piece in pieces(line)]
 
 
-def records(text: str, first_line: int | None,
-            numbers: Sequence[int | None] | None) -> list[Record]:
+def records(text: str, first_line: int | None, numbers: Sequence[int | None] | None,
+            prose: bool = False) -> list[Record]:
     """A passage's units grouped into records (`line_groups`); a record of one line is one
-    record per sentence, as `units` cuts it."""
+    record per sentence, as `units` cuts it. A report's (`prose`) records are its
+    sentences, wrapped over lines or not (`sentences`)."""
     texts = text.split("\n")
     numbers = line_numbers(texts, first_line, numbers)
+    if prose:
+        return [(line,) for line in sentences(texts, numbers)]
     out: list[Record] = []
     for group in line_groups(texts):
         lines = [Line(numbers[i], piece) for i in group for piece in pieces(texts[i])]
         out.extend([(line,) for line in lines] if len(group) == 1 else [tuple(lines)])
     return out
+
+
+def sentences(texts: Sequence[str], numbers: Sequence[int | None]) -> list[Line]:
+    """A report's lines as its sentences: a sentence that a line wraps onto the next is one
+    Line spanning both ("the root volume filled at about" / "4.1 GB per hour of load."), and
+    a line holding several is cut. A heading, a table's row or a list item starts anew."""
+    out: list[Line] = []
+    going_on = False  # the last sentence has not ended at the end of its line
+    for i, (text, number) in enumerate(zip(texts, numbers, strict=True)):
+        marker = LIST_ITEM.match(text)
+        start = marker.end() if marker else 0
+        cut = [piece.strip() for piece in SENTENCE_END.split(text[start:]) if piece.strip()]
+        if cut and marker:  # `1. The daily volume`: the item's number is no sentence
+            cut[0] = f"{marker[0].strip()} {cut[0]}"
+        for j, piece in enumerate(cut):
+            if j == 0 and going_on and wraps(text, texts[i - 1]):
+                out[-1] = Line(out[-1].number, f"{out[-1].text} {piece}", number)
+            else:
+                out.append(Line(number, piece))
+        going_on = bool(cut) and not SENTENCE_STOP.search(cut[-1])
+    return out
+
+
+def wraps(text: str, above: str) -> bool:
+    """Whether a report's line goes on with the unended sentence of the line above: both are
+    prose, not a table's row, a rule or a field, and it starts no list item. A capital may
+    start a wrapped line ("Parquet."), but below a short line it starts a sentence below a
+    title."""
+    return (PROSE.match(above) is not None and PROSE.match(text) is not None
+            and LIST_ITEM.match(text) is None
+            and (not text.lstrip()[:1].isupper() or len(above.strip()) >= WRAP_WIDTH))
 
 
 def line_numbers(texts: Sequence[str], first_line: int | None,
@@ -452,7 +525,7 @@ def head_shape(shapes: Sequence[str]) -> str | None:
 
 
 def show(rank: int, where: str, records: list[Record], weights: dict[str, float],
-         matches: int, context: int) -> Shown | None:
+         matches: int, context: int, heading: str = "") -> Shown | None:
     """The source's best `matches` records by matched weight (the others at least half the
     best one's: a record holding only a common term is no match), each cited by its best
     line, and its head where that holds terms the best line lacks; shown by its best line
@@ -474,7 +547,7 @@ def show(rank: int, where: str, records: list[Record], weights: dict[str, float]
                 weights, lines[at].text):
             cited.append(records[i][0])
     return Shown(rank, where, [lines[j] for j in sorted(keep)], cited,
-                 [records[i] for i in best])
+                 [records[i] for i in best], heading)
 
 
 def drop_citations(text: str, held: set[int]) -> tuple[str, int]:
@@ -553,15 +626,39 @@ def best_in(record: Record, weights: dict[str, float]) -> Line:
     return max(record, key=lambda line: line_weight(line.text, weights))
 
 
-def best_record(shown: Sequence[Shown], weights: dict[str, float]) -> tuple[Shown, Record]:
-    """The matching record with the most matched weight; of equals, the better-ranked."""
-    return max(((s, record) for s in shown for record in s.records),
-               key=lambda p: (record_weight(p[1], weights), -p[0].rank))
+def best_record(shown: Sequence[Shown], weights: dict[str, float],
+                focus: Focus = Focus()) -> tuple[Shown, Record]:
+    """The matching record holding the most of what the question names (`named`), then with
+    the most matched weight; of equals, the better-ranked. A report's long sentence holds
+    many of a question's words, and the log line holding its quoted 'chen' only that. A
+    report's line is weighed with its title and section: else its title, which names the
+    report's subject, would answer every question about the report. Where the question asks
+    for a shape (`answer_shape`), a record writing it is chosen over a better one that does
+    not, if it holds as much of what is named and SHAPE_SHARE of the weight: sshd's "Invalid
+    user pgadmin from 112.95.230.3" over "invalid user pgadmin [preauth]" for the IP."""
+    named_weights = {t: weights[t] for t in named(weights, focus.names)}
+
+    def text(source: Shown, record: Record) -> str:
+        return "\n".join([source.heading, *(line.text for line in record)])
+
+    scored = [(line_weight(text(s, r), named_weights), line_weight(text(s, r), weights), -s.rank,
+               s, r) for s in shown for r in s.records]
+    top = max(scored, key=lambda x: x[:3])
+    shaped = [x for x in scored if x[0] == top[0] and x[1] >= SHAPE_SHARE * top[1]
+              and focus.shape is not None and focus.shape.search(text(x[3], x[4]))]
+    return max(shaped or [top], key=lambda x: x[:3])[3:]
 
 
-def best_line(shown: Sequence[Shown], weights: dict[str, float]) -> tuple[Shown, Line]:
+def named(terms: Iterable[str], names: frozenset[str]) -> list[str]:
+    """The terms that name what the question is about: the words it quotes, and its ids and
+    addresses (a specific with more than digits: a bare number is often a count)."""
+    return [t for t in terms if t.lower() in names or SPECIFIC.fullmatch(t) and not t.isdigit()]
+
+
+def best_line(shown: Sequence[Shown], weights: dict[str, float],
+              focus: Focus = Focus()) -> tuple[Shown, Line]:
     """The best record's best line."""
-    source, record = best_record(shown, weights)
+    source, record = best_record(shown, weights, focus)
     return source, best_in(record, weights)
 
 
@@ -585,17 +682,18 @@ def record_text(record: Record, weights: dict[str, float]) -> str:
     return "\n".join(line.text for line in quoted(record, weights))
 
 
-def extractive_answer(shown: Sequence[Shown], weights: dict[str, float]) -> str:
+def extractive_answer(shown: Sequence[Shown], weights: dict[str, float],
+                      focus: Focus = Focus()) -> str:
     """The best record quoted with its place and source number: its one line, or its quoted
     lines with the record's line range."""
-    source, record = best_record(shown, weights)
+    source, record = best_record(shown, weights, focus)
     said = " … ".join(f'"{line.text}"' for line in quoted(record, weights))
     return f"{place(source.where, record)}: {said} [{source.rank}]"
 
 
 def place(where: str, record: Record) -> str:
     """The file's name with the record's line, or its first and last lines, where known."""
-    numbers = [line.number for line in record if line.number is not None]
+    numbers = [number for line in record for number in line.span()]
     if not numbers:
         return where
     if numbers[0] == numbers[-1]:

@@ -281,31 +281,46 @@ def candidates_through(conn: Connection, model: str | None) -> int:
     return newest if waiting is None else waiting - 1
 
 
-def search_passages(conn: Connection, terms: Sequence[str], limit: int) -> list[Row]:
-    """Live passages holding any of the terms (each one matched as a phrase), best first by
-    the database's BM25-style ranking: (id, text_hash, score), higher scores better."""
+def search_passages(conn: Connection, terms: Sequence[str], limit: int,
+                    held: Sequence[str] = ()) -> list[Row]:
+    """Live passages holding any of the terms (each one matched as a phrase), and one of the
+    `held` phrases if any are given, best first by the database's BM25-style ranking of the
+    terms: (id, text_hash, score), higher scores better."""
     if not terms:
         return []
     if conn.dialect.name == "sqlite":
         # each term a quoted FTS5 string, so its punctuation and words like NEAR are text
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        match = " OR ".join(fts5_string(t) for t in terms)
+        if held:
+            match = f"({match}) AND ({' OR '.join(fts5_string(t) for t in held)})"
         return list(conn.execute(sql(
             "SELECT p.id, p.text_hash, -bm25(passages_fts) AS score FROM passages_fts "
             "JOIN passages p ON p.id = passages_fts.rowid WHERE passages_fts MATCH :match "
             "ORDER BY score DESC, p.id DESC LIMIT :limit"), {"match": match, "limit": limit}))
     params = {f"t{i}": t for i, t in enumerate(terms)}
-    # a phrase PostgreSQL would cut short, dropping a stop word of its own (`out` of "time
-    # out", a cut of the question's `timeout`), is left out: the word left is a term already
-    # or one the question does not have, which would find every passage holding it
-    query = " || ".join(
+    held_params = {f"h{i}": t for i, t in enumerate(held)}
+    held_match = (" AND p.search_vector @@ (" + " || ".join(
+        f"phraseto_tsquery('english', :{name})" for name in held_params) + ")") if held else ""
+    return list(conn.execute(sql(
+        f"SELECT p.id, p.text_hash, ts_rank_cd(p.search_vector, q.query) AS score "
+        f"FROM passages p, (SELECT {any_phrase(params)} AS query) q "
+        f"WHERE p.live AND p.search_vector @@ q.query{held_match} "
+        "ORDER BY score DESC, p.id DESC LIMIT :limit"), params | held_params | {"limit": limit}))
+
+
+def fts5_string(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+def any_phrase(params: dict[str, str]) -> str:
+    """A tsquery matching any of the named phrases. A phrase PostgreSQL would cut short,
+    dropping a stop word of its own (`out` of "time out", a cut of the question's `timeout`),
+    is left out: the word left is a term already or one the question does not have, which
+    would find every passage holding it."""
+    return " || ".join(
         f"(CASE WHEN numnode(phraseto_tsquery('english', :{name})) = "
         f"numnode(phraseto_tsquery('simple', :{name})) THEN phraseto_tsquery('english', :{name}) "
         "ELSE ''::tsquery END)" for name in params)
-    return list(conn.execute(sql(
-        f"SELECT p.id, p.text_hash, ts_rank_cd(p.search_vector, q.query) AS score "
-        f"FROM passages p, (SELECT {query} AS query) q "
-        "WHERE p.live AND p.search_vector @@ q.query "
-        "ORDER BY score DESC, p.id DESC LIMIT :limit"), params | {"limit": limit}))
 
 
 def term_frequencies(conn: Connection, terms: Sequence[str], cap: int) -> dict[str, int]:
@@ -321,7 +336,7 @@ def term_frequencies(conn: Connection, terms: Sequence[str], cap: int) -> dict[s
                  "p.search_vector @@ phraseto_tsquery('english', :match) LIMIT :cap) t) END")
     sqlite = conn.dialect.name == "sqlite"
     return {term: conn.execute(sql(query), {
-        "match": '"' + term.replace('"', '""') + '"' if sqlite else term, "cap": cap,
+        "match": fts5_string(term) if sqlite else term, "cap": cap,
     }).scalar_one() for term in terms}
 
 
@@ -337,7 +352,7 @@ def passages_with_all(conn: Connection, terms: Sequence[str], limit: int) -> lis
         return []
     order = "ORDER BY p.document_id, p.first_line, p.page, p.id LIMIT :limit"
     if conn.dialect.name == "sqlite":
-        match = " AND ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        match = " AND ".join(fts5_string(t) for t in terms)
         ids = conn.execute(sql(
             "SELECT p.id FROM passages_fts JOIN passages p ON p.id = passages_fts.rowid "
             f"WHERE passages_fts MATCH :match AND p.live {order}"),
