@@ -57,7 +57,7 @@ class TestSchema:
         with store.engine.connect() as conn:
             assert compare_metadata(autogenerate_context(conn), metadata) == []
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() \
-                == "0014"
+                == "0015"
 
     def test_older_database_upgrades_on_open(self, store_url, tmp_path):
         """A database left by a kbd at revision 0001, with data, is upgraded in place."""
@@ -84,6 +84,31 @@ class TestSchema:
         store = Store.open(store_url, tmp_path / "memory")
         with store.read() as conn:
             assert [d.path for d in q.live_documents(conn)] == ["/w/a\\xff.log"]
+        store.close()
+
+    def test_a_reports_heading_becomes_searchable_on_upgrade(self, store_url, tmp_path):
+        """0015: a report's passage stored before it is found by its heading's words too; a
+        log's passage, with no heading, keeps what it had."""
+        with database_at(store_url, "0014") as conn:
+            for path, kind in [("/r/ct-77.rst", "report"), ("/l/app.log", "log")]:
+                conn.execute(text(
+                    "INSERT INTO documents (path, kind, size, mtime_ns, status, \"offset\", "
+                    "rotations, first_seen, last_seen, changed_at) VALUES (:path, :kind, 1, 1, "
+                    "'ready', 0, 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"),
+                    {"path": path, "kind": kind})
+            conn.execute(text(
+                "INSERT INTO passages (document_id, ordinal, text, text_hash, token_count, "
+                "tokenizer, created_at, heading, search_extra) SELECT id, 0, :text, 'h', 4, "
+                "'tok', CURRENT_TIMESTAMP, :heading, '' FROM documents WHERE kind = :kind"),
+                [{"text": "| R1 | 24 | 41 min |", "heading": "Capacity test CT-77 > Results",
+                  "kind": "report"},
+                 {"text": "quokka capacity exceeded", "heading": None, "kind": "log"}])
+        store = Store.open(store_url, tmp_path / "memory")
+        with store.read() as conn:
+            assert [p.path for p in q.passages_with_all(conn, ["capacity", "R1"], 10)] == [
+                "/r/ct-77.rst"]
+            assert [p.path for p in q.passages_with_all(conn, ["capacity"], 10)] == [
+                "/r/ct-77.rst", "/l/app.log"]
         store.close()
 
     def test_row_ids_become_bigint_on_postgresql(self, postgres_server, tmp_path):

@@ -70,11 +70,13 @@ def glued_parts(token: str) -> list[str]:
     return [p for p in parts if len(p) > 1] if len(parts) > 1 else []
 
 
-def search_extra(text: str) -> str:
+def search_extra(text: str, heading: str | None = None) -> str:
     """What the full-text index holds beside a passage's text: the distinct parts of its glued
-    tokens, so that "calories" finds `totalSteps=7163Calories:153367`."""
+    tokens, so that "calories" finds `totalSteps=7163Calories:153367`, and a report's title
+    and section (its heading), so that a question naming the report ("the capacity test")
+    finds the passage of its answer, not only the title's."""
     parts = dict.fromkeys(p for token in TOKEN.findall(text) for p in glued_parts(token))
-    return " ".join(parts)
+    return " ".join([*parts, heading] if heading else parts)
 
 
 # -- sources -------------------------------------------------------------------------------
@@ -180,7 +182,7 @@ def insert_passages(conn: Connection, document_id: int, cut: Sequence, tokenizer
     at = utcnow()
     conn.execute(insert(passages), [{
         "document_id": document_id, "ordinal": p.ordinal, "text": p.text,
-        "text_hash": text_hash(p.text), "search_extra": search_extra(p.text),
+        "text_hash": text_hash(p.text), "search_extra": search_extra(p.text, p.heading),
         "token_count": p.token_count,
         "first_line": p.first_line, "last_line": p.last_line, "page": p.page,
         "byte_start": p.byte_start, "byte_end": p.byte_end, "heading": p.heading,
