@@ -32,4 +32,3 @@ def upgrade() -> None:
         conn.execute(sa.text("UPDATE passages SET search_extra = :extra WHERE id = :id"),
                      [{"id": r.id, "extra": search_extra(r.text, r.heading)} for r in rows])
         last = rows[-1].id
-
