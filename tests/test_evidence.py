@@ -595,7 +595,8 @@ def test_a_line_of_the_asked_shape_answers(question, lines, answer):
 @pytest.mark.parametrize("question, written, other", [
     ("Which IP address did it come from?", "from 10.4.17.22 port 22", "from host-7"),
     ("What is the MAC address of eth0?", None, None),
-    ("Which port did the listener start on?", "listener on port 62270", "listener started"),
+    ("Which port did the listener start on?", "listener on port 62270", "started at 18:01:53"),
+    ("Which port did it connect to?", "connect to 10.4.17.22:50010", "at 18:01:53"),
     ("How long did the stall last?", "stalled for 2 hours 35 minutes", "stalled on dn-17"),
     ("What phone number do you call?", "call +44 20 7946 0321", "call the lead"),
     ("Which user logged in?", None, None),
@@ -605,3 +606,25 @@ def test_the_answer_shape_a_question_asks_for(question, written, other):
     assert (shape is None) == (written is None)
     if shape is not None:
         assert shape.search(written) and not shape.search(other)
+
+
+def test_a_question_asking_for_several_gets_each_of_them():
+    """"Which ports" asks for every port the matching lines write: each line is quoted with
+    its place and source, one per port."""
+    question = "Which ports did the IPC Server listeners start on?"
+    lines = ["2015-10-18 18:01:52,902 INFO [main] org.apache.hadoop.ipc.Server: IPC Server "
+             "listener started on port 62260",
+             "2015-10-18 18:01:53,510 INFO [main] org.apache.hadoop.ipc.Server: IPC Server "
+             "listener started on port 62270",
+             "2015-10-18 18:01:53,511 INFO [IPC Server Responder] "
+             "org.apache.hadoop.ipc.Server: IPC Server Responder: starting"]
+    shown = [Shown(1, "hadoop.log", [Line(54, lines[1])], [Line(54, lines[1])]),
+             Shown(2, "hadoop.log", [Line(34, lines[0]), Line(35, lines[2])],
+                   [Line(34, lines[0]), Line(35, lines[2])])]
+    weights = evidence.term_weights(search_terms(question), lines)
+    focus = evidence.Focus(shape=evidence.answer_shape(question),
+                           several=evidence.SEVERAL.search(question) is not None)
+    assert evidence.extractive_answer(shown, weights, focus) == (
+        f'hadoop.log:54: "{lines[1]}" [1]; hadoop.log:34: "{lines[0]}" [2]')
+    one = evidence.Focus(shape=focus.shape)  # "Which port": the best line alone
+    assert evidence.extractive_answer(shown, weights, one) == f'hadoop.log:54: "{lines[1]}" [1]'
