@@ -628,3 +628,34 @@ def test_a_question_asking_for_several_gets_each_of_them():
         f'hadoop.log:54: "{lines[1]}" [1]; hadoop.log:34: "{lines[0]}" [2]')
     one = evidence.Focus(shape=focus.shape)  # "Which port": the best line alone
     assert evidence.extractive_answer(shown, weights, one) == f'hadoop.log:54: "{lines[1]}" [1]'
+
+
+@pytest.mark.parametrize("question, attribute", [
+    ("What is the database password?", "password"),
+    ("How much memory does the orders database use?", "memory"),
+    ("How many HDFS bytes did job job_1445144423722_0020 write in total?", "bytes"),
+    ("How many times did sshd log it?", None),  # names the answer's form, not a thing
+    ("What is the size of the block?", None),  # a phrase with "of": its head is not last
+    ("What was the CPU temperature when the host throttled?", None),  # a clause
+    ("Which is the primary node?", None),
+])
+def test_the_attribute_a_question_asks_about(question, attribute):
+    assert evidence.asked_attribute(question) == attribute
+
+
+def test_a_line_without_the_asked_attribute_is_no_answer():
+    """The runbook line holds the orders database and not its password: not found, the
+    nearest sources listed. Where a line holds it, that line answers."""
+    runbook = ("Backups of the orders database run every 18 hours and are kept for 3 days.\n"
+               "The orders database is served by pg-orders-1 on port 5432.")
+    place = SimpleNamespace(text=runbook, first_line=60, last_line=61, kind="report",
+                            path="/docs/orders-runbook.md", heading="Orders runbook > Backups")
+    frequencies = {"database": 3, "orders": 5, "password": 40, "memory": 30}
+    for question in ["What is the database password?",
+                     "How much memory does the orders database use?"]:
+        found = gather(question, [(7, 1.0)], True, {7: place}, frequencies, 4000)
+        assert found.shown == [] and found.not_found().status == "not-found", question
+    place.text += "\nThe orders database password is kept in vault path secret/orders."
+    found = gather("What is the database password?", [(7, 1.0)], True, {7: place},
+                   frequencies, 4000)
+    assert "vault path secret/orders" in found.quote().text

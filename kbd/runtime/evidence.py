@@ -86,8 +86,15 @@ ANSWER_SHAPES = [(re.compile(asks, re.I), re.compile(shape, re.I)) for asks, sha
      r"|days?)\b"),
     (r"\bphone\b", r"\+?\d[\d ()-]{6,}\d"),
 ]]
+# "How much memory does", "How many HDFS bytes did": the amount of what; "What is the
+# database password?": the value of what (a phrase of words only, no clause or "of" after)
+ATTRIBUTE = re.compile(
+    r"^\W*how (?:much|many) (?P<amount>[\w-]+(?: [\w-]+)?) (?:does|did|do|is|are|was|were|has|have"
+    r"|had|will|would|can|could)\b|^\W*(?:what|which) (?:is|was|are|were) the (?P<value>(?:[\w-]+ )"
+    r"{0,3}[\w-]+)\W*$", re.I)
+STOP_LIKE = frozenset("of in on at to for from by with when where while after before".split())
 SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
-SEVERAL = re.compile(r"\b(?:ips|addresses|ports|durations)\b", re.I)  # more than one asked for
+SEVERAL = re.compile(r"\b(?:ips|addresses|ports)\b", re.I)  # more than one asked for
 MAX_QUOTED = 3  # records quoted where the question asks for several
 COVERAGE_FLOOR = 0.36  # the share of the question's weight the best line must hold. On the
 # dev questions, quoting: 0.34 declined 39 of 50 unanswerable ones and 15 of 189 answerable,
@@ -133,6 +140,7 @@ class Focus:
     names: frozenset[str] = frozenset()  # the words it quotes
     shape: re.Pattern | None = None  # what a line answering it writes (`answer_shape`)
     several: bool = False  # it asks for several of the shape ("Which ports")
+    attribute: str | None = None  # what it asks the amount or value of (`asked_attribute`)
 
 
 def answer_shape(question: str) -> re.Pattern | None:
@@ -384,6 +392,19 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
     held += sum(min(weight(t), weight(form)) for t, form in sorted(abbreviated(
         set(terms) - written, text).items()))
     return held / total
+
+
+def asked_attribute(question: str) -> str | None:
+    """The thing a question asks the amount or value of, where its form says: the last word of
+    "How much memory does ..." or of "What is the database password?" (a noun phrase's head
+    is its last word). A line that holds the rest, the database, and not this is about
+    something else of it. None for a word that names the answer's form (`ANSWER_WORDS`:
+    times, number)."""
+    found = ATTRIBUTE.search(question)
+    words = (found["amount"] or found["value"]).lower().split() if found else []
+    if not words or STOP_LIKE.intersection(words) or words[-1] in ANSWER_WORDS:
+        return None
+    return (found["amount"] or found["value"]).split()[-1]
 
 
 def contradicted(terms: Iterable[str], text: str) -> set[str]:
@@ -648,7 +669,8 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
                  focus: Focus = Focus()) -> list[tuple[Shown, Record]]:
     """The best record (`best_record`) and, where the question asks for several of its shape
     ("Which ports did the listeners start on?"), the others that would be chosen as well,
-    each writing another value of it, up to MAX_QUOTED."""
+    each writing another value of it, up to MAX_QUOTED. A record holding the attribute the
+    question asks about ("How many reduces") is chosen as one writing its shape is."""
     named_weights = {t: weights[t] for t in named(weights, focus.names)}
 
     def text(source: Shown, record: Record) -> str:
@@ -657,15 +679,19 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
     scored = [(line_weight(text(s, r), named_weights), line_weight(text(s, r), weights), -s.rank,
                s, r) for s in shown for r in s.records]
     top = max(scored, key=lambda x: x[:3])
-    shaped = sorted((x for x in scored if x[0] == top[0] and x[1] >= SHAPE_SHARE * top[1]
-                     and focus.shape is not None and focus.shape.search(text(x[3], x[4]))),
-                    key=lambda x: x[:3], reverse=True)
-    if not shaped:
+    def writes_what_is_asked(said: str) -> bool:
+        return ((focus.shape is None or focus.shape.search(said) is not None)
+                and (focus.attribute is None or bool(matched_terms([focus.attribute], said))))
+
+    fitting = sorted((x for x in scored if x[0] == top[0] and x[1] >= SHAPE_SHARE * top[1]
+                      and writes_what_is_asked(text(x[3], x[4]))), key=lambda x: x[:3],
+                     reverse=True) if focus.shape or focus.attribute else []
+    if not fitting:
         return [top[3:]]
-    if not focus.several:
-        return [shaped[0][3:]]
+    if not (focus.several and focus.shape):
+        return [fitting[0][3:]]
     chosen, values = [], set()
-    for x in shaped:
+    for x in fitting:
         value = focus.shape.search(text(x[3], x[4]))[0]
         if value not in values and len(chosen) < MAX_QUOTED:
             chosen.append(x[3:])
