@@ -521,6 +521,8 @@ def test_a_reports_headings_tables_and_list_items_are_not_joined_into_sentences(
         "* Repeat the test as CT-78. It runs in August 2026 or when the daily volume passes",
         "2.5 TB.",
         "===============",
+        "Listening on 10.108.244.189:5432",  # a log's lines pasted into a report
+        "_SYSTEMD_UNIT=payments.service",
     ])
     records = evidence.records(text, 1, None, prose=True)
     assert [(line.number, line.last, line.text) for (line,) in records] == [
@@ -534,6 +536,8 @@ def test_a_reports_headings_tables_and_list_items_are_not_joined_into_sentences(
         (8, None, "* Repeat the test as CT-78."),
         (8, 9, "It runs in August 2026 or when the daily volume passes 2.5 TB."),
         (10, None, "==============="),
+        (11, None, "Listening on 10.108.244.189:5432"),
+        (12, None, "_SYSTEMD_UNIT=payments.service"),
     ]
     assert evidence.place("ct-77.rst", records[4]) == "ct-77.rst:5-6"
 

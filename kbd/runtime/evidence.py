@@ -473,11 +473,13 @@ def sentences(texts: Sequence[str], numbers: Sequence[int | None]) -> list[Line]
 
 def wraps(text: str, above: str) -> bool:
     """Whether a report's line goes on with the unended sentence of the line above: both are
-    prose, not a table's row, a rule or a field, and it starts no list item. A capital may
+    prose, not a table's row, a rule or a field (`:Author:`, `_PID=8149`), and it starts no
+    list item. A capital may
     start a wrapped line ("Parquet."), but below a short line it starts a sentence below a
     title."""
     return (PROSE.match(above) is not None and PROSE.match(text) is not None
             and LIST_ITEM.match(text) is None
+            and not FIELD_START.match(text) and not FIELD_START.match(above)
             and (not text.lstrip()[:1].isupper() or len(above.strip()) >= WRAP_WIDTH))
 
 
