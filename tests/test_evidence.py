@@ -521,6 +521,8 @@ def test_a_reports_headings_tables_and_list_items_are_not_joined_into_sentences(
         "* Repeat the test as CT-78. It runs in August 2026 or when the daily volume passes",
         "2.5 TB.",
         "===============",
+        "Listening on 10.108.244.189:5432",  # a log's lines pasted into a report
+        "_SYSTEMD_UNIT=payments.service",
     ])
     records = evidence.records(text, 1, None, prose=True)
     assert [(line.number, line.last, line.text) for (line,) in records] == [
@@ -534,6 +536,8 @@ def test_a_reports_headings_tables_and_list_items_are_not_joined_into_sentences(
         (8, None, "* Repeat the test as CT-78."),
         (8, 9, "It runs in August 2026 or when the daily volume passes 2.5 TB."),
         (10, None, "==============="),
+        (11, None, "Listening on 10.108.244.189:5432"),
+        (12, None, "_SYSTEMD_UNIT=payments.service"),
     ]
     assert evidence.place("ct-77.rst", records[4]) == "ct-77.rst:5-6"
 
@@ -595,7 +599,8 @@ def test_a_line_of_the_asked_shape_answers(question, lines, answer):
 @pytest.mark.parametrize("question, written, other", [
     ("Which IP address did it come from?", "from 10.4.17.22 port 22", "from host-7"),
     ("What is the MAC address of eth0?", None, None),
-    ("Which port did the listener start on?", "listener on port 62270", "listener started"),
+    ("Which port did the listener start on?", "listener on port 62270", "started at 18:01:53"),
+    ("Which port did it connect to?", "connect to 10.4.17.22:50010", "at 18:01:53"),
     ("How long did the stall last?", "stalled for 2 hours 35 minutes", "stalled on dn-17"),
     ("What phone number do you call?", "call +44 20 7946 0321", "call the lead"),
     ("Which user logged in?", None, None),
@@ -605,3 +610,56 @@ def test_the_answer_shape_a_question_asks_for(question, written, other):
     assert (shape is None) == (written is None)
     if shape is not None:
         assert shape.search(written) and not shape.search(other)
+
+
+def test_a_question_asking_for_several_gets_each_of_them():
+    """"Which ports" asks for every port the matching lines write: each line is quoted with
+    its place and source, one per port."""
+    question = "Which ports did the IPC Server listeners start on?"
+    lines = ["2015-10-18 18:01:52,902 INFO [main] org.apache.hadoop.ipc.Server: IPC Server "
+             "listener started on port 62260",
+             "2015-10-18 18:01:53,510 INFO [main] org.apache.hadoop.ipc.Server: IPC Server "
+             "listener started on port 62270",
+             "2015-10-18 18:01:53,511 INFO [IPC Server Responder] "
+             "org.apache.hadoop.ipc.Server: IPC Server Responder: starting"]
+    shown = [Shown(1, "hadoop.log", [Line(54, lines[1])], [Line(54, lines[1])]),
+             Shown(2, "hadoop.log", [Line(34, lines[0]), Line(35, lines[2])],
+                   [Line(34, lines[0]), Line(35, lines[2])])]
+    weights = evidence.term_weights(search_terms(question), lines)
+    focus = evidence.Focus(shape=evidence.answer_shape(question),
+                           several=evidence.SEVERAL.search(question) is not None)
+    assert evidence.extractive_answer(shown, weights, focus) == (
+        f'hadoop.log:54: "{lines[1]}" [1]; hadoop.log:34: "{lines[0]}" [2]')
+    one = evidence.Focus(shape=focus.shape)  # "Which port": the best line alone
+    assert evidence.extractive_answer(shown, weights, one) == f'hadoop.log:54: "{lines[1]}" [1]'
+
+
+@pytest.mark.parametrize("question, attribute", [
+    ("What is the database password?", "password"),
+    ("How much memory does the orders database use?", "memory"),
+    ("How many HDFS bytes did job job_1445144423722_0020 write in total?", "bytes"),
+    ("How many times did sshd log it?", None),  # names the answer's form, not a thing
+    ("What is the size of the block?", None),  # a phrase with "of": its head is not last
+    ("What was the CPU temperature when the host throttled?", None),  # a clause
+    ("Which is the primary node?", None),
+])
+def test_the_attribute_a_question_asks_about(question, attribute):
+    assert evidence.asked_attribute(question) == attribute
+
+
+def test_a_line_without_the_asked_attribute_is_no_answer():
+    """The runbook line holds the orders database and not its password: not found, the
+    nearest sources listed. Where a line holds it, that line answers."""
+    runbook = ("Backups of the orders database run every 18 hours and are kept for 3 days.\n"
+               "The orders database is served by pg-orders-1 on port 5432.")
+    place = SimpleNamespace(text=runbook, first_line=60, last_line=61, kind="report",
+                            path="/docs/orders-runbook.md", heading="Orders runbook > Backups")
+    frequencies = {"database": 3, "orders": 5, "password": 40, "memory": 30}
+    for question in ["What is the database password?",
+                     "How much memory does the orders database use?"]:
+        found = gather(question, [(7, 1.0)], True, {7: place}, frequencies, 4000)
+        assert found.shown == [] and found.not_found().status == "not-found", question
+    place.text += "\nThe orders database password is kept in vault path secret/orders."
+    found = gather("What is the database password?", [(7, 1.0)], True, {7: place},
+                   frequencies, 4000)
+    assert "vault path secret/orders" in found.quote().text

@@ -72,6 +72,18 @@ class TestDetectKind:
         text = b"Summary of the outage.\n\nOn Monday the disk filled up.\nWe cleaned it.\n"
         assert detect_kind(Path("summary.txt"), text) == "report"
 
+    def test_a_journal_export_is_a_log(self):
+        """`journalctl -o export` writes records of FIELD=value lines: a log, whatever its
+        file is called, and one a syslog line now and then does not make a report."""
+        record = (b"__REALTIME_TIMESTAMP=1690465318459000\n_HOSTNAME=edge-2\n_PID=8149\n"
+                  b"_SYSTEMD_UNIT=payments.service\nPRIORITY=4\n"
+                  b"MESSAGE=payments.service: Main process exited, status=47/FAILURE\n\n")
+        syslog = b"2023-07-27T13:40:55+0000 edge-2 ingest[43373]: Listening on 10.1.2.3:5432\n"
+        assert detect_kind(Path("edge-2-journal.txt"), (record * 3 + syslog) * 4) == "log"
+        assert detect_kind(Path("notes.txt"), b"PATH=/usr/bin is set in the unit.\n"
+                                              b"We restarted it twice.\nNobody was paged.\n") \
+            == "report"
+
     def test_json_lines_without_suffix_are_a_log(self):
         data = b'{"msg": "a"}\n{"msg": "b"}\n{"msg": "c"}\n'
         assert detect_kind(Path("events"), data) == "log"

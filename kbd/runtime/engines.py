@@ -306,7 +306,9 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
                                      file_line_numbers(places[pid]), places[pid].kind != "log")
                for pid, _ in hits}
     words, names = search_terms(question), quoted_words(question)
-    focus = evidence.Focus(names, evidence.answer_shape(question))
+    focus = evidence.Focus(names, evidence.answer_shape(question),
+                           evidence.SEVERAL.search(question) is not None,
+                           evidence.asked_attribute(question))
     weights = evidence.term_weights(words, [line.text for rs in records.values()
                                             for record in rs for line in record], names)
     shown: dict[int, evidence.Shown] = {}
@@ -328,7 +330,9 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         # an outcome is a whole word of the question, not a part of a glued name
         outcomes = [t for t in asked if t in written]
         if (evidence.coverage(asked, held, frequencies, passages, words, names)
-                < evidence.COVERAGE_FLOOR or evidence.contradicted(outcomes, held)):
+                < evidence.COVERAGE_FLOOR or evidence.contradicted(outcomes, held)
+                or focus.attribute and not evidence.matched_terms([focus.attribute], held,
+                                                                  words)):
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)

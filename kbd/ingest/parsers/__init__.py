@@ -38,6 +38,9 @@ REPORT_FORMATS = {
     ".html": "html", ".htm": "html", ".xhtml": "html", ".pdf": "pdf", ".txt": "text",
 }
 ROTATION = re.compile(r"(\.\d+|[-_.]\d{8}|[-_.]\d{4}-\d{2}-\d{2})$")  # app.log.1, messages-20240101
+# a field of a systemd journal export (`journalctl -o export`): `_SYSTEMD_UNIT=payments.service`,
+# `__REALTIME_TIMESTAMP=1690465316937000`; its records are blocks of these, one a line
+JOURNAL_FIELD = re.compile(r"_{0,2}[A-Z][A-Z0-9_]*=")
 TIMESTAMP = re.compile(
     r"""^(?:<\d+>)?[\[(]?\s*(?:
         \d{2,4}[/.-]\d{2}[/.-]\d{2,4}[T\ :]\d{1,2}:\d{2}  # 2015-10-18 18:01, 17/06/09 20:10
@@ -116,7 +119,8 @@ def detect_kind(path: Path, data: bytes, hint: str = "auto") -> str:
 
 def looks_like_log(text: str, sample_lines: int = 50) -> bool:
     lines = [line for line in text.split("\n") if line.strip()][:sample_lines]
-    timed = sum(1 for line in lines if TIMESTAMP.match(line) or line.lstrip().startswith("{"))
+    timed = sum(1 for line in lines if TIMESTAMP.match(line) or line.lstrip().startswith("{")
+                or JOURNAL_FIELD.match(line))
     return bool(lines) and timed >= LOG_SHARE * len(lines)
 
 
