@@ -31,7 +31,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from kbd.model.dense import DIM, DenseModel, load_dense_model
-from kbd.runtime.evidence import ANSWER_WORDS, COMPOUND_PART, TIME_OF_DAY, matched_terms
+from kbd.runtime.evidence import (
+    ANSWER_WORDS,
+    COMPOUND_PART,
+    TIME_OF_DAY,
+    matched_terms,
+    numbers_after_words,
+)
 from kbd.store import Store
 from kbd.store import queries as q
 from kbd.store.matrix import MemoryFileError, MemoryMatrix
@@ -256,9 +262,8 @@ def bound_numbers(question: str) -> list[str]:
     """The numbers the question gives after a word, with the word, as phrases: "TID 3" of
     "How many bytes did TID 3 send?". A passage holding one names what the question names;
     Spark's many passages of "(TID 838)" hold more of its other words, and a 3 elsewhere."""
-    words = question_words(question)
-    return [f"{word} {number}" for word, number in zip(words, words[1:], strict=False)
-            if word.isalpha() and word.lower() not in STOP_WORDS and number.isdigit()]
+    return [f"{word} {number}" for word, number in numbers_after_words(question_words(question))
+            if word.lower() not in STOP_WORDS]
 
 
 def fuse(rankings: Sequence[Sequence[tuple[int, float]]], k: int,

@@ -306,9 +306,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
                                      file_line_numbers(places[pid]), places[pid].kind != "log")
                for pid, _ in hits}
     words, names = search_terms(question), quoted_words(question)
-    focus = evidence.Focus(names, evidence.answer_shape(question),
-                           evidence.SEVERAL.search(question) is not None,
-                           evidence.asked_attribute(question))
+    focus = evidence.Focus.of(question, names)
     weights = evidence.term_weights(words, [line.text for rs in records.values()
                                             for record in rs for line in record], names)
     shown: dict[int, evidence.Shown] = {}

@@ -142,6 +142,12 @@ class Focus:
     several: bool = False  # it asks for several of the shape ("Which ports")
     attribute: str | None = None  # what it asks the amount or value of (`asked_attribute`)
 
+    @classmethod
+    def of(cls, question: str, names: frozenset[str]) -> Focus:
+        """The question's focus, with the words it quotes (`names`)."""
+        return cls(names, answer_shape(question), SEVERAL.search(question) is not None,
+                   asked_attribute(question))
+
 
 def answer_shape(question: str) -> re.Pattern | None:
     """What a line answering the question writes, where its words say: an IP address for
@@ -223,14 +229,20 @@ def abbreviated(terms: Iterable[str], text: str) -> dict[str, str]:
     return found
 
 
+def numbers_after_words(words: Sequence[str]) -> list[tuple[str, str]]:
+    """Each number of the question's words with the word of letters written before it:
+    ("stage", "99") of "How many tasks of stage 99 ran?"."""
+    return [(word, number) for word, number in zip(words, words[1:], strict=False)
+            if word.isalpha() and number.isdigit()]
+
+
 def misbound(terms: Iterable[str], text: str, words: Sequence[str]) -> set[str]:
     """The numbers among the terms that the question gives after one of its words ("stage
     99", "executor 12") and that the text holds only after another of them: "How many tasks
     of stage 99 ran on executor 12?" is not answered by "Finished task 0.0 in stage 12.0",
     whose 12 is a stage's."""
     words = list(words)
-    label = {number: word for word, number in zip(words, words[1:], strict=False)
-             if word.isalpha() and number.isdigit()}
+    label = {number: word for word, number in numbers_after_words(words)}
     numbers = [t for t in terms if t in label]
     if not numbers:
         return set()
