@@ -663,3 +663,55 @@ def test_a_line_without_the_asked_attribute_is_no_answer():
     found = gather("What is the database password?", [(7, 1.0)], True, {7: place},
                    frequencies, 4000)
     assert "vault path secret/orders" in found.quote().text
+
+
+@pytest.mark.parametrize("question, excluded", [
+    ("Which datanode was decommissioned in INC-2041 besides dn-17?", "dn-17"),
+    ("Which golden image did the runbook use before gi-2026.01?", "gi-2026.01"),
+    ("Which job ran other than job_1445144423722_0020?", "job_1445144423722_0020"),
+    ("Which host failed after the reboot?", None),  # not an id
+    ("What did the datanode log after blk_-1608 was received?", None),  # not the last word
+])
+def test_the_id_a_question_asks_for_another_of(question, excluded):
+    assert evidence.Focus.of(question, frozenset()).excluded == excluded
+
+
+def test_ids_of_a_kind():
+    text = "Capacity test CT-77 on dn-17 and DN-18, blk_-1608 and blk_-1609; x86_64, UTF-8."
+    assert evidence.others_of_kind("CT-78", text) == {"77"}
+    assert evidence.others_of_kind("dn-17", text) == {"18"}
+    assert evidence.others_of_kind("blk_-1608", text) == {"1609"}
+    assert evidence.others_of_kind("INC-2041", text) == set()
+    assert evidence.about_another(["CT-78", "dn-17", "INC-2041", "Spark"], text) == {"CT-78"}
+
+
+def test_a_record_about_another_id_of_the_named_kind_is_no_answer():
+    """The report on CT-77 holds the Spark version and mentions CT-78 only as the next test:
+    asked of CT-78 it is not found. "Besides dn-17" asks for another datanode: a line that
+    names only dn-17 is no answer, one naming another is."""
+    report = ("Capacity test CT-77 ran on the ETL cluster in July 2026.\n"
+              "The Spark version was 3.5.1 and the Python version 3.11.7.\n"
+              "Repeat the test as CT-78 in August 2026 or when the volume passes 2.5 TB.")
+    place = SimpleNamespace(text=report, first_line=1, last_line=3, kind="report",
+                            path="/docs/capacity-test-ct-77.rst",
+                            heading="Capacity test CT-77: Spark log aggregation")
+    frequencies = {"Spark": 70, "version": 17, "used": 19, "capacity": 8, "test": 76,
+                   "CT-78": 1, "CT-77": 3}
+    found = gather("Which Spark version was used in capacity test CT-78?", [(3, 1.0)], True,
+                   {3: place}, frequencies, 3800)
+    assert found.shown == [] and found.not_found().status == "not-found"
+    found = gather("Which Spark version was used in capacity test CT-77?", [(3, 1.0)], True,
+                   {3: place}, frequencies, 3800)
+    assert "3.5.1" in found.quote().text
+
+    timeline = "| 11:05 | dn-17 decommissioned; 312 blocks re-replicated from other nodes |"
+    place = SimpleNamespace(text=timeline, first_line=34, last_line=34, kind="report",
+                            path="/docs/postmortem-inc-2041.md", heading="INC-2041 > Timeline")
+    frequencies = {"datanode": 40, "decommissioned": 2, "INC-2041": 4, "dn-17": 6}
+    question = "Which datanode was decommissioned in INC-2041 besides dn-17?"
+    found = gather(question, [(5, 1.0)], True, {5: place}, frequencies, 3800)
+    assert found.shown == []
+    place.text += "\n| 11:40 | dn-23 decommissioned after its disks failed |"
+    place.last_line = 35
+    assert "dn-23" in gather(question, [(5, 1.0)], True, {5: place}, frequencies,
+                             3800).quote().text

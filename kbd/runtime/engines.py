@@ -305,8 +305,10 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
     records = {pid: evidence.records(places[pid].text, places[pid].first_line,
                                      file_line_numbers(places[pid]), places[pid].kind != "log")
                for pid, _ in hits}
-    words, names = search_terms(question), quoted_words(question)
+    names = quoted_words(question)
     focus = evidence.Focus.of(question, names)
+    # "besides dn-17": the answer is another datanode, it need not name dn-17
+    words = [w for w in search_terms(question) if w != focus.excluded]
     weights = evidence.term_weights(words, [line.text for rs in records.values()
                                             for record in rs for line in record], names)
     shown: dict[int, evidence.Shown] = {}
@@ -324,13 +326,16 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         pid = next(pid for pid, s in shown.items() if s is source)
         held = (f"{evidence.record_text(best, weights)}\n{places[pid].heading or ''}\n"
                 f"{Path(source.where).stem}")
-        asked, written = asked_terms(question), question_words(question)
+        asked = [t for t in asked_terms(question) if t != focus.excluded]
+        written = question_words(question)
         # an outcome is a whole word of the question, not a part of a glued name
         outcomes = [t for t in asked if t in written]
         if (evidence.coverage(asked, held, frequencies, passages, words, names)
                 < evidence.COVERAGE_FLOOR or evidence.contradicted(outcomes, held)
                 or focus.attribute and not evidence.matched_terms([focus.attribute], held,
-                                                                  words)):
+                                                                  words)
+                or evidence.about_another(asked, held)
+                or focus.excluded and not evidence.others_of_kind(focus.excluded, held)):
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)
