@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, product
+from typing import NamedTuple
 
 GLUED_PART = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")  # camelCase, letters|digits
 WORD = re.compile(r"\w+")
@@ -701,6 +702,21 @@ def best_in(record: Record, weights: dict[str, float]) -> Line:
     return max(record, key=lambda line: line_weight(line.text, weights))
 
 
+class Candidate(NamedTuple):
+    """A record as best_records weighs it: what of the question it names, then its weight,
+    then its source's rank (the better first)."""
+
+    named: float
+    weight: float
+    rank: int  # the source's rank, negated: higher is better
+    said: str  # its lines under its source's heading
+    source: Shown
+    record: Record
+
+    def order(self) -> tuple[float, float, int]:
+        return self.named, self.weight, self.rank
+
+
 def best_record(shown: Sequence[Shown], weights: dict[str, float],
                 focus: Focus = Focus()) -> tuple[Shown, Record]:
     """The matching record holding the most of what the question names (`named`), then with
@@ -722,32 +738,32 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
     question asks about ("How many reduces"), or another id of the kind it asks for another of
     ("besides dn-17"), is chosen as one writing its shape is."""
     named_weights = {t: weights[t] for t in named(weights, focus.names)}
+    candidates = []
+    for source in shown:
+        for record in source.records:
+            said = "\n".join([source.heading, *(line.text for line in record)])
+            candidates.append(Candidate(line_weight(said, named_weights),
+                                        line_weight(said, weights), -source.rank, said,
+                                        source, record))
+    top = max(candidates, key=Candidate.order)
 
-    def text(source: Shown, record: Record) -> str:
-        return "\n".join([source.heading, *(line.text for line in record)])
-
-    scored = [(line_weight(text(s, r), named_weights), line_weight(text(s, r), weights), -s.rank,
-               s, r) for s in shown for r in s.records]
-    top = max(scored, key=lambda x: x[:3])
     def writes_what_is_asked(said: str) -> bool:
         return ((focus.shape is None or focus.shape.search(said) is not None)
                 and (focus.attribute is None or bool(matched_terms([focus.attribute], said)))
                 and (focus.excluded is None or bool(others_of_kind(focus.excluded, said))))
 
-    fitting = sorted((x for x in scored if x[0] == top[0] and x[1] >= SHAPE_SHARE * top[1]
-                      and writes_what_is_asked(text(x[3], x[4]))), key=lambda x: x[:3],
-                     reverse=True) if focus.shape or focus.attribute or focus.excluded else []
+    fitting = sorted((c for c in candidates if c.named == top.named
+                      and c.weight >= SHAPE_SHARE * top.weight and writes_what_is_asked(c.said)),
+                     key=Candidate.order, reverse=True) if (focus.shape or focus.attribute
+                                                            or focus.excluded) else []
     if not fitting:
-        return [top[3:]]
+        return [(top.source, top.record)]
     if not (focus.several and focus.shape):
-        return [fitting[0][3:]]
-    chosen, values = [], set()
-    for x in fitting:
-        value = focus.shape.search(text(x[3], x[4]))[0]
-        if value not in values and len(chosen) < MAX_QUOTED:
-            chosen.append(x[3:])
-            values.add(value)
-    return chosen
+        return [(fitting[0].source, fitting[0].record)]
+    chosen: dict[str, tuple[Shown, Record]] = {}  # one record a value of the shape
+    for c in fitting:
+        chosen.setdefault(focus.shape.search(c.said)[0], (c.source, c.record))
+    return list(chosen.values())[:MAX_QUOTED]
 
 
 def named(terms: Iterable[str], names: frozenset[str]) -> list[str]:
