@@ -639,7 +639,9 @@ def test_a_question_asking_for_several_gets_each_of_them():
     ("How much memory does the orders database use?", "memory"),
     ("How many HDFS bytes did job job_1445144423722_0020 write in total?", "bytes"),
     ("How many times did sshd log it?", None),  # names the answer's form, not a thing
-    ("What is the size of the block?", None),  # a phrase with "of": its head is not last
+    ("What is the size of the block?", "size"),  # the head before "of"
+    ("What was the status code of the request to /index.php?", None),  # a form: `200`
+    ("What was the name of the Spark application?", None),
     ("What was the CPU temperature when the host throttled?", None),  # a clause
     ("Which is the primary node?", None),
 ])
@@ -715,3 +717,22 @@ def test_a_record_about_another_id_of_the_named_kind_is_no_answer():
     place.last_line = 35
     assert "dn-23" in gather(question, [(5, 1.0)], True, {5: place}, frequencies,
                              3800).quote().text
+
+
+def test_the_value_of_a_thing_the_line_does_not_write_is_not_found():
+    """"What was the checksum of block X?" over the line deleting X: the line names the block
+    and not a checksum, so it is no answer; the size of X is, where a line writes it."""
+    hdfs = ("081110 220811 19 INFO dfs.FSDataset: Deleting block blk_-5718504625725408070 file "
+            "/mnt/hadoop/dfs/data/current/blk_-5718504625725408070\n"
+            "081110 220907 19 INFO dfs.DataNode$PacketResponder: Received block "
+            "blk_-5718504625725408070 of size 67108864 from /10.251.106.10")
+    place = SimpleNamespace(text=hdfs, first_line=1007, last_line=1008, kind="log",
+                            path="/logs/HDFS_2k.log", heading=None)
+    frequencies = {"blk_-5718504625725408070": 3, "checksum": 0, "size": 300, "deleted": 40,
+                   "received": 500, "block": 1500}
+    found = gather("What was the checksum of block blk_-5718504625725408070 when it was "
+                   "deleted?", [(9, 1.0)], True, {9: place}, frequencies, 4000)
+    assert found.shown == [] and found.not_found().status == "not-found"
+    found = gather("What was the size of block blk_-5718504625725408070?", [(9, 1.0)], True,
+                   {9: place}, frequencies, 4000)
+    assert "of size 67108864" in found.quote().text

@@ -88,11 +88,19 @@ ANSWER_SHAPES = [(re.compile(asks, re.I), re.compile(shape, re.I)) for asks, sha
     (r"\bphone\b", r"\+?\d[\d ()-]{6,}\d"),
 ]]
 # "How much memory does", "How many HDFS bytes did": the amount of what; "What is the
-# database password?": the value of what (a phrase of words only, no clause or "of" after)
+# database password?", "What was the checksum of block ...": the value of what (a phrase of
+# words only, no clause after)
 ATTRIBUTE = re.compile(
     r"^\W*how (?:much|many) (?P<amount>[\w-]+(?: [\w-]+)?) (?:does|did|do|is|are|was|were|has|have"
-    r"|had|will|would|can|could)\b|^\W*(?:what|which) (?:is|was|are|were) the (?P<value>(?:[\w-]+ )"
-    r"{0,3}[\w-]+)\W*$", re.I)
+    r"|had|will|would|can|could)\b|^\W*(?:what|which) (?:is|was|are|were) the (?P<of>(?:[\w-]+ )"
+    r"{0,2}?[\w-]+) of\b|^\W*(?:what|which) (?:is|was|are|were) the (?P<value>(?:[\w-]+ ){0,3}"
+    r"[\w-]+)\W*$", re.I)
+# heads that name the answer's form, not a thing a line writes: "What was the name of the
+# application?" is answered by a name, "the status code of" by `200`, "the cause of" by what
+# the line says
+FORM_WORDS = ANSWER_WORDS | frozenset("""name names id ids code codes path paths file files
+directory url version cause causes reason reasons result results outcome type kind source
+origin purpose meaning content contents message messages""".split())
 STOP_LIKE = frozenset("of in on at to for from by with when where while after before".split())
 SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
 SEVERAL = re.compile(r"\b(?:ips|addresses|ports)\b", re.I)  # more than one asked for
@@ -417,15 +425,16 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
 
 def asked_attribute(question: str) -> str | None:
     """The thing a question asks the amount or value of, where its form says: the last word of
-    "How much memory does ..." or of "What is the database password?" (a noun phrase's head
-    is its last word). A line that holds the rest, the database, and not this is about
-    something else of it. None for a word that names the answer's form (`ANSWER_WORDS`:
-    times, number)."""
+    "How much memory does ...", "What is the database password?" or "What was the exit code of
+    ..." (a noun phrase's head is its last word). A line that holds the rest, the database, and
+    not this is about something else of it. None for a word that names the answer's form
+    (`FORM_WORDS`: times, number, name, cause)."""
     found = ATTRIBUTE.search(question)
-    words = (found["amount"] or found["value"]).lower().split() if found else []
-    if not words or STOP_LIKE.intersection(words) or words[-1] in ANSWER_WORDS:
+    phrase = (found["amount"] or found["of"] or found["value"]) if found else ""
+    words = phrase.lower().split()
+    if not words or STOP_LIKE.intersection(words) or words[-1] in FORM_WORDS:
         return None
-    return (found["amount"] or found["value"]).split()[-1]
+    return phrase.split()[-1]
 
 
 def kind_ids(text: str) -> dict[tuple[str, str], set[str]]:
