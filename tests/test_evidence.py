@@ -736,3 +736,30 @@ def test_the_value_of_a_thing_the_line_does_not_write_is_not_found():
     found = gather("What was the size of block blk_-5718504625725408070?", [(9, 1.0)], True,
                    {9: place}, frequencies, 4000)
     assert "of size 67108864" in found.quote().text
+
+
+def test_why_is_answered_by_a_line_stating_a_cause():
+    """"Why could the kernel not register its security module?": of the kernel's lines the one
+    stating why (`already ... initialized`, `failed`) answers, though another holds more of the
+    question's words; where no line states a cause in words the question does not use ("Failed
+    to renew lease" restates "fail"), nothing is found."""
+    kernel = ("Jul 27 14:41:58 combo kernel: selinux_register_security:  Registering secondary "
+              "module capability\n"
+              "Jul 27 14:41:58 combo kernel: There is already a security framework initialized, "
+              "register_security failed.")
+    place = SimpleNamespace(text=kernel, first_line=1946, last_line=1947, kind="log",
+                            path="/logs/Linux_2k.log", heading=None)
+    frequencies = {"kernel": 14, "register": 14, "security": 15, "module": 2, "not": 161}
+    found = gather("Why could the kernel not register its security module?", [(4, 1.0)], True,
+                   {4: place}, frequencies, 3800)
+    assert "already a security framework initialized" in found.quote().text
+    lease = ("2015-10-18 18:08:33,537 WARN [LeaseRenewer:msrabi@msra-sa-41:9000] "
+             "org.apache.hadoop.hdfs.LeaseRenewer: Failed to renew lease for "
+             "[DFSClient_NONMAPREDUCE_1537864556_1] for 356 seconds.  Will retry shortly ...")
+    place = SimpleNamespace(text=lease, first_line=1997, last_line=1997, kind="log",
+                            path="/logs/Hadoop_2k.log", heading=None)
+    frequencies = {"lease": 30, "renewer": 30, "msra-sa-41": 200, "fail": 900, "caused": 0}
+    found = gather("What caused the lease renewer on msra-sa-41 to fail?", [(4, 1.0)], True,
+                   {4: place}, frequencies, 3800)
+    assert found.shown == [] and found.not_found().status == "not-found"
+    assert not evidence.Focus.of("When did the lease renewer fail?", frozenset()).why

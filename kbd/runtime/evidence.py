@@ -102,6 +102,14 @@ FORM_WORDS = ANSWER_WORDS | frozenset("""name names id ids code codes path paths
 directory url version cause causes reason reasons result results outcome type kind source
 origin purpose meaning content contents message messages""".split())
 STOP_LIKE = frozenset("of in on at to for from by with when where while after before".split())
+# "Why did X fail?", "What caused ...": the answer states a cause, in words the question
+# does not use (a line saying X failed restates it)
+WHY = re.compile(r"^\W*why\b|\bwhat (?:caused|causes|made)\b|\b(?:cause|reason)s? (?:of|for)\b",
+                 re.I)
+CAUSE = re.compile(r"\b(?:because|due to|caused by|since)\b|\w(?:Exception|Error)\b|\b(?:errors?"
+                   r"|fail(?:ed|ure|s)?|refused|denied|unable|cannot|can't|could not|timed out"
+                   r"|timeout|exceeded|no space|not found|no route|already|missing|invalid|unknown"
+                   r"|lost|killed|full)\b", re.I)
 SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
 SEVERAL = re.compile(r"\b(?:ips|addresses|ports)\b", re.I)  # more than one asked for
 MAX_QUOTED = 3  # records quoted where the question asks for several
@@ -156,14 +164,22 @@ class Focus:
     several: bool = False  # it asks for several of the shape ("Which ports")
     attribute: str | None = None  # what it asks the amount or value of (`asked_attribute`)
     excluded: str | None = None  # the id it asks for another of ("besides dn-17")
+    why: frozenset[str] = frozenset()  # for "Why ...?", its words' stems: a cause is not one
 
     @classmethod
     def of(cls, question: str, names: frozenset[str]) -> Focus:
         """The question's focus, with the words it quotes (`names`)."""
         ends = EXCLUDED.search(question)
         excluded = ends[1] if ends and KIND_ID.fullmatch(ends[1]) else None
+        why = (frozenset(stem(w.lower()) for w in WORD.findall(question))
+               if WHY.search(question) else frozenset())
         return cls(names, answer_shape(question), SEVERAL.search(question) is not None,
-                   asked_attribute(question), excluded)
+                   asked_attribute(question), excluded, why)
+
+    def states_cause(self, text: str) -> bool:
+        """Whether the text states a cause in words the question does not hold."""
+        return any(not {stem(w.lower()) for w in WORD.findall(m[0])} <= self.why
+                   for m in CAUSE.finditer(text))
 
 
 def answer_shape(question: str) -> re.Pattern | None:
@@ -759,12 +775,15 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
     def writes_what_is_asked(said: str) -> bool:
         return ((focus.shape is None or focus.shape.search(said) is not None)
                 and (focus.attribute is None or bool(matched_terms([focus.attribute], said)))
-                and (focus.excluded is None or bool(others_of_kind(focus.excluded, said))))
+                and (focus.excluded is None or bool(others_of_kind(focus.excluded, said)))
+                and (not focus.why or focus.states_cause(said)))
 
+    # a cause is what "Why" asks: a line stating one answers, however few of its words it holds
     fitting = sorted((c for c in candidates if c.named == top.named
-                      and c.weight >= SHAPE_SHARE * top.weight and writes_what_is_asked(c.said)),
+                      and (c.weight >= SHAPE_SHARE * top.weight or focus.why)
+                      and writes_what_is_asked(c.said)),
                      key=Candidate.order, reverse=True) if (focus.shape or focus.attribute
-                                                            or focus.excluded) else []
+                                                            or focus.excluded or focus.why) else []
     if not fitting:
         return [(top.source, top.record)]
     if not (focus.several and focus.shape):
