@@ -206,6 +206,10 @@ def test_a_unit_is_held_as_a_log_abbreviates_it():
     ("Why did the backup fail?", "the backup did not fail, it was never started", {"fail"}),
     # both outcomes written: the line may still tell which; not the opposite alone
     ("Which job failed?", "job 7 failed after 3 tries succeeded", set()),
+    ("Which network interface went down on combo?",
+     "Jul 27 14:41:54 combo network: Bringing up loopback interface:  succeeded", {"down"}),
+    ("When did the scheduler stop?", "scheduler started with 4 workers", {"stop"}),
+    ("When did the scheduler stop?", "scheduler stopped after it started", set()),
     # a name is no outcome: `Failures` of maxTaskFailuresPerNode
     ("What is maxTaskFailuresPerNode?", "RMContainerRequestor: maxTaskFailuresPerNode is 3", set()),
 ])

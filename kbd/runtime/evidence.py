@@ -217,6 +217,8 @@ OUTCOMES = [
     ("dead died", "alive healthy"),
     ("refused rejected denied", "accepted allowed granted permitted"),
     ("disabled", "enabled"),
+    ("down", "up"),
+    ("stop stopped stopping stops", "start started starting starts"),
 ]
 OPPOSITES = {stem(word): frozenset(stem(w) for w in other.split())
              for pair in OUTCOMES for side, other in (pair, pair[::-1]) for word in side.split()}
