@@ -222,6 +222,9 @@ OUTCOMES = [
 ]
 OPPOSITES = {stem(word): frozenset(stem(w) for w in other.split())
              for pair in OUTCOMES for side, other in (pair, pair[::-1]) for word in side.split()}
+# each outcome's own forms: `stopped` is written for "stop"
+FORMS = {stem(word): frozenset(stem(w) for w in side.split())
+         for pair in OUTCOMES for side in pair for word in side.split()}
 NEGATION = re.compile(r"\b(?:not|never|no|cannot|didn't|wasn't|isn't|won't)\W+(?:\w+\W+){0,4}?$",
                       re.IGNORECASE)
 
@@ -490,7 +493,7 @@ def contradicted(terms: Iterable[str], text: str) -> set[str]:
     `Failures` of `maxTaskFailuresPerNode` is a name, not an outcome."""
     words = tokens(text)
     return {term for term in terms if (opposite := OPPOSITES.get(stem(term.lower())))
-            and (opposite & words and stem(term.lower()) not in words
+            and (opposite & words and not FORMS[stem(term.lower())] & words
                  or negated(stem(term.lower()), text))}
 
 
