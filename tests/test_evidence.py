@@ -643,7 +643,8 @@ def test_a_question_asking_for_several_gets_each_of_them():
     ("How much memory does the orders database use?", "memory"),
     ("How many HDFS bytes did job job_1445144423722_0020 write in total?", "bytes"),
     ("How many times did sshd log it?", None),  # names the answer's form, not a thing
-    ("What is the size of the block?", "size"),  # the head before "of"
+    ("What was the checksum of the block?", "checksum"),  # the head before "of"
+    ("What is the heap size of the executors?", None),  # a measure: `14 GB`
     ("What was the status code of the request to /index.php?", None),  # a form: `200`
     ("What was the name of the Spark application?", None),
     ("What was the CPU temperature when the host throttled?", None),  # a clause

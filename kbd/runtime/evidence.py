@@ -96,17 +96,18 @@ ATTRIBUTE = re.compile(
     r"{0,2}?[\w-]+) of\b|^\W*(?:what|which) (?:is|was|are|were) the (?P<value>(?:[\w-]+ ){0,3}"
     r"[\w-]+)\W*$", re.I)
 # heads that name the answer's form, not a thing a line writes: "What was the name of the
-# application?" is answered by a name, "the status code of" by `200`, "the cause of" by what
-# the line says
+# application?" is answered by a name, "the status code of" by `200`, "the heap size of" by
+# `14 GB`, "the cause of" by what the line says
 FORM_WORDS = ANSWER_WORDS | frozenset("""name names id ids code codes path paths file files
-directory url version cause causes reason reasons result results outcome type kind source
-origin purpose meaning content contents message messages""".split())
+directory url version size sizes status state level length duration count amount total cause
+causes reason reasons result results outcome type kind source origin purpose meaning content
+contents message messages""".split())
 STOP_LIKE = frozenset("of in on at to for from by with when where while after before".split())
 # "Why did X fail?", "What caused ...": the answer states a cause, in words the question
 # does not use (a line saying X failed restates it)
 WHY = re.compile(r"^\W*why\b|\bwhat (?:caused|causes|made)\b|\b(?:cause|reason)s? (?:of|for)\b",
                  re.I)
-CAUSE = re.compile(r"\b(?:because|due to|caused by|since)\b|\w(?:Exception|Error)\b|\b(?:errors?"
+CAUSE = re.compile(r"\b(?:because|due to|since|\w+ed by)\b|\w(?:Exception|Error)\b|\b(?:errors?"
                    r"|fail(?:ed|ure|s)?|refused|denied|unable|cannot|can't|could not|timed out"
                    r"|timeout|exceeded|no space|not found|no route|already|missing|invalid|unknown"
                    r"|lost|killed|full)\b", re.I)
