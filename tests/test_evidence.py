@@ -768,3 +768,26 @@ def test_why_is_answered_by_a_line_stating_a_cause():
                    {4: place}, frequencies, 3800)
     assert found.shown == [] and found.not_found().status == "not-found"
     assert not evidence.Focus.of("When did the lease renewer fail?", frozenset()).why
+
+
+def test_why_quotes_the_cause_under_a_stack_traces_head():
+    """A Java stack trace is one record: "Why did payment 39695 fail?" quotes its head and the
+    exception under it, which states the cause; the log level ERROR is no cause."""
+    log = ("2020-02-23 07:38:24,833 ERROR [http-nio-8080-exec-38] com.example.inventory."
+           "UserRepository - Failed to process payment 39695\n"
+           "java.lang.NullPointerException: Connection reset\n"
+           "\tat com.example.inventory.UserRepository.process(UserRepository.java:314)\n"
+           "2020-02-23 07:38:25,655 INFO [http-nio-8080-exec-23] com.example.inventory."
+           "CartController - Handled request 10770 in 45 ms")
+    place = SimpleNamespace(text=log, first_line=7, last_line=10, kind="log",
+                            path="/logs/inventory-app.log", heading=None)
+    frequencies = {"payment": 40, "39695": 2, "fail": 60}
+    found = gather("Why did payment 39695 fail?", [(2, 1.0)], True, {2: place}, frequencies, 900)
+    assert found.quote().text == (
+        'inventory-app.log:7-9: "2020-02-23 07:38:24,833 ERROR [http-nio-8080-exec-38] '
+        'com.example.inventory.UserRepository - Failed to process payment 39695" … '
+        '"java.lang.NullPointerException: Connection reset" [1]')
+    head = log.splitlines()[0]
+    place.text, place.last_line = head, 7  # the head alone restates the question
+    found = gather("Why did payment 39695 fail?", [(2, 1.0)], True, {2: place}, frequencies, 900)
+    assert found.shown == []

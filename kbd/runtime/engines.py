@@ -324,7 +324,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
     if shown:
         source, best = evidence.best_record(list(shown.values()), weights, focus)
         pid = next(pid for pid, s in shown.items() if s is source)
-        held = (f"{evidence.record_text(best, weights)}\n{places[pid].heading or ''}\n"
+        held = (f"{evidence.record_text(best, weights, focus)}\n{places[pid].heading or ''}\n"
                 f"{Path(source.where).stem}")
         asked = [t for t in asked_terms(question) if t != focus.excluded]
         written = question_words(question)

@@ -107,8 +107,8 @@ STOP_LIKE = frozenset("of in on at to for from by with when where while after be
 # does not use (a line saying X failed restates it)
 WHY = re.compile(r"^\W*why\b|\bwhat (?:caused|causes|made)\b|\b(?:cause|reason)s? (?:of|for)\b",
                  re.I)
-CAUSE = re.compile(r"\b(?:because|due to|since|\w+ed by)\b|\w(?:Exception|Error)\b|\b(?:errors?"
-                   r"|fail(?:ed|ure|s)?|refused|denied|unable|cannot|can't|could not|timed out"
+CAUSE = re.compile(r"\b(?:because|due to|since|\w+ed by)\b|\w(?:Exception|Error)\b|\b(?:"
+                   r"fail(?:ed|ure|s)?|refused|denied|unable|cannot|can't|could not|timed out"
                    r"|timeout|exceeded|no space|not found|no route|already|missing|invalid|unknown"
                    r"|lost|killed|full|result|exit(?:ed)?|code|signal|status|terminated|abort\w*)\b",
                    re.I)
@@ -814,24 +814,26 @@ def best_line(shown: Sequence[Shown], weights: dict[str, float],
     return source, best_in(record, weights)
 
 
-def quoted(record: Record, weights: dict[str, float]) -> list[Line]:
-    """The record's lines an answer quotes, in file order: its head, its best line, and any
-    other line holding a term that the lines before it do not (a stack trace's many `at
-    ...PaymentClient` lines repeat the head's `payment`)."""
+def quoted(record: Record, weights: dict[str, float], focus: Focus = Focus()) -> list[Line]:
+    """The record's lines an answer quotes, in file order: its head, its best line, any other
+    line holding a term that the lines before it do not (a stack trace's many `at
+    ...PaymentClient` lines repeat the head's `payment`), and for "Why ...?" the first line
+    stating a cause (the exception under "Failed to process payment 39695")."""
     best = best_in(record, weights)
     held = matched_terms(weights, record[0].text) | matched_terms(weights, best.text)
+    cause = next((line for line in record if focus.why and focus.states_cause(line.text)), None)
     out = []
     for line in record:
         new = matched_terms(weights, line.text) - held
-        if line is record[0] or line is best or new:
+        if line is record[0] or line is best or line is cause or new:
             out.append(line)
             held |= new
     return out
 
 
-def record_text(record: Record, weights: dict[str, float]) -> str:
+def record_text(record: Record, weights: dict[str, float], focus: Focus = Focus()) -> str:
     """What the record says of the question: its quoted lines."""
-    return "\n".join(line.text for line in quoted(record, weights))
+    return "\n".join(line.text for line in quoted(record, weights, focus))
 
 
 def extractive_answer(shown: Sequence[Shown], weights: dict[str, float],
@@ -840,7 +842,7 @@ def extractive_answer(shown: Sequence[Shown], weights: dict[str, float],
     lines with the record's line range; where the question asks for several, each of the
     best records (`best_records`)."""
     return "; ".join(f"{place(source.where, record)}: "
-                     + " … ".join(f'"{line.text}"' for line in quoted(record, weights))
+                     + " … ".join(f'"{line.text}"' for line in quoted(record, weights, focus))
                      + f" [{source.rank}]"
                      for source, record in best_records(shown, weights, focus))
 
