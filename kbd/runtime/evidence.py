@@ -110,8 +110,9 @@ WHY = re.compile(r"^\W*why\b|\bwhat (?:caused|causes|made)\b|\b(?:cause|reason)s
 CAUSE = re.compile(r"\b(?:because|due to|since|\w+ed by)\b|\w(?:Exception|Error)\b|\b(?:"
                    r"fail(?:ed|ure|s)?|refused|denied|unable|cannot|can't|could not|timed out"
                    r"|timeout|exceeded|no space|not found|no route|already|missing|invalid|unknown"
-                   r"|lost|killed|full|result|exit(?:ed)?|code|signal|status|terminated|abort\w*)\b",
-                   re.I)
+                   r"|lost|killed|full|result|exit(?:ed)?|code|signal|status|terminated|abort\w*"
+                   r"|insufficient|unavailable|expired|exhausted|quota|limit|unreachable|out of"
+                   r"|too many|mismatch|overflow|corrupt\w*|reset|closed)\b", re.I)
 SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
 SEVERAL = re.compile(r"\b(?:ips|addresses|ports)\b", re.I)  # more than one asked for
 MAX_QUOTED = 3  # records quoted where the question asks for several
