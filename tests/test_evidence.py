@@ -206,6 +206,10 @@ def test_a_unit_is_held_as_a_log_abbreviates_it():
     ("Why did the backup fail?", "the backup did not fail, it was never started", {"fail"}),
     # both outcomes written: the line may still tell which; not the opposite alone
     ("Which job failed?", "job 7 failed after 3 tries succeeded", set()),
+    ("Which network interface went down on combo?",
+     "Jul 27 14:41:54 combo network: Bringing up loopback interface:  succeeded", {"down"}),
+    ("When did the scheduler stop?", "scheduler started with 4 workers", {"stop"}),
+    ("When did the scheduler stop?", "scheduler stopped after it started", set()),
     # a name is no outcome: `Failures` of maxTaskFailuresPerNode
     ("What is maxTaskFailuresPerNode?", "RMContainerRequestor: maxTaskFailuresPerNode is 3", set()),
 ])
@@ -639,7 +643,10 @@ def test_a_question_asking_for_several_gets_each_of_them():
     ("How much memory does the orders database use?", "memory"),
     ("How many HDFS bytes did job job_1445144423722_0020 write in total?", "bytes"),
     ("How many times did sshd log it?", None),  # names the answer's form, not a thing
-    ("What is the size of the block?", None),  # a phrase with "of": its head is not last
+    ("What was the checksum of the block?", "checksum"),  # the head before "of"
+    ("What is the heap size of the executors?", None),  # a measure: `14 GB`
+    ("What was the status code of the request to /index.php?", None),  # a form: `200`
+    ("What was the name of the Spark application?", None),
     ("What was the CPU temperature when the host throttled?", None),  # a clause
     ("Which is the primary node?", None),
 ])
@@ -715,3 +722,72 @@ def test_a_record_about_another_id_of_the_named_kind_is_no_answer():
     place.last_line = 35
     assert "dn-23" in gather(question, [(5, 1.0)], True, {5: place}, frequencies,
                              3800).quote().text
+
+
+def test_the_value_of_a_thing_the_line_does_not_write_is_not_found():
+    """"What was the checksum of block X?" over the line deleting X: the line names the block
+    and not a checksum, so it is no answer; the size of X is, where a line writes it."""
+    hdfs = ("081110 220811 19 INFO dfs.FSDataset: Deleting block blk_-5718504625725408070 file "
+            "/mnt/hadoop/dfs/data/current/blk_-5718504625725408070\n"
+            "081110 220907 19 INFO dfs.DataNode$PacketResponder: Received block "
+            "blk_-5718504625725408070 of size 67108864 from /10.251.106.10")
+    place = SimpleNamespace(text=hdfs, first_line=1007, last_line=1008, kind="log",
+                            path="/logs/HDFS_2k.log", heading=None)
+    frequencies = {"blk_-5718504625725408070": 3, "checksum": 0, "size": 300, "deleted": 40,
+                   "received": 500, "block": 1500}
+    found = gather("What was the checksum of block blk_-5718504625725408070 when it was "
+                   "deleted?", [(9, 1.0)], True, {9: place}, frequencies, 4000)
+    assert found.shown == [] and found.not_found().status == "not-found"
+    found = gather("What was the size of block blk_-5718504625725408070?", [(9, 1.0)], True,
+                   {9: place}, frequencies, 4000)
+    assert "of size 67108864" in found.quote().text
+
+
+def test_why_is_answered_by_a_line_stating_a_cause():
+    """"Why could the kernel not register its security module?": of the kernel's lines the one
+    stating why (`already ... initialized`, `failed`) answers, though another holds more of the
+    question's words; where no line states a cause in words the question does not use ("Failed
+    to renew lease" restates "fail"), nothing is found."""
+    kernel = ("Jul 27 14:41:58 combo kernel: selinux_register_security:  Registering secondary "
+              "module capability\n"
+              "Jul 27 14:41:58 combo kernel: There is already a security framework initialized, "
+              "register_security failed.")
+    place = SimpleNamespace(text=kernel, first_line=1946, last_line=1947, kind="log",
+                            path="/logs/Linux_2k.log", heading=None)
+    frequencies = {"kernel": 14, "register": 14, "security": 15, "module": 2, "not": 161}
+    found = gather("Why could the kernel not register its security module?", [(4, 1.0)], True,
+                   {4: place}, frequencies, 3800)
+    assert "already a security framework initialized" in found.quote().text
+    lease = ("2015-10-18 18:08:33,537 WARN [LeaseRenewer:msrabi@msra-sa-41:9000] "
+             "org.apache.hadoop.hdfs.LeaseRenewer: Failed to renew lease for "
+             "[DFSClient_NONMAPREDUCE_1537864556_1] for 356 seconds.  Will retry shortly ...")
+    place = SimpleNamespace(text=lease, first_line=1997, last_line=1997, kind="log",
+                            path="/logs/Hadoop_2k.log", heading=None)
+    frequencies = {"lease": 30, "renewer": 30, "msra-sa-41": 200, "fail": 900, "caused": 0}
+    found = gather("What caused the lease renewer on msra-sa-41 to fail?", [(4, 1.0)], True,
+                   {4: place}, frequencies, 3800)
+    assert found.shown == [] and found.not_found().status == "not-found"
+    assert not evidence.Focus.of("When did the lease renewer fail?", frozenset()).why
+
+
+def test_why_quotes_the_cause_under_a_stack_traces_head():
+    """A Java stack trace is one record: "Why did payment 39695 fail?" quotes its head and the
+    exception under it, which states the cause; the log level ERROR is no cause."""
+    log = ("2020-02-23 07:38:24,833 ERROR [http-nio-8080-exec-38] com.example.inventory."
+           "UserRepository - Failed to process payment 39695\n"
+           "java.lang.NullPointerException: Connection reset\n"
+           "\tat com.example.inventory.UserRepository.process(UserRepository.java:314)\n"
+           "2020-02-23 07:38:25,655 INFO [http-nio-8080-exec-23] com.example.inventory."
+           "CartController - Handled request 10770 in 45 ms")
+    place = SimpleNamespace(text=log, first_line=7, last_line=10, kind="log",
+                            path="/logs/inventory-app.log", heading=None)
+    frequencies = {"payment": 40, "39695": 2, "fail": 60}
+    found = gather("Why did payment 39695 fail?", [(2, 1.0)], True, {2: place}, frequencies, 900)
+    assert found.quote().text == (
+        'inventory-app.log:7-9: "2020-02-23 07:38:24,833 ERROR [http-nio-8080-exec-38] '
+        'com.example.inventory.UserRepository - Failed to process payment 39695" … '
+        '"java.lang.NullPointerException: Connection reset" [1]')
+    head = log.splitlines()[0]
+    place.text, place.last_line = head, 7  # the head alone restates the question
+    found = gather("Why did payment 39695 fail?", [(2, 1.0)], True, {2: place}, frequencies, 900)
+    assert found.shown == []

@@ -324,7 +324,7 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
     if shown:
         source, best = evidence.best_record(list(shown.values()), weights, focus)
         pid = next(pid for pid, s in shown.items() if s is source)
-        held = (f"{evidence.record_text(best, weights)}\n{places[pid].heading or ''}\n"
+        held = (f"{evidence.record_text(best, weights, focus)}\n{places[pid].heading or ''}\n"
                 f"{Path(source.where).stem}")
         asked = [t for t in asked_terms(question) if t != focus.excluded]
         written = question_words(question)
@@ -335,7 +335,8 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
                 or focus.attribute and not evidence.matched_terms([focus.attribute], held,
                                                                   words)
                 or evidence.about_another(asked, held)
-                or focus.excluded and not evidence.others_of_kind(focus.excluded, held)):
+                or focus.excluded and not evidence.others_of_kind(focus.excluded, held)
+                or focus.why and not focus.states_cause(held)):
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)

@@ -88,12 +88,31 @@ ANSWER_SHAPES = [(re.compile(asks, re.I), re.compile(shape, re.I)) for asks, sha
     (r"\bphone\b", r"\+?\d[\d ()-]{6,}\d"),
 ]]
 # "How much memory does", "How many HDFS bytes did": the amount of what; "What is the
-# database password?": the value of what (a phrase of words only, no clause or "of" after)
+# database password?", "What was the checksum of block ...": the value of what (a phrase of
+# words only, no clause after)
 ATTRIBUTE = re.compile(
     r"^\W*how (?:much|many) (?P<amount>[\w-]+(?: [\w-]+)?) (?:does|did|do|is|are|was|were|has|have"
-    r"|had|will|would|can|could)\b|^\W*(?:what|which) (?:is|was|are|were) the (?P<value>(?:[\w-]+ )"
-    r"{0,3}[\w-]+)\W*$", re.I)
+    r"|had|will|would|can|could)\b|^\W*(?:what|which) (?:is|was|are|were) the (?P<of>(?:[\w-]+ )"
+    r"{0,2}?[\w-]+) of\b|^\W*(?:what|which) (?:is|was|are|were) the (?P<value>(?:[\w-]+ ){0,3}"
+    r"[\w-]+)\W*$", re.I)
+# heads that name the answer's form, not a thing a line writes: "What was the name of the
+# application?" is answered by a name, "the status code of" by `200`, "the heap size of" by
+# `14 GB`, "the cause of" by what the line says
+FORM_WORDS = ANSWER_WORDS | frozenset("""name names id ids code codes path paths file files
+directory url version size sizes status state level length duration count amount total cause
+causes reason reasons result results outcome type kind source origin purpose meaning content
+contents message messages""".split())
 STOP_LIKE = frozenset("of in on at to for from by with when where while after before".split())
+# "Why did X fail?", "What caused ...": the answer states a cause, in words the question
+# does not use (a line saying X failed restates it)
+WHY = re.compile(r"^\W*why\b|\bwhat (?:caused|causes|made)\b|\b(?:cause|reason)s? (?:of|for)\b",
+                 re.I)
+CAUSE = re.compile(r"\b(?:because|due to|since|\w+ed by)\b|\w(?:Exception|Error)\b|\b(?:"
+                   r"fail(?:ed|ure|s)?|refused|denied|unable|cannot|can't|could not|timed out"
+                   r"|timeout|exceeded|no space|not found|no route|already|missing|invalid|unknown"
+                   r"|lost|killed|full|result|exit(?:ed)?|code|signal|status|terminated|abort\w*"
+                   r"|insufficient|unavailable|expired|exhausted|quota|limit|unreachable|out of"
+                   r"|too many|mismatch|overflow|corrupt\w*|reset|closed)\b", re.I)
 SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
 SEVERAL = re.compile(r"\b(?:ips|addresses|ports)\b", re.I)  # more than one asked for
 MAX_QUOTED = 3  # records quoted where the question asks for several
@@ -148,14 +167,22 @@ class Focus:
     several: bool = False  # it asks for several of the shape ("Which ports")
     attribute: str | None = None  # what it asks the amount or value of (`asked_attribute`)
     excluded: str | None = None  # the id it asks for another of ("besides dn-17")
+    why: frozenset[str] = frozenset()  # for "Why ...?", its words' stems: a cause is not one
 
     @classmethod
     def of(cls, question: str, names: frozenset[str]) -> Focus:
         """The question's focus, with the words it quotes (`names`)."""
         ends = EXCLUDED.search(question)
         excluded = ends[1] if ends and KIND_ID.fullmatch(ends[1]) else None
+        why = (frozenset(stem(w.lower()) for w in WORD.findall(question))
+               if WHY.search(question) else frozenset())
         return cls(names, answer_shape(question), SEVERAL.search(question) is not None,
-                   asked_attribute(question), excluded)
+                   asked_attribute(question), excluded, why)
+
+    def states_cause(self, text: str) -> bool:
+        """Whether the text states a cause in words the question does not hold."""
+        return any(not {stem(w.lower()) for w in WORD.findall(m[0])} <= self.why
+                   for m in CAUSE.finditer(text))
 
 
 def answer_shape(question: str) -> re.Pattern | None:
@@ -193,9 +220,14 @@ OUTCOMES = [
     ("dead died", "alive healthy"),
     ("refused rejected denied", "accepted allowed granted permitted"),
     ("disabled", "enabled"),
+    ("down", "up"),
+    ("stop stopped stopping stops", "start started starting starts"),
 ]
 OPPOSITES = {stem(word): frozenset(stem(w) for w in other.split())
              for pair in OUTCOMES for side, other in (pair, pair[::-1]) for word in side.split()}
+# each outcome's own forms: `stopped` is written for "stop"
+FORMS = {stem(word): frozenset(stem(w) for w in side.split())
+         for pair in OUTCOMES for side in pair for word in side.split()}
 NEGATION = re.compile(r"\b(?:not|never|no|cannot|didn't|wasn't|isn't|won't)\W+(?:\w+\W+){0,4}?$",
                       re.IGNORECASE)
 
@@ -417,15 +449,16 @@ def coverage(terms: Sequence[str], text: str, frequencies: dict[str, int],
 
 def asked_attribute(question: str) -> str | None:
     """The thing a question asks the amount or value of, where its form says: the last word of
-    "How much memory does ..." or of "What is the database password?" (a noun phrase's head
-    is its last word). A line that holds the rest, the database, and not this is about
-    something else of it. None for a word that names the answer's form (`ANSWER_WORDS`:
-    times, number)."""
+    "How much memory does ...", "What is the database password?" or "What was the exit code of
+    ..." (a noun phrase's head is its last word). A line that holds the rest, the database, and
+    not this is about something else of it. None for a word that names the answer's form
+    (`FORM_WORDS`: times, number, name, cause)."""
     found = ATTRIBUTE.search(question)
-    words = (found["amount"] or found["value"]).lower().split() if found else []
-    if not words or STOP_LIKE.intersection(words) or words[-1] in ANSWER_WORDS:
+    phrase = (found["amount"] or found["of"] or found["value"]) if found else ""
+    words = phrase.lower().split()
+    if not words or STOP_LIKE.intersection(words) or words[-1] in FORM_WORDS:
         return None
-    return (found["amount"] or found["value"]).split()[-1]
+    return phrase.split()[-1]
 
 
 def kind_ids(text: str) -> dict[tuple[str, str], set[str]]:
@@ -463,7 +496,7 @@ def contradicted(terms: Iterable[str], text: str) -> set[str]:
     `Failures` of `maxTaskFailuresPerNode` is a name, not an outcome."""
     words = tokens(text)
     return {term for term in terms if (opposite := OPPOSITES.get(stem(term.lower())))
-            and (opposite & words and stem(term.lower()) not in words
+            and (opposite & words and not FORMS[stem(term.lower())] & words
                  or negated(stem(term.lower()), text))}
 
 
@@ -750,12 +783,15 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
     def writes_what_is_asked(said: str) -> bool:
         return ((focus.shape is None or focus.shape.search(said) is not None)
                 and (focus.attribute is None or bool(matched_terms([focus.attribute], said)))
-                and (focus.excluded is None or bool(others_of_kind(focus.excluded, said))))
+                and (focus.excluded is None or bool(others_of_kind(focus.excluded, said)))
+                and (not focus.why or focus.states_cause(said)))
 
+    # a cause is what "Why" asks: a line stating one answers, however few of its words it holds
     fitting = sorted((c for c in candidates if c.named == top.named
-                      and c.weight >= SHAPE_SHARE * top.weight and writes_what_is_asked(c.said)),
+                      and (c.weight >= SHAPE_SHARE * top.weight or focus.why)
+                      and writes_what_is_asked(c.said)),
                      key=Candidate.order, reverse=True) if (focus.shape or focus.attribute
-                                                            or focus.excluded) else []
+                                                            or focus.excluded or focus.why) else []
     if not fitting:
         return [(top.source, top.record)]
     if not (focus.several and focus.shape):
@@ -779,24 +815,26 @@ def best_line(shown: Sequence[Shown], weights: dict[str, float],
     return source, best_in(record, weights)
 
 
-def quoted(record: Record, weights: dict[str, float]) -> list[Line]:
-    """The record's lines an answer quotes, in file order: its head, its best line, and any
-    other line holding a term that the lines before it do not (a stack trace's many `at
-    ...PaymentClient` lines repeat the head's `payment`)."""
+def quoted(record: Record, weights: dict[str, float], focus: Focus = Focus()) -> list[Line]:
+    """The record's lines an answer quotes, in file order: its head, its best line, any other
+    line holding a term that the lines before it do not (a stack trace's many `at
+    ...PaymentClient` lines repeat the head's `payment`), and for "Why ...?" the first line
+    stating a cause (the exception under "Failed to process payment 39695")."""
     best = best_in(record, weights)
     held = matched_terms(weights, record[0].text) | matched_terms(weights, best.text)
+    cause = next((line for line in record if focus.why and focus.states_cause(line.text)), None)
     out = []
     for line in record:
         new = matched_terms(weights, line.text) - held
-        if line is record[0] or line is best or new:
+        if line is record[0] or line is best or line is cause or new:
             out.append(line)
             held |= new
     return out
 
 
-def record_text(record: Record, weights: dict[str, float]) -> str:
+def record_text(record: Record, weights: dict[str, float], focus: Focus = Focus()) -> str:
     """What the record says of the question: its quoted lines."""
-    return "\n".join(line.text for line in quoted(record, weights))
+    return "\n".join(line.text for line in quoted(record, weights, focus))
 
 
 def extractive_answer(shown: Sequence[Shown], weights: dict[str, float],
@@ -805,7 +843,7 @@ def extractive_answer(shown: Sequence[Shown], weights: dict[str, float],
     lines with the record's line range; where the question asks for several, each of the
     best records (`best_records`)."""
     return "; ".join(f"{place(source.where, record)}: "
-                     + " … ".join(f'"{line.text}"' for line in quoted(record, weights))
+                     + " … ".join(f'"{line.text}"' for line in quoted(record, weights, focus))
                      + f" [{source.rank}]"
                      for source, record in best_records(shown, weights, focus))
 
