@@ -791,3 +791,20 @@ def test_why_quotes_the_cause_under_a_stack_traces_head():
     place.text, place.last_line = head, 7  # the head alone restates the question
     found = gather("Why did payment 39695 fail?", [(2, 1.0)], True, {2: place}, frequencies, 900)
     assert found.shown == []
+
+
+def test_a_request_for_another_path_is_no_answer():
+    """"Which user got a 418 on /api/invoices/9616?": an access log's request for
+    /api/orders/418 holds the 418 only in another path under /api, so nothing is found; the
+    request for the named path answers."""
+    access = ('172.123.207.9 - jenkins [16/Dec/2022:04:43:22 +0000] "GET /api/orders/418 '
+              'HTTP/1.1" 200 28964 "-" "python-requests/2.31"')
+    place = SimpleNamespace(text=access, first_line=120, last_line=120, kind="log",
+                            path="/logs/access.log", heading=None)
+    frequencies = {"got": 0, "418": 1, "api/invoices/9616": 1}
+    question = "Which user got a 418 on /api/invoices/9616?"
+    assert gather(question, [(6, 1.0)], True, {6: place}, frequencies, 500).shown == []
+    assert evidence.other_paths("api/invoices/9616", access) == {"api/orders/418"}
+    place.text = access.replace("/api/orders/418", "/api/invoices/9616").replace(" 200 ", " 418 ")
+    assert "jenkins" in gather(question, [(6, 1.0)], True, {6: place}, frequencies,
+                               500).quote().text

@@ -478,14 +478,27 @@ def others_of_kind(name: str, text: str) -> set[str]:
     return kind_ids(text).get((letters.lower(), sep), set()) - {digits}
 
 
+def other_paths(name: str, text: str) -> set[str]:
+    """The paths under the named path's first directory that the text writes other than it:
+    `/api/orders/418` for `api/invoices/9616`."""
+    top = name.strip("/").split("/")[0]
+    if "/" not in name.strip("/") or not top:
+        return set()
+    found = {m[0].strip("/") for m in re.finditer(rf"/?{re.escape(top)}/[\w.%-]+(?:/[\w.%-]+)*",
+                                                   text, re.I)}
+    return {path for path in found if path.lower() != name.strip("/").lower()}
+
+
 def about_another(names: Iterable[str], text: str) -> set[str]:
-    """The ids the question names that the text does not hold though it writes another of
-    their kind: "Which Spark version was used in capacity test CT-78?" is not answered by the
-    report on CT-77, whatever else of it the report holds."""
+    """The ids and paths the question names that the text does not hold though it writes
+    another of their kind: "Which Spark version was used in capacity test CT-78?" is not
+    answered by the report on CT-77, whatever else of it the report holds, nor "Which user
+    got a 418 on /api/invoices/9616?" by a request for /api/orders/418."""
     held = {(letters.lower(), sep, digits) for letters, sep, digits in KIND_ID.findall(text)}
     return {name for name in names if (found := KIND_ID.fullmatch(name))
             and (found[1].lower(), found[2], found[3]) not in held
-            and others_of_kind(name, text)}
+            and others_of_kind(name, text)
+            or name.strip("/").lower() not in text.lower() and other_paths(name, text)}
 
 
 def contradicted(terms: Iterable[str], text: str) -> set[str]:
