@@ -130,7 +130,9 @@ def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=["dev", "heldout"], default="dev")
+    parser.add_argument("--split", choices=["dev", "heldout", "probes"], default="dev",
+                        help="probes: questions the team wrote over the same files after the "
+                             "rules, to find what the splits do not ask (tuned on, as dev is)")
     parser.add_argument("--sample", type=int, help="Only N questions spread over the split.")
     parser.add_argument("--settings", default=",".join(s["name"] for s in SETTINGS),
                         help="Comma-separated names of the settings to run, in order.")

@@ -235,7 +235,7 @@ def test_other_questions_are_answered_as_before(engine, monkeypatch):
     monkeypatch.setattr(engine, "answer_by", "generate")
     monkeypatch.setattr(engine.text_model, "generate",
                         lambda *a, **k: calls.append(a) or real(*a, **k))
-    reply = ask(engine, "Why did logrotate exit?")
+    reply = ask(engine, "What did logrotate alert about?")
     assert (reply.aggregate, reply.status, len(calls)) == (None, "ok", 1)
     assert reply.sources[0].in_prompt and reply.sources[0].cited_lines
     reply = ask(engine, "How many times did the flux capacitor overheat in syslogd?")

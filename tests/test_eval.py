@@ -4,6 +4,7 @@ benchmark (bench/qa/dev.jsonl) asked of the real daemon on the text engine (Smol
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -194,6 +195,20 @@ def test_the_benchmark_files_load_and_keep_their_splits_apart():
     for questions in (dev, heldout):
         assert sum(not q.answerable for q in questions) >= 0.15 * len(questions)
     assert not {q.question for q in dev} & {q.question for q in heldout}
+
+
+@pytest.mark.skipif(not LOGHUB.is_dir(), reason=f"{LOGHUB} not present")
+def test_the_written_probes_hold_their_answers_and_ask_nothing_the_splits_ask():
+    """bench/qa/probes.jsonl: each answerable probe's gold line holds an accepted answer."""
+    probes = load_questions(QA / "probes.jsonl")
+    asked = {q.question for name in ("dev.jsonl", "heldout.jsonl")
+             for q in load_questions(QA / name)}
+    assert {q.split for q in probes} == {"probes"} and not {q.question for q in probes} & asked
+    for probe in (q for q in probes if q.answerable):
+        gold = probe.gold[0]
+        folder = QA if gold.file.startswith("reports/") else LOGHUB
+        lines = (folder / gold.file).read_text().splitlines()[gold.lines[0] - 1:gold.lines[1]]
+        assert any(re.search(p, "\n".join(lines), re.I) for p in probe.accept), probe.id
 
 
 # -- the slice through the real daemon -------------------------------------------------------

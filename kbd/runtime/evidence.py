@@ -494,11 +494,13 @@ def about_another(names: Iterable[str], text: str) -> set[str]:
     another of their kind: "Which Spark version was used in capacity test CT-78?" is not
     answered by the report on CT-77, whatever else of it the report holds, nor "Which user
     got a 418 on /api/invoices/9616?" by a request for /api/orders/418."""
-    held = {(letters.lower(), sep, digits) for letters, sep, digits in KIND_ID.findall(text)}
-    return {name for name in names if (found := KIND_ID.fullmatch(name))
-            and (found[1].lower(), found[2], found[3]) not in held
-            and others_of_kind(name, text)
-            or name.strip("/").lower() not in text.lower() and other_paths(name, text)}
+    def another(name: str) -> bool:
+        if KIND_ID.fullmatch(name):
+            written = {"".join(parts).lower() for parts in KIND_ID.findall(text)}
+            return name.lower() not in written and bool(others_of_kind(name, text))
+        return name.strip("/").lower() not in text.lower() and bool(other_paths(name, text))
+
+    return {name for name in names if another(name)}
 
 
 def contradicted(terms: Iterable[str], text: str) -> set[str]:
