@@ -672,6 +672,13 @@ def test_a_line_without_the_asked_attribute_is_no_answer():
     assert "vault path secret/orders" in found.quote().text
 
 
+def stored(text: str, path: str, first_line: int = 1, kind: str = "log",
+           heading: str | None = None) -> SimpleNamespace:
+    """A stored passage as gather reads it: its text, file, kind, heading and line range."""
+    return SimpleNamespace(text=text, first_line=first_line, kind=kind, path=path,
+                           heading=heading, last_line=first_line + text.count("\n"))
+
+
 @pytest.mark.parametrize("question, excluded", [
     ("Which datanode was decommissioned in INC-2041 besides dn-17?", "dn-17"),
     ("Which golden image did the runbook use before gi-2026.01?", "gi-2026.01"),
@@ -699,9 +706,8 @@ def test_a_record_about_another_id_of_the_named_kind_is_no_answer():
     report = ("Capacity test CT-77 ran on the ETL cluster in July 2026.\n"
               "The Spark version was 3.5.1 and the Python version 3.11.7.\n"
               "Repeat the test as CT-78 in August 2026 or when the volume passes 2.5 TB.")
-    place = SimpleNamespace(text=report, first_line=1, last_line=3, kind="report",
-                            path="/docs/capacity-test-ct-77.rst",
-                            heading="Capacity test CT-77: Spark log aggregation")
+    place = stored(report, "/docs/capacity-test-ct-77.rst", kind="report",
+                   heading="Capacity test CT-77: Spark log aggregation")
     frequencies = {"Spark": 70, "version": 17, "used": 19, "capacity": 8, "test": 76,
                    "CT-78": 1, "CT-77": 3}
     found = gather("Which Spark version was used in capacity test CT-78?", [(3, 1.0)], True,
@@ -712,8 +718,7 @@ def test_a_record_about_another_id_of_the_named_kind_is_no_answer():
     assert "3.5.1" in found.quote().text
 
     timeline = "| 11:05 | dn-17 decommissioned; 312 blocks re-replicated from other nodes |"
-    place = SimpleNamespace(text=timeline, first_line=34, last_line=34, kind="report",
-                            path="/docs/postmortem-inc-2041.md", heading="INC-2041 > Timeline")
+    place = stored(timeline, "/docs/postmortem-inc-2041.md", 34, "report", "INC-2041 > Timeline")
     frequencies = {"datanode": 40, "decommissioned": 2, "INC-2041": 4, "dn-17": 6}
     question = "Which datanode was decommissioned in INC-2041 besides dn-17?"
     found = gather(question, [(5, 1.0)], True, {5: place}, frequencies, 3800)
@@ -731,8 +736,7 @@ def test_the_value_of_a_thing_the_line_does_not_write_is_not_found():
             "/mnt/hadoop/dfs/data/current/blk_-5718504625725408070\n"
             "081110 220907 19 INFO dfs.DataNode$PacketResponder: Received block "
             "blk_-5718504625725408070 of size 67108864 from /10.251.106.10")
-    place = SimpleNamespace(text=hdfs, first_line=1007, last_line=1008, kind="log",
-                            path="/logs/HDFS_2k.log", heading=None)
+    place = stored(hdfs, "/logs/HDFS_2k.log", 1007)
     frequencies = {"blk_-5718504625725408070": 3, "checksum": 0, "size": 300, "deleted": 40,
                    "received": 500, "block": 1500}
     found = gather("What was the checksum of block blk_-5718504625725408070 when it was "
@@ -752,8 +756,7 @@ def test_why_is_answered_by_a_line_stating_a_cause():
               "module capability\n"
               "Jul 27 14:41:58 combo kernel: There is already a security framework initialized, "
               "register_security failed.")
-    place = SimpleNamespace(text=kernel, first_line=1946, last_line=1947, kind="log",
-                            path="/logs/Linux_2k.log", heading=None)
+    place = stored(kernel, "/logs/Linux_2k.log", 1946)
     frequencies = {"kernel": 14, "register": 14, "security": 15, "module": 2, "not": 161}
     found = gather("Why could the kernel not register its security module?", [(4, 1.0)], True,
                    {4: place}, frequencies, 3800)
@@ -761,8 +764,7 @@ def test_why_is_answered_by_a_line_stating_a_cause():
     lease = ("2015-10-18 18:08:33,537 WARN [LeaseRenewer:msrabi@msra-sa-41:9000] "
              "org.apache.hadoop.hdfs.LeaseRenewer: Failed to renew lease for "
              "[DFSClient_NONMAPREDUCE_1537864556_1] for 356 seconds.  Will retry shortly ...")
-    place = SimpleNamespace(text=lease, first_line=1997, last_line=1997, kind="log",
-                            path="/logs/Hadoop_2k.log", heading=None)
+    place = stored(lease, "/logs/Hadoop_2k.log", 1997)
     frequencies = {"lease": 30, "renewer": 30, "msra-sa-41": 200, "fail": 900, "caused": 0}
     found = gather("What caused the lease renewer on msra-sa-41 to fail?", [(4, 1.0)], True,
                    {4: place}, frequencies, 3800)
@@ -779,8 +781,7 @@ def test_why_quotes_the_cause_under_a_stack_traces_head():
            "\tat com.example.inventory.UserRepository.process(UserRepository.java:314)\n"
            "2020-02-23 07:38:25,655 INFO [http-nio-8080-exec-23] com.example.inventory."
            "CartController - Handled request 10770 in 45 ms")
-    place = SimpleNamespace(text=log, first_line=7, last_line=10, kind="log",
-                            path="/logs/inventory-app.log", heading=None)
+    place = stored(log, "/logs/inventory-app.log", 7)
     frequencies = {"payment": 40, "39695": 2, "fail": 60}
     found = gather("Why did payment 39695 fail?", [(2, 1.0)], True, {2: place}, frequencies, 900)
     assert found.quote().text == (
@@ -799,8 +800,7 @@ def test_a_request_for_another_path_is_no_answer():
     request for the named path answers."""
     access = ('172.123.207.9 - jenkins [16/Dec/2022:04:43:22 +0000] "GET /api/orders/418 '
               'HTTP/1.1" 200 28964 "-" "python-requests/2.31"')
-    place = SimpleNamespace(text=access, first_line=120, last_line=120, kind="log",
-                            path="/logs/access.log", heading=None)
+    place = stored(access, "/logs/access.log", 120)
     frequencies = {"got": 0, "418": 1, "api/invoices/9616": 1}
     question = "Which user got a 418 on /api/invoices/9616?"
     assert gather(question, [(6, 1.0)], True, {6: place}, frequencies, 500).shown == []
