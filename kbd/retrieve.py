@@ -34,7 +34,9 @@ from kbd.model.dense import DIM, DenseModel, load_dense_model
 from kbd.runtime.evidence import (
     ANSWER_WORDS,
     COMPOUND_PART,
+    SPECIFIC,
     TIME_OF_DAY,
+    WHY,
     matched_terms,
     numbers_after_words,
 )
@@ -50,6 +52,8 @@ our over should so some than that the their them then there these they this thos
 was we were what when where which while who whom why will with would you your
 """.split())
 MAX_TERMS = 32  # a question longer than this many distinct words is searched by its first ones
+# "Why did attempt_X fail?": the line stating why names the attempt and an error, not "fail"
+CAUSE_TERMS = ["error", "exception", "because", "caused"]
 SEARCH_FETCH = 4  # hits read per passage wanted; more are read while scopes filter them out
 FUSE_DEPTH = 50  # passages each ranking brings to the fusion
 RRF_K = 60  # reciprocal rank fusion's constant (Cormack et al. 2009): a passage at rank r
@@ -235,15 +239,21 @@ def bm25(store: Store, question: str, allowed: set[int] | None,
          k: int) -> list[tuple[int, float]]:
     """The k best (passage id, BM25 score) by the store's full-text search, as `search`: any of
     the question's terms, adjacent word pairs or compounds written the other way; those
-    holding a number as the question binds it to a word (`bound_numbers`) first."""
+    holding a number as the question binds it to a word (`bound_numbers`) first; for a "Why"
+    question naming an id, those holding the id first, ranked with the words that state a
+    cause (CAUSE_TERMS)."""
     terms = search_terms(question)
     terms += (word_pairs(question) + compound_forms(question))[:MAX_TERMS - len(terms)]
     bound = bound_numbers(question)
+    ids = [t for t in asked_terms(question) if SPECIFIC.fullmatch(t) and not t.isdigit()]
     limit = SEARCH_FETCH * k
     while True:
         with store.read() as conn:
-            # the passages writing a number after its word as the question does come first
-            first = q.search_passages(conn, terms, limit, bound) if bound else []
+            # the passages writing a number after its word as the question does come first,
+            # or those about the id a "Why" names, the one stating a cause best
+            first = (q.search_passages(conn, terms, limit, bound) if bound
+                     else q.search_passages(conn, terms + CAUSE_TERMS, limit, ids)
+                     if ids and WHY.search(question) else [])
             rest = q.search_passages(conn, terms, limit)
         ahead = {hit.id for hit in first}
         hits = first + [hit for hit in rest if hit.id not in ahead]

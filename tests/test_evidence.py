@@ -747,6 +747,57 @@ def test_the_value_of_a_thing_the_line_does_not_write_is_not_found():
     assert "of size 67108864" in found.quote().text
 
 
+@pytest.mark.parametrize("question, writes, lacks", [
+    ("Which user deleted block blk_1?", "sshd[9]: Failed password for root from 1.2.3.4",
+     "dfs.FSDataset: Deleting block blk_1 file /mnt/hadoop/dfs/data/current/blk_1"),
+    ("Which user sent the PUT to /health/6662?",
+     '203.250.56.102 - deploy [16/Dec/2022:04:20:53 +0000] "PUT /health/6662 HTTP/1.1" 502 83',
+     "ftpd[23935]: connection from 210.245.165.136 () at Sun Jul 17 09:44:07 2005"),
+    ("Which user ran backup.sh from cron?", "CRON[1677]: (ops) CMD (/usr/local/bin/backup.sh)",
+     "allocateBlock: /user/root/randtxt/_temporary/part-00011"),  # a path's `user` is none
+    ("Which file did ftpd transfer?", "CRON[1677]: (ops) CMD (/usr/local/bin/backup.sh)",
+     "ftpd[23935]: connection from 210.245.165.136 () at Sun Jul 17 09:44:07 2005"),
+    ("Which Hadoop version ran the MapReduce job?", "Hadoop 2.7.3 started",
+     "JobImpl: Number of reduces for job job_1445144423722_0020:1"),
+    ("Which email address received the alert?", "alert sent to oncall@example.com",
+     "| 10:41 | Block receive errors traced to dn-17 |"),
+    ("What was the size of block blk_1 when it was received?", "Received block blk_1 of size 6",
+     "Receiving block blk_1 src: /10.251.126.22:58984 dest: /10.251.126.22:50010"),
+    ("What was the size of the response to the PUT of /health/6662?",
+     '1.2.3.4 - - [16/Dec/2022] "PUT /health/6662 HTTP/1.1" 502 83468 "-"', "PUT /health/6662"),
+    ("Which country did 183.62.140.253 connect from?", "geoip: 183.62.140.253 country=CN",
+     "sshd[25291]: authentication failure; rhost=183.62.140.253"),
+])
+def test_a_kind_asked_for_and_how_a_line_writes_it(question, writes, lacks):
+    kind = evidence.asked_kind(question)
+    assert kind is not None and kind.search(writes) and not kind.search(lacks)
+
+
+@pytest.mark.parametrize("question", [
+    "What user agent sent the PUT to /health/6662?",  # a user agent is no user
+    "Which block did user root delete?",  # asks for a block
+    "Which IP address did the user log in from?",
+    "What was the name of the application?",  # a name may be any word
+])
+def test_no_kind_of_its_own_is_asked_for(question):
+    assert evidence.asked_kind(question) is None
+
+
+def test_a_line_writing_no_value_of_the_asked_kind_is_no_answer():
+    """"Which user deleted block X?" over the line deleting X: it names the block and no
+    user, so nothing is found; "Which file ..." of the same line is answered by its path."""
+    hdfs = ("081110 220811 19 INFO dfs.FSDataset: Deleting block blk_-5718504625725408070 file "
+            "/mnt/hadoop/dfs/data/current/blk_-5718504625725408070")
+    place = stored(hdfs, "/logs/HDFS_2k.log", 1007)
+    frequencies = {"blk_-5718504625725408070": 3, "deleted": 40, "deleting": 40, "block": 1500}
+    found = gather("Which user deleted block blk_-5718504625725408070?", [(9, 1.0)], True,
+                   {9: place}, frequencies, 4000)
+    assert found.shown == [] and found.not_found().status == "not-found"
+    found = gather("Which file held block blk_-5718504625725408070 when it was deleted?",
+                   [(9, 1.0)], True, {9: place}, frequencies, 4000)
+    assert "/mnt/hadoop/dfs/data/current" in found.quote().text
+
+
 def test_why_is_answered_by_a_line_stating_a_cause():
     """"Why could the kernel not register its security module?": of the kernel's lines the one
     stating why (`already ... initialized`, `failed`) answers, though another holds more of the

@@ -207,3 +207,20 @@ def test_a_number_written_after_its_word_ranks_first(ingester, tmp_path):
     assert retrieve.bound_numbers(question) == ["TID 3"]
     assert retrieve.bound_numbers("How many tasks of stage 99 ran on executor 12?") == [
         "stage 99", "executor 12"]
+
+
+def test_why_an_id_failed_finds_the_line_stating_its_error(ingester, tmp_path):
+    """"Why did attempt_X fail?": of Hadoop's many lines about the attempt, the one stating its
+    error (NoRouteToHostException) holds no "fail" and is found all the same, first among
+    those naming the attempt."""
+    hadoop = ROOT.parent / "shared" / "data" / "loghub" / "Hadoop_2k.log"
+    if not hadoop.exists():
+        pytest.skip("the shared loghub logs are not here")
+    (tmp_path / "hadoop.log").write_bytes(hadoop.read_bytes())
+    ingester.ingest(tmp_path / "hadoop.log")
+    attempt = "attempt_1445144423722_0020_m_000002_0"
+    hits = bm25(ingester.store, f"Why did {attempt} fail?", None, 5)
+    with ingester.store.read() as conn:
+        texts = [t.text for t in q.passage_places(conn, [pid for pid, _ in hits]).values()]
+    assert all(attempt in text for text in texts)
+    assert any("NoRouteToHostException" in text for text in texts)

@@ -336,7 +336,8 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
                                                                   words)
                 or evidence.about_another(asked, held)
                 or focus.excluded and not evidence.others_of_kind(focus.excluded, held)
-                or focus.why and not focus.states_cause(held)):
+                or focus.why and not focus.states_cause(held)
+                or focus.kind and not focus.kind.search(held)):
             return Evidence(question, ranked(hits), [], {})
     # the passages shown come first, so that the prompt's sources are [1] to [n]
     hits = sorted(hits, key=lambda hit: hit[0] not in shown)

@@ -113,6 +113,37 @@ CAUSE = re.compile(r"\b(?:because|due to|since|\w+ed by)\b|\w(?:Exception|Error)
                    r"|lost|killed|full|result|exit(?:ed)?|code|signal|status|terminated|abort\w*"
                    r"|insufficient|unavailable|expired|exhausted|quota|limit|unreachable|out of"
                    r"|too many|mismatch|overflow|corrupt\w*|reset|closed)\b", re.I)
+# what "Which user ...", "What file ...", "What was the size of ..." ask for, and how a line
+# writes one: a line naming what the question names and none of these holds no answer ("Which
+# user deleted block X?" over "Deleting block X file /mnt/..."). Only kinds a log writes in a
+# form of their own; a person, a name or a code may be any word.
+KINDS = [(re.compile(asks, re.I), re.compile(writes, re.I)) for asks, writes in [
+    (r"users?|accounts?|user ?names?|logins?",
+     # an access log's `IP - admin [` and cron's `(ops) CMD` name their user
+     r"(?<![/\w])(?:users?(?:_?(?:id|name))?|user ?names?|accounts?|logins?|lognames?|ruser|r?uid"
+     r"|owner|principal)\b(?!/)|\b(?:for|by|as)\s+\(?[a-z_][\w.-]*|\bsudo(?:\[\d+\])?:\s*\w"
+     r"|\w@\w|^\S+ \S+ [\w.@-]+ \[|\(\w[\w.-]*\) CMD\b"),
+    (r"files?|file ?names?|paths?|director(?:y|ies)",
+     r"(?<![\w/])/[\w.-]|\b[\w-]+\.[a-z][a-z\d]{0,4}\b(?!\.)|\b(?:files?|path|director(?:y|ies))\b"
+     r"|\b[a-z]:\\"),
+    (r"versions?|releases?", r"\b(?:version|release|build)\b|(?<![\d.])v?\d+\.\d+(?:\.\d+)*\b"),
+    (r"e-?mails?(?: address(?:es)?)?|mail address(?:es)?", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
+    (r"countr(?:y|ies)|cit(?:y|ies)|locations?",
+     r"\b(?:countr(?:y|ies)|cit(?:y|ies)|location|geo\w*)\b"),
+    (r"principals?", r"\bprincipal\b|\w@[A-Z]"),
+    # an access log writes the response's size after its status: `" 502 83468`
+    (r"sizes?", r"\b(?:size|length|len|bytes?)\b|\d\s?(?:[KMGTP]i?B|B)\b|\" [1-5]\d\d \d+\b"),
+    (r"temperatures?", r"\btemp\w*|°|\bdegrees?\b|\bcelsius\b"),
+]]
+# the words of "Which Hadoop version ran ...", "What was the size of ...": up to the verb
+ASKED_PHRASE = re.compile(r"^\W*(?:which|what)\s+(?:(?:is|was|are|were)\s+)?(?:the\s+)?"
+                          r"((?:[\w-]+\s+){0,2}[\w-]+)", re.I)
+# words after a kind's name that make it another thing's: a "user agent" is no user
+MODIFIED = frozenset("""agent agents system systems descriptor descriptors handle handles limit
+limits quota quotas count counts mode modes type types permission permissions group groups
+class""".split())
+AUXILIARY = frozenset("""is was are were do does did has have had will would can could of in on
+at to for from by with""".split())
 SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
 SEVERAL = re.compile(r"\b(?:ips|addresses|ports)\b", re.I)  # more than one asked for
 MAX_QUOTED = 3  # records quoted where the question asks for several
@@ -168,6 +199,7 @@ class Focus:
     attribute: str | None = None  # what it asks the amount or value of (`asked_attribute`)
     excluded: str | None = None  # the id it asks for another of ("besides dn-17")
     why: frozenset[str] = frozenset()  # for "Why ...?", its words' stems: a cause is not one
+    kind: re.Pattern | None = None  # what a line answering it must write (`asked_kind`)
 
     @classmethod
     def of(cls, question: str, names: frozenset[str]) -> Focus:
@@ -177,7 +209,7 @@ class Focus:
         why = (frozenset(stem(w.lower()) for w in WORD.findall(question))
                if WHY.search(question) else frozenset())
         return cls(names, answer_shape(question), SEVERAL.search(question) is not None,
-                   asked_attribute(question), excluded, why)
+                   asked_attribute(question), excluded, why, asked_kind(question))
 
     def states_cause(self, text: str) -> bool:
         """Whether the text states a cause in words the question does not hold."""
@@ -189,6 +221,20 @@ def answer_shape(question: str) -> re.Pattern | None:
     """What a line answering the question writes, where its words say: an IP address for
     "Which IP address", a port's number, a duration for "How long", a phone number."""
     return next((shape for asks, shape in ANSWER_SHAPES if asks.search(question)), None)
+
+
+def asked_kind(question: str) -> re.Pattern | None:
+    """How a line writes what the question asks for, where it names a kind of its own
+    (`KINDS`) before its verb: a user for "Which user deleted ...", a version for "Which Hadoop
+    version ran ...", a size for "What was the size of ..."."""
+    found = ASKED_PHRASE.search(question)
+    words = found[1].split() if found else []
+    words = words[:next((i for i, w in enumerate(words) if w.lower() in AUXILIARY), len(words))]
+    # the first of its words ending a kind's name of one or two words: "user" of "user
+    # deleted block", "mail address" of "mail address received"
+    return next((writes for end in range(1, len(words) + 1) for asks, writes in KINDS
+                 if (asks.fullmatch(words[end - 1]) or asks.fullmatch(" ".join(words[end - 2:end])))
+                 and " ".join(words[end:end + 1]).lower() not in MODIFIED), None)
 
 
 def stem(word: str) -> str:
@@ -799,14 +845,16 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
         return ((focus.shape is None or focus.shape.search(said) is not None)
                 and (focus.attribute is None or bool(matched_terms([focus.attribute], said)))
                 and (focus.excluded is None or bool(others_of_kind(focus.excluded, said)))
-                and (not focus.why or focus.states_cause(said)))
+                and (not focus.why or focus.states_cause(said))
+                and (focus.kind is None or focus.kind.search(said) is not None))
 
     # a cause is what "Why" asks: a line stating one answers, however few of its words it holds
     fitting = sorted((c for c in candidates if c.named == top.named
                       and (c.weight >= SHAPE_SHARE * top.weight or focus.why)
                       and writes_what_is_asked(c.said)),
                      key=Candidate.order, reverse=True) if (focus.shape or focus.attribute
-                                                            or focus.excluded or focus.why) else []
+                                                            or focus.excluded or focus.why
+                                                            or focus.kind) else []
     if not fitting:
         return [(top.source, top.record)]
     if not (focus.several and focus.shape):
