@@ -638,6 +638,26 @@ def test_a_question_asking_for_several_gets_each_of_them():
     assert evidence.extractive_answer(shown, weights, one) == f'hadoop.log:54: "{lines[1]}" [1]'
 
 
+def test_records_the_question_cannot_tell_apart_are_quoted_together():
+    """Two lines hold the same of "What task attempt did the JVM get handed?": each is
+    quoted, so the one naming the attempt is among them; a third that repeats the first's
+    values at another time is not, nor one holding less of the question."""
+    question = "What task attempt did the JVM jvm_1445144423722_0020_m_000002 get handed?"
+    head = ("2015-10-18 18:02:02,510 INFO [IPC Server handler 13 on 62270] "
+            "org.apache.hadoop.mapred.TaskAttemptListenerImpl: ")
+    lines = [head + "JVM with ID : jvm_1445144423722_0020_m_000002 asked for a task",
+             head + "JVM with ID: jvm_1445144423722_0020_m_000002 given task: "
+                    "attempt_1445144423722_0020_m_000000_0",
+             head.replace("18:02:02,510", "18:02:09,004")
+             + "JVM with ID : jvm_1445144423722_0020_m_000002 asked for a task",
+             head + "Progress of TaskAttempt attempt_1445144423722_0020_m_000000_0 is : 0.1"]
+    cited = [Line(178 + i, text) for i, text in enumerate(lines)]
+    shown = [Shown(1, "hadoop.log", cited, cited)]
+    weights = evidence.term_weights(search_terms(question), lines)
+    assert evidence.extractive_answer(shown, weights) == (
+        f'hadoop.log:178: "{lines[0]}" [1]; hadoop.log:179: "{lines[1]}" [1]')
+
+
 @pytest.mark.parametrize("question, attribute", [
     ("What is the database password?", "password"),
     ("How much memory does the orders database use?", "memory"),

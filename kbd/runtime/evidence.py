@@ -50,6 +50,8 @@ FIELD_MARK = re.compile(r"\w\"?\s*[=:]")
 WORD_BEFORE = re.compile(r"([A-Za-z]+)[\s:=#_-]*$")  # the word a number follows: `stage 12`
 FIELD_BEFORE = re.compile(r"([A-Za-z][\w.]*)\"?\s*[=:]\s*\"?$")  # a field's name, then its value
 SPECIFIC = re.compile(r"\w*\d[\w.:/-]*")  # numbers, ids, addresses, times, dates
+VALUE = re.compile(r"(?<![\w.-])(?:(?=[\w.:/-]*[A-Za-z])(?=[\w.:/-]*\d)[\w.:/-]*\w"
+                   r"|\d{1,3}(?:\.\d{1,3}){3})")
 TIME_OF_DAY = re.compile(r"(?<![\d:])(\d{1,2}):(\d{2})(?::(\d{2}))?(?![\d])")  # 10:32[:05]
 # a date (2005.06.04, 17/06/09, Jun 14) or a time of day, with no field's `=` or `:` before
 # it, near the line's start: a record's first line, whatever words come before its time
@@ -830,7 +832,11 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
     ("Which ports did the listeners start on?"), the others that would be chosen as well,
     each writing another value of it, up to MAX_QUOTED. A record holding the attribute the
     question asks about ("How many reduces"), or another id of the kind it asks for another of
-    ("besides dn-17"), is chosen as one writing its shape is."""
+    ("besides dn-17"), is chosen as one writing its shape is. Otherwise the best and the
+    records the question cannot tell from it (as much named and matched weight) that write
+    values it does not, up to MAX_QUOTED: "What task attempt did the JVM get handed?" holds
+    as much of "JVM ... asked for a task" as of "JVM ... given task: attempt_...", and only
+    the second answers."""
     named_weights = {t: weights[t] for t in named(weights, focus.names)}
     candidates = []
     for source in shown:
@@ -855,14 +861,26 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
                      key=Candidate.order, reverse=True) if (focus.shape or focus.attribute
                                                             or focus.excluded or focus.why
                                                             or focus.kind) else []
-    if not fitting:
-        return [(top.source, top.record)]
-    if not (focus.several and focus.shape):
-        return [(fitting[0].source, fitting[0].record)]
-    chosen: dict[str, tuple[Shown, Record]] = {}  # one record a value of the shape
-    for c in fitting:
-        chosen.setdefault(focus.shape.search(c.said)[0], (c.source, c.record))
-    return list(chosen.values())[:MAX_QUOTED]
+    if focus.several and focus.shape and fitting:
+        chosen: dict[str, tuple[Shown, Record]] = {}  # one record a value of the shape
+        for c in fitting:
+            chosen.setdefault(focus.shape.search(c.said)[0], (c.source, c.record))
+        return list(chosen.values())[:MAX_QUOTED]
+    best = (fitting or [top])[0]
+    chosen_values = values(best.said)
+    out = [best]
+    for c in sorted(fitting or candidates, key=Candidate.order, reverse=True):
+        if (c is not best and (c.named, c.weight) == (best.named, best.weight)
+                and values(c.said) - chosen_values and len(out) < MAX_QUOTED):
+            out.append(c)
+            chosen_values |= values(c.said)
+    return [(c.source, c.record) for c in out]
+
+
+def values(text: str) -> set[str]:
+    """The values a text writes that tell one event from another of its kind: ids and
+    addresses (letters with digits, dotted numbers), not times, dates or counts."""
+    return {v.lower() for v in VALUE.findall(text)}
 
 
 def named(terms: Iterable[str], names: frozenset[str]) -> list[str]:
