@@ -1,5 +1,8 @@
 """The answer-quality benchmark of record: each setting's daemon over a fresh store of the six
-loghub logs and the reports in bench/qa/reports/, asked the questions by `kbd eval`.
+loghub logs and the reports in bench/qa/reports/, asked the questions by `kbd eval`. The split
+`unseen` asks instead over the seven files train/formats.py makes from seed 123 (syslog, JSON
+lines, a Java app's stack traces, an access log, Kubernetes events, a journal export, a
+runbook), in formats no loghub file has.
 
     python bench/answers.py [--split dev|heldout] [--sample N] [--settings baseline,current]
     python bench/answers.py --before HEAD~1 --settings baseline,before,current   # a change
@@ -31,10 +34,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the daemon harness
+sys.path.insert(0, str(ROOT))  # train/, the unseen split's file generators
 
 from support.harness import Kbd, wait_for  # noqa: E402
 
 from kbd.errors import KbdError  # noqa: E402
+from train import formats  # noqa: E402
 
 LOGHUB = ROOT.parent / "shared" / "data" / "loghub"
 REPORTS = ROOT / "bench" / "qa" / "reports"
@@ -83,7 +88,17 @@ def sample(questions: Path, count: int | None, out: Path) -> Path:
     return out
 
 
-def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
+def put_corpus(split: str, watched: Path) -> None:
+    """The files the split's questions ask about, into the watched folder."""
+    if split == "unseen":
+        formats.write_folder(watched, formats.UNSEEN_SEED)
+        return
+    for log in sorted(LOGHUB.glob("*.log")):
+        shutil.copy(log, watched)
+    shutil.copytree(REPORTS, watched / "reports")
+
+
+def run_setting(setting: dict, split: str, questions: Path, workdir: Path, top_k: int,
                 max_new_tokens: int, time_limit_s: float | None) -> dict:
     folder = workdir / setting["name"]
     folder.mkdir()
@@ -91,9 +106,7 @@ def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
     config = dict(setting["config"])
     with Kbd(folder, None, ingest=config.pop("ingest", None), extra=toml_tables(config)) as kbd:
         kbd.env["PYTHONPATH"] = str(code)
-        for log in sorted(LOGHUB.glob("*.log")):
-            shutil.copy(log, kbd.watched)
-        shutil.copytree(REPORTS, kbd.watched / "reports")
+        put_corpus(split, kbd.watched)
         files = sum(path.is_file() for path in kbd.watched.rglob("*"))
         start = time.perf_counter()
         kbd.start()
@@ -130,9 +143,10 @@ def run_setting(setting: dict, questions: Path, workdir: Path, top_k: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=["dev", "heldout", "probes"], default="dev",
+    parser.add_argument("--split", choices=["dev", "heldout", "probes", "unseen"], default="dev",
                         help="probes: questions the team wrote over the same files after the "
-                             "rules, to find what the splits do not ask (tuned on, as dev is)")
+                             "rules, to find what the splits do not ask; unseen: questions "
+                             "written over train/formats.py's files (both tuned on, as dev is)")
     parser.add_argument("--sample", type=int, help="Only N questions spread over the split.")
     parser.add_argument("--settings", default=",".join(s["name"] for s in SETTINGS),
                         help="Comma-separated names of the settings to run, in order.")
@@ -168,7 +182,7 @@ def main() -> None:
         questions = sample(ROOT / "bench" / "qa" / f"{args.split}.jsonl", args.sample,
                            workdir / "questions.jsonl")
         for setting in chosen:
-            results["rows"].append(run_setting(setting, questions, workdir, args.top_k,
+            results["rows"].append(run_setting(setting, args.split, questions, workdir, args.top_k,
                                                args.max_new_tokens, args.time_limit_s))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, ensure_ascii=False))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,9 @@ from kbd.evaluate import (
     score,
     table,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from train import formats  # noqa: E402
 
 ROOT = Path("/data")
 QA = Path(__file__).resolve().parents[1] / "bench" / "qa"
@@ -209,6 +213,21 @@ def test_the_written_probes_hold_their_answers_and_ask_nothing_the_splits_ask():
         folder = QA if gold.file.startswith("reports/") else LOGHUB
         lines = (folder / gold.file).read_text().splitlines()[gold.lines[0] - 1:gold.lines[1]]
         assert any(re.search(p, "\n".join(lines), re.I) for p in probe.accept), probe.id
+
+
+def test_the_unseen_split_holds_its_answers_in_the_files_of_its_seed(tmp_path):
+    """bench/qa/unseen.jsonl asks over train/formats.py's files of seed 123: each answerable
+    question's gold line, in the files made again here, holds an accepted answer."""
+    unseen = load_questions(QA / "unseen.jsonl")
+    asked = {q.question for name in ("dev.jsonl", "heldout.jsonl", "probes.jsonl")
+             for q in load_questions(QA / name)}
+    assert {q.split for q in unseen} == {"unseen"} and not {q.question for q in unseen} & asked
+    assert sum(not q.answerable for q in unseen) >= 0.3 * len(unseen)
+    written = {path.name: path for path in formats.write_folder(tmp_path, formats.UNSEEN_SEED)}
+    for question in (q for q in unseen if q.answerable):
+        gold = question.gold[0]
+        lines = written[gold.file].read_text().splitlines()[gold.lines[0] - 1:gold.lines[1]]
+        assert any(re.search(p, "\n".join(lines), re.I) for p in question.accept), question.id
 
 
 # -- the slice through the real daemon -------------------------------------------------------

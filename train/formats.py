@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 from datetime import datetime, timedelta
+from pathlib import Path
 
 USERS = ["alice", "bob", "carol", "deploy", "backup", "jenkins", "postgres", "www-data",
          "oracle", "admin", "git", "nagios", "svc_etl", "mkovac", "tnguyen", "ops"]
@@ -211,3 +212,19 @@ def report(rng: random.Random, n: int = 40) -> tuple[str, list[str]]:
 
 
 GENERATORS = [syslog, json_lines, java_trace, access_log, k8s_events, journal_export, report]
+
+
+UNSEEN_SEED = 123  # the files of bench/qa/unseen.jsonl, which cites their lines
+
+
+def write_folder(folder: Path, seed: int) -> list[Path]:
+    """One file of each format, made in turn from one seed, written into folder: with
+    UNSEEN_SEED, the logs of the benchmark's `unseen` split, which no loghub file looks like."""
+    rng = random.Random(seed)
+    written = []
+    for make in GENERATORS:
+        name, lines = make(rng)
+        path = folder / name
+        path.write_text("\n".join(lines) + "\n")
+        written.append(path)
+    return written
