@@ -326,7 +326,9 @@ def gather(question: str, hits: list[tuple[int, float]], matched: bool, places: 
         pid = next(pid for pid, s in shown.items() if s is source)
         held = (f"{evidence.record_text(best, weights, focus)}\n{places[pid].heading or ''}\n"
                 f"{Path(source.where).stem}")
-        asked = [t for t in asked_terms(question) if t != focus.excluded]
+        # "Which file": a line writing a path holds what the word asks for, not the word
+        asked = [t for t in asked_terms(question) if t != focus.excluded and not (
+            t == focus.kind_word and focus.kind and focus.kind.search(held))]
         written = question_words(question)
         # an outcome is a whole word of the question, not a part of a glued name
         outcomes = [t for t in asked if t in written]

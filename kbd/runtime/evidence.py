@@ -202,6 +202,7 @@ class Focus:
     excluded: str | None = None  # the id it asks for another of ("besides dn-17")
     why: frozenset[str] = frozenset()  # for "Why ...?", its words' stems: a cause is not one
     kind: re.Pattern | None = None  # what a line answering it must write (`asked_kind`)
+    kind_word: str | None = None  # the question's word naming it: a line holds its value
 
     @classmethod
     def of(cls, question: str, names: frozenset[str]) -> Focus:
@@ -210,8 +211,9 @@ class Focus:
         excluded = ends[1] if ends and KIND_ID.fullmatch(ends[1]) else None
         why = (frozenset(stem(w.lower()) for w in WORD.findall(question))
                if WHY.search(question) else frozenset())
+        word, kind = asked_kind(question) or (None, None)
         return cls(names, answer_shape(question), SEVERAL.search(question) is not None,
-                   asked_attribute(question), excluded, why, asked_kind(question))
+                   asked_attribute(question), excluded, why, kind, word)
 
     def states_cause(self, text: str) -> bool:
         """Whether the text states a cause in words the question does not hold."""
@@ -225,16 +227,17 @@ def answer_shape(question: str) -> re.Pattern | None:
     return next((shape for asks, shape in ANSWER_SHAPES if asks.search(question)), None)
 
 
-def asked_kind(question: str) -> re.Pattern | None:
-    """How a line writes what the question asks for, where it names a kind of its own
-    (`KINDS`) before its verb: a user for "Which user deleted ...", a version for "Which Hadoop
-    version ran ...", a size for "What was the size of ..."."""
+def asked_kind(question: str) -> tuple[str, re.Pattern] | None:
+    """The question's word naming a kind of its own (`KINDS`) before its verb, and how a line
+    writes one: a user for "Which user deleted ...", a version for "Which Hadoop version ran
+    ...", a size for "What was the size of ..."."""
     found = ASKED_PHRASE.search(question)
     words = found[1].split() if found else []
     words = words[:next((i for i, w in enumerate(words) if w.lower() in AUXILIARY), len(words))]
     # the first of its words ending a kind's name of one or two words: "user" of "user
     # deleted block", "mail address" of "mail address received"
-    return next((writes for end in range(1, len(words) + 1) for asks, writes in KINDS
+    return next(((words[end - 1], writes) for end in range(1, len(words) + 1)
+                 for asks, writes in KINDS
                  if (asks.fullmatch(words[end - 1]) or asks.fullmatch(" ".join(words[end - 2:end])))
                  and " ".join(words[end:end + 1]).lower() not in MODIFIED), None)
 
