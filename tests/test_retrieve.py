@@ -192,14 +192,19 @@ def test_clara_ranking_is_fused_with_bm25(sqlite_ingester, e2e, e2e_dir, base_di
     assert all(len(r["sources"]) == 5 for r in replies)
 
 
+def ingest_loghub(ingester, folder: Path, name: str) -> None:
+    """One of the shared loghub logs, copied into folder and stored (skipped where absent)."""
+    log = ROOT.parent / "shared" / "data" / "loghub" / name
+    if not log.exists():
+        pytest.skip("the shared loghub logs are not here")
+    (folder / name).write_bytes(log.read_bytes())
+    ingester.ingest(folder / name)
+
+
 def test_a_number_written_after_its_word_ranks_first(ingester, tmp_path):
     """"TID 3" names task 3: the passage that writes it so comes before Spark's many that hold
     more of the question's other words and a 3 that belongs to something else."""
-    spark = ROOT.parent / "shared" / "data" / "loghub" / "Spark_2k.log"
-    if not spark.exists():
-        pytest.skip("the shared loghub logs are not here")
-    (tmp_path / "spark.log").write_bytes(spark.read_bytes())
-    ingester.ingest(tmp_path / "spark.log")
+    ingest_loghub(ingester, tmp_path, "Spark_2k.log")
     question = "How many bytes of result did TID 3 send to the driver?"
     (best, _), *_ = bm25(ingester.store, question, None, 5)
     with ingester.store.read() as conn:
@@ -211,13 +216,9 @@ def test_a_number_written_after_its_word_ranks_first(ingester, tmp_path):
 
 def test_why_an_id_failed_finds_the_line_stating_its_error(ingester, tmp_path):
     """"Why did attempt_X fail?": of Hadoop's many lines about the attempt, the one stating its
-    error (NoRouteToHostException) holds no "fail" and is found all the same, first among
-    those naming the attempt."""
-    hadoop = ROOT.parent / "shared" / "data" / "loghub" / "Hadoop_2k.log"
-    if not hadoop.exists():
-        pytest.skip("the shared loghub logs are not here")
-    (tmp_path / "hadoop.log").write_bytes(hadoop.read_bytes())
-    ingester.ingest(tmp_path / "hadoop.log")
+    error (NoRouteToHostException) holds no "fail" and is among the five found, each of them
+    naming the attempt."""
+    ingest_loghub(ingester, tmp_path, "Hadoop_2k.log")
     attempt = "attempt_1445144423722_0020_m_000002_0"
     hits = bm25(ingester.store, f"Why did {attempt} fail?", None, 5)
     with ingester.store.read() as conn:
