@@ -148,7 +148,7 @@ AUXILIARY = frozenset("""is was are were do does did has have had will would can
 at to for from by with""".split())
 SHAPE_SHARE = 0.7  # a record of the asked shape is chosen over a better one holding this share
 SEVERAL = re.compile(r"\b(?:ips|addresses|ports)\b", re.I)  # more than one asked for
-MAX_QUOTED = 3  # records quoted where the question asks for several
+MAX_QUOTED = 3  # records quoted where the question asks for several or cannot tell them apart
 # an id of a kind: letters, then digits (`CT-78`, `INC-2041`, `dn-17`, `blk_-1608`, `gi-2026.01`)
 KIND_ID = re.compile(r"(?<![\w.-])([A-Za-z]+)([-_]+)(\d[\w.]*?)(?=[^\w]*(?:\s|$))")
 # "besides dn-17?", "before gi-2026.01?": the question ends naming one it asks for another of
@@ -870,14 +870,13 @@ def best_records(shown: Sequence[Shown], weights: dict[str, float],
             chosen.setdefault(focus.shape.search(c.said)[0], (c.source, c.record))
         return list(chosen.values())[:MAX_QUOTED]
     best = (fitting or [top])[0]
-    chosen_values = values(best.said)
-    out = [best]
+    quoted, seen = [best], values(best.said)
     for c in sorted(fitting or candidates, key=Candidate.order, reverse=True):
-        if (c is not best and (c.named, c.weight) == (best.named, best.weight)
-                and values(c.said) - chosen_values and len(out) < MAX_QUOTED):
-            out.append(c)
-            chosen_values |= values(c.said)
-    return [(c.source, c.record) for c in out]
+        if (len(quoted) < MAX_QUOTED and (c.named, c.weight) == (best.named, best.weight)
+                and values(c.said) - seen):
+            quoted.append(c)
+            seen |= values(c.said)
+    return [(c.source, c.record) for c in quoted]
 
 
 def values(text: str) -> set[str]:
