@@ -777,6 +777,8 @@ def test_the_value_of_a_thing_the_line_does_not_write_is_not_found():
      "allocateBlock: /user/root/randtxt/_temporary/part-00011"),  # a path's `user` is none
     ("Which file did ftpd transfer?", "CRON[1677]: (ops) CMD (/usr/local/bin/backup.sh)",
      "ftpd[23935]: connection from 210.245.165.136 () at Sun Jul 17 09:44:07 2005"),
+    ("Which file did the kernel fail to read on sdc4?", "EXT4-fs error: reading /etc/fstab",
+     "EXT4-fs error (device sdc4): inode #500748: comm rsync: reading directory lblock 0"),
     ("Which Hadoop version ran the MapReduce job?", "Hadoop 2.7.3 started",
      "JobImpl: Number of reduces for job job_1445144423722_0020:1"),
     ("Which email address received the alert?", "alert sent to oncall@example.com",

@@ -126,8 +126,7 @@ KINDS = [(re.compile(asks, re.I), re.compile(writes, re.I)) for asks, writes in 
      r"|owner|principal)\b(?!/)|\b(?:for|by|as)\s+\(?[a-z_][\w.-]*|\bsudo(?:\[\d+\])?:\s*\w"
      r"|\w@\w|^\S+ \S+ [\w.@-]+ \[|\(\w[\w.-]*\) CMD\b"),
     (r"files?|file ?names?|paths?|director(?:y|ies)",
-     r"(?<![\w/])/[\w.-]|\b[\w-]+\.[a-z][a-z\d]{0,4}\b(?!\.)|\b(?:files?|path|director(?:y|ies))\b"
-     r"|\b[a-z]:\\"),
+     r"(?<![\w/])/[\w.-]|\b[\w-]+\.[a-z][a-z\d]{0,4}\b(?!\.)|\b[a-z]:\\"),
     (r"versions?|releases?", r"\b(?:version|release|build)\b|(?<![\d.])v?\d+\.\d+(?:\.\d+)*\b"),
     (r"e-?mails?(?: address(?:es)?)?|mail address(?:es)?", r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
     (r"countr(?:y|ies)|cit(?:y|ies)|locations?",
