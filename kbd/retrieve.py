@@ -245,15 +245,17 @@ def bm25(store: Store, question: str, allowed: set[int] | None,
     terms = search_terms(question)
     terms += (word_pairs(question) + compound_forms(question))[:MAX_TERMS - len(terms)]
     bound = bound_numbers(question)
-    ids = [t for t in asked_terms(question) if SPECIFIC.fullmatch(t) and not t.isdigit()]
+    # the ids a "Why" question names
+    ids = ([t for t in asked_terms(question) if SPECIFIC.fullmatch(t) and not t.isdigit()]
+           if WHY.search(question) else [])
     limit = SEARCH_FETCH * k
     while True:
         with store.read() as conn:
             # the passages writing a number after its word as the question does come first,
             # or those about the id a "Why" names, the one stating a cause best
             first = (q.search_passages(conn, terms, limit, bound) if bound
-                     else q.search_passages(conn, terms + CAUSE_TERMS, limit, ids)
-                     if ids and WHY.search(question) else [])
+                     else q.search_passages(conn, terms + CAUSE_TERMS, limit, ids) if ids
+                     else [])
             rest = q.search_passages(conn, terms, limit)
         ahead = {hit.id for hit in first}
         hits = first + [hit for hit in rest if hit.id not in ahead]

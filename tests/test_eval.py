@@ -211,8 +211,14 @@ def test_the_written_probes_hold_their_answers_and_ask_nothing_the_splits_ask():
     for probe in (q for q in probes if q.answerable):
         gold = probe.gold[0]
         folder = QA if gold.file.startswith("reports/") else LOGHUB
-        lines = (folder / gold.file).read_text().splitlines()[gold.lines[0] - 1:gold.lines[1]]
-        assert any(re.search(p, "\n".join(lines), re.I) for p in probe.accept), probe.id
+        assert gold_holds_an_answer(probe, folder / gold.file), probe.id
+
+
+def gold_holds_an_answer(question, path: Path) -> bool:
+    """Whether the question's first gold lines, read from path, hold an accepted answer."""
+    gold = question.gold[0]
+    lines = path.read_text().splitlines()[gold.lines[0] - 1:gold.lines[1]]
+    return any(re.search(p, "\n".join(lines), re.I) for p in question.accept)
 
 
 def test_the_unseen_split_holds_its_answers_in_the_files_of_its_seed(tmp_path):
@@ -225,9 +231,7 @@ def test_the_unseen_split_holds_its_answers_in_the_files_of_its_seed(tmp_path):
     assert sum(not q.answerable for q in unseen) >= 0.3 * len(unseen)
     written = {path.name: path for path in formats.write_folder(tmp_path, formats.UNSEEN_SEED)}
     for question in (q for q in unseen if q.answerable):
-        gold = question.gold[0]
-        lines = written[gold.file].read_text().splitlines()[gold.lines[0] - 1:gold.lines[1]]
-        assert any(re.search(p, "\n".join(lines), re.I) for p in question.accept), question.id
+        assert gold_holds_an_answer(question, written[question.gold[0].file]), question.id
 
 
 # -- the slice through the real daemon -------------------------------------------------------
