@@ -55,9 +55,12 @@ def lines_holding(path: Path, text: str) -> list[int]:
     # "last" the verb, a window, "at first" as "initially"
     ("How long did the HDFS write stall of INC-2041 last?", None),
     ("What failed in the last hour?", None),
-    ("Which errors were logged over the last 3 days?", None),
+    ("Which errors were logged over the last 3 days?", "list"),
     ("How long does fail2ban ban an attacking source at first?", None),
-    ("Which IP address tried to log in as the invalid user test9?", None),
+    # "Which": each value the matching lines write, where they write several
+    ("Which IP address tried to log in as the invalid user test9?", "list"),
+    ("Which node went NotReady?", "list"),
+    ("Who restarted the mailer service?", None),
 ])
 def test_intent_is_read_from_the_question(question, kind):
     found = aggregate.intent(question)
@@ -268,3 +271,60 @@ def test_passages_with_all_terms(store, logs, e2e_dir):
             q.passages_with_all(conn, ["logrotate"], 100)))
         assert (counted["jenkins"], counted["sshd"]) == (0, 5)
         assert counted["not"] >= 1
+
+
+NODES = [1, 2, 1, 3, 2, 1]  # the node of each NodeNotReady event, in file order
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory, e2e_dir):
+    """The quoting text engine over Kubernetes events (`kubectl get events` as text): six
+    NodeNotReady events on three nodes, each beside a pod, between other events."""
+    if smollm2_missing():
+        pytest.skip(f"SmolLM2 not installed: {SMOLLM2_INSTALL}")
+    folder = tmp_path_factory.mktemp("events")
+    lines = []
+    for i, node in enumerate(NODES):
+        lines.append(f"2021-09-18T16:{10 + i}:02.057000Z   Normal    Pulled      "
+                     f"pod/web-{i}a   Container image pulled on node-{node}")
+        lines.append(f"2021-09-18T16:{10 + i}:30.000000Z   Warning   NodeNotReady   "
+                     f"pod/web-{i}b   Node node-{node} status is now: NodeNotReady")
+    log = folder / "k8s-events.txt"
+    log.write_text("\n".join(lines) + "\n")
+    store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
+    assert Ingester(store, PassageTokenizer.load(e2e_dir)).ingest_many(
+        [(log, None, "log")]) == {"added": 1}
+    yield load_engine(ModelConfig(engine="text", device="cpu"), store), log
+    store.close()
+
+
+def test_which_lists_every_value_of_the_matching_lines(events):
+    """ "Which node went NotReady?" over six such events on three nodes names the three,
+    most often first, with how many lines each, and quotes the first line; the pods beside
+    them are not what was asked."""
+    engine, log = events
+    reply = ask(engine, "Which node went NotReady?")
+    assert reply.aggregate == "list", reply.text
+    assert reply.text.startswith('3 different, in the 6 lines holding "node", "NotReady": '
+                                 "node-1 (3 lines), node-2 (2), node-3 (1). The first, "
+                                 "k8s-events.txt:2:"), reply.text
+    assert "pod/" not in reply.text.split(". The first")[0]
+    cited = sorted(n for s in reply.sources for n in s.cited_lines)
+    assert cited == lines_holding(log, "NodeNotReady") == [2, 4, 6, 8, 10, 12]
+
+
+def test_a_glued_word_of_the_question_is_counted_in_a_longer_one(events):
+    """The question's `NotReady` is written inside `NodeNotReady`: the index holds the
+    parts of that word, and every line is counted."""
+    engine, _ = events
+    reply = ask(engine, "How many times did a node go NotReady?")
+    assert (reply.aggregate, reply.text.split(" (")[0]) == (
+        "count", '6 lines match "node", "NotReady"'), reply.text
+
+
+def test_which_of_one_value_is_answered_by_its_line(events):
+    """Every matching line writes the same node, or a user name (no value of a shape): the
+    best line is quoted as ever."""
+    engine, _ = events
+    reply = ask(engine, "Which node did pod/web-3b go NotReady on?")
+    assert (reply.aggregate, reply.status) == (None, "ok") and "node-3" in reply.text

@@ -1,6 +1,6 @@
 """Answers that need every matching line, not the best one: how many times something was
-logged, which occurrence came first or last, and the first (or last) one after (before) a
-time of day.
+logged, which occurrence came first or last, the first (or last) one after (before) a
+time of day, and which ones, where "Which node went NotReady?" has many answers.
 
 A handful of ranked passages cannot count 43 logrotate failures spread over a 2,000-line log,
 and the small model reads three lines. Here the question's intent is read from its words, the
@@ -22,6 +22,7 @@ from kbd.store import Store
 from kbd.store import queries as q
 
 SCAN_LIMIT = 5000  # passages read per question; more and the count says "at least"
+LISTED = 12  # values named in a list's answer; the rest are counted
 
 # Counting phrasings. "How many <things> were ..." is a count only for things that happen:
 # "How many bytes of result did TID 3 send" or "How many executors were lost" ask for a
@@ -37,6 +38,10 @@ LAST = re.compile(r"(?<!\bin the )(?<!\bover the )(?<!\bduring the )(?<!\bsince 
                   r"(?<!\bwithin the )(?<!\bat )\b(?:last|latest|most recent(?:ly)?)\b"
                   r"(?!\s+(?:\d|few|couple|(?:second|minute|hour|day|night|week|month|year|run)s?\b))",
                   re.I)
+# "Which node went NotReady?" picks among the values the matching lines write: each one, where
+# they write several
+WHICH = re.compile(r"^\W*which\s+((?:[\w-]+\s+){0,2}?[\w-]+)\s+(?:is|was|are|were|did|does|do|has|"
+                   r"had|have|\w+ed|went|ran|got|sent|kept|took|made|saw|hit|lost|left)\b", re.I)
 HOW_LONG_LAST = re.compile(r"^\s*how long\b.*\blast\W*$", re.I)
 BOUND = re.compile(r"\b(after|since|before|until)\s+(\d{1,2}:\d{2}(?::\d{2})?)\b", re.I)
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -61,8 +66,9 @@ class Bound:
 
 @dataclass(frozen=True)
 class Intent:
-    kind: str  # count | first | last
+    kind: str  # count | first | last | list
     bound: Bound | None = None
+    noun: str = ""  # what a list names: "node" of "Which node went NotReady?"
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ class Match:
 
 @dataclass
 class Answer:
-    kind: str  # count | first | last
+    kind: str  # count | first | last | list
     text: str
     sources: list[tuple[int, int, float, list[int], bool]]  # engines.Cited's fields, in order
 
@@ -105,7 +111,8 @@ def intent(question: str) -> Intent | None:
         return Intent("last", bound)
     if bound:  # "after 10:00, who ..." asks for the first one past it; "before", the last
         return Intent("first" if bound.after else "last", bound)
-    return None
+    which = WHICH.match(question)
+    return Intent("list", noun=which[1].split()[-1].lower()) if which else None
 
 
 def time_bound(question: str) -> Bound | None:
@@ -198,8 +205,12 @@ def matching_lines(store: Store, terms: Sequence[str], allowed: set[int] | None,
     """Every line of the allowed live passages (None: all) holding all the terms, once each
     (passages may overlap), in document then line order; and whether the scan stopped at
     SCAN_LIMIT passages."""
+    # the index holds a glued word and its parts, not its other runs of parts: `NotReady` of
+    # `NodeNotReady` is found by Not and Ready (each line is checked for the whole term)
+    searched = list(dict.fromkeys(part for t in terms
+                                  for part in (t.isalpha() and q.glued_parts(t) or [t])))
     with store.read() as conn:
-        rows = q.passages_with_all(conn, terms, SCAN_LIMIT)
+        rows = q.passages_with_all(conn, searched, SCAN_LIMIT)
     seen: set[tuple] = set()
     found: dict[str, list[Match]] = {}
     for row in rows:
@@ -269,6 +280,8 @@ def answer(store: Store, question: str, shown: Sequence[evidence.Shown],
     parts = {p.lower() for t in terms for token in q.TOKEN.findall(t) for p in q.glued_parts(token)}
     quoted = ", ".join(f'"{t}"' for t in terms if t.lower() not in parts)
     first, last = pick(matches, False), pick(matches, True)
+    if found.kind == "list":
+        return listed(matches, found.noun, question, quoted, first, sources)
     if found.kind == "count":
         n = len(matches)
         where = f" {found.bound.said}" if found.bound else ""
@@ -281,6 +294,37 @@ def answer(store: Store, question: str, shown: Sequence[evidence.Shown],
     text = (f'{place(chosen)}: "{chosen.line.text}" [1] (the {which} of the lines holding '
             f"{quoted})")
     return Answer(found.kind, text, cited(matches, [chosen], sources, False))
+
+
+def listed(matches: Sequence[Match], noun: str, question: str, quoted: str, first: Match,
+           sources: Sequence[tuple[int, int, float]]) -> Answer | None:
+    """Each value the matching lines write where the question asks which one: the value each
+    line holds and not every other (nor the question) that names the asked noun (`node-4` for
+    "Which node", not the `pod/...` beside it) or has the shape asked for (an address). None
+    where some line writes no such value or two, or all write one: the best line answers as
+    usual ("Which user ran sudo?" too: a user name is no value of a shape)."""
+    shape = evidence.answer_shape(question)
+    asked = evidence.values(question)
+    # each line's values by their case-folded form, as the line writes them
+    lines = [{v.lower(): v for v in evidence.VALUE.findall(TIME_OF_DAY.sub(" ", m.line.text))}
+             for m in matches]
+    shared = set.intersection(*map(set, lines)) | asked
+    found: dict[str, int] = {}
+    for written in lines:
+        held = [v for key, v in written.items() if key not in shared
+                and (noun in key or shape is not None and shape.fullmatch(v))]
+        if len(held) != 1:
+            return None
+        found[held[0]] = found.get(held[0], 0) + 1
+    if len(found) < 2:
+        return None
+    ordered = sorted(found, key=lambda v: -found[v])  # most often first, then as first seen
+    named = ", ".join(f"{v} ({found[v]}{' lines' if i == 0 and found[v] > 1 else ''})"
+                      for i, v in enumerate(ordered[:LISTED]))
+    more = f" and {len(ordered) - LISTED} more" if len(ordered) > LISTED else ""
+    text = (f"{len(found)} different, in the {len(matches)} lines holding {quoted}: "
+            f'{named}{more}. The first, {place(first)}: "{first.line.text}" [1]')
+    return Answer("list", text, cited(matches, [first], sources, True))
 
 
 def cited(matches: Sequence[Match], answering: Sequence[Match],

@@ -79,7 +79,7 @@ class Reply:
     citations_dropped: int = 0  # citations of sources the prompt did not hold, removed
     extractive: bool = False  # the answer is the best line quoted (answer = "quote", or the
     # model's answer was not grounded)
-    aggregate: str | None = None  # count | first | last: told from every matching line, no model
+    aggregate: str | None = None  # count | first | last | list: told from every matching line
 
 
 class Engine(Protocol):
