@@ -53,7 +53,8 @@ PROMPT_SOURCES = 3
 BEST_SOURCE_LINES = 2  # matching lines the prompt shows of the best-ranked passage
 SOURCE_LINES = 1  # ... and of each other one
 CONTEXT_LINES = 1  # lines shown before and after the best passage's matching lines
-NOT_FOUND = "The knowledge base has nothing on this: no stored passage matches the question."
+# where passages were found but none answers, "no passage matches" would be untrue
+NOT_FOUND = "Not found: no stored line answers this question; the nearest passages are listed."
 SAID_NOT_FOUND = re.compile(r"\W*not found\b", re.IGNORECASE)  # the answerer's decline
 FREQUENCY_CAP = 1000  # passages counted per question term; a term in more is common anyway
 
