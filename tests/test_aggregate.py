@@ -20,7 +20,7 @@ from kbd.ingest.pipeline import Ingester
 from kbd.model.text import SMOLLM2_INSTALL
 from kbd.model.tokens import PassageTokenizer
 from kbd.retrieve import Scope
-from kbd.runtime import aggregate
+from kbd.runtime import aggregate, evidence
 from kbd.runtime.engines import load_engine
 from kbd.store import Store
 from kbd.store import queries as q
@@ -60,7 +60,8 @@ def lines_holding(path: Path, text: str) -> list[int]:
     # "Which": each value the matching lines write, where they write several
     ("Which IP address tried to log in as the invalid user test9?", "list"),
     ("Which node went NotReady?", "list"),
-    ("Who restarted the mailer service?", None),
+    ("Who restarted the mailer service?", "list"),
+    ("Whose certificate expired?", None),
 ])
 def test_intent_is_read_from_the_question(question, kind):
     found = aggregate.intent(question)
@@ -274,12 +275,14 @@ def test_passages_with_all_terms(store, logs, e2e_dir):
 
 
 NODES = [1, 2, 1, 3, 2, 1]  # the node of each NodeNotReady event, in file order
+SUDOERS = ["alice", "bob", "alice", "carol"]  # who ran sudo on web-01, in file order
 
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory, e2e_dir):
     """The quoting text engine over Kubernetes events (`kubectl get events` as text): six
-    NodeNotReady events on three nodes, each beside a pod, between other events."""
+    NodeNotReady events on three nodes, each beside a pod, between other events; and a
+    syslog of sudo runs by three users as root, between sshd's lines."""
     if smollm2_missing():
         pytest.skip(f"SmolLM2 not installed: {SMOLLM2_INSTALL}")
     folder = tmp_path_factory.mktemp("events")
@@ -291,9 +294,16 @@ def events(tmp_path_factory, e2e_dir):
                      f"pod/web-{i}b   Node node-{node} status is now: NodeNotReady")
     log = folder / "k8s-events.txt"
     log.write_text("\n".join(lines) + "\n")
+    syslog = folder / "web-01-syslog"
+    syslog.write_text("".join(
+        f"Feb 25 13:{10 + i}:49 web-01 sshd[{900 + i}]: Accepted publickey for git from "
+        f"10.0.0.{i} port 5{i}000 ssh2\n"
+        f"Feb 25 13:{10 + i}:50 web-01 sudo[{100 + i}]: {user} : TTY=pts/{i} ; "
+        f"PWD=/home/{user} ; USER=root ; COMMAND=/bin/systemctl restart mailer\n"
+        for i, user in enumerate(SUDOERS)))
     store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
     assert Ingester(store, PassageTokenizer.load(e2e_dir)).ingest_many(
-        [(log, None, "log")]) == {"added": 1}
+        [(log, None, "log"), (syslog, None, "log")]) == {"added": 2}
     yield load_engine(ModelConfig(engine="text", device="cpu"), store), log
     store.close()
 
@@ -328,3 +338,34 @@ def test_which_of_one_value_is_answered_by_its_line(events):
     engine, _ = events
     reply = ask(engine, "Which node did pod/web-3b go NotReady on?")
     assert (reply.aggregate, reply.status) == (None, "ok") and "node-3" in reply.text
+
+
+@pytest.mark.parametrize("question", ["Which user ran sudo on web-01?", "Who ran sudo on web-01?"])
+def test_which_user_lists_the_users_the_lines_name(events, question):
+    """A user is named in a form of its own (sudo's caller, not the `USER=root` it ran as):
+    each one with its number of lines."""
+    engine, _ = events
+    reply = ask(engine, question)
+    assert reply.aggregate == "list", reply.text
+    assert reply.text.startswith("3 different, in the 4 lines holding ") and \
+        "alice (2 lines), bob (1), carol (1). The first, web-01-syslog:2:" in reply.text, \
+        reply.text
+
+
+@pytest.mark.parametrize("line, user", [
+    ("web-01 sudo[22969]: postgres : TTY=pts/1 ; USER=root ; COMMAND=/bin/ls", "postgres"),
+    ("LabSZ sshd[24206]: Failed password for invalid user webmaster from 1.2.3.4 port 22",
+     "webmaster"),
+    ("LabSZ sshd[24208]: Accepted password for fztu from 119.137.62.142 port 49116 ssh2",
+     "fztu"),
+    ("combo sshd(pam_unix)[19939]: authentication failure; logname= uid=0 euid=0 tty=NODEVssh "
+     "ruser= rhost=218.188.2.4  user=root", "root"),
+    ("web-01 CRON[4401]: (ops) CMD (/usr/local/bin/backup.sh)", "ops"),
+    ('10.1.2.3 - admin [25/Feb/2023:13:19:49 +0000] "GET /api/invoices/9616 HTTP/1.1" 503 12',
+     "admin"),
+    ("LabSZ sshd[24200]: Received disconnect from 1.2.3.4: 11: Bye Bye [preauth]", None),
+    ("LabSZ sshd[24254]: input_userauth_request: invalid user test9 [preauth]", "test9"),
+    ("LabSZ sshd[24201]: pam_unix(sshd:auth): check pass; user unknown", None),
+])
+def test_the_user_a_line_names(line, user):
+    assert evidence.user_named(line) == user

@@ -12,6 +12,7 @@ them are counted or ordered. No model is asked: the answer quotes the line it st
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +41,10 @@ LAST = re.compile(r"(?<!\bin the )(?<!\bover the )(?<!\bduring the )(?<!\bsince 
                   re.I)
 # "Which node went NotReady?" picks among the values the matching lines write: each one, where
 # they write several
-WHICH = re.compile(r"^\W*which\s+((?:[\w-]+\s+){0,2}?[\w-]+)\s+(?:is|was|are|were|did|does|do|has|"
-                   r"had|have|\w+ed|went|ran|got|sent|kept|took|made|saw|hit|lost|left)\b", re.I)
+VERB = (r"(?:is|was|are|were|did|does|do|has|had|have|\w+ed|went|ran|got|sent|kept|took|made|"
+        r"saw|hit|lost|left)\b")
+WHICH = re.compile(rf"^\W*which\s+((?:[\w-]+\s+){{0,2}}?[\w-]+)\s+{VERB}", re.I)
+WHO = re.compile(rf"^\W*who\s+{VERB}", re.I)  # "Who ran sudo?" asks which users
 HOW_LONG_LAST = re.compile(r"^\s*how long\b.*\blast\W*$", re.I)
 BOUND = re.compile(r"\b(after|since|before|until)\s+(\d{1,2}:\d{2}(?::\d{2})?)\b", re.I)
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -112,7 +115,9 @@ def intent(question: str) -> Intent | None:
     if bound:  # "after 10:00, who ..." asks for the first one past it; "before", the last
         return Intent("first" if bound.after else "last", bound)
     which = WHICH.match(question)
-    return Intent("list", noun=which[1].split()[-1].lower()) if which else None
+    if which:
+        return Intent("list", noun=which[1].split()[-1].lower())
+    return Intent("list", noun="user") if WHO.match(question) else None
 
 
 def time_bound(question: str) -> Bound | None:
@@ -298,27 +303,38 @@ def answer(store: Store, question: str, shown: Sequence[evidence.Shown],
 
 def listed(matches: Sequence[Match], noun: str, question: str, quoted: str, first: Match,
            sources: Sequence[tuple[int, int, float]]) -> Answer | None:
-    """Each value the matching lines write where the question asks which one: the value each
+    """Each value the matching lines write where the question asks which one: the user each
+    line names (`evidence.user_named`) where it asks which user or who; else the value each
     line holds and not every other (nor the question) that names the asked noun (`node-4` for
     "Which node", not the `pod/...` beside it) or has the shape asked for (an address). None
     where some line writes no such value or two, or all write one: the best line answers as
-    usual ("Which user ran sudo?" too: a user name is no value of a shape)."""
+    usual."""
+    if evidence.USER_ASKS.fullmatch(noun):
+        users = [evidence.user_named(m.line.text) for m in matches]
+        return None if None in users else told_list(Counter(users), matches, quoted, first,
+                                                    sources)
     shape = evidence.answer_shape(question)
     asked = evidence.values(question)
     # each line's values by their case-folded form, as the line writes them
     lines = [{v.lower(): v for v in evidence.VALUE.findall(TIME_OF_DAY.sub(" ", m.line.text))}
              for m in matches]
     shared = set.intersection(*map(set, lines)) | asked
-    found: dict[str, int] = {}
+    found: Counter[str] = Counter()
     for written in lines:
         held = [v for key, v in written.items() if key not in shared
                 and (noun in key or shape is not None and shape.fullmatch(v))]
         if len(held) != 1:
             return None
-        found[held[0]] = found.get(held[0], 0) + 1
+        found[held[0]] += 1
+    return told_list(found, matches, quoted, first, sources)
+
+
+def told_list(found: Counter[str], matches: Sequence[Match], quoted: str, first: Match,
+              sources: Sequence[tuple[int, int, float]]) -> Answer | None:
+    """The values with their numbers of lines, most often first; None for fewer than two."""
     if len(found) < 2:
         return None
-    ordered = sorted(found, key=lambda v: -found[v])  # most often first, then as first seen
+    ordered = [v for v, _ in found.most_common()]  # most often first, then as first seen
     named = ", ".join(f"{v} ({found[v]}{' lines' if i == 0 and found[v] > 1 else ''})"
                       for i, v in enumerate(ordered[:LISTED]))
     more = f" and {len(ordered) - LISTED} more" if len(ordered) > LISTED else ""

@@ -119,8 +119,9 @@ CAUSE = re.compile(r"\b(?:because|due to|since|\w+ed by)\b|\w(?:Exception|Error)
 # writes one: a line naming what the question names and none of these holds no answer ("Which
 # user deleted block X?" over "Deleting block X file /mnt/..."). Only kinds a log writes in a
 # form of their own; a person, a name or a code may be any word.
+USER_ASKS = re.compile(r"users?|accounts?|user ?names?|logins?", re.I)
 KINDS = [(re.compile(asks, re.I), re.compile(writes, re.I)) for asks, writes in [
-    (r"users?|accounts?|user ?names?|logins?",
+    (USER_ASKS.pattern,
      # an access log's `IP - admin [` and cron's `(ops) CMD` name their user
      r"(?<![/\w])(?:users?(?:_?(?:id|name))?|user ?names?|accounts?|logins?|lognames?|ruser|r?uid"
      r"|owner|principal)\b(?!/)|\b(?:for|by|as)\s+\(?[a-z_][\w.-]*|\bsudo(?:\[\d+\])?:\s*\w"
@@ -135,6 +136,15 @@ KINDS = [(re.compile(asks, re.I), re.compile(writes, re.I)) for asks, writes in 
     # an access log writes the response's size after its status: `" 502 83468`
     (r"sizes?", r"\b(?:size|length|len|bytes?)\b|\d\s?(?:[KMGTP]i?B|B)\b|\" [1-5]\d\d \d+\b"),
     (r"temperatures?", r"\btemp\w*|°|\bdegrees?\b|\bcelsius\b"),
+]]
+# the user a line names, by the first of these forms it writes: sudo's caller (not its
+# `USER=root`, whom the command ran as), sshd's `for alice from` and `invalid user admin`, a
+# field, cron's `(ops) CMD`, an access log's third field. Not a bare `user X`: sshd writes
+# "user unknown" and "user authentication" too.
+USER_NAMED = [re.compile(form, re.I) for form in [
+    r"\bsudo(?:\[\d+\])?:\s+([\w.-]+) :", r"\bfor (?:invalid user )?([\w.-]+) from\b",
+    r"\binvalid user ([\w.-]+)", r"(?<![\w.])(?:r?user|user_?name|login)=\"?([\w.@-]+)",
+    r"\((\w[\w.-]*)\) CMD\b", r"^\S+ \S+ (\w[\w.@-]*) \[",
 ]]
 # the words of "Which Hadoop version ran ...", "What was the size of ...": up to the verb
 ASKED_PHRASE = re.compile(r"^\W*(?:which|what)\s+(?:(?:is|was|are|were)\s+)?(?:the\s+)?"
@@ -239,6 +249,11 @@ def asked_kind(question: str) -> tuple[str, re.Pattern] | None:
                  for asks, writes in KINDS
                  if (asks.fullmatch(words[end - 1]) or asks.fullmatch(" ".join(words[end - 2:end])))
                  and " ".join(words[end:end + 1]).lower() not in MODIFIED), None)
+
+
+def user_named(text: str) -> str | None:
+    """The user the line names (`USER_NAMED`), None where it names none."""
+    return next((found[1] for form in USER_NAMED if (found := form.search(text))), None)
 
 
 def stem(word: str) -> str:
