@@ -860,6 +860,20 @@ def test_why_is_answered_by_a_line_stating_a_cause():
     assert not evidence.Focus.of("When did the lease renewer fail?", frozenset()).why
 
 
+@pytest.mark.parametrize("line, states", [
+    ('[crit] 1202#1202: *5041 SSL_do_handshake() failed (SSL: error:14209102:SSL routines:'
+     'tls_early_post_process_client_hello:unsupported protocol) while SSL handshaking', True),
+    ("[error] 1202#1202: *5017 connect() failed (111: Connection refused) while connecting to "
+     "upstream, client: 10.4.77.12", True),
+    ("[error] 1202#1202: *5041 SSL_do_handshake() failed while SSL handshaking", False),
+])
+def test_a_system_calls_reason_is_a_cause(line, states):
+    """nginx writes why a call failed in parentheses after it, a code and its reason: that
+    states a cause of "Why did the SSL handshake fail?"; the failure alone restates it."""
+    focus = evidence.Focus.of("Why did the SSL handshake fail for 10.9.3.201?", frozenset())
+    assert focus.states_cause(line) is states
+
+
 def test_why_quotes_the_cause_under_a_stack_traces_head():
     """A Java stack trace is one record: "Why did payment 39695 fail?" quotes its head and the
     exception under it, which states the cause; the log level ERROR is no cause."""

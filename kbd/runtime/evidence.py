@@ -114,7 +114,10 @@ CAUSE = re.compile(r"\b(?:because|due to|since|\w+ed by)\b|\w(?:Exception|Error)
                    r"|timeout|exceeded|no space|not found|no route|already|missing|invalid|unknown"
                    r"|lost|killed|full|result|exit(?:ed)?|code|signal|status|terminated|abort\w*"
                    r"|insufficient|unavailable|expired|exhausted|quota|limit|unreachable|out of"
-                   r"|too many|mismatch|overflow|corrupt\w*|reset|closed)\b", re.I)
+                   r"|too many|mismatch|overflow|corrupt\w*|reset|closed)\b"
+                   # a system call's reason after its failure: `failed (111: Connection
+                   # refused)`, nginx's `failed (SSL: error:...:unsupported protocol)`
+                   r"|\((?:\d+|[A-Z]{2,}): [^)]+\)", re.I)
 # what "Which user ...", "What file ...", "What was the size of ..." ask for, and how a line
 # writes one: a line naming what the question names and none of these holds no answer ("Which
 # user deleted block X?" over "Deleting block X file /mnt/..."). Only kinds a log writes in a
