@@ -62,6 +62,8 @@ def lines_holding(path: Path, text: str) -> list[int]:
     ("Which node went NotReady?", "list"),
     ("Who restarted the mailer service?", "list"),
     ("Whose certificate expired?", None),
+    ("How many different IP addresses failed to log in as root?", "list"),
+    ("How many distinct users ran sudo?", "list"),
 ])
 def test_intent_is_read_from_the_question(question, kind):
     found = aggregate.intent(question)
@@ -321,6 +323,19 @@ def test_which_lists_every_value_of_the_matching_lines(events):
     assert "pod/" not in reply.text.split(". The first")[0]
     cited = sorted(n for s in reply.sources for n in s.cited_lines)
     assert cited == lines_holding(log, "NodeNotReady") == [2, 4, 6, 8, 10, 12]
+
+
+@pytest.mark.parametrize("question, told", [
+    ("Which nodes went NotReady?", "3 different, in the 6 lines"),
+    ("How many different nodes went NotReady?", "3 different, in the 6 lines"),
+    ("How many distinct nodes did pod/web-3b go NotReady on?", "1 different, in the 1 lines"),
+])
+def test_how_many_different_values_and_plurals(events, question, told):
+    """A plural noun names its values as the singular does; "how many different" is
+    answered by the list, one value included."""
+    engine, _ = events
+    reply = ask(engine, question)
+    assert (reply.aggregate, reply.text[:len(told)]) == ("list", told), reply.text
 
 
 def test_a_glued_word_of_the_question_is_counted_in_a_longer_one(events):

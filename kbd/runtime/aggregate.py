@@ -45,6 +45,9 @@ VERB = (r"(?:is|was|are|were|did|does|do|has|had|have|\w+ed|went|ran|got|sent|ke
         r"saw|hit|lost|left)\b")
 WHICH = re.compile(rf"^\W*which\s+((?:[\w-]+\s+){{0,2}}?[\w-]+)\s+{VERB}", re.I)
 WHO = re.compile(rf"^\W*who\s+{VERB}", re.I)  # "Who ran sudo?" asks which users
+# "How many different IP addresses failed ...?" counts the values a list names
+DISTINCT = re.compile(rf"^\W*how many (?:different|distinct|unique|separate)\s+"
+                      rf"((?:[\w-]+\s+){{0,2}}?[\w-]+)\s+{VERB}", re.I)
 HOW_LONG_LAST = re.compile(r"^\s*how long\b.*\blast\W*$", re.I)
 BOUND = re.compile(r"\b(after|since|before|until)\s+(\d{1,2}:\d{2}(?::\d{2})?)\b", re.I)
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -103,6 +106,9 @@ def intent(question: str) -> Intent | None:
     """What the question asks of the matching lines: their count, the first or the last
     (optionally past a time bound); None when one line answers it."""
     bound = time_bound(question)
+    distinct = DISTINCT.match(question)
+    if distinct:
+        return Intent("list", noun=evidence.stem(distinct[1].split()[-1].lower()))
     if COUNT.search(question):
         return Intent("count", bound)
     first, last = FIRST.search(question), LAST.search(question)
@@ -115,8 +121,8 @@ def intent(question: str) -> Intent | None:
     if bound:  # "after 10:00, who ..." asks for the first one past it; "before", the last
         return Intent("first" if bound.after else "last", bound)
     which = WHICH.match(question)
-    if which:
-        return Intent("list", noun=which[1].split()[-1].lower())
+    if which:  # the noun's stem: "Which nodes" names `node-4` too
+        return Intent("list", noun=evidence.stem(which[1].split()[-1].lower()))
     return Intent("list", noun="user") if WHO.match(question) else None
 
 
@@ -311,14 +317,15 @@ def listed(matches: Sequence[Match], noun: str, question: str, quoted: str, firs
     usual."""
     if evidence.USER_ASKS.fullmatch(noun):
         users = [evidence.user_named(m.line.text) for m in matches]
-        return None if None in users else told_list(Counter(users), matches, quoted, first,
-                                                    sources)
+        return None if None in users else told_list(Counter(users), question, matches, quoted,
+                                                    first, sources)
     shape = evidence.answer_shape(question)
     asked = evidence.values(question)
     # each line's values by their case-folded form, as the line writes them
     lines = [{v.lower(): v for v in evidence.VALUE.findall(TIME_OF_DAY.sub(" ", m.line.text))}
              for m in matches]
-    shared = set.intersection(*map(set, lines)) | asked
+    # what every line writes tells none apart (one line's values are all it has)
+    shared = (set.intersection(*map(set, lines)) if len(lines) > 1 else set()) | asked
     found: Counter[str] = Counter()
     for written in lines:
         held = [v for key, v in written.items() if key not in shared
@@ -326,13 +333,14 @@ def listed(matches: Sequence[Match], noun: str, question: str, quoted: str, firs
         if len(held) != 1:
             return None
         found[held[0]] += 1
-    return told_list(found, matches, quoted, first, sources)
+    return told_list(found, question, matches, quoted, first, sources)
 
 
-def told_list(found: Counter[str], matches: Sequence[Match], quoted: str, first: Match,
-              sources: Sequence[tuple[int, int, float]]) -> Answer | None:
-    """The values with their numbers of lines, most often first; None for fewer than two."""
-    if len(found) < 2:
+def told_list(found: Counter[str], question: str, matches: Sequence[Match], quoted: str,
+              first: Match, sources: Sequence[tuple[int, int, float]]) -> Answer | None:
+    """The values with their numbers of lines, most often first; None for fewer than two,
+    unless the question asks how many different ones there are."""
+    if len(found) < (1 if DISTINCT.match(question) else 2):
         return None
     ordered = [v for v, _ in found.most_common()]  # most often first, then as first seen
     named = ", ".join(f"{v} ({found[v]}{' lines' if i == 0 and found[v] > 1 else ''})"
