@@ -2,7 +2,9 @@
 loghub logs and the reports in bench/qa/reports/, asked the questions by `kbd eval`. The split
 `unseen` asks instead over the seven files train/formats.py makes from seed 123 (syslog, JSON
 lines, a Java app's stack traces, an access log, Kubernetes events, a journal export, a
-runbook), in formats no loghub file has.
+runbook), in formats no loghub file has; `formats` over the seven logs in bench/qa/formats/
+(an nginx error log, PostgreSQL's log, logfmt, a CI build log, dmesg, HAProxy, dockerd), in
+formats neither has.
 
     python bench/answers.py [--split dev|heldout] [--sample N] [--settings baseline,current]
     python bench/answers.py --before HEAD~1 --settings baseline,before,current   # a change
@@ -93,6 +95,9 @@ def put_corpus(split: str, watched: Path) -> None:
     if split == "unseen":
         formats.write_folder(watched, formats.UNSEEN_SEED)
         return
+    if split == "formats":
+        shutil.copytree(REPORTS.parent / "formats", watched, dirs_exist_ok=True)
+        return
     for log in sorted(LOGHUB.glob("*.log")):
         shutil.copy(log, watched)
     shutil.copytree(REPORTS, watched / "reports")
@@ -143,10 +148,12 @@ def run_setting(setting: dict, split: str, questions: Path, workdir: Path, top_k
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--split", choices=["dev", "heldout", "probes", "unseen"], default="dev",
+    parser.add_argument("--split", choices=["dev", "heldout", "probes", "unseen", "formats"],
+                        default="dev",
                         help="probes: questions the team wrote over the same files after the "
                              "rules, to find what the splits do not ask; unseen: questions "
-                             "written over train/formats.py's files (both tuned on, as dev is)")
+                             "written over train/formats.py's files; formats: over "
+                             "bench/qa/formats/ (all three tuned on, as dev is)")
     parser.add_argument("--sample", type=int, help="Only N questions spread over the split.")
     parser.add_argument("--settings", default=",".join(s["name"] for s in SETTINGS),
                         help="Comma-separated names of the settings to run, in order.")

@@ -234,6 +234,21 @@ def test_the_unseen_split_holds_its_answers_in_the_files_of_its_seed(tmp_path):
         assert gold_holds_an_answer(question, written[question.gold[0].file]), question.id
 
 
+def test_the_formats_split_holds_its_answers_in_its_files():
+    """bench/qa/formats.jsonl asks over the logs in bench/qa/formats/ (formats neither loghub
+    nor train/formats.py has): each answerable question's gold line holds an accepted answer,
+    and no other split asks its questions."""
+    questions = load_questions(QA / "formats.jsonl")
+    asked = {q.question for name in ("dev.jsonl", "heldout.jsonl", "probes.jsonl",
+                                     "unseen.jsonl") for q in load_questions(QA / name)}
+    assert {q.split for q in questions} == {"formats"}
+    assert not {q.question for q in questions} & asked
+    assert sum(not q.answerable for q in questions) >= 0.3 * len(questions)
+    for question in (q for q in questions if q.answerable):
+        assert gold_holds_an_answer(question, QA / "formats" / question.gold[0].file), \
+            question.id
+
+
 # -- the slice through the real daemon -------------------------------------------------------
 
 SLICE = ["ssh-001", "ssh-013", "hdfs-001", "hdfs-033", "hadoop-013", "spark-002", "linux-001",
