@@ -302,7 +302,10 @@ def events(tmp_path_factory, e2e_dir):
         f"10.0.0.{i} port 5{i}000 ssh2\n"
         f"Feb 25 13:{10 + i}:50 web-01 sudo[{100 + i}]: {user} : TTY=pts/{i} ; "
         f"PWD=/home/{user} ; USER=root ; COMMAND=/bin/systemctl restart mailer\n"
-        for i, user in enumerate(SUDOERS)))
+        for i, user in enumerate(SUDOERS))
+        # pam's line names whom the session is for in no form of a user's own
+        + "Feb 25 13:30:50 web-01 sudo[200]: pam_unix(sudo:session): session opened for user "
+          "root by (uid=0)\n")
     store = Store.open(f"sqlite:///{folder / 'kbd.sqlite3'}", folder / "memory")
     assert Ingester(store, PassageTokenizer.load(e2e_dir)).ingest_many(
         [(log, None, "log"), (syslog, None, "log")]) == {"added": 2}
@@ -358,13 +361,13 @@ def test_which_of_one_value_is_answered_by_its_line(events):
 @pytest.mark.parametrize("question", ["Which user ran sudo on web-01?", "Who ran sudo on web-01?"])
 def test_which_user_lists_the_users_the_lines_name(events, question):
     """A user is named in a form of its own (sudo's caller, not the `USER=root` it ran as):
-    each one with its number of lines."""
+    each one with its number of lines, and the lines naming none counted."""
     engine, _ = events
     reply = ask(engine, question)
     assert reply.aggregate == "list", reply.text
-    assert reply.text.startswith("3 different, in the 4 lines holding ") and \
-        "alice (2 lines), bob (1), carol (1). The first, web-01-syslog:2:" in reply.text, \
-        reply.text
+    assert reply.text.startswith("3 different, in the 5 lines holding ") and \
+        "alice (2 lines), bob (1), carol (1); 1 line names none. The first, web-01-syslog:2:" \
+        in reply.text, reply.text
 
 
 @pytest.mark.parametrize("line, user", [
@@ -381,6 +384,8 @@ def test_which_user_lists_the_users_the_lines_name(events, question):
     ("LabSZ sshd[24200]: Received disconnect from 1.2.3.4: 11: Bye Bye [preauth]", None),
     ("LabSZ sshd[24254]: input_userauth_request: invalid user test9 [preauth]", "test9"),
     ("LabSZ sshd[24201]: pam_unix(sshd:auth): check pass; user unknown", None),
+    ("LabSZ sshd[24361]: Failed password for invalid user  0101 from 5.188.10.180 port 36279",
+     "0101"),
 ])
 def test_the_user_a_line_names(line, user):
     assert evidence.user_named(line) == user

@@ -292,7 +292,7 @@ def answer(store: Store, question: str, shown: Sequence[evidence.Shown],
     quoted = ", ".join(f'"{t}"' for t in terms if t.lower() not in parts)
     first, last = pick(matches, False), pick(matches, True)
     if found.kind == "list":
-        return listed(matches, found.noun, question, quoted, first, sources)
+        return listed(matches, found.noun, question, quoted, sources)
     if found.kind == "count":
         n = len(matches)
         where = f" {found.bound.said}" if found.bound else ""
@@ -307,18 +307,17 @@ def answer(store: Store, question: str, shown: Sequence[evidence.Shown],
     return Answer(found.kind, text, cited(matches, [chosen], sources, False))
 
 
-def listed(matches: Sequence[Match], noun: str, question: str, quoted: str, first: Match,
+def listed(matches: Sequence[Match], noun: str, question: str, quoted: str,
            sources: Sequence[tuple[int, int, float]]) -> Answer | None:
     """Each value the matching lines write where the question asks which one: the user each
     line names (`evidence.user_named`) where it asks which user or who; else the value each
     line holds and not every other (nor the question) that names the asked noun (`node-4` for
-    "Which node", not the `pod/...` beside it) or has the shape asked for (an address). None
-    where some line writes no such value or two, or all write one: the best line answers as
-    usual."""
+    "Which node", not the `pod/...` beside it) or has the shape asked for (an address); a line
+    writing none is counted as such. None where a line writes two, where most lines write none,
+    or where all write one value: the best line answers as usual."""
     if evidence.USER_ASKS.fullmatch(noun):
-        users = [evidence.user_named(m.line.text) for m in matches]
-        return None if None in users else told_list(Counter(users), question, matches, quoted,
-                                                    first, sources)
+        return told_list([evidence.user_named(m.line.text) for m in matches], question,
+                         matches, quoted, sources)
     shape = evidence.answer_shape(question)
     asked = evidence.values(question)
     # each line's values by their case-folded form, as the line writes them
@@ -326,28 +325,34 @@ def listed(matches: Sequence[Match], noun: str, question: str, quoted: str, firs
              for m in matches]
     # what every line writes tells none apart (one line's values are all it has)
     shared = (set.intersection(*map(set, lines)) if len(lines) > 1 else set()) | asked
-    found: Counter[str] = Counter()
+    values = []
     for written in lines:
         held = [v for key, v in written.items() if key not in shared
                 and (noun in key or shape is not None and shape.fullmatch(v))]
-        if len(held) != 1:
+        if len(held) > 1:
             return None
-        found[held[0]] += 1
-    return told_list(found, question, matches, quoted, first, sources)
+        values.append(held[0] if held else None)
+    return told_list(values, question, matches, quoted, sources)
 
 
-def told_list(found: Counter[str], question: str, matches: Sequence[Match], quoted: str,
-              first: Match, sources: Sequence[tuple[int, int, float]]) -> Answer | None:
-    """The values with their numbers of lines, most often first; None for fewer than two,
-    unless the question asks how many different ones there are."""
-    if len(found) < (1 if DISTINCT.match(question) else 2):
+def told_list(values: Sequence[str | None], question: str, matches: Sequence[Match],
+              quoted: str, sources: Sequence[tuple[int, int, float]]) -> Answer | None:
+    """Each line's value (None: it names none) told as the distinct values with their numbers
+    of lines, most often first, and the first line naming one quoted; None for fewer than two
+    values, unless the question asks how many different ones there are, or where most lines
+    name none."""
+    found = Counter(v for v in values if v is not None)
+    unnamed = len(values) - sum(found.values())
+    if len(found) < (1 if DISTINCT.match(question) else 2) or 2 * unnamed > len(matches):
         return None
+    first = pick([m for m, v in zip(matches, values, strict=True) if v is not None], False)
     ordered = [v for v, _ in found.most_common()]  # most often first, then as first seen
     named = ", ".join(f"{v} ({found[v]}{' lines' if i == 0 and found[v] > 1 else ''})"
                       for i, v in enumerate(ordered[:LISTED]))
     more = f" and {len(ordered) - LISTED} more" if len(ordered) > LISTED else ""
+    none = f"; {unnamed} line{'s name' if unnamed > 1 else ' names'} none" if unnamed else ""
     text = (f"{len(found)} different, in the {len(matches)} lines holding {quoted}: "
-            f'{named}{more}. The first, {place(first)}: "{first.line.text}" [1]')
+            f'{named}{more}{none}. The first, {place(first)}: "{first.line.text}" [1]')
     return Answer("list", text, cited(matches, [first], sources, True))
 
 

@@ -145,8 +145,8 @@ KINDS = [(re.compile(asks, re.I), re.compile(writes, re.I)) for asks, writes in 
 # field, cron's `(ops) CMD`, an access log's third field. Not a bare `user X`: sshd writes
 # "user unknown" and "user authentication" too.
 USER_NAMED = [re.compile(form, re.I) for form in [
-    r"\bsudo(?:\[\d+\])?:\s+([\w.-]+) :", r"\bfor (?:invalid user )?([\w.-]+) from\b",
-    r"\binvalid user ([\w.-]+)", r"(?<![\w.])(?:r?user|user_?name|login)=\"?([\w.@-]+)",
+    r"\bsudo(?:\[\d+\])?:\s+([\w.-]+) :", r"\bfor\s+(?:invalid\s+user\s+)?([\w.-]+)\s+from\b",
+    r"\binvalid\s+user\s+([\w.-]+)", r"(?<![\w.])(?:r?user|user_?name|login)=\"?([\w.@-]+)",
     r"\((\w[\w.-]*)\) CMD\b", r"^\S+ \S+ (\w[\w.@-]*) \[",
 ]]
 # the words of "Which Hadoop version ran ...", "What was the size of ...": up to the verb
