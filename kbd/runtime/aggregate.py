@@ -74,7 +74,7 @@ class Bound:
 class Intent:
     kind: str  # count | first | last | list
     bound: Bound | None = None
-    noun: str = ""  # what a list names: "node" of "Which node went NotReady?"
+    noun: str = ""  # the stem of what a list names: `nod` of "Which nodes went NotReady?"
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,8 @@ class Answer:
 
 def intent(question: str) -> Intent | None:
     """What the question asks of the matching lines: their count, the first or the last
-    (optionally past a time bound); None when one line answers it."""
+    (optionally past a time bound), or the values they write ("Which node ...", "Who ...",
+    "How many different ..."); None when one line answers it."""
     bound = time_bound(question)
     distinct = DISTINCT.match(question)
     if distinct:
