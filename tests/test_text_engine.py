@@ -525,3 +525,32 @@ def test_the_default_engine_loads_no_weights(tmp_path):
         assert engine.text_model.tokenizer("dn-17 full")["input_ids"]
     finally:
         store.close()
+
+
+@pytest.mark.skipif(smollm2_missing() is not None, reason=f"{smollm2_missing()}")
+def test_a_lines_control_characters_reach_no_terminal(tmp_path):
+    """Whoever writes a watched log may put terminal escapes in a line (a user name sshd logs
+    as given): `kbd ask` prints them as their escapes (`\\x1b`), never raw; `--json` keeps
+    the line's exact text for a program (JSON's `\\u001b`, `\\u009b`)."""
+    from support.harness import Kbd
+
+    # an OSC sequence retitling the terminal, and a C1 CSI (click itself drops `ESC [`
+    # sequences where the output is no terminal, as here, and passes them to a terminal)
+    hostile = "\x1b]0;owned\x07\x9b31m"
+    with Kbd(tmp_path, None, extra='[model]\nengine = "text"\n') as k:
+        (k.watched / "auth.log").write_text(
+            "Mar 11 14:00:00 web-9 app[7]: session opened for alice from 10.0.0.8\n"
+            f"Mar 11 14:00:01 web-9 app[7]: login failed for {hostile}admin from 10.0.0.9\n")
+        k.start()
+        # the text engine leaves CLaRa's compression backlog alone: ingested and ready is all
+        wait_for(lambda: (s := k.status())["documents"].get("ready") == 1
+                 and s["model"] == "ready", timeout=300, tolerate=(KbdError,),
+                 what="auth.log stored and the text engine ready")
+        question = "Which IP did the failed login come from?"
+        text = k.cli("ask", question)
+        assert text.returncode == 0, text.stderr
+        assert "10.0.0.9" in text.stdout and "\\x1b]0;owned\\x07\\x9b31madmin" in text.stdout
+        assert not any(ch in text.stdout for ch in "\x1b\x07\x9b")
+        exact = k.cli("ask", question, "--json")
+        assert not any(ch in exact.stdout for ch in "\x1b\x07\x9b")
+        assert f"{hostile}admin" in json.loads(exact.stdout)["answer"]

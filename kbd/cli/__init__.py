@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import click
 
 from kbd.cli import ask, daemon, digest, docs, model, notify, questions, setup
+from kbd.cli.output import shown_stdout
 from kbd.private import UMASK
 
 
@@ -23,9 +23,9 @@ from kbd.private import UMASK
 def cli(ctx: click.Context, config_path: Path | None, verbose: bool) -> None:
     """kbd: a local knowledge base that answers questions about your logs and reports."""
     # a file name that is not UTF-8 is printed with Python's escape (\udcff), as log lines
-    # show it; in JSON that is the escape json.loads turns back into the exact name
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(errors="backslashreplace")
+    # show it; in JSON that is the escape json.loads turns back into the exact name; a
+    # control character as its escape (output.ShownText)
+    shown_stdout()
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars from weight loading

@@ -4,8 +4,10 @@ JSON and source printing, the config, store and daemon client of this run."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -19,6 +21,32 @@ EXIT_NOT_RUNNING = 3
 EXIT_UNHEALTHY = 4  # `kbd status`: the daemon runs, but reports a fault
 ASK_SOURCE_FIELDS = ("node", "rank", "passage_id", "path", "lines", "cited_lines", "page", "score",
                      "in_prompt")  # a source as `kbd ask --json` prints it (node: a fleet's)
+
+
+# control characters a log line may hold (ESC above all) that a terminal would act on: a line
+# written by whoever can reach a watched log must not retitle, clear or rewrite the terminal
+# of whoever reads the answer; tabs and line breaks are text
+CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))
+            if chr(c) not in "\n\t"}
+C1 = re.compile("[\x7f-\x9f]")  # what JSON leaves unescaped of CONTROLS
+
+
+class ShownText(io.TextIOWrapper):
+    """Standard output with CONTROLS written as their escapes (`\\x1b`), whatever prints."""
+
+    def write(self, text: str) -> int:
+        super().write(text.translate(CONTROLS))
+        return len(text)
+
+
+def shown_stdout() -> None:
+    """Route standard output through ShownText, written through at once (no buffer of its
+    own: a test runner that swaps standard output back loses nothing)."""
+    out = sys.stdout
+    if isinstance(out, io.TextIOWrapper) and not isinstance(out, ShownText):
+        out.flush()
+        sys.stdout = ShownText(out.buffer, encoding=out.encoding, errors="backslashreplace",
+                               line_buffering=out.line_buffering, write_through=True)
 
 
 class NotRunningException(click.ClickException):
@@ -50,7 +78,10 @@ def progress(items: list, label: str):
 
 
 def print_json(data) -> None:
-    click.echo(json.dumps(data, ensure_ascii=False, default=str))
+    """JSON on standard output; a C1 control character as JSON's escape (`\\u009b`), which
+    ShownText would otherwise write as one no JSON reader takes."""
+    text = json.dumps(data, ensure_ascii=False, default=str)
+    click.echo(C1.sub(lambda m: f"\\u{ord(m[0]):04x}", text))
 
 
 def get_config():
