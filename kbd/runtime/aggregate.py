@@ -217,12 +217,8 @@ def matching_lines(store: Store, terms: Sequence[str], allowed: set[int] | None,
     """Every line of the allowed live passages (None: all) holding all the terms, once each
     (passages may overlap), in document then line order; and whether the scan stopped at
     SCAN_LIMIT passages."""
-    # the index holds a glued word and its parts, not its other runs of parts: `NotReady` of
-    # `NodeNotReady` is found by Not and Ready (each line is checked for the whole term)
-    searched = list(dict.fromkeys(part for t in terms
-                                  for part in (t.isalpha() and q.glued_parts(t) or [t])))
     with store.read() as conn:
-        rows = q.passages_with_all(conn, searched, SCAN_LIMIT)
+        rows = q.passages_with_all(conn, terms, SCAN_LIMIT)
     seen: set[tuple] = set()
     found: dict[str, list[Match]] = {}
     for row in rows:
@@ -291,9 +287,9 @@ def answer(store: Store, question: str, shown: Sequence[evidence.Shown],
     # the parts of a glued term are searched for, not worth saying: "workerEnv", not "Env"
     parts = {p.lower() for t in terms for token in q.TOKEN.findall(t) for p in q.glued_parts(token)}
     quoted = ", ".join(f'"{t}"' for t in terms if t.lower() not in parts)
-    first, last = pick(matches, False), pick(matches, True)
     if found.kind == "list":
         return listed(matches, found.noun, question, quoted, sources)
+    first, last = pick(matches, False), pick(matches, True)
     if found.kind == "count":
         n = len(matches)
         where = f" {found.bound.said}" if found.bound else ""

@@ -352,6 +352,10 @@ def passages_with_all(conn: Connection, terms: Sequence[str], limit: int) -> lis
     passages a count or a first/last question scans whole, not the best few."""
     if not terms:
         return []
+    # the index holds a glued word and its parts, not its other runs of parts: `NotReady` of
+    # `NodeNotReady` is found by Not and Ready (the caller checks each line for the whole term)
+    terms = list(dict.fromkeys(part for t in terms
+                               for part in (t.isalpha() and glued_parts(t) or [t])))
     order = "ORDER BY p.document_id, p.first_line, p.page, p.id LIMIT :limit"
     if conn.dialect.name == "sqlite":
         match = " AND ".join(fts5_string(t) for t in terms)
